@@ -1,0 +1,366 @@
+"""Command line: `run` (the daemon), `status`, `reconcile`, and the tools `demo` and `drill`.
+
+Parses flags into Settings (defaults < file < env < flags), wires adapters to the loop and
+prints human or JSON output. Exit codes: 0 fine, 1 drift or failed commands, 2 bad usage or
+settings, 3 undecided or unreachable. Must not contain reconcile logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from controller import __version__, logs
+from controller.haproxy import HAProxyClient
+from controller.loop import Controller, PassResult
+from controller.model import Decision, HAProxyState, SentinelView
+from controller.plan import BackendTarget, targets
+from controller.sentinel import (
+    Auth,
+    EventWatcher,
+    HintQueue,
+    SentinelReader,
+    parse_sentinel_addr,
+)
+from controller.settings import Settings, SettingsError, load, require_targets
+
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
+
+log = structlog.get_logger("controller")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("targets (each also SENTINEL_HAPROXY_<NAME> and config-file key)")
+    g.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="TOML settings file (env SENTINEL_HAPROXY_CONFIG)")
+    g.add_argument("--sentinel", dest="sentinels", action="append", metavar="HOST:PORT",
+                   help="a Sentinel; repeat or comma-separate (key: sentinels)")
+    g.add_argument("--haproxy-socket", dest="haproxy_sockets", action="append",
+                   metavar="PATH|tcp:HOST:PORT",
+                   help="HAProxy admin socket; repeat for several HAProxy (key: haproxy_sockets)")
+    g.add_argument("--master", dest="masters", action="append", metavar="NAME",
+                   help="master group to manage; repeat; default: all (key: masters)")
+    g.add_argument("--write-backend", metavar="TEMPLATE", help="default {master}_master")
+    g.add_argument("--read-backend", metavar="TEMPLATE", help="default {master}_replicas")
+    g.add_argument("--sentinel-username", metavar="USER")
+    g.add_argument("--sentinel-password", metavar="PASSWORD",
+                   help="prefer SENTINEL_HAPROXY_SENTINEL_PASSWORD or --sentinel-password-file")
+    g.add_argument("--sentinel-password-file", metavar="FILE")
+    g.add_argument("--sentinel-tls", action="store_const", const=True, default=None)
+    g.add_argument("--sentinel-tls-ca-file", metavar="FILE")
+    g.add_argument("--min-sentinels", type=int, metavar="N",
+                   help="Sentinels that must answer to act; default a majority")
+    g.add_argument("--allow-remote-haproxy", action="store_const", const=True, default=None,
+                   help="allow a tcp: HAProxy socket that is not on loopback")
+    t = p.add_argument_group("timing")
+    t.add_argument("--resync-interval-s", type=float, metavar="S", help="full pass period (5)")
+    t.add_argument("--haproxy-poll-interval-s", type=float, metavar="S",
+                   help="HAProxy restart detection period (0.5)")
+    t.add_argument("--haproxy-timeout-s", type=float, metavar="S")
+    t.add_argument("--sentinel-timeout-s", type=float, metavar="S")
+    t.add_argument("--sentinel-ping-interval-s", type=float, metavar="S")
+    t.add_argument("--sentinel-dead-after-s", type=float, metavar="S")
+    o = p.add_argument_group("output")
+    o.add_argument("--log-format", choices=["auto", "json", "console"])
+    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentinel-haproxy",
+        description="Make HAProxy follow Redis Sentinel: one write server, healthy readers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the daemon: follow Sentinel events, reconcile for ever")
+    _add_common(run)
+    run.add_argument("--dry-run", action="store_const", const=True, default=None,
+                     help="log the commands, change nothing")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve /metrics and /healthz (off by default)")
+    run.add_argument("--webhook-url", dest="webhook_urls", action="append", metavar="URL")
+    st = sub.add_parser("status", help="each Sentinel's view beside HAProxy's, and the drift")
+    _add_common(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    rc = sub.add_parser("reconcile", help="one pass: print the commands and apply them")
+    _add_common(rc)
+    rc.add_argument("--dry-run", action="store_const", const=True, default=None,
+                    help="print the commands only")
+    rc.add_argument("--json", action="store_true")
+    from controller import tools
+
+    tools.add_parsers(sub)
+    return parser
+
+
+_NOT_SETTINGS = {"command", "config_file", "json", "func"}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {
+        k: v for k, v in vars(args).items()
+        if k not in _NOT_SETTINGS and v is not None and not k.startswith("tool_")
+    }
+    return load(flags, config_file=args.config_file)
+
+
+def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
+    require_targets(s)
+    try:
+        addrs = [parse_sentinel_addr(x) for x in s.sentinels]
+        haproxies = [HAProxyClient(t, s.haproxy_timeout_s) for t in s.haproxy_sockets]
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    auth = Auth(s.sentinel_username or None, s.password(), s.sentinel_tls,
+                s.sentinel_tls_ca_file or None)
+    reader = SentinelReader(addrs, auth, s.masters, s.sentinel_timeout_s)
+    return reader, haproxies, auth
+
+
+def cmd_run(s: Settings) -> int:
+    reader, haproxies, auth = wire(s)
+    hints = HintQueue()
+    watchers = [
+        EventWatcher(a, auth, hints.put, s.sentinel_ping_interval_s, s.sentinel_dead_after_s,
+                     s.sentinel_timeout_s)
+        for a in reader.sentinels
+    ]
+    on_change = None
+    notifier = None
+    if s.webhook_urls:
+        from controller.webhooks import WebhookNotifier
+
+        notifier = WebhookNotifier(s.webhook_urls, s.webhook_timeout_s)
+        notifier.start()
+        on_change = notifier.notify
+    ctl = Controller(s, reader, haproxies, watchers, hints, on_change)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server = None
+    if s.metrics_address:
+        from controller.metrics import serve
+
+        server = serve(s.metrics_address, ctl)
+    log.info("starting", version=__version__, sentinels=list(s.sentinels),
+             haproxy=list(s.haproxy_sockets), masters=list(s.masters) or "all",
+             dry_run=s.dry_run, resync_interval_s=s.resync_interval_s)
+    try:
+        ctl.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+        if notifier is not None:
+            notifier.stop()
+        reader.close()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _view_json(v: SentinelView, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"sentinel": v.sentinel, "error": v.error, "tilt": v.tilt}
+    m = v.masters.get(name)
+    if m is not None:
+        out.update(
+            master=str(m.addr), epoch=m.epoch, flags=sorted(m.flags),
+            replicas=[
+                {"addr": str(r.addr), "flags": sorted(r.flags), "role": r.role_reported,
+                 "link_ok": r.link_ok, "master": str(r.master_addr) if r.master_addr else None,
+                 "healthy": r.healthy_for(m.addr)}
+                for r in m.replicas
+            ],
+        )
+    elif v.error is None:
+        out["error"] = "does not monitor this master"
+    return out
+
+
+def _servers_json(
+    t: BackendTarget | None, backend: str, state: HAProxyState
+) -> list[dict[str, Any]] | None:
+    servers = state.backends.get(backend)
+    if servers is None:
+        return None
+    out = []
+    for srv in servers.values():
+        want, why = t.wants_ready(srv) if t else (None, "undecided: left as is")
+        out.append({"server": srv.name, "addr": f"{srv.addr}:{srv.port}",
+                    "state": srv.admin.value, "sessions": srv.sessions,
+                    "want": None if want is None else ("ready" if want else "maint"),
+                    "why": why})
+    return out
+
+
+def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
+    wanted, _ = targets(result.decisions, s.write_backend, s.read_backend)
+    by_backend = {t.backend: t for t in wanted}
+    groups = []
+    for d in result.decisions:
+        backends = [s.write_backend.format(master=d.name), s.read_backend.format(master=d.name)]
+        hx = []
+        for o in result.haproxies:
+            entry: dict[str, Any] = {"haproxy": o.target, "error": o.error or None}
+            if o.state is not None:
+                entry["backends"] = {
+                    b: _servers_json(by_backend.get(b), b, o.state) for b in backends
+                }
+            entry["drift"] = [
+                {"command": c.text, "reason": c.reason}
+                for c in o.plan.commands if c.backend in backends
+            ]
+            hx.append(entry)
+        groups.append({
+            "group": d.name,
+            "decision": _decision_json(d),
+            "sentinels": [_view_json(v, d.name) for v in result.views],
+            "haproxy": hx,
+        })
+    return {"groups": groups}
+
+
+def _decision_json(d: Decision) -> dict[str, Any]:
+    return {"master": str(d.master) if d.master else None, "epoch": d.epoch,
+            "replicas": sorted(str(r) for r in d.replicas), "fenced": d.fenced,
+            "reason": d.reason, "voters": d.voters}
+
+
+def _exit_code(result: PassResult, applied: bool) -> int:
+    if any(d.master is None for d in result.decisions) or any(o.error for o in result.haproxies):
+        return EXIT_UNDECIDED
+    if not result.decisions:
+        return EXIT_UNDECIDED
+    if applied:
+        failed = any(not r.ok for o in result.haproxies for r in o.results)
+        return EXIT_DRIFT if failed or any(o.drift_after for o in result.haproxies) else EXIT_OK
+    return EXIT_DRIFT if any(o.plan.commands for o in result.haproxies) else EXIT_OK
+
+
+def print_status(report: dict[str, Any], out: Any = sys.stdout) -> None:
+    for g in report["groups"]:
+        d = g["decision"]
+        head = f"group {g['group']}: "
+        if d["master"]:
+            head += f"master {d['master']} epoch {d['epoch']}" + (" FENCED" if d["fenced"] else "")
+        else:
+            head += "UNDECIDED"
+        print(f"{head}  ({d['reason']})", file=out)
+        print(f"  {'sentinel':<24}{'master':<24}{'epoch':>6}  {'flags':<20}replicas", file=out)
+        for v in g["sentinels"]:
+            if v.get("master") is None:
+                print(f"  {v['sentinel']:<24}-- {v['error']}", file=out)
+                continue
+            reps = ", ".join(
+                f"{r['addr']}({'ok' if r['healthy'] else ','.join(r['flags'])})"
+                for r in v["replicas"]
+            ) or "-"
+            flags = ",".join(v["flags"]) + (",TILT" if v["tilt"] else "")
+            print(f"  {v['sentinel']:<24}{v['master']:<24}{v['epoch']:>6}  {flags:<20}{reps}",
+                  file=out)
+        for h in g["haproxy"]:
+            print(f"  haproxy {h['haproxy']}" + (f": {h['error']}" if h["error"] else ""),
+                  file=out)
+            for b, servers in (h.get("backends") or {}).items():
+                if servers is None:
+                    print(f"    {b}: NO SUCH BACKEND", file=out)
+                    continue
+                for sv in servers:
+                    mark = "" if sv["want"] in (None, sv["state"]) else f"  -> want {sv['want']}"
+                    print(f"    {b:<22}{sv['server']:<12}{sv['addr']:<24}{sv['state']:<7}"
+                          f"sessions={sv['sessions']}{mark}", file=out)
+            for c in h["drift"]:
+                print(f"    DRIFT: {c['command']}  # {c['reason']}", file=out)
+        print(file=out)
+
+
+def cmd_status(s: Settings, as_json: bool) -> int:
+    reader, haproxies, _ = wire(s)
+    try:
+        ctl = Controller(s, reader, haproxies)
+        result = ctl.reconcile("status", apply=False)
+    finally:
+        reader.close()
+    report = status_report(s, result)
+    code = _exit_code(result, applied=False)
+    report["exit_code"] = code
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_status(report)
+        print({EXIT_OK: "in sync", EXIT_DRIFT: "DRIFT: run `reconcile` or wait for the daemon",
+               EXIT_UNDECIDED: "UNDECIDED or unreachable: HAProxy left as is"}[code])
+    return code
+
+
+def cmd_reconcile(s: Settings, as_json: bool) -> int:
+    reader, haproxies, _ = wire(s)
+    try:
+        ctl = Controller(s, reader, haproxies)
+        result = ctl.reconcile("cli", apply=not s.dry_run)
+    finally:
+        reader.close()
+    lines: list[dict[str, Any]] = []
+    for o in result.haproxies:
+        if o.error:
+            lines.append({"haproxy": o.target, "error": o.error})
+        done = {id(r.command): r for r in o.results}
+        for c in o.plan.commands:
+            r = done.get(id(c))
+            status = "dry-run" if s.dry_run else ("ok" if r and r.ok else "FAILED")
+            lines.append({"haproxy": o.target, "command": c.text, "reason": c.reason,
+                          "result": status, "reply": r.output if r and not r.ok else None})
+    for d in result.decisions:
+        if d.master is None:
+            lines.append({"group": d.name, "undecided": d.reason, "reply": None})
+    code = _exit_code(result, applied=not s.dry_run)
+    if as_json:
+        json.dump({"commands": lines, "exit_code": code}, sys.stdout, indent=2)
+        print()
+    else:
+        for ln in lines:
+            if "command" in ln:
+                extra = f"  -> {ln['reply']}" if ln["reply"] else ""
+                print(f"[{ln['result']}] {ln['command']}  # {ln['reason']}{extra}")
+            elif "undecided" in ln:
+                print(f"[undecided] group {ln['group']}: {ln['undecided']}")
+            else:
+                print(f"[error] haproxy {ln['haproxy']}: {ln['error']}")
+        if not lines:
+            print("nothing to do: HAProxy matches Sentinel")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "func"):  # demo, drill: tools with their own flags
+            code: int = args.func(args)
+            return code
+        s = settings_from(args)
+        quiet_cli = args.command in ("status", "reconcile")
+        logs.setup(s.log_format, "warning" if quiet_cli and s.log_level == "info" else s.log_level)
+        if args.command == "run":
+            return cmd_run(s)
+        if args.command == "status":
+            return cmd_status(s, args.json)
+        return cmd_reconcile(s, args.json)
+    except SettingsError as e:
+        print(f"sentinel-haproxy: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Turn every Sentinel's answer into one verdict per master group. Pure: no I/O, no clock.
+
+Rules (facts B.3):
+- only Sentinels that answered and are not in TILT vote; fewer than `min_voters` -> undecided;
+- the highest config-epoch wins: it is the version of the master's address, so a lagging
+  Sentinel never flips the state back, and the leader's fresh promotion (new epoch at once,
+  facts B.2) is followed without waiting for the others;
+- Sentinels at that epoch that name different addresses -> undecided (no guessing);
+- a replica is healthy when most Sentinels at that epoch say it is up and replicating from
+  the elected master;
+- a master Sentinel reports o_down is fenced: writes go nowhere until a failover ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.model import Address, Decision, MasterView, SentinelView
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1
+
+
+def decide(name: str, views: Sequence[SentinelView], min_voters: int) -> Decision:
+    """The verdict for master group `name` from all Sentinels' views."""
+    answers: list[MasterView] = [
+        v.masters[name] for v in views if v.usable and name in v.masters
+    ]
+    skipped = [v.sentinel for v in views if not v.usable or name not in v.masters]
+    if len(answers) < min_voters:
+        why = f"{len(answers)} of {len(views)} sentinels answered, need {min_voters}"
+        if skipped:
+            why += f" (no answer: {', '.join(skipped)})"
+        return Decision(name=name, master=None, reason=why, voters=len(answers))
+    top = max(a.epoch for a in answers)
+    leaders = [a for a in answers if a.epoch == top]
+    addrs = {a.addr for a in leaders}
+    if len(addrs) != 1:
+        shown = ", ".join(sorted(str(a) for a in addrs))
+        return Decision(
+            name=name,
+            master=None,
+            epoch=top,
+            reason=f"sentinels at epoch {top} disagree on the master: {shown}",
+            voters=len(answers),
+        )
+    master = addrs.pop()
+    replicas = _healthy_replicas(master, leaders)
+    fenced = any(a.odown for a in leaders)
+    reason = f"epoch {top} from {len(leaders)} of {len(answers)} sentinels"
+    if fenced:
+        reason = f"master {master} is o_down (epoch {top})"
+    return Decision(
+        name=name,
+        master=master,
+        epoch=top,
+        replicas=replicas,
+        fenced=fenced,
+        reason=reason,
+        voters=len(answers),
+    )
+
+
+def _healthy_replicas(master: Address, views: Sequence[MasterView]) -> frozenset[Address]:
+    votes: dict[Address, int] = {}
+    for view in views:
+        for r in view.replicas:
+            if r.addr != master and r.healthy_for(master):
+                votes[r.addr] = votes.get(r.addr, 0) + 1
+    need = majority(len(views))
+    return frozenset(a for a, n in votes.items() if n >= need)

@@ -1,0 +1,153 @@
+"""HAProxy Runtime API adapter: the only module that talks to an HAProxy socket.
+
+One short-lived connection per exchange (0.1 ms on a unix socket, facts A.2): a fresh
+connection always reaches the current worker after a reload, where a kept one would stay
+on the old, stopping worker (facts 0.3). Several commands go in one `;`-joined line, so a
+failover is one exchange. Every reply is checked; an error carries its command.
+Must not decide anything: it reads state and runs the commands it is given.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from controller.haproxy_parse import (
+    HAProxyReplyError,
+    parse_info,
+    parse_servers_state,
+    parse_stat_sessions,
+    split_replies,
+)
+from controller.model import Command, HAProxyInfo, HAProxyState
+
+_MAX_REPLY_BYTES = 64 * 1024 * 1024  # bound reads: 1,000 groups' `show stat` is ~2 MB
+# A single command longer than tune.bufsize (16 kB) resets the connection (facts A.2);
+# keep batches well under it so each line is safe on any default build.
+_MAX_LINE_BYTES = 12 * 1024
+
+
+class HAProxyError(Exception):
+    """An HAProxy could not be reached, or answered something we cannot use."""
+
+    def __init__(self, target: str, message: str, command: str = "") -> None:
+        self.target = target
+        self.command = command
+        where = f" (command: {command!r})" if command else ""
+        super().__init__(f"haproxy {target}: {message}{where}")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: Command
+    output: str  # empty on success
+
+    @property
+    def ok(self) -> bool:
+        return self.output == ""
+
+
+class HAProxyClient:
+    """Runtime API client for one HAProxy: a unix socket path or `tcp:HOST:PORT`."""
+
+    def __init__(self, target: str, timeout_s: float = 2.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        if target.startswith("tcp:"):
+            host, _, port = target[4:].rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"haproxy socket {target!r}: expected tcp:HOST:PORT")
+            self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._addr: str | tuple[str, int] = (host.strip("[]"), int(port))
+        else:
+            if not target:
+                raise ValueError("haproxy socket: empty path")
+            self._family = socket.AF_UNIX
+            self._addr = target
+
+    def _exchange(self, line: str) -> str:
+        """Send one line, read the reply to EOF (non-interactive mode)."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with socket.socket(self._family, socket.SOCK_STREAM) as s:
+                s.settimeout(self.timeout_s)
+                s.connect(self._addr)
+                s.sendall(line.encode() + b"\n")
+                chunks: list[bytes] = []
+                size = 0
+                while True:
+                    s.settimeout(max(0.001, deadline - time.monotonic()))
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+                    size += len(data)
+                    if size > _MAX_REPLY_BYTES:
+                        raise HAProxyError(self.target, "reply too large", line[:120])
+        except TimeoutError:
+            raise HAProxyError(
+                self.target, f"no complete reply within {self.timeout_s}s", line[:120]
+            ) from None
+        except OSError as e:
+            raise HAProxyError(self.target, f"cannot talk to the socket: {e}", line[:120]) from e
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def info(self) -> HAProxyInfo:
+        text = self._exchange("show info")
+        try:
+            return parse_info(text)
+        except HAProxyReplyError as e:
+            raise HAProxyError(self.target, str(e), "show info") from None
+
+    def state(self) -> HAProxyState:
+        """Identity, admin states and session counts, in one exchange."""
+        cmd = "show info; show servers state; show stat -1 4 -1"
+        text = self._exchange(cmd)
+        try:
+            info_txt, rest = text.split("\n\n", 1)
+            servers_txt, stat_txt = rest.split("\n\n", 1)
+            info = parse_info(info_txt)
+            backends = parse_servers_state(servers_txt)
+            sessions = parse_stat_sessions(stat_txt)
+        except ValueError as e:  # HAProxyReplyError or a failed split
+            raise HAProxyError(self.target, f"bad state reply: {e}", cmd) from None
+        if "Permission denied" in text:
+            raise HAProxyError(self.target, "socket is not at level admin", cmd)
+        for be, servers in backends.items():
+            for name, srv in servers.items():
+                n = sessions.get((be, name), 0)
+                if n:
+                    servers[name] = replace(srv, sessions=n)
+        return HAProxyState(info=info, backends=backends)
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]:
+        """Run commands in order, batched `;`-joined; one result per command.
+
+        Fails as a whole (HAProxyError) only when the exchange itself fails; a refused
+        command is a result with its output (HAProxy has no transactions: the rest ran).
+        """
+        results: list[CommandResult] = []
+        batch: list[Command] = []
+        size = 0
+        for c in commands:
+            if ";" in c.text or "\n" in c.text:
+                raise HAProxyError(self.target, "command contains ';' or a newline", c.text)
+            if batch and size + len(c.text) + 2 > _MAX_LINE_BYTES:
+                results.extend(self._run_batch(batch))
+                batch, size = [], 0
+            batch.append(c)
+            size += len(c.text) + 2
+        if batch:
+            results.extend(self._run_batch(batch))
+        return results
+
+    def _run_batch(self, batch: Sequence[Command]) -> list[CommandResult]:
+        line = "; ".join(c.text for c in batch)
+        text = self._exchange(line)
+        try:
+            outputs = split_replies(text, len(batch))
+        except HAProxyReplyError as e:
+            raise HAProxyError(self.target, str(e), line[:200]) from None
+        return [CommandResult(c, out.strip()) for c, out in zip(batch, outputs, strict=True)]

@@ -1,0 +1,117 @@
+"""Parse HAProxy Runtime API output (`show info`, `show servers state`, `show stat`).
+
+Columns are found by header name, never by position (facts A.1.2). Every function raises
+`HAProxyReplyError` naming the problem on output it does not understand. No I/O here.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from controller.model import HAProxyInfo, ServerState, admin_from_bits
+
+
+class HAProxyReplyError(ValueError):
+    """Runtime API output that does not have the expected shape."""
+
+
+def parse_info(text: str) -> HAProxyInfo:
+    """`show info`: `Name: value` lines."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    try:
+        return HAProxyInfo(
+            pid=int(fields["Pid"]),
+            start_time_s=int(fields.get("Start_time_sec", "0")),
+            stopping=fields.get("Stopping", "0") not in ("0", ""),
+            version=fields.get("Version", ""),
+        )
+    except KeyError:
+        raise HAProxyReplyError(f"show info: no Pid field in {text[:120]!r}") from None
+    except ValueError as e:
+        raise HAProxyReplyError(f"show info: bad number ({e})") from None
+
+
+def parse_servers_state(text: str) -> dict[str, dict[str, ServerState]]:
+    """`show servers state` (format version 1) -> backend -> server -> state, sessions 0."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise HAProxyReplyError("show servers state: empty output")
+    if lines[0].strip() != "1":
+        raise HAProxyReplyError(
+            f"show servers state: unsupported format version {lines[0][:40]!r} (want 1)"
+        )
+    header: list[str] | None = None
+    out: dict[str, dict[str, ServerState]] = {}
+    for line in lines[1:]:
+        if line.startswith("#"):
+            header = line[1:].split()
+            continue
+        if header is None:
+            raise HAProxyReplyError("show servers state: data before the header line")
+        row = dict(zip(header, line.split(), strict=False))
+        try:
+            srv = ServerState(
+                backend=row["be_name"],
+                name=row["srv_name"],
+                addr=row["srv_addr"],
+                port=int(row["srv_port"]) if row.get("srv_port", "-") != "-" else 0,
+                admin=admin_from_bits(int(row["srv_admin_state"])),
+                op_state=int(row["srv_op_state"]),
+                fqdn=row.get("srv_fqdn", "-"),
+            )
+        except (KeyError, ValueError) as e:
+            raise HAProxyReplyError(f"show servers state: bad line {line[:120]!r} ({e})") from None
+        out.setdefault(srv.backend, {})[srv.name] = srv
+    return out
+
+
+def parse_stat_sessions(text: str) -> dict[tuple[str, str], int]:
+    """`show stat` CSV -> (backend, server) -> current sessions (scur), servers only."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise HAProxyReplyError(f"show stat: no CSV header in {text[:80]!r}")
+    rows = csv.reader([lines[0][2:], *(ln for ln in lines[1:] if ln.strip())])
+    header = next(rows)
+    try:
+        ix_px, ix_sv, ix_scur = header.index("pxname"), header.index("svname"), header.index("scur")
+    except ValueError:
+        raise HAProxyReplyError("show stat: header lacks pxname/svname/scur") from None
+    out: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if len(row) <= max(ix_px, ix_sv, ix_scur):
+            raise HAProxyReplyError(f"show stat: short row {','.join(row)[:120]!r}")
+        if row[ix_sv] in ("FRONTEND", "BACKEND"):
+            continue
+        try:
+            out[(row[ix_px], row[ix_sv])] = int(row[ix_scur] or 0)
+        except ValueError:
+            raise HAProxyReplyError(f"show stat: scur {row[ix_scur]!r} is not a number") from None
+    return out
+
+
+def split_replies(text: str, count: int) -> list[str]:
+    """Split the reply of `count` `;`-joined commands into one output per command.
+
+    Each command's output ends with one empty line; a successful state change prints
+    nothing but that empty line (facts A.2). Raises when the count does not match,
+    which means a command's reply was cut or HAProxy closed the connection early.
+    """
+    outputs: list[str] = []
+    current: list[str] = []
+    for line in text.split("\n"):
+        if line == "":
+            outputs.append("\n".join(current))
+            current = []
+            if len(outputs) == count:
+                break
+        else:
+            current.append(line)
+    if len(outputs) != count:
+        raise HAProxyReplyError(
+            f"expected {count} replies, got {len(outputs)} in {text[:200]!r}"
+        )
+    return outputs

@@ -1,0 +1,355 @@
+"""The level-triggered reconcile loop.
+
+A pass: read every Sentinel -> `decide` per group -> for each HAProxy read its state ->
+`plan` -> apply in one exchange -> read again and verify. Passes run on every hint (a
+Sentinel event, a (re)connect or loss of a Sentinel), when an HAProxy restarts, reloads or
+comes back, and every `resync_interval_s`. Events only shorten the wait; a missed event
+changes nothing. The loop never dies from a bug: it logs `unexpected_error` and goes on.
+Must not talk to Sentinel or HAProxy except through their adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from controller.decide import decide
+from controller.haproxy import CommandResult, HAProxyClient, HAProxyError
+from controller.model import Decision, HAProxyInfo, HAProxyState, SentinelView
+from controller.plan import BackendTarget, Note, Plan, plan, targets
+from controller.sentinel import EventWatcher, Hint, HintQueue, SentinelReader
+from controller.sentinel_parse import FAILOVER_EVENTS
+from controller.settings import Settings
+
+log = structlog.get_logger("controller")
+
+INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
+
+
+@dataclass
+class Counters:
+    """What the loop did, for metrics and health; written by the loop thread only."""
+
+    passes: int = 0
+    commands_applied: int = 0
+    commands_failed: int = 0
+    failovers_seen: int = 0
+    drift_corrected: int = 0
+    last_event_to_applied_ms: float | None = None
+    last_pass_ok: float = 0.0  # monotonic time of the last pass that read enough Sentinels
+    haproxy_up: dict[str, bool] = field(default_factory=dict)
+    drift: dict[str, int] = field(default_factory=dict)  # per HAProxy, after the last pass
+    undecided: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class HAProxyOutcome:
+    target: str
+    state: HAProxyState | None
+    plan: Plan
+    results: tuple[CommandResult, ...] = ()
+    error: str = ""
+    drift_after: int = 0
+
+
+@dataclass(frozen=True)
+class PassResult:
+    trigger: str
+    views: tuple[SentinelView, ...]
+    decisions: tuple[Decision, ...]
+    haproxies: tuple[HAProxyOutcome, ...]
+    duration_ms: float
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        reader: SentinelReader,
+        haproxies: Sequence[HAProxyClient],
+        watchers: Sequence[EventWatcher] = (),
+        hints: HintQueue | None = None,
+        on_change: Callable[[str, dict[str, object]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.haproxies = list(haproxies)
+        self.watchers = list(watchers)
+        self.hints = hints or HintQueue()
+        self.counters = Counters()
+        self.on_change = on_change  # webhook/alert hook; must not block
+        self._decisions: dict[str, Decision] = {}
+        self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
+        self._incident_t0: float | None = None
+        self._incident_last = 0.0
+
+    # -- observing -----------------------------------------------------------------
+    def observe(self) -> tuple[list[SentinelView], list[Decision]]:
+        skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
+        views = self.reader.read(skip=skip)
+        n = self.settings.effective_min_sentinels
+        decisions = [decide(name, views, n) for name in self.reader.master_names]
+        return views, decisions
+
+    # -- one pass ------------------------------------------------------------------
+    def reconcile(self, trigger: str, since: float | None = None, apply: bool = True) -> PassResult:
+        start = time.monotonic()
+        since = since or start
+        views, decisions = self.observe()
+        self._note_decisions(decisions, trigger)
+        wanted, notes = targets(
+            decisions, self.settings.write_backend, self.settings.read_backend
+        )
+        outcomes = []
+        for h in self.haproxies:
+            outcomes.append(self._reconcile_one(h, wanted, notes, since, apply))
+        duration_ms = (time.monotonic() - start) * 1000
+        self.counters.passes += 1
+        if any(v.usable for v in views):
+            self.counters.last_pass_ok = time.monotonic()
+        result = PassResult(trigger, tuple(views), tuple(decisions), tuple(outcomes), duration_ms)
+        self._log_summary(result)
+        return result
+
+    def _reconcile_one(
+        self,
+        h: HAProxyClient,
+        wanted: Sequence[BackendTarget],
+        notes: Sequence[Note],
+        since: float,
+        apply: bool,
+    ) -> HAProxyOutcome:
+        try:
+            state = h.state()
+        except HAProxyError as e:
+            self._haproxy_down(h.target, str(e))
+            return HAProxyOutcome(h.target, None, Plan(), error=str(e))
+        self._haproxy_seen(h.target, state.info)
+        p = plan(wanted, state)
+        for note in (*notes, *p.notes):
+            if note.event != "undecided":  # undecided is logged once per change by _note_decisions
+                log.error(note.event, group=note.group, backend=note.backend, detail=note.detail,
+                          haproxy=h.target)
+        if not p.commands:
+            self.counters.drift[h.target] = 0
+            return HAProxyOutcome(h.target, state, p)
+        if not apply:
+            for c in p.commands:
+                log.info("would_apply", haproxy=h.target, command=c.text, reason=c.reason)
+            self.counters.drift[h.target] = p.drift
+            return HAProxyOutcome(h.target, state, p, drift_after=p.drift)
+        try:
+            results = h.run(p.commands)
+        except HAProxyError as e:
+            self._haproxy_down(h.target, str(e))
+            return HAProxyOutcome(h.target, state, p, error=str(e))
+        applied_at = time.monotonic()
+        latency_ms = (applied_at - since) * 1000
+        ok = 0
+        for r in results:
+            c = r.command
+            if r.ok:
+                ok += 1
+                log.info(
+                    "server_state_changed", haproxy=h.target, backend=c.backend, server=c.server,
+                    **{"from": c.before or None, "to": c.after}, reason=c.reason,
+                    latency_ms=round(latency_ms, 2), **self._t(),
+                )
+            else:
+                self.counters.commands_failed += 1
+                log.error("command_failed", haproxy=h.target, command=c.text, reply=r.output,
+                          reason=c.reason)
+        self.counters.commands_applied += ok
+        if ok:
+            self.counters.drift_corrected += 1
+            self.counters.last_event_to_applied_ms = latency_ms
+        # Verify: read back and plan again; anything left is drift we could not fix.
+        drift_after = 0
+        try:
+            after = h.state()
+            drift_after = plan(wanted, after).drift
+        except HAProxyError as e:
+            log.warning("verify_failed", haproxy=h.target, error=str(e))
+        if drift_after:
+            log.warning("drift_remains", haproxy=h.target, commands=drift_after)
+        self.counters.drift[h.target] = drift_after
+        return HAProxyOutcome(h.target, state, p, tuple(results), drift_after=drift_after)
+
+    # -- bookkeeping and logs ---------------------------------------------------------
+    def _t(self) -> dict[str, float]:
+        """Elapsed ms in the current failover timeline, when one is open."""
+        if self._incident_t0 is None:
+            return {}
+        return {"t_ms": round((time.monotonic() - self._incident_t0) * 1000, 1)}
+
+    def _note_decisions(self, decisions: Sequence[Decision], trigger: str) -> None:
+        undecided = set()
+        for d in decisions:
+            old = self._decisions.get(d.name)
+            if d.master is None:
+                undecided.add(d.name)
+                if old is None or old.master is not None or old.reason != d.reason:
+                    log.warning("undecided", group=d.name, reason=d.reason,
+                                action="haproxy keeps its state", **self._t())
+                    self._emit("undecided", {"group": d.name, "reason": d.reason})
+                if old is not None and old.master is not None:
+                    continue  # keep the last decided verdict for comparison when it returns
+            elif old is not None and old.master is not None and old.master != d.master:
+                self.counters.failovers_seen += 1
+                log.info("master_changed", group=d.name, **{"from": str(old.master)},
+                         to=str(d.master), epoch=d.epoch, trigger=trigger, **self._t())
+                self._emit("failover", {"group": d.name, "from": str(old.master),
+                                        "to": str(d.master), "epoch": d.epoch})
+            elif old is None or old.master is None:
+                log.info("master_known", group=d.name, master=str(d.master), epoch=d.epoch,
+                         replicas=sorted(str(r) for r in d.replicas))
+            if d.master is not None and old is not None and old.master == d.master:
+                for r in sorted(old.replicas - d.replicas):
+                    log.info("replica_lost", group=d.name, replica=str(r), **self._t())
+                    self._emit("replica_lost", {"group": d.name, "replica": str(r)})
+                for r in sorted(d.replicas - old.replicas):
+                    log.info("replica_healthy", group=d.name, replica=str(r), **self._t())
+                    self._emit("replica_back", {"group": d.name, "replica": str(r)})
+            if d.fenced and not (old and old.fenced):
+                log.warning("master_fenced", group=d.name, reason=d.reason, **self._t())
+            self._decisions[d.name] = d
+        self.counters.undecided = undecided
+
+    def _emit(self, kind: str, data: dict[str, object]) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(kind, data)
+        except Exception:  # an alert hook must never break the control path
+            log.exception("unexpected_error", where="on_change hook")
+
+    def _haproxy_down(self, target: str, error: str) -> None:
+        if self.counters.haproxy_up.get(target, True):
+            log.error("haproxy_unreachable", haproxy=target, error=error)
+        self.counters.haproxy_up[target] = False
+
+    def _haproxy_seen(self, target: str, info: HAProxyInfo) -> bool:
+        """Record an HAProxy's identity; True when it is new (restart, reload, back)."""
+        old = self._identity.get(target)
+        was_down = not self.counters.haproxy_up.get(target, True)
+        self.counters.haproxy_up[target] = True
+        self._identity[target] = info
+        if old is None:
+            if was_down:
+                log.info("haproxy_reachable", haproxy=target, pid=info.pid)
+            return True
+        if (old.pid, old.start_time_s) != (info.pid, info.start_time_s):
+            log.warning("haproxy_restarted", haproxy=target, old_pid=old.pid, pid=info.pid)
+            return True
+        if was_down:
+            log.info("haproxy_reachable", haproxy=target, pid=info.pid)
+            return True
+        return False
+
+    def _log_summary(self, r: PassResult) -> None:
+        commands = sum(len(o.results) for o in r.haproxies)
+        failed = sum(1 for o in r.haproxies for x in o.results if not x.ok)
+        undecided = [d.name for d in r.decisions if d.master is None]
+        drift_after = sum(o.drift_after for o in r.haproxies)
+        errors = [o.target for o in r.haproxies if o.error]
+        quiet = not (commands or undecided or drift_after or errors)
+        fields = dict(
+            trigger=r.trigger,
+            duration_ms=round(r.duration_ms, 2),
+            sentinels_ok=sum(1 for v in r.views if v.usable),
+            sentinels=len(r.views),
+            groups=len(r.decisions),
+            undecided=len(undecided),
+            commands=commands,
+            failed=failed,
+            drift_after=drift_after,
+            haproxy_errors=len(errors),
+        )
+        # Quiet periodic passes are debug: an idle cluster should not fill the log.
+        if quiet and r.trigger == "resync":
+            log.debug("pass", **fields)
+        else:
+            log.info("pass", **fields)
+
+    def _note_hint(self, h: Hint) -> bool:
+        """Log a hint; True when it warrants a pass."""
+        if h.kind == "connected":
+            log.info("sentinel_connected", sentinel=h.sentinel)
+            return True
+        if h.kind == "disconnected":
+            log.warning("sentinel_disconnected", sentinel=h.sentinel, error=h.detail)
+            return True
+        if h.kind == "bad_event":
+            log.warning("bad_event", sentinel=h.sentinel, error=h.detail)
+            return False
+        ev = h.event
+        if ev is None:
+            return False
+        wanted = self.settings.masters
+        if wanted and ev.master is not None and ev.master not in wanted:
+            return False
+        master_down = ev.channel == "+sdown" and ev.text.startswith("master")
+        if ev.channel in FAILOVER_EVENTS or master_down:
+            if self._incident_t0 is None or h.received - self._incident_last > INCIDENT_QUIET_S:
+                self._incident_t0 = h.received
+            self._incident_last = h.received
+        if ev.relevant:
+            log.info("sentinel_event", sentinel=h.sentinel, channel=ev.channel, text=ev.text,
+                     **self._t())
+            return True
+        log.debug("sentinel_event", sentinel=h.sentinel, channel=ev.channel, text=ev.text)
+        return False
+
+    # -- the loop --------------------------------------------------------------------
+    def probe_haproxies(self) -> bool:
+        """Cheap `show info` on each HAProxy; True when one restarted, reloaded or came back."""
+        changed = False
+        for h in self.haproxies:
+            try:
+                info = h.info()
+            except HAProxyError as e:
+                self._haproxy_down(h.target, str(e))
+                continue
+            if info.stopping or self._haproxy_seen(h.target, info):
+                changed = True
+        return changed
+
+    def run(self, stop: threading.Event) -> None:
+        for w in self.watchers:
+            w.start()
+        s = self.settings
+        next_resync = time.monotonic()  # first pass at once
+        next_probe = time.monotonic() + s.haproxy_poll_interval_s
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                wait = max(0.0, min(next_resync, next_probe) - now)
+                hints = self.hints.get(wait)
+                trigger = ""
+                since: float | None = None
+                for h in hints:
+                    if self._note_hint(h) and not trigger:
+                        trigger = h.event.channel if h.event else f"sentinel_{h.kind}"
+                        since = h.received
+                if self.hints.overflowed:
+                    self.hints.overflowed = False
+                    trigger = trigger or "hint_overflow"
+                now = time.monotonic()
+                if not trigger and now >= next_probe:
+                    next_probe = now + s.haproxy_poll_interval_s
+                    if self.probe_haproxies():
+                        trigger = "haproxy_changed"
+                if not trigger and now >= next_resync:
+                    trigger = "resync"
+                if trigger:
+                    self.reconcile(trigger, since=since, apply=not s.dry_run)
+                    next_resync = time.monotonic() + s.resync_interval_s
+            except Exception:
+                log.exception("unexpected_error", where="loop")
+                stop.wait(0.1)  # never spin on a persistent bug
+        for w in self.watchers:
+            w.stop()

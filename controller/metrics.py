@@ -1,0 +1,97 @@
+"""Prometheus `/metrics` and `/healthz` over HTTP, read from the loop's counters.
+
+Served by prometheus-client's WSGI app plus a tiny health route, in a daemon thread.
+Must not change state or call Sentinel/HAProxy: it only reads `Controller.counters`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from controller.loop import Controller
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class _Collector(Collector):
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+
+    def collect(self) -> Iterator[Any]:
+        c = self.ctl.counters
+        for name, doc, value in (
+            ("failovers_seen", "Master changes the controller followed", c.failovers_seen),
+            ("passes", "Reconcile passes", c.passes),
+            ("commands_applied", "Runtime API commands applied", c.commands_applied),
+            ("commands_failed", "Runtime API commands HAProxy refused", c.commands_failed),
+            ("drift_corrected", "Passes that changed HAProxy", c.drift_corrected),
+        ):
+            yield CounterMetricFamily(f"sentinel_haproxy_{name}", doc, value=value)
+        drift = GaugeMetricFamily("sentinel_haproxy_drift", "Commands still needed after the "
+                                  "last pass", labels=["haproxy"])
+        for target, n in sorted(c.drift.items()):
+            drift.add_metric([target], n)
+        yield drift
+        up = GaugeMetricFamily("sentinel_haproxy_haproxy_up", "HAProxy socket reachable",
+                               labels=["haproxy"])
+        for target, ok in sorted(c.haproxy_up.items()):
+            up.add_metric([target], 1 if ok else 0)
+        yield up
+        sc = GaugeMetricFamily("sentinel_haproxy_sentinel_connected",
+                               "Pub/sub connection to the Sentinel is alive", labels=["sentinel"])
+        for w in self.ctl.watchers:
+            sc.add_metric([str(w.addr)], 1 if w.connected else 0)
+        yield sc
+        yield GaugeMetricFamily("sentinel_haproxy_undecided_groups",
+                                "Groups the Sentinels could not decide", value=len(c.undecided))
+        if c.last_event_to_applied_ms is not None:
+            yield GaugeMetricFamily("sentinel_haproxy_last_event_to_applied_seconds",
+                                    "Hint received to HAProxy command applied, last change",
+                                    value=c.last_event_to_applied_ms / 1000)
+
+
+def health(ctl: Controller) -> tuple[bool, str]:
+    """Healthy when at least one Sentinel and every HAProxy was reachable recently."""
+    c = ctl.counters
+    horizon = 3 * ctl.settings.resync_interval_s + 5
+    if not c.last_pass_ok or time.monotonic() - c.last_pass_ok > horizon:
+        return False, "no Sentinel reachable"
+    down = [t for t, ok in c.haproxy_up.items() if not ok]
+    if down or not c.haproxy_up:
+        return False, "HAProxy unreachable: " + ", ".join(down or ["not yet seen"])
+    return True, "ok"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every 15 s are not worth a log line
+
+
+def serve(address: str, ctl: Controller) -> WSGIServer:
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(_Collector(ctl))
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            ok, why = health(ctl)
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [why.encode() + b"\n"]
+        result: Iterable[bytes] = metrics_app(environ, start_response)
+        return result
+
+    server = make_server(host.strip("[]") or "127.0.0.1", int(port), app,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,161 @@
+"""Frozen values the core works on: what Sentinel says, what HAProxy has, what we want.
+
+Adapters parse raw replies into these types at the edge; the core (decide, plan, loop)
+never sees raw text. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    """A Redis node as Sentinel names it: host (IP, or hostname with announce-hostnames), port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One entry of `SENTINEL REPLICAS <master>`, reduced to what health needs."""
+
+    addr: Address
+    flags: frozenset[str]
+    role_reported: str
+    link_ok: bool
+    master_addr: Address | None  # None when the replica reports `master-host:?`
+
+    def healthy_for(self, master: Address) -> bool:
+        """True when this replica is up and really replicating from `master`.
+
+        `flags` alone is not enough: an old master that comes back is listed as `slave`
+        without `s_down` while it still reports role master (facts B.1).
+        """
+        bad = {"s_down", "o_down", "disconnected"}
+        return (
+            not (self.flags & bad)
+            and self.role_reported == "slave"
+            and self.link_ok
+            and self.master_addr == master
+        )
+
+
+@dataclass(frozen=True)
+class MasterView:
+    """What one Sentinel says about one master group, read in one pipeline."""
+
+    name: str
+    addr: Address  # GET-MASTER-ADDR-BY-NAME: right even mid-failover on the leader (facts B.2)
+    epoch: int  # config-epoch: the version of `addr`
+    flags: frozenset[str]  # flags of SENTINEL MASTER; they describe `master_entry_addr`
+    master_entry_addr: Address  # ip/port of SENTINEL MASTER (old one on the leader mid-failover)
+    replicas: tuple[ReplicaInfo, ...]
+    quorum: int
+    other_sentinels: int
+
+    @property
+    def odown(self) -> bool:
+        """The master this view names is objectively down (flags describe that very address)."""
+        return self.master_entry_addr == self.addr and "o_down" in self.flags
+
+
+@dataclass(frozen=True)
+class SentinelView:
+    """One Sentinel's answer for all groups, or why it could not be used."""
+
+    sentinel: str  # "host:port" as configured
+    masters: dict[str, MasterView] = field(default_factory=dict)
+    error: str | None = None  # unreachable, auth failure, bad reply...
+    tilt: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.tilt
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The Sentinels' verdict for one group: master and healthy replicas, or undecided."""
+
+    name: str
+    master: Address | None  # None: undecided, HAProxy keeps its state
+    epoch: int = -1
+    replicas: frozenset[Address] = frozenset()
+    fenced: bool = False  # master is o_down: no server gets writes
+    reason: str = ""  # why undecided / fenced, or the evidence used
+    voters: int = 0  # sentinels whose answer was used
+
+
+class AdminState(enum.Enum):
+    """The controller's view of a server's admin state (what it sets)."""
+
+    READY = "ready"
+    MAINT = "maint"
+    DRAIN = "drain"
+
+
+# srv_admin_state bits (facts A.1.1). 0x04 (config `disabled`) alone means ready again.
+_MAINT_BITS = 0x01 | 0x02 | 0x20 | 0x40
+_DRAIN_BITS = 0x08 | 0x10
+
+
+def admin_from_bits(bits: int) -> AdminState:
+    if bits & _MAINT_BITS:
+        return AdminState.MAINT
+    if bits & _DRAIN_BITS:
+        return AdminState.DRAIN
+    return AdminState.READY
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One HAProxy server as `show servers state` + `show stat` report it."""
+
+    backend: str
+    name: str
+    addr: str  # IP or "-" when unresolved
+    port: int
+    admin: AdminState
+    op_state: int  # 0 stopped, 1 starting, 2 running, 3 stopping
+    sessions: int = 0  # scur
+    fqdn: str = "-"
+
+    def matches(self, node: Address) -> bool:
+        """A server stands for a Redis node when address (or FQDN) and port agree."""
+        return self.port == node.port and node.host in (self.addr, self.fqdn)
+
+
+@dataclass(frozen=True)
+class HAProxyInfo:
+    """Identity of a running HAProxy process: a change means restart or reload."""
+
+    pid: int
+    start_time_s: int
+    stopping: bool = False
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class HAProxyState:
+    """Every server of every backend of one HAProxy, keyed by backend then server name."""
+
+    info: HAProxyInfo
+    backends: dict[str, dict[str, ServerState]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One Runtime API command with the reason the plan gave for it."""
+
+    text: str
+    backend: str
+    server: str
+    reason: str
+    before: str = ""  # admin state before ("ready", "maint"...)
+    after: str = ""  # admin state wanted, or "sessions-closed"

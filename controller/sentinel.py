@@ -1,0 +1,332 @@
+"""Sentinel adapter: the only module that talks to Sentinels.
+
+Two jobs, both per Sentinel:
+- `SentinelReader.read()`: one pipelined round trip per Sentinel (all Sentinels in
+  parallel) giving every group's address, config-epoch, flags and replicas;
+- `EventWatcher`: a thread holding a pub/sub connection (`PSUBSCRIBE *`). redis-py does not
+  notice a hung Sentinel and reconnects silently after a restart (facts 0.4), so the watcher
+  disables redis-py's retries, pings on the pub/sub connection itself, declares the
+  connection dead when a pong is late, and reconnects on its own, reporting each
+  (re)connect and loss as a hint.
+Must not decide anything: it reports what Sentinels say, parsed into frozen values.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from controller.model import MasterView, SentinelView
+from controller.sentinel_parse import (
+    SentinelEvent,
+    SentinelReplyError,
+    parse_event,
+    parse_master_names,
+    parse_master_view,
+    parse_tilt,
+)
+
+log = structlog.get_logger("controller.sentinel")
+
+
+@dataclass(frozen=True)
+class SentinelAddr:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_sentinel_addr(text: str) -> SentinelAddr:
+    """`HOST:PORT` (IPv6 as `[::1]:26379`) with a clear error on anything else."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"sentinel address {text!r}: expected HOST:PORT")
+    return SentinelAddr(host, int(port))
+
+
+@dataclass(frozen=True)
+class Auth:
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"Auth(username={self.username!r}, password={'***' if self.password else None})"
+
+
+def _client(addr: SentinelAddr, auth: Auth, timeout_s: float, sock_timeout: float | None) -> Any:
+    kwargs: dict[str, Any] = {}
+    if auth.tls:
+        kwargs.update(ssl=True, ssl_ca_certs=auth.tls_ca_file, ssl_cert_reqs="required")
+    return redis.Redis(
+        host=addr.host,
+        port=addr.port,
+        username=auth.username,
+        password=auth.password,
+        protocol=2,  # flat field lists; parsed at the edge by sentinel_parse
+        decode_responses=True,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=sock_timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),  # errors must surface: we reconnect ourselves
+        client_name="sentinel-haproxy",
+        **kwargs,
+    )
+
+
+def describe_error(e: BaseException) -> str:
+    """A short, secret-free description of a connection or reply error."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid user" in text:
+        return f"authentication failed: {text}"
+    if "Authentication required" in text or "NOAUTH" in text:
+        return "authentication required: set the sentinel password"
+    return f"{type(e).__name__}: {text}"
+
+
+class SentinelReader:
+    """Reads the full state of every configured group from every Sentinel."""
+
+    def __init__(
+        self,
+        sentinels: Sequence[SentinelAddr],
+        auth: Auth,
+        masters: Sequence[str],
+        timeout_s: float = 1.0,
+    ) -> None:
+        self.sentinels = list(sentinels)
+        self.auth = auth
+        self.fixed_masters = list(masters)  # empty: every master the Sentinels monitor
+        self.timeout_s = timeout_s
+        self._clients = {str(s): _client(s, auth, timeout_s, timeout_s) for s in self.sentinels}
+        self._known: list[str] = list(masters)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sentinels)),
+                                        thread_name_prefix="sentinel-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self._clients.values():
+            c.close()
+
+    def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
+        """One view per Sentinel, in configuration order; errors are carried, not raised.
+
+        Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not asked:
+        a hung one would hold the pass for a whole timeout.
+        """
+        futures = {
+            str(s): self._pool.submit(self._read_one, s)
+            for s in self.sentinels
+            if str(s) not in skip
+        }
+        views = [
+            futures[str(s)].result()
+            if str(s) in futures
+            else SentinelView(sentinel=str(s), error="event connection down")
+            for s in self.sentinels
+        ]
+        if not self.fixed_masters:
+            seen = sorted({n for v in views for n in v.masters} | set(self._known))
+            self._known = seen
+        return views
+
+    @property
+    def master_names(self) -> list[str]:
+        return list(self._known)
+
+    def _read_one(self, addr: SentinelAddr) -> SentinelView:
+        name = str(addr)
+        try:
+            return self._query(name, list(self._known))
+        except redis.RedisError as e:
+            return SentinelView(sentinel=name, error=describe_error(e))
+        except SentinelReplyError as e:
+            return SentinelView(sentinel=name, error=f"bad reply: {e}")
+
+    def _query(self, name: str, names: list[str]) -> SentinelView:
+        client = self._clients[name]
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("INFO", "sentinel")
+        pipe.execute_command("SENTINEL", "MASTERS")
+        for m in names:
+            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m)
+            pipe.execute_command("SENTINEL", "REPLICAS", m)
+        replies = pipe.execute(raise_on_error=False)
+        for r in replies[:2]:
+            if isinstance(r, Exception):
+                raise r
+        tilt = parse_tilt(replies[0])
+        names_all = parse_master_names(replies[1])
+        entries = dict(zip(names_all, replies[1], strict=True))
+        if not self.fixed_masters:
+            extra = sorted(set(entries) - set(names))
+            if extra:  # a group we have not seen yet: one more round trip, then it is known
+                return self._query(name, names + extra)
+        masters: dict[str, MasterView] = {}
+        for i, m in enumerate(names):
+            addr_r, repl_r = replies[2 + 2 * i], replies[3 + 2 * i]
+            if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
+                continue  # this Sentinel does not monitor m: it simply has no vote for it
+            masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
+        return SentinelView(sentinel=name, masters=masters, tilt=tilt)
+
+
+HintKind = Literal["event", "connected", "disconnected", "bad_event"]
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Something that may mean the state changed; the loop reconciles on it."""
+
+    sentinel: str
+    kind: HintKind
+    received: float  # time.monotonic() when it arrived
+    event: SentinelEvent | None = None
+    detail: str = ""
+
+
+class EventWatcher:
+    """One thread per Sentinel: pub/sub events and connection changes become hints."""
+
+    def __init__(
+        self,
+        addr: SentinelAddr,
+        auth: Auth,
+        put: Callable[[Hint], None],
+        ping_interval_s: float = 0.5,
+        dead_after_s: float = 1.5,
+        connect_timeout_s: float = 1.0,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self.addr = addr
+        self.auth = auth
+        self._put = put
+        self.ping_interval_s = ping_interval_s
+        self.dead_after_s = dead_after_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.connected = False
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sentinel-watch-{addr}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _hint(self, kind: HintKind, event: SentinelEvent | None = None, detail: str = "") -> None:
+        self._put(Hint(str(self.addr), kind, time.monotonic(), event, detail))
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._session()
+                backoff = 0.05
+            except Exception as e:  # any failure: drop the connection, report, retry
+                err = describe_error(e)
+                if self.connected or err != self.last_error:
+                    self._hint("disconnected", detail=err)
+                self.connected = False
+                self.last_error = err
+            self._stop.wait(backoff)
+            backoff = min(self.max_backoff_s, backoff * 2)
+
+    def _session(self) -> None:
+        client = _client(self.addr, self.auth, self.connect_timeout_s, self.dead_after_s)
+        pubsub = client.pubsub()
+        try:
+            pubsub.psubscribe("*")
+            deadline = time.monotonic() + self.dead_after_s
+            while True:  # wait for the subscription to be confirmed
+                msg = pubsub.get_message(timeout=0.1)
+                if msg and msg.get("type") == "psubscribe":
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no PSUBSCRIBE confirmation")
+                if self._stop.is_set():
+                    return
+            self.connected = True
+            self.last_error = ""
+            self._hint("connected")
+            self._listen(pubsub)
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _listen(self, pubsub: Any) -> None:
+        seq = 0
+        last_pong = time.monotonic()
+        next_ping = last_pong
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_ping:
+                seq += 1
+                pubsub.ping(f"hc{seq}")
+                next_ping = now + self.ping_interval_s
+            if now - last_pong > self.dead_after_s:
+                raise TimeoutError(f"no pong for {now - last_pong:.1f}s (sentinel hung?)")
+            msg = pubsub.get_message(timeout=min(0.1, max(0.0, next_ping - now)))
+            if not msg:
+                continue
+            kind = msg.get("type")
+            if kind == "pong":
+                last_pong = time.monotonic()
+            elif kind == "pmessage":
+                channel = msg.get("channel")
+                if channel == "__sentinel__:hello":
+                    continue  # gossip between Sentinels, every 2 s each: not a state change
+                try:
+                    event = parse_event(channel, msg.get("data"))
+                except SentinelReplyError as e:
+                    self._hint("bad_event", detail=str(e))
+                    continue
+                self._hint("event", event)
+
+
+class HintQueue:
+    """Bounded hand-off from watcher threads to the loop. When full, hints are dropped
+    and a flag says so: the next pass reads the full state anyway, nothing is lost."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._q: queue.Queue[Hint] = queue.Queue(maxsize)
+        self.overflowed = False
+
+    def put(self, hint: Hint) -> None:
+        try:
+            self._q.put_nowait(hint)
+        except queue.Full:
+            self.overflowed = True
+
+    def get(self, timeout_s: float) -> list[Hint]:
+        """Wait up to `timeout_s` for a hint, then take every hint that is waiting."""
+        try:
+            first = self._q.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            return []
+        out = [first]
+        while len(out) < 10_000:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return out

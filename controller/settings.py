@@ -1,0 +1,206 @@
+"""Settings: one source of precedence, defaults < config file < environment < flags.
+
+The file is TOML (keys as below); every key has an environment variable
+`SENTINEL_HAPROXY_<KEY>` (lists comma-separated) and a command-line flag `--key-with-dashes`.
+Secrets may come from `*_file` keys (a path whose content is the secret). Validation names
+the setting and the source of the bad value. Must not log or print a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SENTINEL_HAPROXY_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a bad value; the message names it and where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    sentinels: tuple[str, ...] = ()
+    haproxy_sockets: tuple[str, ...] = ()
+    masters: tuple[str, ...] = ()  # empty: every master the Sentinels monitor
+    write_backend: str = "{master}_master"
+    read_backend: str = "{master}_replicas"
+    sentinel_username: str = ""
+    sentinel_password: str = field(default="", repr=False)
+    sentinel_password_file: str = ""
+    sentinel_tls: bool = False
+    sentinel_tls_ca_file: str = ""
+    min_sentinels: int = 0  # 0: a majority of the configured Sentinels
+    resync_interval_s: float = 5.0
+    haproxy_poll_interval_s: float = 0.5
+    haproxy_timeout_s: float = 2.0
+    sentinel_timeout_s: float = 1.0
+    sentinel_ping_interval_s: float = 0.5
+    sentinel_dead_after_s: float = 1.5
+    log_format: str = "auto"  # auto: JSON unless stderr is a TTY
+    log_level: str = "info"
+    dry_run: bool = False
+    allow_remote_haproxy: bool = False
+    metrics_address: str = ""  # HOST:PORT for /metrics and /healthz; empty: off
+    webhook_urls: tuple[str, ...] = ()
+    webhook_timeout_s: float = 2.0
+
+    @property
+    def effective_min_sentinels(self) -> int:
+        return self.min_sentinels or (len(self.sentinels) // 2 + 1)
+
+    def password(self) -> str | None:
+        if self.sentinel_password:
+            return self.sentinel_password
+        if self.sentinel_password_file:
+            try:
+                return Path(self.sentinel_password_file).read_text().strip() or None
+            except OSError as e:
+                raise SettingsError(
+                    f"sentinel_password_file: cannot read {self.sentinel_password_file!r}: "
+                    f"{e.strerror}"
+                ) from None
+        return None
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+SECRET_KEYS = frozenset({"sentinel_password"})
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Turn a raw value (TOML value, env string, flag) into the field's type."""
+    kind = type(getattr(Settings(), key))
+    shown = "***" if key in SECRET_KEYS else repr(value)
+    try:
+        if kind is tuple:
+            if isinstance(value, str):
+                return _split(value)
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                return tuple(v2 for v in value for v2 in _split(v))
+            raise TypeError
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise TypeError
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"{key} from {source}: {shown} is not a valid {kind.__name__}"
+        ) from None
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge defaults < file < env < flags. `flags` holds only flags the user gave."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise SettingsError(f"config file {path!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsError(f"config file {path!r}: not valid TOML: {e}") from None
+        for key, value in data.items():
+            k = key.replace("-", "_")
+            if k not in _FIELDS:
+                raise SettingsError(f"config file {path!r}: unknown setting {key!r}")
+            values[k] = _coerce(k, value, f"config file {path}")
+    for k in _FIELDS:
+        name = ENV_PREFIX + k.upper()
+        if name in env:
+            values[k] = _coerce(k, env[name], f"environment {name}")
+    for k, value in flags.items():
+        if value is None:
+            continue
+        if k not in _FIELDS:
+            raise SettingsError(f"unknown setting {k!r}")
+        values[k] = _coerce(k, value, "--" + k.replace("_", "-"))
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    for key in ("resync_interval_s", "haproxy_poll_interval_s", "haproxy_timeout_s",
+                "sentinel_timeout_s", "sentinel_ping_interval_s", "sentinel_dead_after_s",
+                "webhook_timeout_s"):
+        v = getattr(s, key)
+        if not 0 < v <= 3600:
+            raise SettingsError(f"{key}: {v} must be > 0 and <= 3600 seconds")
+    if s.sentinel_dead_after_s <= s.sentinel_ping_interval_s:
+        raise SettingsError(
+            "sentinel_dead_after_s must be longer than sentinel_ping_interval_s "
+            f"({s.sentinel_dead_after_s} <= {s.sentinel_ping_interval_s})"
+        )
+    for key in ("write_backend", "read_backend"):
+        tpl = getattr(s, key)
+        try:
+            out = tpl.format(master="x")
+        except (KeyError, IndexError, ValueError):
+            raise SettingsError(
+                f"{key}: {tpl!r} is not a valid template (use {{master}} and nothing else)"
+            ) from None
+        if out == tpl.format(master="y"):
+            raise SettingsError(f"{key}: {tpl!r} must contain {{master}}")
+    if s.write_backend == s.read_backend:
+        raise SettingsError("write_backend and read_backend must differ")
+    if s.log_format not in ("auto", "json", "console"):
+        raise SettingsError(f"log_format: {s.log_format!r} must be auto, json or console")
+    if s.log_level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"log_level: {s.log_level!r} must be debug, info, warning or error")
+    if s.min_sentinels < 0 or (s.sentinels and s.min_sentinels > len(s.sentinels)):
+        raise SettingsError(
+            f"min_sentinels: {s.min_sentinels} must be between 0 and the number of sentinels "
+            f"({len(s.sentinels)})"
+        )
+    for sock in s.haproxy_sockets:
+        if sock.startswith("tcp:") and not s.allow_remote_haproxy:
+            host = sock[4:].rpartition(":")[0].strip("[]")
+            if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+                raise SettingsError(
+                    f"haproxy_sockets: {sock!r} is not on loopback; the admin socket must not "
+                    "cross a network (set allow_remote_haproxy to force)"
+                )
+    for name in s.masters:
+        if not name or any(c.isspace() for c in name):
+            raise SettingsError(f"masters: {name!r} is not a valid master name")
+
+
+def require_targets(s: Settings) -> None:
+    """Commands that talk to both sides need at least one of each."""
+    if not s.sentinels:
+        raise SettingsError(
+            "no sentinels: give --sentinel HOST:PORT (or SENTINEL_HAPROXY_SENTINELS)"
+        )
+    if not s.haproxy_sockets:
+        raise SettingsError(
+            "no haproxy socket: give --haproxy-socket PATH|tcp:HOST:PORT "
+            "(or SENTINEL_HAPROXY_HAPROXY_SOCKETS)"
+        )
