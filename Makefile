@@ -1,0 +1,47 @@
+# Two commands on a fresh Debian machine:
+#   make demo   installs what is missing, starts the local stack and runs a live failover
+#   make test   installs what is missing, then lint, types and every test
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps system-deps venv lint types unit integration test demo bench clean
+
+system-deps:
+	@./scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps: system-deps venv
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+types: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest -m "not integration" -q $(PYTEST_ARGS)
+
+integration: deps
+	$(PY) -m pytest -m integration -q $(PYTEST_ARGS)
+
+# pytest exits 5 when it collects nothing: treated as a failure (make stops on it).
+test: deps lint types
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m controller demo
+
+bench: deps
+	$(PY) bench/reconcile_scale.py
+	$(PY) bench/event_to_applied.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Install what `make test` and `make demo` need on a Debian machine, only when missing:
+# haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv.
+# Services are NOT started by the packages (a policy-rc.d denies it while installing):
+# tests and the demo start their own processes on loopback.
+set -eu
+need=""
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+command -v redis-sentinel >/dev/null 2>&1 || need="$need redis-sentinel"
+command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
+[ -z "$need" ] && exit 0
+echo "installing:$need"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+policy=/usr/sbin/policy-rc.d
+created=""
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    created=1
+fi
+cleanup() { [ -n "$created" ] && $SUDO rm -f "$policy"; }
+trap cleanup EXIT
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null || echo "apt-get update failed; trying with the current lists"
+# shellcheck disable=SC2086  # word splitting of the package list is wanted
+$SUDO apt-get install -y -q --no-install-recommends $need >/dev/null
