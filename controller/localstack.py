@@ -785,7 +785,11 @@ class LocalStack:
         return self._haproxy.pid
 
     def restart_haproxy(self, timeout_s: float = 10) -> None:
-        """Stop HAProxy by PID and start it again from its config; wait for its socket."""
+        """Stop HAProxy by PID and start it again from its config; wait for its socket.
+
+        A plain restart (``-db``, no master-worker reload): all runtime state (maint/ready set
+        over the admin socket) is lost and every server is back to ``disabled`` from the config.
+        """
         self._haproxy.terminate()
         self._start_haproxy(time.monotonic() + timeout_s)
 

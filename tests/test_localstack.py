@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.localstack import Layout, LocalStack, LocalStackError, PortInUseError
+from controller.localstack import (
+    HAPROXY_CLASSIC_CONFIG,
+    Layout,
+    LocalStack,
+    LocalStackError,
+    PortInUseError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +155,26 @@ def test_restart_node_keeps_original_role_and_haproxy_restart_changes_pid(tmp_pa
         pids = stack.pids()
     assert_all_dead(pids)
     assert procs_under(tmp_path) == []
+
+
+def test_classic_layout_routes_by_role_check(tmp_path: Path) -> None:
+    """With the classic config, HAProxy's role checks mark node a UP for writes and b for reads."""
+    layout = Layout.for_tests(groups=("redis1",), haproxy_config=HAPROXY_CLASSIC_CONFIG)
+    want = {
+        ("redis1_master", "redis1a"): "UP",
+        ("redis1_master", "redis1b"): "DOWN",
+        ("redis1_replicas", "redis1a"): "DOWN",
+        ("redis1_replicas", "redis1b"): "UP",
+    }
+    with LocalStack(tmp_path, layout) as stack:
+        deadline = time.monotonic() + 10
+        while True:
+            lines = stack.haproxy_command("show stat").splitlines()
+            header = lines[0].lstrip("# ").split(",")
+            rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+            got = {(r["pxname"], r["svname"]): r["status"] for r in rows}
+            got = {k: v for k, v in got.items() if k in want}
+            if got == want:
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
