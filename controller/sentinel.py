@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,7 +98,12 @@ def describe_error(e: BaseException) -> str:
 
 
 class SentinelReader:
-    """Reads the full state of every configured group from every Sentinel."""
+    """Reads the full state of every configured group from every Sentinel.
+
+    All Sentinels are asked at once without threads: the whole pipeline is written to every
+    connection first, then the replies are read, so a pass costs about one round trip plus
+    parsing (threads cost more than they save here: the GIL serialises the parsing).
+    """
 
     def __init__(
         self,
@@ -112,15 +116,16 @@ class SentinelReader:
         self.auth = auth
         self.fixed_masters = list(masters)  # empty: every master the Sentinels monitor
         self.timeout_s = timeout_s
-        self._clients = {str(s): _client(s, auth, timeout_s, timeout_s) for s in self.sentinels}
+        self._conns = {str(s): _connection(s, auth, timeout_s) for s in self.sentinels}
         self._known: list[str] = list(masters)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sentinels)),
-                                        thread_name_prefix="sentinel-read")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for c in self._clients.values():
-            c.close()
+        for c in self._conns.values():
+            c.disconnect()
+
+    @property
+    def master_names(self) -> list[str]:
+        return list(self._known)
 
     def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
         """One view per Sentinel, in configuration order; errors are carried, not raised.
@@ -128,61 +133,109 @@ class SentinelReader:
         Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not asked:
         a hung one would hold the pass for a whole timeout.
         """
-        futures = {
-            str(s): self._pool.submit(self._read_one, s)
-            for s in self.sentinels
-            if str(s) not in skip
-        }
-        views = [
-            futures[str(s)].result()
-            if str(s) in futures
-            else SentinelView(sentinel=str(s), error="event connection down")
-            for s in self.sentinels
-        ]
+        views = self._read_all(list(self._known), skip)
         if not self.fixed_masters:
-            seen = sorted({n for v in views for n in v.masters} | set(self._known))
-            self._known = seen
-        return views
+            seen = sorted({n for v in views for n in v.master_names_seen} | set(self._known))
+            if seen != self._known:  # a group we have not seen yet: ask again, once
+                self._known = seen
+                views = self._read_all(seen, skip)
+        return [v.view for v in views]
 
-    @property
-    def master_names(self) -> list[str]:
-        return list(self._known)
-
-    def _read_one(self, addr: SentinelAddr) -> SentinelView:
-        name = str(addr)
-        try:
-            return self._query(name, list(self._known))
-        except redis.RedisError as e:
-            return SentinelView(sentinel=name, error=describe_error(e))
-        except SentinelReplyError as e:
-            return SentinelView(sentinel=name, error=f"bad reply: {e}")
-
-    def _query(self, name: str, names: list[str]) -> SentinelView:
-        client = self._clients[name]
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command("INFO", "sentinel")
-        pipe.execute_command("SENTINEL", "MASTERS")
+    def _read_all(self, names: list[str], skip: Collection[str]) -> list[_Reply]:
+        cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS")]
         for m in names:
-            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m)
-            pipe.execute_command("SENTINEL", "REPLICAS", m)
-        replies = pipe.execute(raise_on_error=False)
+            cmds.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m))
+            cmds.append(("SENTINEL", "REPLICAS", m))
+        out: dict[str, _Reply] = {}
+        sent: list[str] = []
+        for addr in self.sentinels:
+            key = str(addr)
+            if key in skip:
+                out[key] = _Reply(SentinelView(sentinel=key, error="event connection down"))
+                continue
+            conn = self._conns[key]
+            try:
+                conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+                sent.append(key)
+            except redis.RedisError as e:
+                conn.disconnect()
+                out[key] = _Reply(SentinelView(sentinel=key, error=describe_error(e)))
+        for key in sent:
+            conn = self._conns[key]
+            try:
+                try:
+                    replies = _read_replies(conn, len(cmds))
+                except redis.ConnectionError as e:
+                    if isinstance(e, redis.TimeoutError):
+                        raise
+                    # A connection the Sentinel closed (it restarted): the first use after
+                    # that fails. Reconnect and ask once more, so the pass still counts it.
+                    conn.disconnect()
+                    conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+                    replies = _read_replies(conn, len(cmds))
+            except redis.RedisError as e:  # timeout, reset: the stream is unusable
+                conn.disconnect()
+                out[key] = _Reply(SentinelView(sentinel=key, error=describe_error(e)))
+                continue
+            try:
+                out[key] = self._build(key, names, replies)
+            except SentinelReplyError as e:
+                out[key] = _Reply(SentinelView(sentinel=key, error=f"bad reply: {e}"))
+        return [out[str(a)] for a in self.sentinels]
+
+    def _build(self, key: str, names: list[str], replies: list[Any]) -> _Reply:
         for r in replies[:2]:
             if isinstance(r, Exception):
-                raise r
+                raise SentinelReplyError(describe_error(r))
         tilt = parse_tilt(replies[0])
-        names_all = parse_master_names(replies[1])
-        entries = dict(zip(names_all, replies[1], strict=True))
-        if not self.fixed_masters:
-            extra = sorted(set(entries) - set(names))
-            if extra:  # a group we have not seen yet: one more round trip, then it is known
-                return self._query(name, names + extra)
+        all_names = parse_master_names(replies[1])
+        entries = dict(zip(all_names, replies[1], strict=True))
         masters: dict[str, MasterView] = {}
         for i, m in enumerate(names):
             addr_r, repl_r = replies[2 + 2 * i], replies[3 + 2 * i]
             if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
                 continue  # this Sentinel does not monitor m: it simply has no vote for it
             masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
-        return SentinelView(sentinel=name, masters=masters, tilt=tilt)
+        return _Reply(SentinelView(sentinel=key, masters=masters, tilt=tilt), frozenset(all_names))
+
+
+def _read_replies(conn: Any, count: int) -> list[Any]:
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as e:  # one refused command; the stream is intact
+            replies.append(e)
+    return replies
+
+
+@dataclass(frozen=True)
+class _Reply:
+    view: SentinelView
+    master_names_seen: frozenset[str] = frozenset()
+
+
+def _connection(addr: SentinelAddr, auth: Auth, timeout_s: float) -> Any:
+    """A bare connection for pipelined reads (no pool, no retries: errors surface)."""
+    kwargs: dict[str, Any] = {}
+    cls: Any = redis.Connection
+    if auth.tls:
+        cls = redis.SSLConnection
+        kwargs.update(ssl_ca_certs=auth.tls_ca_file, ssl_cert_reqs="required")
+    return cls(
+        host=addr.host,
+        port=addr.port,
+        username=auth.username,
+        password=auth.password,
+        protocol=2,
+        decode_responses=True,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        client_name="sentinel-haproxy",
+        **kwargs,
+    )
 
 
 HintKind = Literal["event", "connected", "disconnected", "bad_event"]
