@@ -82,7 +82,8 @@ class Controller:
         self.hints = hints or HintQueue()
         self.counters = Counters()
         self.on_change = on_change  # webhook/alert hook; must not block
-        self._decisions: dict[str, Decision] = {}
+        self._decisions: dict[str, Decision] = {}  # last decided verdict per group
+        self._undecided: dict[str, str] = {}  # group -> reason, while undecided
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
@@ -182,32 +183,35 @@ class Controller:
     # -- bookkeeping and logs ---------------------------------------------------------
     def _t(self) -> dict[str, float]:
         """Elapsed ms in the current failover timeline, when one is open."""
-        if self._incident_t0 is None:
+        now = time.monotonic()
+        if self._incident_t0 is None or now - self._incident_last > INCIDENT_QUIET_S:
             return {}
-        return {"t_ms": round((time.monotonic() - self._incident_t0) * 1000, 1)}
+        return {"t_ms": round((now - self._incident_t0) * 1000, 1)}
 
     def _note_decisions(self, decisions: Sequence[Decision], trigger: str) -> None:
-        undecided = set()
+        """Log verdict changes: one line when a group becomes undecided or decided again,
+        when its master changes, when a replica is lost or back, when it is fenced."""
         for d in decisions:
-            old = self._decisions.get(d.name)
             if d.master is None:
-                undecided.add(d.name)
-                if old is None or old.master is not None or old.reason != d.reason:
+                if self._undecided.get(d.name) != d.reason:
                     log.warning("undecided", group=d.name, reason=d.reason,
                                 action="haproxy keeps its state", **self._t())
                     self._emit("undecided", {"group": d.name, "reason": d.reason})
-                if old is not None and old.master is not None:
-                    continue  # keep the last decided verdict for comparison when it returns
-            elif old is not None and old.master is not None and old.master != d.master:
+                self._undecided[d.name] = d.reason
+                continue
+            if self._undecided.pop(d.name, None) is not None:
+                log.info("decided", group=d.name, master=str(d.master), epoch=d.epoch)
+            old = self._decisions.get(d.name)  # the last decided verdict
+            if old is None:
+                log.info("master_known", group=d.name, master=str(d.master), epoch=d.epoch,
+                         replicas=sorted(str(r) for r in d.replicas))
+            elif old.master != d.master:
                 self.counters.failovers_seen += 1
                 log.info("master_changed", group=d.name, **{"from": str(old.master)},
                          to=str(d.master), epoch=d.epoch, trigger=trigger, **self._t())
                 self._emit("failover", {"group": d.name, "from": str(old.master),
                                         "to": str(d.master), "epoch": d.epoch})
-            elif old is None or old.master is None:
-                log.info("master_known", group=d.name, master=str(d.master), epoch=d.epoch,
-                         replicas=sorted(str(r) for r in d.replicas))
-            if d.master is not None and old is not None and old.master == d.master:
+            else:
                 for r in sorted(old.replicas - d.replicas):
                     log.info("replica_lost", group=d.name, replica=str(r), **self._t())
                     self._emit("replica_lost", {"group": d.name, "replica": str(r)})
@@ -217,7 +221,7 @@ class Controller:
             if d.fenced and not (old and old.fenced):
                 log.warning("master_fenced", group=d.name, reason=d.reason, **self._t())
             self._decisions[d.name] = d
-        self.counters.undecided = undecided
+        self.counters.undecided = set(self._undecided)
 
     def _emit(self, kind: str, data: dict[str, object]) -> None:
         if self.on_change is None:
