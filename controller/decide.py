@@ -4,7 +4,8 @@ Rules (facts B.3):
 - only Sentinels that answered and are not in TILT vote; fewer than `min_voters` -> undecided;
 - the highest config-epoch wins: it is the version of the master's address, so a lagging
   Sentinel never flips the state back, and the leader's fresh promotion (new epoch at once,
-  facts B.2) is followed without waiting for the others;
+  facts B.2) is followed without waiting for the others; an epoch older than one already
+  acted on is not followed unless every configured Sentinel agrees on it;
 - Sentinels at that epoch that name different addresses -> undecided (no guessing);
 - a replica is healthy when most Sentinels at that epoch say it is up and replicating from
   the elected master;
@@ -22,8 +23,16 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
-def decide(name: str, views: Sequence[SentinelView], min_voters: int) -> Decision:
-    """The verdict for master group `name` from all Sentinels' views."""
+def decide(
+    name: str, views: Sequence[SentinelView], min_voters: int, seen_epoch: int = -1
+) -> Decision:
+    """The verdict for master group `name` from all Sentinels' views.
+
+    `seen_epoch` is the highest config-epoch the caller has acted on for this group: an
+    answer older than that comes from lagging Sentinels (e.g. the leader that promoted died
+    before the others heard of it) and is not followed, unless every configured Sentinel
+    agrees on it (the group was reset or re-created: epochs start again).
+    """
     answers: list[MasterView] = [
         v.masters[name] for v in views if v.usable and name in v.masters
     ]
@@ -43,6 +52,14 @@ def decide(name: str, views: Sequence[SentinelView], min_voters: int) -> Decisio
             master=None,
             epoch=top,
             reason=f"sentinels at epoch {top} disagree on the master: {shown}",
+            voters=len(answers),
+        )
+    if top < seen_epoch and not (len(leaders) == len(views) == len(answers)):
+        return Decision(
+            name=name,
+            master=None,
+            epoch=top,
+            reason=f"sentinels report epoch {top}, older than epoch {seen_epoch} seen before",
             voters=len(answers),
         )
     master = addrs.pop()

@@ -84,6 +84,7 @@ class Controller:
         self.on_change = on_change  # webhook/alert hook; must not block
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided
+        self._epochs: dict[str, int] = {}  # highest config-epoch acted on, per group
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
@@ -93,7 +94,13 @@ class Controller:
         skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
         views = self.reader.read(skip=skip)
         n = self.settings.effective_min_sentinels
-        decisions = [decide(name, views, n) for name in self.reader.master_names]
+        decisions = [
+            decide(name, views, n, self._epochs.get(name, -1))
+            for name in self.reader.master_names
+        ]
+        for d in decisions:
+            if d.master is not None:
+                self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
         return views, decisions
 
     # -- one pass ------------------------------------------------------------------
