@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what `make test` and `make demo` need on a Debian machine, only when missing:
-# haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv.
+# haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv; best effort:
+# docker-compose (only validates compose/docker-compose.yml offline; tests skip without it).
 # Services are NOT started by the packages (a policy-rc.d denies it while installing):
 # tests and the demo start their own processes on loopback.
 set -eu
@@ -10,8 +11,10 @@ command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v redis-sentinel >/dev/null 2>&1 || need="$need redis-sentinel"
 command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
-[ -z "$need" ] && exit 0
-echo "installing:$need"
+optional=""
+command -v docker-compose >/dev/null 2>&1 || optional="docker-compose"
+[ -z "$need$optional" ] && exit 0
+echo "installing:$need${optional:+ (optional: $optional)}"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 policy=/usr/sbin/policy-rc.d
@@ -25,5 +28,11 @@ cleanup() { [ -n "$created" ] && $SUDO rm -f "$policy"; }
 trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q >/dev/null || echo "apt-get update failed; trying with the current lists"
-# shellcheck disable=SC2086  # word splitting of the package list is wanted
-$SUDO apt-get install -y -q --no-install-recommends $need >/dev/null
+if [ -n "$need" ]; then
+    # shellcheck disable=SC2086  # word splitting of the package list is wanted
+    $SUDO apt-get install -y -q --no-install-recommends $need >/dev/null
+fi
+if [ -n "$optional" ]; then
+    $SUDO apt-get install -y -q --no-install-recommends $optional >/dev/null \
+        || echo "could not install $optional: its checks will be skipped"
+fi

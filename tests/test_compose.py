@@ -1,0 +1,260 @@
+"""compose/docker-compose.yml, compose/.env.example, Dockerfile: static checks (no Docker engine).
+
+The compose file must run the shipped configs (haproxy/, sentinel/), publish the frontends and the
+stats page, share HAProxy's admin socket with the controller, and only use settings that exist.
+`docker-compose config` (Debian's docker-compose v1 works without an engine) validates it against
+the Compose schema when the tool is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.healthcheck import url_for
+from controller.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+SOCKET_DIR = "/var/run/haproxy"
+
+GROUPS = ("redis1", "redis2", "redis3")
+NODES = tuple(g + s for g in GROUPS for s in ("a", "b"))
+SENTINELS = ("sentinel1", "sentinel2", "sentinel3")
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    svc = load_compose()["services"]
+    assert isinstance(svc, dict)
+    return svc
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path (resolved relative to compose/) of each bind mount."""
+    out = {}
+    for v in service.get("volumes", []):
+        src, dst = v.split(":")[:2]
+        if src.startswith((".", "/")):
+            out[dst] = (COMPOSE_DIR / src).resolve()
+    return out
+
+
+def named_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> volume name of each named-volume mount."""
+    out = {}
+    for v in service.get("volumes", []):
+        src, dst = v.split(":")[:2]
+        if not src.startswith((".", "/")):
+            out[dst] = src
+    return out
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    out: set[int] = set()
+    for spec in service.get("ports", []):
+        host = str(spec).split(":")[0]
+        lo, _, hi = host.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_compose_parses_and_has_the_reference_services() -> None:
+    """The compose file is YAML with 6 Redis nodes, 3 Sentinels, HAProxy and the controller."""
+    svc = services()
+    assert set(NODES) | set(SENTINELS) | {"haproxy", "controller"} <= set(svc)
+    for name in NODES:
+        assert svc[name]["image"] == "redis:7.0", name
+    for name in SENTINELS:
+        assert svc[name]["image"] == "redis:7.0", name
+    assert svc["haproxy"]["image"] == "haproxy:2.6"
+    assert svc["controller"]["build"]["context"] == ".."
+
+
+def test_redis_nodes_use_the_shipped_config_and_b_replicates_a() -> None:
+    """Each node runs sentinel/redis.conf; b replicates a; every node has a password."""
+    svc = services()
+    for name in NODES:
+        s = svc[name]
+        mounts = bind_mounts(s)
+        conf = next(dst for dst, src in mounts.items() if src == ROOT / "sentinel" / "redis.conf")
+        cmd = [str(c) for c in s["command"]]
+        assert cmd[:2] == ["redis-server", conf], name
+        for flag in ("--requirepass", "--masterauth"):
+            assert flag in cmd and "REDIS_PASSWORD" in cmd[cmd.index(flag) + 1], (name, flag)
+        if name.endswith("b"):
+            i = cmd.index("--replicaof")
+            assert cmd[i + 1 : i + 3] == [name[:-1] + "a", "6379"], name
+        else:
+            assert "--replicaof" not in cmd, name
+
+
+def test_sentinels_run_a_private_copy_of_the_shipped_config() -> None:
+    """Each Sentinel mounts sentinel/sentinel.conf read-only and runs a copy written under /data."""
+    svc = services()
+    for name in SENTINELS:
+        s = svc[name]
+        mounts = bind_mounts(s)
+        assert mounts["/conf/sentinel.conf"] == ROOT / "sentinel" / "sentinel.conf"
+        assert any(v.endswith(":ro") for v in s["volumes"] if "sentinel.conf" in v)
+        assert mounts["/conf/sentinel-entrypoint.sh"] == COMPOSE_DIR / "sentinel-entrypoint.sh"
+        assert s["command"] == ["docker-entrypoint.sh", "redis-server", "/data/sentinel.conf",
+                                "--sentinel"]
+        assert set(s["environment"]) == {"SENTINEL_PASSWORD", "REDIS_PASSWORD"}
+    # Every host the shipped sentinel.conf monitors is a service of this file.
+    monitored = re.findall(r"^sentinel monitor \S+ (\S+) 6379", (ROOT / "sentinel" /
+                           "sentinel.conf").read_text(), re.MULTILINE)
+    assert sorted(monitored) == sorted(n for n in NODES if n.endswith("a"))
+
+
+def test_sentinel_entrypoint_appends_requirepass_and_auth_pass_once(tmp_path: Path) -> None:
+    """The entry point writes the copy with requirepass and one auth-pass per group, then execs."""
+    conf = tmp_path / "sentinel.conf"
+    env = {**os.environ, "SENTINEL_CONF_SRC": str(ROOT / "sentinel" / "sentinel.conf"),
+           "SENTINEL_CONF": str(conf), "SENTINEL_PASSWORD": "spw1", "REDIS_PASSWORD": "rpw2"}
+    script = str(COMPOSE_DIR / "sentinel-entrypoint.sh")
+    out = subprocess.run(["sh", script, "cat", str(conf)], env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert out.startswith((ROOT / "sentinel" / "sentinel.conf").read_text())
+    assert "\nrequirepass spw1\n" in out
+    for g in GROUPS:
+        assert f"\nsentinel auth-pass {g} rpw2\n" in out
+    assert conf.stat().st_mode & 0o077 == 0  # secrets: not readable by others
+    # A restart keeps the (rewritten) copy: no second block appended.
+    conf.write_text(conf.read_text() + "# rewritten by sentinel\n")
+    out2 = subprocess.run(["sh", script, "cat", str(conf)], env=env, capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    assert out2.count("requirepass") == 1 and out2.endswith("# rewritten by sentinel\n")
+
+
+def test_haproxy_uses_the_shipped_config_and_publishes_frontends_and_stats() -> None:
+    """HAProxy runs haproxy/haproxy.cfg and publishes ports 5000-5005 and 9000."""
+    h = services()["haproxy"]
+    assert bind_mounts(h)["/usr/local/etc/haproxy/haproxy.cfg"] == ROOT / "haproxy" / "haproxy.cfg"
+    assert published_ports(h) >= {*range(5000, 5006), 9000}
+    cfg = (ROOT / "haproxy" / "haproxy.cfg").read_text()
+    binds = {int(p) for p in re.findall(r"^\s+bind :(\d+)", cfg, re.MULTILINE)}
+    assert binds == {*range(5000, 5006), 9000}
+    servers = set(re.findall(r"^\s+server \S+ (\S+):6379", cfg, re.MULTILINE))
+    assert servers == set(NODES)
+
+
+def test_admin_socket_is_shared_through_a_named_volume() -> None:
+    """haproxy and controller mount one named volume at /var/run/haproxy, where the socket is."""
+    data = load_compose()
+    svc = data["services"]
+    vol_h = named_mounts(svc["haproxy"])[SOCKET_DIR]
+    vol_c = named_mounts(svc["controller"])[SOCKET_DIR]
+    assert vol_h == vol_c and vol_h in data["volumes"]
+    cfg = (ROOT / "haproxy" / "haproxy.cfg").read_text()
+    sock = re.search(r"^\s+stats socket (\S+) .*level admin", cfg, re.MULTILINE)
+    assert sock is not None and Path(sock.group(1)).parent == Path(SOCKET_DIR)
+    env = svc["controller"]["environment"]
+    assert env["SENTINEL_HAPROXY_HAPROXY_SOCKETS"] == sock.group(1)
+    assert "99" in [str(g) for g in svc["controller"]["group_add"]]  # haproxy image's gid
+
+
+def test_controller_env_names_exist_in_settings() -> None:
+    """Every SENTINEL_HAPROXY_* name in the deploy files is a setting (or CONFIG)."""
+    known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)} | {ENV_PREFIX + "CONFIG"}
+    files = [COMPOSE, DOCKERFILE, ROOT / "deploy" / "kubernetes.yaml"]
+    seen: set[str] = set()
+    for f in files:
+        if f.exists():
+            seen |= set(re.findall(r"\bSENTINEL_HAPROXY_[A-Z0-9_]+", f.read_text()))
+    assert seen, "no SENTINEL_HAPROXY_* names found"
+    assert seen <= known, sorted(seen - known)
+    env = services()["controller"]["environment"]
+    sentinels = env["SENTINEL_HAPROXY_SENTINELS"].split(",")
+    assert sentinels == [f"{s}:26379" for s in SENTINELS]
+    assert "SENTINEL_PASSWORD" in env["SENTINEL_HAPROXY_SENTINEL_PASSWORD"]
+
+
+def test_env_example_defines_every_variable_the_compose_file_uses() -> None:
+    """compose/.env.example sets each ${VAR} of the compose file, with placeholder values."""
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    assert used == {"REDIS_PASSWORD", "SENTINEL_PASSWORD"}
+    example = env_example()
+    assert used <= set(example)
+    assert all(v.startswith("change-me") for v in example.values())
+    assert "compose/.env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_dockerfile_is_small_non_root_with_healthcheck() -> None:
+    """The image is python:3.11-slim, non-root, checks /healthz, runs `sentinel-haproxy run`."""
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+    assert "--no-cache-dir" in text
+    user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*controller\.healthcheck", text, re.MULTILINE)
+    assert 'ENTRYPOINT ["sentinel-haproxy"]' in text and 'CMD ["run"]' in text
+    assert "SENTINEL_HAPROXY_METRICS_ADDRESS=127.0.0.1:" in text
+
+
+def test_healthcheck_url_asks_loopback_for_wildcard_binds() -> None:
+    """The health check asks the metrics port on loopback when the daemon binds a wildcard."""
+    assert url_for("127.0.0.1:9121") == "http://127.0.0.1:9121/healthz"
+    assert url_for("0.0.0.0:9121") == "http://127.0.0.1:9121/healthz"
+    assert url_for("[::1]:9121") == "http://[::1]:9121/healthz"
+    assert url_for(":9121") == "http://127.0.0.1:9121/healthz"
+
+
+def _docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose (Debian package docker-compose) is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_PASSWORD", "SENTINEL_PASSWORD")}
+    return subprocess.run(
+        [tool, "-f", str(COMPOSE), "--env-file", str(env_file), *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+
+
+def test_docker_compose_config_validates_the_file() -> None:
+    """`docker-compose config` accepts the file with the example env and resolves the mounts."""
+    res = _docker_compose("config", env_file=ENV_EXAMPLE)
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["services"]["redis1a"]["command"][3] == env_example()["REDIS_PASSWORD"]
+    sources = []
+    for v in cfg["services"]["haproxy"]["volumes"]:  # v1 prints short syntax, v2 long syntax
+        src, dst = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+        if dst.endswith("haproxy.cfg"):
+            sources.append(Path(src))
+    assert sources == [ROOT / "haproxy" / "haproxy.cfg"]
+
+
+def test_docker_compose_config_refuses_missing_passwords(tmp_path: Path) -> None:
+    """Without the passwords `docker-compose config` fails and names the missing variable."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    res = _docker_compose("config", env_file=empty)
+    assert res.returncode != 0
+    assert "PASSWORD" in res.stderr and "compose/.env" in res.stderr
