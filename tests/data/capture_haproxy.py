@@ -1,0 +1,158 @@
+"""Regenerate tests/data/haproxy_admin_bits_*.txt from a real haproxy (Debian's 2.6).
+
+Starts one haproxy (foreground, by PID) on a small config in a temporary directory, with one
+group `g` whose write backend `g_master` holds a server in each admin state the parser must read:
+
+    n1 127.0.0.2  ready from the config, a client session open on it, then `state maint`: admin 1
+                  with scur 1 (no on-marked-down shutdown-sessions, so the session survives)
+    n2 127.0.0.3  config `disabled`, then `state ready`: admin 4 (CMAINT alone = ready)
+    n3 127.0.0.4  ready from the config: admin 0
+    n4 127.0.0.5  `state drain`: admin 8
+    n5 127.0.0.6  config `disabled`, untouched: admin 5
+    n6 unresolvable FQDN with `init-addr none`: srv_addr `-`, admin 32 (RMAINT)
+    n7 localhost  an FQDN that resolves: srv_fqdn `localhost`, srv_addr 127.0.0.1, admin 0
+
+and a read backend `g_replicas` (n1, n2). A Python listener on 127.0.0.2 stands in for n1's
+Redis so the session can be established. Saved:
+
+    haproxy_admin_bits_state.txt    reply of `show info; show servers state; show stat -1 4 -1`
+    haproxy_admin_bits_stat_all.txt reply of `show stat` (frontend, backend and server rows)
+    haproxy_admin_bits_batch.txt    reply of a 4-command `;` batch: ok, unknown server, unknown
+                                    backend, ok
+
+Usage: .venv/bin/python tests/data/capture_haproxy.py  (a second or two; stops what it starts)
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from controller.localstack import free_port
+
+DATA = Path(__file__).resolve().parent
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
+
+CONFIG = """\
+global
+    stats socket {sock} mode 600 level admin
+
+defaults
+    mode tcp
+    timeout client 30s
+    timeout server 30s
+    timeout connect 1s
+
+frontend g_write
+    bind 127.0.0.1:{fe_port}
+    default_backend g_master
+
+backend g_master
+    balance first
+    server n1 127.0.0.2:{port}
+    server n2 127.0.0.3:{port} disabled
+    server n3 127.0.0.4:{port}
+    server n4 127.0.0.5:{port}
+    server n5 127.0.0.6:{port} disabled
+    server n6 redis-gone.invalid:{port} init-addr none
+    server n7 localhost:{port}
+
+backend g_replicas
+    server n1 127.0.0.2:{port} disabled
+    server n2 127.0.0.3:{port} disabled
+"""
+
+
+def command(sock: Path, line: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(line.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def wait_for(what: str, cond: object, timeout_s: float = 10) -> None:
+    assert callable(cond)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def main() -> int:
+    port = free_port(["127.0.0.2"])
+    fe_port = free_port(["127.0.0.1"], exclude=frozenset({port}))
+    with tempfile.TemporaryDirectory(prefix="capture-haproxy-") as tmp:
+        sock = Path(tmp) / "admin.sock"
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(CONFIG.format(sock=sock, fe_port=fe_port, port=port))
+        listener = socket.create_server(("127.0.0.2", port))
+        log = (Path(tmp) / "haproxy.log").open("wb")
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        client = None
+        try:
+            wait_for("admin socket", lambda: "Pid:" in command(sock, "show info"))
+            client = socket.create_connection(("127.0.0.1", fe_port), timeout=5)
+            server_side, _ = listener.accept()  # haproxy connected n1 (balance first)
+
+            def n1_has_session() -> bool:
+                stat = command(sock, "show stat g_master 4 -1").splitlines()
+                header = stat[0][2:].split(",")
+                for row in stat[1:]:
+                    cols = row.split(",")
+                    if cols[:2] == ["g_master", "n1"]:
+                        return cols[header.index("scur")] == "1"
+                return False
+
+            wait_for("a session on g_master/n1", n1_has_session)
+            setup = [
+                "set server g_master/n1 state maint",
+                "set server g_master/n2 state ready",
+                "set server g_master/n4 state drain",
+            ]
+            reply = command(sock, "; ".join(setup))
+            if reply != "\n" * len(setup):
+                raise RuntimeError(f"setup refused: {reply!r}")
+            (DATA / "haproxy_admin_bits_state.txt").write_text(command(sock, STATE_BATCH))
+            (DATA / "haproxy_admin_bits_stat_all.txt").write_text(command(sock, "show stat"))
+            batch = "; ".join([
+                "set server g_master/n3 state ready",
+                "set server g_master/nosuch state maint",
+                "set server nosuch/n1 state maint",
+                "shutdown sessions server g_master/n3",
+            ])
+            (DATA / "haproxy_admin_bits_batch.txt").write_text(command(sock, batch))
+            server_side.close()
+            print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt")
+        finally:
+            if client is not None:
+                client.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            listener.close()
+            log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Regenerate tests/data/sentinel_*.json and haproxy_localstack_*.txt from real processes.
+
+Runs a one-group LocalStack (redis1a master, redis1b replica, 3 sentinels, haproxy) and walks it
+through a failover, saving what every Sentinel answers at each step, with redis-py exactly as the
+controller asks (`execute_command`, pipelined per Sentinel, decode_responses=True), once with
+protocol=2 (flat field lists) and once with protocol=3 (maps):
+
+    steady               every node up, epoch 0 (also: replies for an unknown master name)
+    replica_dead         redis1b SIGKILLed, every sentinel lists it s_down
+    master_down          redis1a SIGKILLed, first snapshot where a sentinel flags it o_down
+    promoted             first snapshot where the leader's GET-MASTER-ADDR-BY-NAME names the
+                         promoted replica while its SENTINEL MASTERS entry keeps the old ip with
+                         failover_in_progress and the new config-epoch (others still lag)
+    switched             every sentinel switched (+switch-master seen everywhere, failover ended),
+                         the dead old master listed as an s_down replica
+    old_master_returned  redis1a restarted with its own config (a master): listed as a replica with
+                         role-reported master, master-link-status err, no s_down
+    converted            redis1a converted and linked: steady again at epoch 1, redis1b master
+    tilt                 sentinel2 SIGSTOPped 3 s then resumed: sentinel_tilt 1
+
+HAProxy (the stack's, the shipped layout): state batch (`show info; show servers state; show stat
+-1 4 -1`) at start (every server config-disabled), after the steady state was applied by hand and
+after the failover was applied by hand.
+
+Usage: .venv/bin/python tests/data/capture_sentinel.py  (about a minute; stops all it starts)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from controller.localstack import Layout, LocalStack, resp_command
+
+DATA = Path(__file__).resolve().parent
+GROUP = "redis1"
+POLL_S = 0.002
+STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
+
+Snapshot = dict[str, dict[str, Any]]  # sentinel "host:port" -> command -> raw reply
+
+
+def fields(raw: Any) -> dict[str, str]:
+    """A RESP2 flat list or a RESP3 map as a dict (only for the conditions below)."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    return {str(k): str(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+
+
+class Capture:
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.names = [f"{h}:{p}" for h, p in stack.sentinel_addrs]
+        self.clients: dict[int, dict[str, Any]] = {
+            proto: {
+                f"{h}:{p}": redis.Redis(
+                    host=h, port=p, protocol=proto, decode_responses=True, socket_timeout=2
+                )
+                for h, p in stack.sentinel_addrs
+            }
+            for proto in (2, 3)
+        }
+        self.t0 = time.monotonic()
+
+    def snap(self, proto: int) -> Snapshot:
+        """Every sentinel's answers, one pipeline per sentinel (the reader's round trip)."""
+        out: Snapshot = {}
+        for name, c in self.clients[proto].items():
+            pipe = c.pipeline(transaction=False)
+            pipe.execute_command("INFO", "sentinel")
+            pipe.execute_command("SENTINEL", "MASTERS")
+            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP)
+            pipe.execute_command("SENTINEL", "REPLICAS", GROUP)
+            info, masters, addr, replicas = pipe.execute()
+            out[name] = {
+                "t_ms": round((time.monotonic() - self.t0) * 1000, 1),
+                "INFO sentinel": info,
+                "SENTINEL MASTERS": masters,
+                f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}": addr,
+                f"SENTINEL REPLICAS {GROUP}": replicas,
+            }
+        return out
+
+    def info_text(self) -> dict[str, str]:
+        """`INFO sentinel` as raw text (redis-py parses INFO into a dict)."""
+        return {
+            f"{h}:{p}": str(resp_command(h, p, "INFO", "sentinel"))
+            for h, p in self.stack.sentinel_addrs
+        }
+
+    def wait(self, what: str, cond: Callable[[Snapshot], bool], timeout_s: float) -> Snapshot:
+        """Poll RESP2 snapshots until `cond` holds; return the snapshot where it first held."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            s = self.snap(2)
+            if cond(s):
+                print(f"  {what}: after {(time.monotonic() - self.t0):.3f} s", flush=True)
+                return s
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}: {json.dumps(s)[:2000]}")
+            time.sleep(POLL_S)
+
+    def save(self, state: str, note: str, resp2: Snapshot, **extra: Any) -> None:
+        resp3 = self.snap(3)  # right after the RESP2 snapshot that met the condition
+        nodes = {n.name: f"{n.host}:{n.port}" for n in self.stack.nodes.values()}
+        doc = {
+            "state": state,
+            "note": note,
+            "captured": {
+                "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "redis_server": str(resp_command(*self.stack.sentinel_addrs[0], "INFO", "server"))
+                .split("redis_version:")[1]
+                .split()[0],
+                "redis_py": redis.__version__,
+                "how": "tests/data/capture_sentinel.py: redis.Redis(host, port, protocol=2|3, "
+                "decode_responses=True).pipeline(transaction=False) per sentinel with "
+                "execute_command('INFO','sentinel'), ('SENTINEL','MASTERS'), "
+                f"('SENTINEL','GET-MASTER-ADDR-BY-NAME','{GROUP}'), ('SENTINEL','REPLICAS',"
+                f"'{GROUP}'); t_ms = ms since the stack was up; resp3 taken right after resp2",
+            },
+            "group": GROUP,
+            "nodes": nodes,
+            "sentinels": self.names,
+            **extra,
+            "resp2": resp2,
+            "resp3": resp3,
+            "info_text": self.info_text(),
+        }
+        path = DATA / f"sentinel_{state}.json"
+        path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+        print(f"  wrote {path.name}", flush=True)
+
+    def haproxy(self, name: str) -> None:
+        """Save the state batch reply of the stack's HAProxy (notes: tests/data/README.md)."""
+        reply = self.stack.haproxy_command(STATE_BATCH)
+        path = DATA / f"haproxy_localstack_{name}.txt"
+        path.write_text(reply)
+        print(f"  wrote {path.name}", flush=True)
+
+    def apply(self, commands: list[str]) -> None:
+        reply = self.stack.haproxy_command("; ".join(commands))
+        if reply.strip():
+            raise RuntimeError(f"haproxy refused {commands}: {reply!r}")
+
+
+def master_entry(s: dict[str, Any]) -> dict[str, str]:
+    entries = [fields(e) for e in s["SENTINEL MASTERS"]]
+    return next(e for e in entries if e["name"] == GROUP)
+
+
+def replica(s: dict[str, Any], addr: str) -> dict[str, str] | None:
+    for r in s[f"SENTINEL REPLICAS {GROUP}"]:
+        f = fields(r)
+        if f"{f['ip']}:{f['port']}" == addr:
+            return f
+    return None
+
+
+def addr_of(s: dict[str, Any]) -> str:
+    a = s[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]
+    return f"{a[0]}:{a[1]}"
+
+
+def healthy(r: dict[str, str] | None, master: str) -> bool:
+    return (
+        r is not None
+        and r["flags"] == "slave"
+        and r.get("role-reported") == "slave"
+        and r.get("master-link-status") == "ok"
+        and f"{r.get('master-host')}:{r.get('master-port')}" == master
+    )
+
+
+def main() -> int:
+    layout = Layout.for_tests(groups=(GROUP,))
+    with tempfile.TemporaryDirectory(prefix="capture-") as tmp, LocalStack(
+        Path(tmp), layout
+    ) as stack:
+        cap = Capture(stack)
+        a, b = stack.nodes[GROUP + "a"], stack.nodes[GROUP + "b"]
+        a_addr, b_addr = f"{a.host}:{a.port}", f"{b.host}:{b.port}"
+        print(f"stack up: {a.name}={a_addr} {b.name}={b_addr} sentinels={cap.names}")
+
+        cap.haproxy("initial")
+        cap.apply([f"set server {GROUP}_master/{a.name} state ready",
+                   f"set server {GROUP}_replicas/{b.name} state ready"])
+        cap.haproxy("steady")
+
+        def steady(s: Snapshot) -> bool:
+            return all(
+                addr_of(v) == a_addr and healthy(replica(v, b_addr), a_addr) for v in s.values()
+            )
+
+        s = cap.wait("steady", steady, 30)
+        unknown: dict[str, Any] = {}
+        for proto in (2, 3):
+            c = cap.clients[proto][cap.names[0]]
+            pipe = c.pipeline(transaction=False)
+            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nosuch")
+            pipe.execute_command("SENTINEL", "REPLICAS", "nosuch")
+            addr_r, repl_r = pipe.execute(raise_on_error=False)
+            unknown[f"resp{proto}"] = {
+                "SENTINEL GET-MASTER-ADDR-BY-NAME nosuch": addr_r,
+                "SENTINEL REPLICAS nosuch (error)": str(repl_r),
+            }
+        cap.save("steady", f"Every node up: {a.name} master, {b.name} replica linked; epoch 0. "
+                 "'unknown_master' holds the replies for a name no sentinel monitors.", s,
+                 unknown_master=unknown)
+
+        # -- replica dead -------------------------------------------------------------------
+        stack.kill_node(b.name)
+        s = cap.wait("replica s_down on every sentinel", lambda s: all(
+            "s_down" in (replica(v, b_addr) or {}).get("flags", "") for v in s.values()), 30)
+        cap.save("replica_dead", f"{b.name} ({b_addr}) SIGKILLed; every sentinel lists it "
+                 "s_down,slave,disconnected; master unchanged.", s)
+        stack.start_node(b.name)
+        cap.wait("replica healthy again", steady, 60)
+
+        # -- failover -------------------------------------------------------------------------
+        stack.kill_node(a.name)
+        s = cap.wait("master o_down on a sentinel", lambda s: any(
+            "o_down" in master_entry(v)["flags"] for v in s.values()), 30)
+        flags = {n: master_entry(v)["flags"] for n, v in s.items()}
+        cap.save("master_down", f"{a.name} ({a_addr}) SIGKILLed; first snapshot (polled every "
+                 f"{POLL_S * 1000:g} ms) where a sentinel's SENTINEL MASTERS flags carry o_down. "
+                 f"Flags per sentinel: {flags}.", s)
+
+        def promoted(s: Snapshot) -> bool:
+            return any(
+                addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}"
+                and "failover_in_progress" in master_entry(v)["flags"]
+                for v in s.values()
+            )
+
+        s = cap.wait("leader promoted (addr != entry ip, failover_in_progress)", promoted, 30)
+        leader = next(n for n, v in s.items()
+                      if addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}")
+        shown = {n: (addr_of(v), master_entry(v)["config-epoch"]) for n, v in s.items()}
+        cap.save("promoted", f"Right after the leader's +promoted-slave: leader {leader} answers "
+                 f"GET-MASTER-ADDR-BY-NAME {b_addr} while its SENTINEL MASTERS entry keeps "
+                 f"{a_addr} with failover_in_progress and the new config-epoch. (address, epoch) "
+                 f"per sentinel in resp2: {shown}. Polled every {POLL_S * 1000:g} ms.", s,
+                 leader=leader)
+
+        def switched(s: Snapshot) -> bool:
+            return all(
+                addr_of(v) == b_addr
+                and f"{master_entry(v)['ip']}:{master_entry(v)['port']}" == b_addr
+                and "failover_in_progress" not in master_entry(v)["flags"]
+                and "s_down" in (replica(v, a_addr) or {}).get("flags", "")
+                for v in s.values()
+            )
+
+        s = cap.wait("every sentinel switched, old master an s_down replica", switched, 30)
+        cap.save("switched", f"After +switch-master on every sentinel (failover ended): {b.name} "
+                 f"({b_addr}) master at epoch 1; dead {a.name} listed as an s_down replica.", s)
+        cap.apply([f"set server {GROUP}_master/{a.name} state maint",
+                   f"shutdown sessions server {GROUP}_master/{a.name}",
+                   f"set server {GROUP}_replicas/{b.name} state maint",
+                   f"set server {GROUP}_master/{b.name} state ready"])
+        cap.haproxy("switched")
+
+        # -- old master back as a master -----------------------------------------------------
+        stack.start_node(a.name)
+
+        def returned(s: Snapshot) -> bool:
+            for v in s.values():
+                r = replica(v, a_addr)
+                if r is None or r.get("role-reported") != "master" or "s_down" in r["flags"]:
+                    return False
+            return True
+
+        s = cap.wait("old master listed as replica reporting role master", returned, 10)
+        cap.save("old_master_returned", f"{a.name} restarted with its own config (no replicaof): "
+                 "every sentinel lists it as a replica (flags slave, no s_down) with role-reported "
+                 "master, master-link-status err, before +convert-to-slave.", s)
+
+        s = cap.wait("old master converted and linked", lambda s: all(
+            addr_of(v) == b_addr and healthy(replica(v, a_addr), b_addr) for v in s.values()), 40)
+        cap.save("converted", f"After +convert-to-slave: {a.name} a linked replica of {b.name}; "
+                 "steady at epoch 1.", s)
+
+        # -- TILT ----------------------------------------------------------------------------
+        stack.pause_sentinel(2)
+        time.sleep(3.0)  # the stimulus itself: TILT needs the timer to stall for > 2 s
+        stack.resume_sentinel(2)
+        s = cap.wait("sentinel2 in TILT", lambda s: str(
+            s[cap.names[2]]["INFO sentinel"]["sentinel_tilt"]) == "1", 10)
+        cap.save("tilt", f"sentinel2 ({cap.names[2]}) SIGSTOPped for 3 s then resumed: its INFO "
+                 "sentinel says sentinel_tilt:1 (for 30 s).", s)
+        for c in (*cap.clients[2].values(), *cap.clients[3].values()):
+            c.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
