@@ -227,7 +227,8 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
             "sentinels": [_view_json(v, d.name) for v in result.views],
             "haproxy": hx,
         })
-    return {"groups": groups}
+    sentinels = [{"sentinel": v.sentinel, "error": v.error, "tilt": v.tilt} for v in result.views]
+    return {"groups": groups, "sentinels": sentinels}
 
 
 def _decision_json(d: Decision) -> dict[str, Any]:
@@ -248,6 +249,12 @@ def _exit_code(result: PassResult, applied: bool) -> int:
 
 
 def print_status(report: dict[str, Any], out: Any = sys.stdout) -> None:
+    if not report["groups"]:  # no group known: say why (e.g. every Sentinel refused our AUTH)
+        print("no master group known: no Sentinel answered", file=out)
+        for v in report.get("sentinels", []):
+            print(f"  sentinel {v['sentinel']}: {v['error'] or 'ok, monitors no master'}",
+                  file=out)
+        print(file=out)
     for g in report["groups"]:
         d = g["decision"]
         head = f"group {g['group']}: "
@@ -324,6 +331,9 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
     for d in result.decisions:
         if d.master is None:
             lines.append({"group": d.name, "undecided": d.reason, "reply": None})
+    if not result.decisions:  # no group known: say why (e.g. every Sentinel refused our AUTH)
+        lines += [{"sentinel": v.sentinel, "error": v.error or "monitors no master"}
+                  for v in result.views]
     code = _exit_code(result, applied=not s.dry_run)
     if as_json:
         json.dump({"commands": lines, "exit_code": code}, sys.stdout, indent=2)
@@ -335,6 +345,8 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
                 print(f"[{ln['result']}] {ln['command']}  # {ln['reason']}{extra}")
             elif "undecided" in ln:
                 print(f"[undecided] group {ln['group']}: {ln['undecided']}")
+            elif "sentinel" in ln:
+                print(f"[error] sentinel {ln['sentinel']}: {ln['error']}")
             else:
                 print(f"[error] haproxy {ln['haproxy']}: {ln['error']}")
         if not lines:
