@@ -1,0 +1,85 @@
+"""`sentinel-haproxy demo`: starts the whole local stack plus the controller and stops it all."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.localstack import Layout
+
+pytestmark = pytest.mark.integration
+
+
+def procs_under(workdir: Path) -> list[int]:
+    """PIDs of live processes whose cwd is inside ``workdir``."""
+    root = str(workdir.resolve())
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/"):
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def demo_argv(layout: Layout, workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "controller", "demo", "--workdir", str(workdir),
+        "--first-port", str(layout.first_frontend_port), "--stats-port", str(layout.stats_port),
+        "--redis-port", str(layout.redis_port), "--sentinel-port", str(layout.sentinel_port),
+        *extra,
+    ]
+
+
+def test_quick_demo_prints_the_map_and_leaves_no_process(tmp_path: Path) -> None:
+    """`demo --quick` starts 10 processes + the controller, prints the map and stops them all."""
+    layout = Layout.for_tests()
+    res = subprocess.run(
+        demo_argv(layout, tmp_path, "--quick"), capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("processes:"))
+    pids = [int(p) for p in line.split(":", 1)[1].split()]
+    assert len(pids) == 6 + 3 + 1 + 1
+    assert f"write :{layout.first_frontend_port} -> redis1a 127.0.0.2:{layout.redis_port}" in (
+        res.stdout
+    )
+    assert f"read  :{layout.first_frontend_port + 1} -> redis1b" in res.stdout
+    assert [p for p in pids if alive(p)] == []
+    assert procs_under(tmp_path) == []
+    assert (tmp_path / "controller" / "controller.log").exists()
+
+
+def test_taken_port_exits_2_naming_the_port(tmp_path: Path) -> None:
+    """When a frontend port is taken the demo exits 2, names the port and starts nothing."""
+    layout = Layout.for_tests()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", layout.first_frontend_port + 2))
+        s.listen(1)
+        res = subprocess.run(
+            demo_argv(layout, tmp_path, "--quick"), capture_output=True, text=True,
+            timeout=60, check=False,
+        )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"port {layout.first_frontend_port + 2} on 127.0.0.1" in res.stderr
+    assert "redis2_write" in res.stderr
+    assert procs_under(tmp_path) == []
