@@ -165,6 +165,11 @@ class Layout:
     sentinels: int = 3
     redis_config: Path = REDIS_CONFIG
     sentinel_config: Path = SENTINEL_CONFIG
+    #: Non-empty: every node gets ``requirepass``/``masterauth`` and every sentinel
+    #: ``sentinel auth-pass <group>`` with it (as compose/docker-compose.yml does).
+    redis_password: str = field(default="", repr=False)
+    #: Non-empty: every sentinel gets ``requirepass`` (shared: sentinels use it with each other).
+    sentinel_password: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.groups or len(set(self.groups)) != len(self.groups):
@@ -341,6 +346,11 @@ def render_redis_config(layout: Layout, node: Node, node_dir: Path) -> str:
         f"dir {_quote(node_dir)}\n"
         'logfile ""\n'
         "daemonize no\n"
+        + (
+            f"requirepass {layout.redis_password}\nmasterauth {layout.redis_password}\n"
+            if layout.redis_password
+            else ""
+        )
     )
 
 
@@ -396,26 +406,41 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
         'logfile ""',
         "daemonize no",
     ]
+    if layout.sentinel_password:
+        out.append(f"requirepass {layout.sentinel_password}")
+    if layout.redis_password:
+        out += [f"sentinel auth-pass {g} {layout.redis_password}" for g in layout.groups]
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- RESP client
 
 
-def resp_command(host: str, port: int, *args: str | int, timeout_s: float = 1.0) -> object:
+def resp_command(
+    host: str, port: int, *args: str | int, timeout_s: float = 1.0, password: str | None = None
+) -> object:
     """Send one command on a fresh connection and return the decoded RESP2 reply.
 
     Bulk strings become ``str``, integers ``int``, arrays ``list``, nil ``None``; an error reply
-    raises :class:`RespError`. Connection problems raise ``OSError``.
+    raises :class:`RespError`. Connection problems raise ``OSError``. With ``password`` an
+    ``AUTH`` goes first on the same connection (its error reply raises :class:`RespError`).
     """
-    payload = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = str(a).encode()
-        payload.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    payload = [_encode("AUTH", password)] if password else []
+    payload.append(_encode(*args))
     with socket.create_connection((host, port), timeout=timeout_s) as s:
         s.sendall(b"".join(payload))
         with s.makefile("rb") as f:
+            if password:
+                _parse_reply(f.readline, f.read)
             return _parse_reply(f.readline, f.read)
+
+
+def _encode(*args: str | int) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
 
 
 def _parse_reply(readline: Callable[[], bytes], read: Callable[[int], bytes]) -> object:
@@ -734,7 +759,8 @@ class LocalStack:
     def redis_command(self, name: str, *args: str | int, timeout_s: float = 1.0) -> object:
         """One command to node ``name`` (see :func:`resp_command`)."""
         node = self.nodes[name]
-        return resp_command(node.host, node.port, *args, timeout_s=timeout_s)
+        return resp_command(node.host, node.port, *args, timeout_s=timeout_s,
+                            password=self.layout.redis_password or None)
 
     def role(self, name: str) -> str:
         """``master`` or ``slave`` as the node itself reports (``INFO replication``)."""
@@ -761,7 +787,8 @@ class LocalStack:
 
     def sentinel_command(self, i: int, *args: str | int, timeout_s: float = 1.0) -> object:
         host, port = self.sentinel_addrs[i]
-        return resp_command(host, port, *args, timeout_s=timeout_s)
+        return resp_command(host, port, *args, timeout_s=timeout_s,
+                            password=self.layout.sentinel_password or None)
 
     def sentinel_master(self, i: int, group: str) -> dict[str, str]:
         """``SENTINEL MASTER group`` of sentinel ``i`` as a dict of strings."""
@@ -879,9 +906,12 @@ class LocalStack:
         self._wait(f"haproxy admin socket {self.haproxy_socket}", ready, deadline, [proc])
 
     def _wait_ping(self, proc: _Proc, addr: tuple[str, int], deadline: float) -> None:
+        secret = (self.layout.sentinel_password if proc in self._sentinels
+                  else self.layout.redis_password)
+        password = secret or None
         self._wait(
             f"{proc.name} at {addr[0]}:{addr[1]} to answer PING",
-            lambda: resp_command(*addr, "PING", timeout_s=0.5) == "PONG",
+            lambda: resp_command(*addr, "PING", timeout_s=0.5, password=password) == "PONG",
             deadline,
             [proc],
         )
