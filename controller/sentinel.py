@@ -90,10 +90,10 @@ def _client(addr: SentinelAddr, auth: Auth, timeout_s: float, sock_timeout: floa
 def describe_error(e: BaseException) -> str:
     """A short, secret-free description of a connection or reply error."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "Authentication required" in text or "NOAUTH" in text:  # also an AuthenticationError
+        return "authentication required: set the sentinel password"
     if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid user" in text:
         return f"authentication failed: {text}"
-    if "Authentication required" in text or "NOAUTH" in text:
-        return "authentication required: set the sentinel password"
     return f"{type(e).__name__}: {text}"
 
 
