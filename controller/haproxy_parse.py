@@ -102,7 +102,8 @@ def split_replies(text: str, count: int) -> list[str]:
     """
     outputs: list[str] = []
     current: list[str] = []
-    for line in text.split("\n"):
+    # The piece after the last "\n" is not a line: empty, or the cut end of a reply.
+    for line in text.split("\n")[:-1]:
         if line == "":
             outputs.append("\n".join(current))
             current = []
