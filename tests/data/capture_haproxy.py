@@ -19,6 +19,7 @@ Redis so the session can be established. Saved:
     haproxy_admin_bits_stat_all.txt reply of `show stat` (frontend, backend and server rows)
     haproxy_admin_bits_batch.txt    reply of a 4-command `;` batch: ok, unknown server, unknown
                                     backend, ok
+    haproxy_set_reply_with_error.txt  reply of a 2-command batch: ok, unknown server
 
 Usage: .venv/bin/python tests/data/capture_haproxy.py  (a second or two; stops what it starts)
 """
@@ -138,8 +139,11 @@ def main() -> int:
                 "shutdown sessions server g_master/n3",
             ])
             (DATA / "haproxy_admin_bits_batch.txt").write_text(command(sock, batch))
+            pair = "set server g_replicas/n1 state maint; set server g_replicas/nosuch state maint"
+            (DATA / "haproxy_set_reply_with_error.txt").write_text(command(sock, pair))
             server_side.close()
-            print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt")
+            print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt, "
+                  "haproxy_set_reply_with_error.txt")
         finally:
             if client is not None:
                 client.close()
