@@ -1,0 +1,170 @@
+"""controller.decide on real Sentinel views captured through a failover (tests/data).
+
+Rare or impossible cases are built from captured views with one field changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from captured import GROUP, A, B, load, master, node, views, with_master
+
+from controller.decide import decide
+from controller.model import SentinelView
+
+
+def down(v: SentinelView, why: str = "ConnectionError: Error 111 connecting") -> SentinelView:
+    """`v`'s Sentinel as unreachable."""
+    return SentinelView(sentinel=v.sentinel, error=why)
+
+
+def test_steady_state() -> None:
+    """Steady: the first master at epoch 0, its linked replica healthy, not fenced, 3 voters."""
+    d = decide(GROUP, views("steady"), 2)
+    assert (d.master, d.epoch, d.replicas, d.fenced, d.voters) == (
+        node(A), 0, frozenset({node(B)}), False, 3
+    )
+
+
+def test_unknown_group_is_undecided() -> None:
+    """A group no Sentinel answers for is undecided (no voters)."""
+    d = decide("redis9", views("steady"), 2)
+    assert d.master is None
+    assert "0 of 3 sentinels answered, need 2" in d.reason
+
+
+def test_leader_alone_at_new_epoch_wins_over_two_lagging_sentinels() -> None:
+    """At +promoted-slave only the leader has epoch 1: its new master is followed at once."""
+    vs = views("promoted")
+    assert sorted(master(v).epoch for v in vs) == [0, 0, 1]
+    d = decide(GROUP, vs, 2)
+    assert (d.master, d.epoch, d.voters) == (node(B), 1, 3)
+    assert "epoch 1 from 1 of 3 sentinels" in d.reason
+
+
+def test_leader_failover_in_progress_entry_does_not_fence_the_new_master() -> None:
+    """The leader's entry (old ip, o_down, failover_in_progress) describes the old master only."""
+    vs = views("promoted")
+    leader = next(v for v in vs if v.sentinel == load("promoted")["leader"])
+    assert "o_down" in master(leader).flags
+    d = decide(GROUP, vs, 2)
+    assert not d.fenced
+    assert d.replicas == frozenset(), "the promoted replica is the master, not a replica"
+
+
+def test_lagging_sentinel_with_older_epoch_never_flips_back() -> None:
+    """After the failover, Sentinels still at epoch 0 naming the old master are outvoted."""
+    steady, converted = views("steady"), views("converted")
+    for lagging in (1, 2):  # one or two of three still report the old state
+        vs = steady[:lagging] + converted[lagging:]
+        d = decide(GROUP, vs, 2, seen_epoch=1)
+        assert (d.master, d.epoch) == (node(B), 1)
+
+
+def test_only_lagging_sentinels_left_is_undecided_not_a_flip_back() -> None:
+    """The leader that promoted goes away: the others' older epoch is not followed."""
+    vs = views("promoted")
+    leader = load("promoted")["leader"]
+    vs = [down(v) if v.sentinel == leader else v for v in vs]
+    d = decide(GROUP, vs, 2, seen_epoch=1)
+    assert d.master is None
+    assert "older than epoch 1" in d.reason
+
+
+def test_older_epoch_followed_when_every_sentinel_agrees() -> None:
+    """Every configured Sentinel at one older epoch (group reset) is followed."""
+    d = decide(GROUP, views("steady"), 2, seen_epoch=5)
+    assert (d.master, d.epoch) == (node(A), 0)
+
+
+def test_same_epoch_different_addresses_is_undecided() -> None:
+    """Two Sentinels at the top epoch naming different masters: no guess, undecided."""
+    vs = views("converted")
+    vs[2] = with_master(vs[2], addr=node(A))
+    d = decide(GROUP, vs, 2)
+    assert d.master is None
+    assert d.epoch == 1
+    assert f"disagree on the master: {node(A)}, {node(B)}" in d.reason
+
+
+def test_fewer_than_min_voters_is_undecided_naming_the_missing() -> None:
+    """With fewer usable answers than min_voters the group is undecided, naming who is missing."""
+    vs = views("steady")
+    vs = [vs[0], down(vs[1]), down(vs[2])]
+    d = decide(GROUP, vs, 2)
+    assert d.master is None
+    assert d.voters == 1
+    assert "1 of 3 sentinels answered, need 2" in d.reason
+    assert vs[1].sentinel in d.reason and vs[2].sentinel in d.reason
+    assert decide(GROUP, vs, 1).master == node(A)
+
+
+def test_tilt_sentinel_is_skipped() -> None:
+    """A Sentinel in TILT does not vote, even with a higher epoch naming another master."""
+    vs = views("tilt")
+    assert [v.tilt for v in vs] == [False, False, True]
+    assert decide(GROUP, vs, 3).master is None
+    d = decide(GROUP, vs, 2)
+    assert (d.master, d.voters) == (node(B), 2)
+    vs[2] = with_master(vs[2], epoch=7, addr=node(A))
+    assert decide(GROUP, vs, 2).master == node(B)
+
+
+def test_o_down_master_is_fenced() -> None:
+    """A master a Sentinel flags o_down is fenced: decided, but no server may take writes."""
+    d = decide(GROUP, views("master_down"), 2)
+    assert (d.master, d.epoch, d.fenced) == (node(A), 0, True)
+    assert "o_down" in d.reason
+
+
+def test_returning_old_master_is_not_a_healthy_replica() -> None:
+    """The old master back as master (role master, link err) is kept out of the replicas."""
+    d = decide(GROUP, views("old_master_returned"), 2)
+    assert (d.master, d.epoch) == (node(B), 1)
+    assert d.replicas == frozenset()
+
+
+def test_converted_old_master_is_a_healthy_replica() -> None:
+    """Once converted and linked to the new master, the old master is a healthy replica."""
+    d = decide(GROUP, views("converted"), 2)
+    assert d.replicas == frozenset({node(A)})
+
+
+def test_dead_replica_is_not_healthy() -> None:
+    """A replica every Sentinel lists s_down is not healthy; the master is unchanged."""
+    d = decide(GROUP, views("replica_dead"), 2)
+    assert (d.master, d.replicas, d.fenced) == (node(A), frozenset(), False)
+
+
+def test_replica_health_is_a_majority_vote_among_top_epoch_sentinels() -> None:
+    """A replica is healthy when most Sentinels at the top epoch say so (2 of 3 yes, 1 no)."""
+    steady, dead = views("steady"), views("replica_dead")
+    one_says_dead = [dead[0], steady[1], steady[2]]
+    assert decide(GROUP, one_says_dead, 2).replicas == frozenset({node(B)})
+    two_say_dead = [dead[0], dead[1], steady[2]]
+    assert decide(GROUP, two_say_dead, 2).replicas == frozenset()
+
+
+def test_replica_votes_of_lagging_sentinels_do_not_count() -> None:
+    """Only Sentinels at the top epoch vote on replicas: the leader alone decides at promotion."""
+    vs = views("promoted")
+    leader = load("promoted")["leader"]
+    # Give the lagging Sentinels a healthy-looking replica of the new master: still not counted.
+    healthy_a = master(views("converted")[0]).replicas
+    vs = [v if v.sentinel == leader else with_master(v, replicas=healthy_a) for v in vs]
+    assert decide(GROUP, vs, 2).replicas == frozenset()
+
+
+def test_views_of_either_protocol_decide_alike() -> None:
+    """RESP2 and RESP3 captures of the same moment give the same verdict."""
+    for state in ("steady", "switched", "old_master_returned", "converted"):
+        assert decide(GROUP, views(state, "resp2"), 2) == decide(GROUP, views(state, "resp3"), 2)
+
+
+def test_unusable_sentinel_error_is_carried_not_counted() -> None:
+    """A Sentinel with a bad reply counts as missing, like an unreachable one."""
+    vs = views("switched")
+    vs[0] = dataclasses.replace(vs[0], error="bad reply: odd number of items")
+    d = decide(GROUP, vs, 3)
+    assert d.master is None and vs[0].sentinel in d.reason
+    assert decide(GROUP, vs, 2).master == node(B)

@@ -1,0 +1,342 @@
+"""controller.sentinel_parse on real Sentinel 7.0 replies (tests/data) and on garbage."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from captured import (
+    GROUP,
+    STATES,
+    A,
+    B,
+    Proto,
+    load,
+    master,
+    node,
+    raw,
+    views,
+)
+
+from controller.model import Address
+from controller.sentinel_parse import (
+    SentinelReplyError,
+    parse_addr,
+    parse_event,
+    parse_master_names,
+    parse_master_view,
+    parse_replica,
+    parse_tilt,
+)
+
+# States in which nothing moved between the RESP2 and the RESP3 snapshot (a few ms apart).
+STABLE = ("steady", "replica_dead", "switched", "old_master_returned", "converted", "tilt")
+
+
+def leader(state: str = "promoted") -> str:
+    name: str = load(state)["leader"]
+    return name
+
+
+def entry(state: str, sentinel: str, proto: Proto = "resp2") -> Any:
+    """A deep copy of one Sentinel's `SENTINEL MASTERS` entry for the group."""
+    return copy.deepcopy(raw(state, proto)[sentinel]["SENTINEL MASTERS"][0])
+
+
+def replies(state: str, sentinel: str, proto: Proto = "resp2") -> tuple[Any, Any]:
+    r = raw(state, proto)[sentinel]
+    return (
+        copy.deepcopy(r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]),
+        copy.deepcopy(r[f"SENTINEL REPLICAS {GROUP}"]),
+    )
+
+
+FIRST = load("steady")["sentinels"][0]
+
+
+# -- captured states -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", ["resp2", "resp3"])
+@pytest.mark.parametrize("state", STATES)
+def test_every_captured_state_parses(state: str, proto: Proto) -> None:
+    """Every captured reply of every Sentinel parses, and the address is GET-MASTER-ADDR's."""
+    doc = load(state)
+    vs = views(state, proto)
+    assert [v.sentinel for v in vs] == doc["sentinels"]
+    for v in vs:
+        m = master(v)
+        host, port = doc[proto][v.sentinel][f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]
+        assert m.addr == Address(host, int(port))
+        assert m.quorum == 2
+        assert m.other_sentinels == 2
+        assert m.replicas, "every captured state lists at least one replica"
+
+
+@pytest.mark.parametrize("state", STABLE)
+def test_resp2_and_resp3_shapes_parse_to_the_same_views(state: str) -> None:
+    """A flat RESP2 field list and a RESP3 map of the same reply give equal values."""
+    assert views(state, "resp2") == views(state, "resp3")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_info_sentinel_as_text_and_as_redis_py_dict_agree(state: str) -> None:
+    """`INFO sentinel` gives the same TILT flag parsed from raw text or redis-py's dict."""
+    assert [v.tilt for v in views(state, info="text")] == [
+        v.tilt for v in views(state, info="dict")
+    ]
+
+
+def test_steady_state_values() -> None:
+    """Steady: the first master at epoch 0, flags just `master`, its replica healthy."""
+    for v in views("steady"):
+        m = master(v)
+        assert (m.addr, m.master_entry_addr, m.epoch) == (node(A), node(A), 0)
+        assert m.flags == frozenset({"master"})
+        assert not m.odown and not v.tilt
+        (r,) = m.replicas
+        assert r.addr == node(B)
+        assert (r.role_reported, r.link_ok, r.master_addr) == ("slave", True, node(A))
+        assert r.healthy_for(node(A))
+
+
+def test_dead_replica_is_s_down_and_not_healthy() -> None:
+    """A SIGKILLed replica is listed s_down/disconnected and is not healthy for its master."""
+    for v in views("replica_dead"):
+        (r,) = master(v).replicas
+        assert {"s_down", "disconnected"} <= r.flags
+        assert not r.healthy_for(node(A))
+
+
+def test_killed_master_o_down_on_at_least_one_sentinel() -> None:
+    """After SIGKILL a Sentinel flags the master o_down on its own address: `odown` is true."""
+    odown = [v.sentinel for v in views("master_down") if master(v).odown]
+    assert odown
+    for v in views("master_down"):
+        assert "s_down" in master(v).flags
+        assert master(v).addr == node(A)
+
+
+def test_leader_mid_failover_entry_keeps_old_ip_with_new_epoch() -> None:
+    """The leader after +promoted-slave: new address and epoch, entry still the old o_down ip."""
+    by_name = {v.sentinel: master(v) for v in views("promoted")}
+    m = by_name.pop(leader())
+    assert m.addr == node(B)
+    assert m.master_entry_addr == node(A)
+    assert m.epoch == 1
+    assert {"o_down", "failover_in_progress"} <= m.flags
+    assert not m.odown, "flags describe the old entry address, not the promoted master"
+    for other in by_name.values():  # the two others had not heard of it yet
+        assert (other.addr, other.epoch) == (node(A), 0)
+
+
+def test_returning_old_master_is_a_replica_reporting_role_master() -> None:
+    """The old master restarted as master: flags `slave` only, role master, link err, host ?."""
+    for v in views("old_master_returned"):
+        (r,) = master(v).replicas
+        assert r.addr == node(A)
+        assert r.flags == frozenset({"slave"})
+        assert (r.role_reported, r.link_ok, r.master_addr) == ("master", False, None)
+        assert not r.healthy_for(node(B))
+
+
+def test_tilt_flag_from_info_sentinel() -> None:
+    """Only the Sentinel that was stopped > 2 s reports TILT, and it is not usable."""
+    doc = load("tilt")
+    tilted = [v.sentinel for v in views("tilt") if v.tilt]
+    assert tilted == [doc["sentinels"][2]]
+    assert not views("tilt")[2].usable
+    assert parse_tilt(doc["info_text"][doc["sentinels"][2]]) is True
+    assert parse_tilt(doc["info_text"][doc["sentinels"][0]]) is False
+
+
+def test_master_names_from_sentinel_masters() -> None:
+    """`SENTINEL MASTERS` (both shapes) gives the monitored group names."""
+    for proto in ("resp2", "resp3"):
+        assert parse_master_names(raw("steady", proto)[FIRST]["SENTINEL MASTERS"]) == [GROUP]
+
+
+# -- garbage ---------------------------------------------------------------------------
+
+
+def test_unknown_master_nil_address_raises() -> None:
+    """GET-MASTER-ADDR-BY-NAME's nil for an unknown name is refused as 'unknown master'."""
+    nil = load("steady")["unknown_master"]["resp2"]["SENTINEL GET-MASTER-ADDR-BY-NAME nosuch"]
+    assert nil is None
+    _, repl = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match="unknown master"):
+        parse_master_view(GROUP, nil, entry("steady", FIRST), repl)
+
+
+def test_odd_field_list_raises() -> None:
+    """A RESP2 field list with an odd number of items is refused, naming the count."""
+    e = entry("steady", FIRST)
+    addr, repl = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match=rf"odd number of items .*\({len(e) - 1}\)"):
+        parse_master_view(GROUP, addr, e[:-1], repl)
+
+
+@pytest.mark.parametrize("proto", ["resp2", "resp3"])
+@pytest.mark.parametrize("field", ["ip", "port", "flags", "config-epoch"])
+def test_missing_field_raises_naming_it(field: str, proto: Proto) -> None:
+    """A master entry without a required field is refused, naming the field and the group."""
+    e = entry("steady", FIRST, proto)
+    if isinstance(e, dict):
+        del e[field]
+    else:
+        i = e.index(field)
+        del e[i : i + 2]
+    addr, repl = replies("steady", FIRST, proto)
+    with pytest.raises(SentinelReplyError, match=f"master '{GROUP}'.*field '{field}' missing"):
+        parse_master_view(GROUP, addr, e, repl)
+
+
+def test_replica_missing_field_raises_naming_it() -> None:
+    """A replica entry without `ip` is refused, naming the replica."""
+    _, repl = replies("steady", FIRST, "resp3")
+    del repl[0]["ip"]
+    addr, _ = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match=r"replica #0: field 'ip' missing"):
+        parse_master_view(GROUP, addr, entry("steady", FIRST), repl)
+
+
+@pytest.mark.parametrize("bad", ["abc", "", "70000", "0"])
+def test_bad_port_raises(bad: str) -> None:
+    """A non-numeric or out-of-range port in an address, entry or replica is refused."""
+    addr, repl = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match="port"):
+        parse_addr([addr[0], bad], "address")
+    e = entry("steady", FIRST)
+    e[e.index("port") + 1] = bad
+    with pytest.raises(SentinelReplyError, match="port"):
+        parse_master_view(GROUP, addr, e, repl)
+    r = copy.deepcopy(repl[0])
+    r[r.index("port") + 1] = bad
+    with pytest.raises(SentinelReplyError, match="port"):
+        parse_replica(r, "replica")
+
+
+def test_non_numeric_epoch_raises_naming_the_field() -> None:
+    """A config-epoch that is not a number is refused with the field name and value."""
+    addr, repl = replies("steady", FIRST)
+    e = entry("steady", FIRST)
+    e[e.index("config-epoch") + 1] = "one"
+    with pytest.raises(SentinelReplyError, match="'config-epoch'='one' is not a number"):
+        parse_master_view(GROUP, addr, e, repl)
+
+
+def test_entry_for_another_master_raises() -> None:
+    """An entry whose `name` is another group is refused (replies paired wrongly)."""
+    addr, repl = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match=f"reply is for '{GROUP}'"):
+        parse_master_view("redis2", addr, entry("steady", FIRST), repl)
+
+
+@pytest.mark.parametrize(
+    "bad", [[], ["127.0.0.2"], ["127.0.0.2", "1", "2"], "127.0.0.2:6379", ["", "6379"], 5]
+)
+def test_malformed_address_raises(bad: Any) -> None:
+    """Anything but a [host, port] pair with a non-empty host is refused."""
+    with pytest.raises(SentinelReplyError):
+        parse_addr(bad, "address")
+
+
+def test_shapes_that_are_not_lists_raise() -> None:
+    """Replies of the wrong type (string, int, error text) are refused, not misread."""
+    addr, _ = replies("steady", FIRST)
+    with pytest.raises(SentinelReplyError, match="replicas reply is not a list"):
+        parse_master_view(GROUP, addr, entry("steady", FIRST), "ERR no such master")
+    with pytest.raises(SentinelReplyError, match="expected a field list"):
+        parse_master_view(GROUP, addr, 42, [])
+    with pytest.raises(SentinelReplyError, match="SENTINEL MASTERS: expected a list"):
+        parse_master_names("OK")
+    e = entry("steady", FIRST)
+    i = e.index("name")
+    del e[i : i + 2]
+    with pytest.raises(SentinelReplyError, match="field 'name' missing"):
+        parse_master_names([e])
+
+
+def test_info_without_tilt_field_raises() -> None:
+    """`INFO` that is not a Sentinel's (no sentinel_tilt) is refused, in both shapes."""
+    info = dict(raw("steady")[FIRST]["INFO sentinel"])
+    del info["sentinel_tilt"]
+    with pytest.raises(SentinelReplyError, match="no sentinel_tilt"):
+        parse_tilt(info)
+    text = load("steady")["info_text"][FIRST]
+    with pytest.raises(SentinelReplyError, match="no sentinel_tilt"):
+        parse_tilt(text.replace("sentinel_tilt:", "sentinel_tilx:"))
+    with pytest.raises(SentinelReplyError, match="unexpected reply type"):
+        parse_tilt(0)
+
+
+# -- events ----------------------------------------------------------------------------
+
+# Real texts from the failover transcript in the facts file (B.1), as (channel, data).
+EVENTS = [
+    ("+switch-master", "mymaster 127.0.0.1 26531 127.0.0.1 26533", "mymaster", True),
+    ("+sdown", "master mymaster 127.0.0.1 26531", "mymaster", True),
+    ("+odown", "master mymaster 127.0.0.1 26531 #quorum 2/2", "mymaster", True),
+    ("+new-epoch", "1", None, True),
+    ("+tilt", "#tilt mode entered", None, True),
+    ("+vote-for-leader", "1ce51fd96d63567819d9a31470ba1d4b6d674ef2 1", None, False),
+    (
+        "+promoted-slave",
+        "slave 127.0.0.1:26533 127.0.0.1 26533 @ mymaster 127.0.0.1 26531",
+        "mymaster",
+        True,
+    ),
+    (
+        "+config-update-from",
+        "sentinel 1ce51fd96d63567819d9a31470ba1d4b6d674ef2 127.0.0.1 26535 @ mymaster "
+        "127.0.0.1 26531",
+        "mymaster",
+        True,
+    ),
+    (
+        "-role-change",
+        "slave 127.0.0.1:26531 127.0.0.1 26531 @ mymaster 127.0.0.1 26533 "
+        "new reported role is master",
+        "mymaster",
+        True,
+    ),
+    (
+        "+failover-state-wait-promotion",
+        "slave 127.0.0.1:26533 127.0.0.1 26533 @ mymaster 127.0.0.1 26531",
+        "mymaster",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("channel", "data", "group", "relevant"), EVENTS)
+def test_parse_event_on_real_texts(
+    channel: str, data: str, group: str | None, relevant: bool
+) -> None:
+    """Real event texts give the channel, the group they name (if any) and relevance."""
+    ev = parse_event(channel, data)
+    assert (ev.channel, ev.master, ev.text, ev.relevant) == (channel, group, data, relevant)
+
+
+def test_parse_event_accepts_bytes_as_redis_py_delivers_them() -> None:
+    """Channel and data as bytes (a pmessage from redis-py) parse like str."""
+    ev = parse_event(b"+reset-master", b"master mymaster 127.0.0.1 23921")
+    assert (ev.channel, ev.master, ev.relevant) == ("+reset-master", "mymaster", True)
+
+
+@pytest.mark.parametrize(
+    ("channel", "data", "problem"),
+    [
+        ("", "master mymaster 127.0.0.1 1", "bad channel"),
+        ("+sdown\n", "master mymaster 127.0.0.1 1", "bad channel"),
+        ("x" * 65, "master mymaster 127.0.0.1 1", "bad channel"),
+        ("+switch-master", "mymaster 127.0.0.1 26531", "expected 5 words"),
+        ("+switch-master", "", "expected 5 words"),
+        ("+slave", "slave 127.0.0.1:1 127.0.0.1 1 @", "nothing after '@'"),
+    ],
+)
+def test_parse_event_garbage_raises(channel: Any, data: str, problem: str) -> None:
+    """Malformed events are refused, naming the problem."""
+    with pytest.raises(SentinelReplyError, match=problem):
+        parse_event(channel, data)
