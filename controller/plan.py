@@ -29,7 +29,7 @@ class BackendTarget:
     def wants_ready(self, srv: ServerState) -> tuple[bool, str]:
         d = self.decision
         assert d.master is not None  # targets() only builds targets for decided groups
-        if srv.addr == "-" and srv.fqdn == "-":
+        if srv.addr == "-":  # unresolved: `ready` would route to no address (facts A.1.1)
             return False, "server has no address"
         if self.role == "write":
             if d.fenced:
@@ -92,7 +92,7 @@ def plan(wanted: Sequence[BackendTarget], actual: HAProxyState) -> Plan:
         d = t.decision
         assert d.master is not None
         if t.role == "write" and not d.fenced and not any(
-            s.matches(d.master) for s in servers.values()
+            s.matches(d.master) and s.addr != "-" for s in servers.values()
         ):
             notes.append(
                 Note(
