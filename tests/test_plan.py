@@ -1,0 +1,204 @@
+"""controller.plan: verdicts from captured Sentinel replies against captured HAProxy states.
+
+The `haproxy_localstack_*` captures are the HAProxy of the same stack as the sentinel captures
+(same addresses), read after exactly the commands a failover needs were applied by hand; the
+`haproxy_admin_bits_state` capture has one server per admin state, one with a live session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from captured import A, B, GROUP, haproxy_state, node, views
+
+from controller.decide import decide
+from controller.model import Address, Decision, HAProxyState
+from controller.plan import Plan, plan, targets
+
+WRITE, READ = "{master}_master", "{master}_replicas"
+INITIAL = "haproxy_localstack_initial.txt"  # every server config-disabled (admin 5)
+STEADY = "haproxy_localstack_steady.txt"  # redis1a ready in write, redis1b ready in read
+SWITCHED = "haproxy_localstack_switched.txt"  # redis1b ready in write, all else maint
+BITS = "haproxy_admin_bits_state.txt"
+
+
+def verdict(state: str) -> Decision:
+    return decide(GROUP, views(state), 2)
+
+
+def run(decision: Decision, actual: HAProxyState, write: str = WRITE, read: str = READ) -> Plan:
+    wanted, notes = targets([decision], write, read)
+    p = plan(wanted, actual)
+    return Plan(p.commands, (*notes, *p.notes))
+
+
+def texts(p: Plan) -> list[str]:
+    return [c.text for c in p.commands]
+
+
+def ready_servers(actual: HAProxyState, backend: str) -> set[str]:
+    return {n for n, s in actual.backends[backend].items() if s.admin.value == "ready"}
+
+
+FAILOVER = [
+    "set server redis1_master/redis1a state maint",
+    "shutdown sessions server redis1_master/redis1a",
+    "set server redis1_replicas/redis1b state maint",
+    "set server redis1_master/redis1b state ready",
+]
+
+
+def test_fresh_haproxy_gets_exactly_the_master_and_the_replica_ready() -> None:
+    """All servers disabled at start: ready the master in write and the replica in read, only."""
+    p = run(verdict("steady"), haproxy_state(INITIAL))
+    assert texts(p) == [
+        "set server redis1_master/redis1a state ready",
+        "set server redis1_replicas/redis1b state ready",
+    ]
+    assert p.notes == ()
+    c = p.commands[0]
+    assert (c.backend, c.server, c.before, c.after) == ("redis1_master", "redis1a", "maint", "ready")
+    assert f"elected master {node(A)}" in c.reason
+
+
+def test_plan_on_the_desired_state_is_empty() -> None:
+    """Idempotent: HAProxy as it was after those commands needs nothing more (steady, failover)."""
+    steady = haproxy_state(STEADY)
+    assert ready_servers(steady, "redis1_master") == {"redis1a"}
+    assert run(verdict("steady"), steady) == Plan()
+    switched = haproxy_state(SWITCHED)
+    assert ready_servers(switched, "redis1_master") == {"redis1b"}
+    assert run(verdict("switched"), switched) == Plan()
+
+
+def test_failover_takes_the_old_master_out_before_the_new_one_in() -> None:
+    """After +switch-master: maint + shutdown sessions on the old master, then ready the new one."""
+    p = run(verdict("switched"), haproxy_state(STEADY))
+    assert texts(p) == FAILOVER
+    ready_at = texts(p).index("set server redis1_master/redis1b state ready")
+    outs = [i for i, c in enumerate(p.commands) if c.after in ("maint", "sessions-closed")]
+    assert max(outs) < ready_at
+    assert p.commands[1].after == "sessions-closed"
+
+
+def test_leader_promotion_alone_drives_the_failover() -> None:
+    """At the leader's +promoted-slave (others lagging) the plan is already the full failover."""
+    assert texts(run(verdict("promoted"), haproxy_state(STEADY))) == FAILOVER
+
+
+def test_write_backend_has_exactly_one_ready_server_after_every_plan() -> None:
+    """Whatever HAProxy had, the planned write backend has exactly the master ready."""
+    for actual in (INITIAL, STEADY, SWITCHED):
+        for state, master in (("steady", "redis1a"), ("switched", "redis1b")):
+            st = haproxy_state(actual)
+            p = run(verdict(state), st)
+            ready = ready_servers(st, "redis1_master")
+            for c in p.commands:
+                if c.backend == "redis1_master" and c.after == "ready":
+                    ready.add(c.server)
+                elif c.backend == "redis1_master" and c.after == "maint":
+                    ready.discard(c.server)
+            assert ready == {master}, (actual, state)
+
+
+def test_read_backend_excludes_the_master() -> None:
+    """The master is taken out of the read backend; the converted old master goes in."""
+    p = run(verdict("converted"), haproxy_state(STEADY))
+    by_text = {c.text: c for c in p.commands}
+    out = by_text["set server redis1_replicas/redis1b state maint"]
+    assert out.reason == f"is the master {node(B)}"
+    assert "set server redis1_replicas/redis1a state ready" in by_text
+    assert not any(c.backend == "redis1_replicas" and c.after == "sessions-closed"
+                   for c in p.commands), "reads on a former replica are not cut"
+
+
+def test_returning_old_master_stays_out_of_both_backends() -> None:
+    """The old master back as master (role master, link err) is neither written nor read."""
+    p = run(verdict("old_master_returned"), haproxy_state(SWITCHED))
+    assert p == Plan()
+
+
+def test_fenced_master_gets_no_writes_and_replica_keeps_reads() -> None:
+    """An o_down master is taken out of the write backend and nothing replaces it yet."""
+    p = run(verdict("master_down"), haproxy_state(STEADY))
+    assert texts(p) == [
+        "set server redis1_master/redis1a state maint",
+        "shutdown sessions server redis1_master/redis1a",
+    ]
+    assert "o_down" in p.commands[0].reason
+    assert p.notes == ()
+
+
+def test_undecided_group_gives_no_commands_and_a_note() -> None:
+    """Undecided (too few Sentinels): HAProxy keeps its state; a note says why."""
+    d = decide(GROUP, views("steady"), 4)
+    assert d.master is None
+    p = run(d, haproxy_state(STEADY))
+    assert p.commands == ()
+    (note,) = p.notes
+    assert (note.event, note.group) == ("undecided", GROUP)
+    assert "need 4" in note.detail
+
+
+def test_missing_backend_gives_a_note_per_backend() -> None:
+    """Templates naming backends HAProxy does not have: a note for each, no command."""
+    p = run(verdict("steady"), haproxy_state(STEADY), "{master}_write", "{master}_read")
+    assert p.commands == ()
+    assert [(n.event, n.backend) for n in p.notes] == [
+        ("backend_missing", "redis1_write"),
+        ("backend_missing", "redis1_read"),
+    ]
+
+
+def test_master_not_in_backend_note_and_every_server_out() -> None:
+    """A master no server stands for: a note, and every write server goes to maint."""
+    elsewhere = Address("127.0.0.99", node(A).port)
+    d = dataclasses.replace(verdict("steady"), master=elsewhere, replicas=frozenset())
+    p = run(d, haproxy_state(STEADY))
+    assert [(n.event, n.backend) for n in p.notes] == [("master_not_in_backend", "redis1_master")]
+    assert str(elsewhere) in p.notes[0].detail
+    assert texts(p) == [
+        "set server redis1_master/redis1a state maint",
+        "shutdown sessions server redis1_master/redis1a",
+        "set server redis1_replicas/redis1b state maint",
+    ]
+
+
+def bits_decision(host: str) -> Decision:
+    """Group `g` of the admin-bits capture with its master at `host` on the servers' port."""
+    port = haproxy_state(BITS).backends["g_master"]["n1"].port
+    return Decision(name="g", master=Address(host, port), epoch=3, reason="epoch 3 from 3 of 3")
+
+
+def test_maint_server_with_sessions_in_write_backend_gets_sessions_shut() -> None:
+    """Already in maint but still holding a session (scur 1): only shutdown sessions is sent."""
+    actual = haproxy_state(BITS)
+    assert actual.backends["g_master"]["n1"].sessions == 1
+    p = run(bits_decision("127.0.0.4"), actual)  # n3 is the master
+    assert texts(p) == [
+        "shutdown sessions server g_master/n1",
+        "set server g_master/n2 state maint",  # config-disabled set ready (admin 4)
+        "shutdown sessions server g_master/n2",
+        "set server g_master/n4 state maint",  # drain (8)
+        "shutdown sessions server g_master/n4",
+        "set server g_master/n7 state maint",
+        "shutdown sessions server g_master/n7",
+    ]
+    assert "close its 1 session(s)" in p.commands[0].reason
+    assert p.notes == ()
+
+
+def test_fqdn_server_matches_a_master_named_by_hostname() -> None:
+    """With announce-hostnames Sentinel names `localhost`: the server defined by it is the one."""
+    p = run(bits_decision("localhost"), haproxy_state(BITS))
+    assert p.notes == ()
+    assert not any(c.server == "n7" for c in p.commands)
+    assert "set server g_master/n3 state maint" in texts(p)
+    assert run(bits_decision("127.0.0.1"), haproxy_state(BITS)).notes == (), "by address too"
+
+
+def test_unresolved_server_is_never_set_ready() -> None:
+    """A server without an address (`-`, RMAINT) is not made ready even if its FQDN is named."""
+    p = run(bits_decision("redis-gone.invalid"), haproxy_state(BITS))
+    assert not any(c.after == "ready" for c in p.commands)
+    assert [n.event for n in p.notes] == ["master_not_in_backend"]
