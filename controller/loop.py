@@ -88,6 +88,7 @@ class Controller:
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
+        self._last_desired: frozenset[tuple[object, ...]] | None = None
 
     # -- observing -----------------------------------------------------------------
     def observe(self) -> tuple[list[SentinelView], list[Decision]]:
@@ -112,9 +113,15 @@ class Controller:
         wanted, notes = targets(
             decisions, self.settings.write_backend, self.settings.read_backend
         )
+        # What HAProxy should look like did not change since the last pass, and no HAProxy just
+        # (re)appeared: commands this pass needs correct a change made behind our back.
+        desired = frozenset((t.backend, t.role, t.decision.master, t.decision.replicas,
+                             t.decision.fenced) for t in wanted)
+        behind_our_back = desired == self._last_desired and trigger != "haproxy_changed"
+        self._last_desired = desired
         outcomes = []
         for h in self.haproxies:
-            outcomes.append(self._reconcile_one(h, wanted, notes, since, apply))
+            outcomes.append(self._reconcile_one(h, wanted, notes, since, apply, behind_our_back))
         duration_ms = (time.monotonic() - start) * 1000
         self.counters.passes += 1
         if any(v.usable for v in views):
@@ -130,13 +137,15 @@ class Controller:
         notes: Sequence[Note],
         since: float,
         apply: bool,
+        behind_our_back: bool = False,
     ) -> HAProxyOutcome:
         try:
             state = h.state()
         except HAProxyError as e:
             self._haproxy_down(h.target, str(e))
             return HAProxyOutcome(h.target, None, Plan(), error=str(e))
-        self._haproxy_seen(h.target, state.info)
+        if self._haproxy_seen(h.target, state.info):
+            behind_our_back = False  # new, restarted or back: its state is not a hand edit
         p = plan(wanted, state)
         for note in (*notes, *p.notes):
             if note.event != "undecided":  # undecided is logged once per change by _note_decisions
@@ -175,6 +184,10 @@ class Controller:
         if ok:
             self.counters.drift_corrected += 1
             self.counters.last_event_to_applied_ms = latency_ms
+            if behind_our_back:
+                log.warning("drift_corrected", haproxy=h.target, commands=ok,
+                            detail="HAProxy changed while Sentinel did not (hand edit?)")
+                self._emit("drift_corrected", {"haproxy": h.target, "commands": ok})
         # Verify: read back and plan again; anything left is drift we could not fix.
         drift_after = 0
         try:
