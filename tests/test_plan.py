@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from captured import A, B, GROUP, haproxy_state, node, views
+from captured import GROUP, A, B, haproxy_state, node, views
 
 from controller.decide import decide
 from controller.model import Address, Decision, HAProxyState
@@ -57,7 +57,9 @@ def test_fresh_haproxy_gets_exactly_the_master_and_the_replica_ready() -> None:
     ]
     assert p.notes == ()
     c = p.commands[0]
-    assert (c.backend, c.server, c.before, c.after) == ("redis1_master", "redis1a", "maint", "ready")
+    assert (c.backend, c.server, c.before, c.after) == (
+        "redis1_master", "redis1a", "maint", "ready"
+    )
     assert f"elected master {node(A)}" in c.reason
 
 
