@@ -1,0 +1,456 @@
+"""Failover latency seen by a client: Sentinel's promotion -> first write acknowledged by the
+new master through HAProxy's write frontend, with the controller driving HAProxy.
+
+Runs N SIGKILL failovers on a one-group LocalStack (real redis-server, redis-sentinel,
+haproxy) with `python -m controller run` as a subprocess. Meanwhile:
+- a tap thread per Sentinel (`PSUBSCRIBE *`) stamps every event on receipt;
+- a writer thread sends `SET bench:counter <i>` through the write frontend about every 1 ms;
+  each connection first asks `CONFIG GET bind`, so every acknowledged write is tagged with
+  the node that acknowledged it (a session through HAProxy stays on one server).
+Per failover it reports, in ms after the SIGKILL: first `+sdown`/`+odown` of the master,
+the leader's `+promoted-slave`, the first `+switch-master` (any sentinel), the controller's
+`ready` of the new master (its log, wall clock) and the first write acknowledged by the new
+master; then promoted->ack and first switch->ack (negative: the write landed before any
+`+switch-master` was published). After each failover the old master is restarted with its
+original config (it comes back as a master and Sentinel converts it ~10 s later) and the
+script waits for a healthy state before the next kill.
+
+Usage: .venv/bin/python bench/failover_latency.py [-n 10] [--down-after-ms 2000]
+Prints a table, then the median and worst of each latency. Stops every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from controller.localstack import Layout, LocalStack, RespError
+
+GROUP = "redis1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        try:
+            if cond():
+                return
+            last = ""
+        except (OSError, RespError, ValueError, KeyError) as e:
+            last = f" (last error: {e!r})"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}{last}")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- sentinel taps
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float  # monotonic, on receipt
+    sentinel: int
+    channel: str
+    text: str
+
+
+class SentinelTaps:
+    """`PSUBSCRIBE *` on every sentinel, one thread each; events stamped on receipt."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i, h, p), daemon=True, name=f"tap{i}")
+            for i, (h, p) in enumerate(stack.sentinel_addrs)
+        ]
+        self._ready = threading.Barrier(len(self._threads) + 1)
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+        self._ready.wait(10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+
+    def since(self, t0: float) -> list[Event]:
+        with self._lock:
+            return [e for e in self.events if e.t >= t0]
+
+    def _run(self, i: int, host: str, port: int) -> None:
+        # redis-py's pubsub() is untyped: Any, as in controller/sentinel.py
+        client: Any = redis.Redis(host=host, port=port, protocol=2, decode_responses=True)
+        pubsub = client.pubsub()
+        pubsub.psubscribe("*")
+        while pubsub.get_message(timeout=1.0) is None:  # the psubscribe confirmation
+            pass
+        self._ready.wait(10)
+        try:
+            while not self._stop.is_set():
+                msg = pubsub.get_message(timeout=0.1)
+                if msg and msg.get("type") == "pmessage":
+                    now = time.monotonic()
+                    channel = str(msg["channel"])
+                    if channel == "__sentinel__:hello":
+                        continue
+                    with self._lock:
+                        self.events.append(Event(now, i, channel, str(msg["data"])))
+        finally:
+            pubsub.close()
+            client.close()
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+@dataclass
+class Segment:
+    """One connection of the writer: which node acknowledged its writes, and when."""
+
+    node: str
+    first_ack: float | None = None
+    last_ack: float | None = None
+    acks: int = 0
+
+
+@dataclass
+class Writer:
+    """`SET bench:counter i` through the write frontend about every `pause_s`."""
+
+    stack: LocalStack
+    pause_s: float = 0.001
+    segments: list[Segment] = field(default_factory=list)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def snapshot(self) -> list[Segment]:
+        with self._lock:
+            return [Segment(s.node, s.first_ack, s.last_ack, s.acks) for s in self.segments]
+
+    def first_ack_by(self, node: str, after: float) -> float | None:
+        for s in self.snapshot():
+            if s.node == node and s.first_ack is not None and s.first_ack >= after:
+                return s.first_ack
+        return None
+
+    def acks_by(self, node: str, after: float) -> int:
+        """Writes acknowledged by ``node`` on connections whose first ack came after ``after``."""
+        return sum(
+            s.acks for s in self.snapshot()
+            if s.node == node and s.first_ack is not None and s.first_ack >= after
+        )
+
+    def _run(self) -> None:
+        hosts = {n.host: name for name, n in self.stack.nodes.items()}
+        port = self.stack.write_port(GROUP)
+        i = 0
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    f = s.makefile("rb")
+                    s.sendall(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$4\r\nbind\r\n")
+                    lines = [f.readline() for _ in range(5)]  # *2, $4, bind, $n, <ip>
+                    if not lines[-1].endswith(b"\r\n"):
+                        raise ConnectionError("closed before CONFIG GET reply")
+                    seg = Segment(hosts.get(lines[4].decode().split()[0], "?"))
+                    with self._lock:
+                        self.segments.append(seg)
+                    while not self._stop.is_set():
+                        v = str(i).encode()
+                        s.sendall(b"*3\r\n$3\r\nSET\r\n$13\r\nbench:counter\r\n$%d\r\n%s\r\n"
+                                  % (len(v), v))
+                        i += 1
+                        reply = f.readline()
+                        if reply != b"+OK\r\n":
+                            raise ConnectionError(f"SET reply {reply!r}")
+                        now = time.monotonic()
+                        with self._lock:
+                            if seg.first_ack is None:
+                                seg.first_ack = now
+                            seg.last_ack = now
+                            seg.acks += 1
+                        time.sleep(self.pause_s)
+            except OSError:
+                self.errors += 1
+            self._stop.wait(self.pause_s)
+
+
+# --------------------------------------------------------------------------- controller
+
+
+class Controller:
+    def __init__(self, stack: LocalStack, log_path: Path, extra: list[str]) -> None:
+        self.log_path = log_path
+        sentinels = ",".join(f"{h}:{p}" for h, p in stack.sentinel_addrs)
+        argv = [sys.executable, "-m", "controller", "run", "--log-format", "json",
+                "--sentinel", sentinels, "--haproxy-socket", str(stack.haproxy_socket), *extra]
+        with open(log_path, "ab") as logf:
+            self.popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                          stdout=logf, stderr=logf, start_new_session=True)
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                return self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                return self.popen.wait(10)
+        return self.popen.returncode
+
+    def lines(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict):
+                    out.append(obj)
+        return out
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def servers(stack: LocalStack) -> dict[tuple[str, str], str]:
+    text = stack.haproxy_command("show servers state")
+    out: dict[tuple[str, str], str] = {}
+    for line in text.splitlines()[2:]:
+        w = line.split()
+        if len(w) > 6:
+            out[(w[1], w[3])] = "maint" if int(w[6]) & 0x63 else "ready"
+    return out
+
+
+def healthy(stack: LocalStack, writer: Writer, master: str, replica: str) -> bool:
+    addr = stack.nodes[master].addr
+    if any(stack.master_addr(i, GROUP) != addr for i in range(stack.layout.sentinels)):
+        return False
+    info = str(stack.redis_command(replica, "INFO", "replication"))
+    if "role:slave" not in info or "master_link_status:up" not in info:
+        return False
+    want = {
+        (f"{GROUP}_master", master): "ready", (f"{GROUP}_master", replica): "maint",
+        (f"{GROUP}_replicas", master): "maint", (f"{GROUP}_replicas", replica): "ready",
+    }
+    if servers(stack) != want:
+        return False
+    segs = writer.snapshot()
+    return bool(segs) and segs[-1].node == master and (segs[-1].last_ack or 0) > (
+        time.monotonic() - 0.2
+    )
+
+
+@dataclass
+class Row:
+    killed: str
+    promoted_node: str
+    sdown: float | None
+    odown: float | None
+    promoted: float | None
+    first_switch: float | None
+    ctl_ready: float | None  # from the controller's log (wall clock)
+    ctl_latency_ms: float | None  # the controller's own hint->applied
+    first_ack: float | None
+    t_restart: float | None = None  # old master restarted (a master until converted)
+    old_acks_after_restart: int | None = None  # must be 0: it is never routable for writes
+
+    def delta(self, a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+
+def first(events: list[Event], channel: str, pred: Callable[[Event], bool]) -> float | None:
+    return next((e.t for e in events if e.channel == channel and pred(e)), None)
+
+
+def one_failover(
+    stack: LocalStack, ctl: Controller, taps: SentinelTaps, writer: Writer, master: str,
+    replica: str, timeout_s: float,
+) -> tuple[Row, float]:
+    t0 = time.monotonic()
+    wall0 = time.time()
+    stack.kill_node(master)
+    new = stack.nodes[replica]
+    want_tail = f"{new.host} {new.port}"
+    wait_until(lambda: writer.first_ack_by(replica, t0) is not None, timeout_s,
+               f"a write acknowledged by {replica}")
+    wait_until(
+        lambda: {e.sentinel for e in taps.since(t0)
+                 if e.channel == "+switch-master" and e.text.endswith(want_tail)}
+        == set(range(stack.layout.sentinels)),
+        timeout_s, "+switch-master from every sentinel",
+    )
+    ev = taps.since(t0)
+    master_txt = f"master {GROUP} "
+    ctl_ready: float | None = None
+    ctl_latency: float | None = None
+    for line in ctl.lines():
+        if (line.get("event") == "server_state_changed" and line.get("to") == "ready"
+                and line.get("backend") == f"{GROUP}_master" and line.get("server") == replica):
+            ts = datetime.fromisoformat(str(line["ts"]).replace("Z", "+00:00")).timestamp()
+            if ts >= wall0:
+                ctl_ready = t0 + (ts - wall0)
+                lat = line.get("latency_ms")
+                ctl_latency = float(lat) if isinstance(lat, int | float) else None
+                break
+    return Row(
+        killed=master,
+        promoted_node=replica,
+        sdown=first(ev, "+sdown", lambda e: e.text.startswith(master_txt)),
+        odown=first(ev, "+odown", lambda e: e.text.startswith(master_txt)),
+        promoted=first(ev, "+promoted-slave", lambda e: f"{new.host} {new.port} @" in e.text),
+        first_switch=first(ev, "+switch-master", lambda e: e.text.endswith(want_tail)),
+        ctl_ready=ctl_ready,
+        ctl_latency_ms=ctl_latency,
+        first_ack=writer.first_ack_by(replica, t0),
+    ), t0
+
+
+def ms(t0: float, t: float | None) -> str:
+    return "-" if t is None else f"{(t - t0) * 1000:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("-n", type=int, default=10, help="failovers to run (10)")
+    ap.add_argument("--down-after-ms", type=int, default=2000)
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="deadline per wait (60)")
+    ap.add_argument("--workdir", type=Path, help="keep logs here (default: a temp dir, removed)")
+    ap.add_argument("--controller-arg", action="append", default=[],
+                    help="extra argument for `controller run` (repeat)")
+    args = ap.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="failover-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout = Layout.for_tests(groups=(GROUP,), down_after_ms=args.down_after_ms)
+    stack = LocalStack(workdir / "stack", layout)
+    rows: list[tuple[Row, float]] = []
+    print(f"workdir {workdir}; down-after-milliseconds {args.down_after_ms}; n={args.n}",
+          flush=True)
+    stack.start()
+    ctl = Controller(stack, workdir / "controller.log", args.controller_arg)
+    taps = SentinelTaps(stack)
+    writer = Writer(stack)
+    rc = 0
+    try:
+        taps.start()
+        writer.start()
+        master, replica = f"{GROUP}a", f"{GROUP}b"
+        for k in range(args.n + 1):
+            wait_until(functools.partial(healthy, stack, writer, master, replica),
+                       args.timeout_s * 2,
+                       f"healthy state with master {master} (after {k} failovers)")
+            if rows:  # the previous old master has been converted: did it ever ack a write?
+                prev = rows[-1][0]
+                assert prev.t_restart is not None
+                prev.old_acks_after_restart = writer.acks_by(prev.killed, prev.t_restart)
+            if k == args.n:
+                break
+            row, t0 = one_failover(stack, ctl, taps, writer, master, replica, args.timeout_s)
+            rows.append((row, t0))
+            print(f"  failover {k + 1}/{args.n}: {master} -> {replica}, promoted->ack "
+                  f"{ms(row.promoted or t0, row.first_ack)} ms", flush=True)
+            row.t_restart = time.monotonic()
+            stack.start_node(master)  # back with its original config: a master until converted
+            master, replica = replica, master
+    except (TimeoutError, OSError, RespError) as e:
+        print(f"stopped early: {e}", file=sys.stderr)
+        rc = 1
+    finally:
+        writer.stop()
+        taps.stop()
+        ctl_rc = ctl.stop()
+        stack.stop()
+        problems = [ln for ln in ctl.lines() if ln.get("event") == "unexpected_error"]
+        if ctl_rc != 0 or problems:
+            print(f"controller exit code {ctl_rc}, unexpected_error lines: {len(problems)}",
+                  file=sys.stderr)
+            rc = 1
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report(rows, writer)
+    return rc
+
+
+def report(rows: list[tuple[Row, float]], writer: Writer) -> None:
+    if not rows:
+        print("no failover measured")
+        return
+    print()
+    print("times in ms after SIGKILL of the master (monotonic, stamped on receipt here);")
+    print("ctl ready = controller's `state ready` of the new master (its log, wall clock);")
+    print("ctl lat = the controller's own latency_ms (hint received -> command applied)")
+    print("old acks = writes acknowledged by the restarted old master until converted (want 0)")
+    head = (f"{'#':>2} {'killed':<8}{'new':<8}{'+sdown':>8}{'+odown':>8}{'promoted':>9}"
+            f"{'1st sw':>8}{'ctl rdy':>8}{'ctl lat':>8}{'1st ack':>8}{'prom>ack':>9}"
+            f"{'sw>ack':>8}{'old acks':>9}")
+    print(head)
+    prom_ack: list[float] = []
+    sw_ack: list[float] = []
+    kill_ack: list[float] = []
+    for k, (r, t0) in enumerate(rows, 1):
+        pa = r.delta(r.promoted, r.first_ack)
+        sa = r.delta(r.first_switch, r.first_ack)
+        ka = r.delta(t0, r.first_ack)
+        if pa is not None:
+            prom_ack.append(pa * 1000)
+        if sa is not None:
+            sw_ack.append(sa * 1000)
+        if ka is not None:
+            kill_ack.append(ka * 1000)
+        lat = "-" if r.ctl_latency_ms is None else f"{r.ctl_latency_ms:.1f}"
+        print(f"{k:>2} {r.killed:<8}{r.promoted_node:<8}{ms(t0, r.sdown):>8}{ms(t0, r.odown):>8}"
+              f"{ms(t0, r.promoted):>9}{ms(t0, r.first_switch):>8}{ms(t0, r.ctl_ready):>8}"
+              f"{lat:>8}{ms(t0, r.first_ack):>8}"
+              f"{'-' if pa is None else f'{pa * 1000:.1f}':>9}"
+              f"{'-' if sa is None else f'{sa * 1000:.1f}':>8}"
+              f"{'-' if r.old_acks_after_restart is None else r.old_acks_after_restart:>9}")
+    print()
+    for name, xs in (("leader's +promoted-slave -> first ack by new master", prom_ack),
+                     ("first +switch-master -> first ack by new master", sw_ack),
+                     ("SIGKILL -> first ack by new master", kill_ack)):
+        if xs:
+            print(f"{name}: median {statistics.median(xs):.1f} ms, worst {max(xs):.1f} ms, "
+                  f"best {min(xs):.1f} ms (n={len(xs)})")
+    print(f"writer: {sum(s.acks for s in writer.segments)} acks, {len(writer.segments)} "
+          f"connections, {writer.errors} errors")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
