@@ -1,0 +1,179 @@
+"""controller.haproxy.HAProxyClient against a real haproxy process (Debian's 2.6).
+
+A small config: frontend g_write -> backend g_master (n1 ready, n2 config-disabled), an admin
+socket and an operator-level socket. A Python listener stands in for n1's Redis so a session
+can be held open through HAProxy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from itest_support import wait_until
+
+from controller.haproxy import HAProxyClient, HAProxyError
+from controller.localstack import free_port
+from controller.model import AdminState, Command
+
+pytestmark = pytest.mark.integration
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+CONFIG = """\
+global
+    stats socket {sock} mode 600 level admin
+    stats socket {op_sock} mode 600 level operator
+
+defaults
+    mode tcp
+    timeout client 30s
+    timeout server 30s
+    timeout connect 1s
+
+frontend g_write
+    bind 127.0.0.1:{fe_port}
+    default_backend g_master
+
+backend g_master
+    balance first
+    server n1 127.0.0.2:{port}
+    server n2 127.0.0.3:{port} disabled
+"""
+
+
+@dataclass
+class HAProxy:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+    op_sock: Path
+    fe_port: int
+    listener: socket.socket
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[HAProxy]:
+    """A running haproxy on its own config; stopped by PID at teardown."""
+    port = free_port(["127.0.0.2"])
+    fe_port = free_port(["127.0.0.1"], exclude=frozenset({port}))
+    sock, op_sock = tmp_path / "admin.sock", tmp_path / "operator.sock"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CONFIG.format(sock=sock, op_sock=op_sock, fe_port=fe_port, port=port))
+    listener = socket.create_server(("127.0.0.2", port))
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: HAProxyClient(str(sock)).info().pid == proc.pid
+                   if sock.exists() else None, 10, "haproxy admin socket")
+        yield HAProxy(proc, sock, op_sock, fe_port, listener)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        listener.close()
+
+
+def cmd(text: str) -> Command:
+    backend, server = text.split()[-3].split("/") if "state" in text else ("", "")
+    return Command(text, backend, server, reason="test")
+
+
+def test_refused_command_is_reported_with_its_command_text(haproxy: HAProxy) -> None:
+    """In a batch each refused command comes back with its text and HAProxy's reply; rest runs."""
+    client = HAProxyClient(str(haproxy.sock))
+    commands = [
+        cmd("set server g_master/n1 state maint"),
+        cmd("set server g_master/nosuch state maint"),
+        cmd("set server nosuch/n1 state maint"),
+        cmd("set server g_master/n2 state ready"),
+    ]
+    results = client.run(commands)
+    assert [(r.command.text, r.ok, r.output) for r in results] == [
+        ("set server g_master/n1 state maint", True, ""),
+        ("set server g_master/nosuch state maint", False, "No such server."),
+        ("set server nosuch/n1 state maint", False, "No such backend."),
+        ("set server g_master/n2 state ready", True, ""),
+    ]
+    servers = client.state().backends["g_master"]
+    assert (servers["n1"].admin, servers["n2"].admin) == (AdminState.MAINT, AdminState.READY)
+
+
+def test_operator_level_socket_refuses_changes_visibly(haproxy: HAProxy) -> None:
+    """On a socket below level admin every state change is a failed result, not a silent no-op."""
+    client = HAProxyClient(str(haproxy.op_sock))
+    (result,) = client.run([cmd("set server g_master/n1 state maint")])
+    assert not result.ok
+    assert result.output == "Permission denied"
+    admin = HAProxyClient(str(haproxy.sock)).state().backends["g_master"]["n1"].admin
+    assert admin is AdminState.READY
+
+
+def test_state_parses_a_live_reply_with_sessions(haproxy: HAProxy) -> None:
+    """`state()` gives the process identity, every server's admin state and its sessions."""
+    client = HAProxyClient(str(haproxy.sock))
+    state = client.state()
+    assert state.info.pid == haproxy.proc.pid
+    assert state.info.start_time_s > 0 and not state.info.stopping
+    g = state.backends["g_master"]
+    assert (g["n1"].admin, g["n2"].admin) == (AdminState.READY, AdminState.MAINT)
+    assert (g["n1"].addr, g["n2"].addr) == ("127.0.0.2", "127.0.0.3")
+    assert g["n1"].sessions == 0
+    with socket.create_connection(("127.0.0.1", haproxy.fe_port), timeout=5):
+        conn, _ = haproxy.listener.accept()
+        with conn:
+            wait_until(lambda: client.state().backends["g_master"]["n1"].sessions == 1, 5,
+                       "one session on g_master/n1")
+
+
+def test_large_batch_is_split_below_the_line_limit(haproxy: HAProxy) -> None:
+    """Hundreds of commands (over 16 kB as one line) all run and each gets its result."""
+    client = HAProxyClient(str(haproxy.sock))
+    commands = [
+        cmd(f"set server g_master/n2 state {'maint' if i % 2 else 'ready'}") for i in range(800)
+    ]
+    assert sum(len(c.text) + 2 for c in commands) > 16384
+    results = client.run(commands)
+    assert len(results) == 800
+    assert all(r.ok for r in results)
+    assert [r.command for r in results] == commands
+
+
+def test_command_with_separator_is_refused_before_sending(haproxy: HAProxy) -> None:
+    """A command containing ';' (it would become two commands) is refused, naming it."""
+    client = HAProxyClient(str(haproxy.sock))
+    with pytest.raises(HAProxyError, match="contains ';'") as e:
+        client.run([cmd("set server g_master/n1 state maint; set server g_master/n2 state ready")])
+    assert e.value.command.startswith("set server g_master/n1")
+    assert client.state().backends["g_master"]["n1"].admin is AdminState.READY
+
+
+def test_unreachable_socket_raises_naming_the_target(tmp_path: Path) -> None:
+    """A missing unix socket or a closed TCP port raises HAProxyError naming the target."""
+    missing = str(tmp_path / "nosuch.sock")
+    with pytest.raises(HAProxyError, match=r"nosuch\.sock") as e:
+        HAProxyClient(missing).state()
+    assert e.value.target == missing
+    assert "show info; show servers state" in str(e.value)
+    port = free_port(["127.0.0.1"])
+    target = f"tcp:127.0.0.1:{port}"
+    with pytest.raises(HAProxyError, match=f"haproxy {target}: cannot talk to the socket"):
+        HAProxyClient(target, timeout_s=0.5).run([cmd("set server g_master/n1 state maint")])
+
+
+def test_stopped_haproxy_raises_naming_the_target(haproxy: HAProxy) -> None:
+    """After HAProxy exits, reading its state raises HAProxyError naming the socket."""
+    client = HAProxyClient(str(haproxy.sock))
+    haproxy.proc.terminate()
+    haproxy.proc.wait(timeout=5)
+    with pytest.raises(HAProxyError, match=re.escape(str(haproxy.sock))):
+        client.info()
