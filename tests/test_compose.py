@@ -258,3 +258,48 @@ def test_docker_compose_config_refuses_missing_passwords(tmp_path: Path) -> None
     res = _docker_compose("config", env_file=empty)
     assert res.returncode != 0
     assert "PASSWORD" in res.stderr and "compose/.env" in res.stderr
+
+
+# --------------------------------------------------------------------------- Kubernetes example
+
+KUBERNETES = ROOT / "deploy" / "kubernetes.yaml"
+
+
+def kube_docs() -> dict[str, dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(KUBERNETES.read_text()) if d]
+    return {d["kind"]: d for d in docs}
+
+
+def test_kubernetes_example_parses_with_secret_deployment_and_service() -> None:
+    """deploy/kubernetes.yaml is YAML: a Secret, a Deployment and a Service for 5000-5005, 9000."""
+    docs = kube_docs()
+    assert set(docs) == {"Secret", "Deployment", "Service"}
+    ports = {p["port"] for p in docs["Service"]["spec"]["ports"]}
+    assert ports == {*range(5000, 5006), 9000}
+    assert docs["Secret"]["stringData"]["sentinel-password"].startswith("change-me")
+
+
+def test_kubernetes_pod_shares_the_socket_and_reads_the_password_from_the_secret() -> None:
+    """HAProxy and the sidecar share an emptyDir at /var/run/haproxy; the password comes from
+    the Secret; the controller is non-root and ready only when /healthz says so."""
+    docs = kube_docs()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"haproxy", "controller"}
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    for name in ("haproxy", "controller"):
+        mounts = {m["mountPath"]: m["name"] for m in containers[name]["volumeMounts"]}
+        assert mounts[SOCKET_DIR] in empty_dirs, name
+    ctl = containers["controller"]
+    env = {e["name"]: e for e in ctl["env"]}
+    assert env["SENTINEL_HAPROXY_HAPROXY_SOCKETS"]["value"] == f"{SOCKET_DIR}/admin.sock"
+    ref = env["SENTINEL_HAPROXY_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == docs["Secret"]["metadata"]["name"]
+    assert ref["key"] in docs["Secret"]["stringData"]
+    known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    assert set(env) <= known
+    assert ctl["securityContext"]["runAsUser"] != 0 and pod["securityContext"]["runAsNonRoot"]
+    assert ctl["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ctl["readinessProbe"]["httpGet"]["port"] == int(
+        env["SENTINEL_HAPROXY_METRICS_ADDRESS"]["value"].rpartition(":")[2])
+    assert pod["securityContext"]["fsGroup"] == 99  # haproxy image's gid: socket mode 660
