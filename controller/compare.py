@@ -1,11 +1,369 @@
-"""`sentinel-haproxy drill --compare`: classic HAProxy vs the controller, side by side."""
+"""`sentinel-haproxy drill --compare`: classic HAProxy vs the controller, side by side.
+
+Starts two local stacks of one group each (controller/localstack.py) at the same time: one
+whose HAProxy decides by itself with the classic role health check (haproxy/haproxy-classic.cfg,
+no controller), one driven by the controller daemon (haproxy/haproxy.cfg). Each scenario runs
+on both at once, with the same writers, readers and fault:
+- kill:    SIGKILL of the master;
+- return:  SIGKILL of the master, then the old master restarts with its own config (a master
+           again until Sentinel converts it ~10 s later);
+- hold:    a connection held through the failover: SIGSTOP of the master, SENTINEL FAILOVER,
+           SIGCONT once Sentinel switched;
+- replica: SIGKILL of the replica, restarted 3 s later (read errors).
+Between scenarios both stacks are brought back to "two nodes, one master, one linked replica,
+HAProxy routing accordingly" (not measured). `--repeat N` gives the median and the worst.
+Must stop both stacks and the controller on exit, Ctrl-C or error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from controller.demo import StackActions, routable
+from controller.drill import (
+    METRICS,
+    DrillError,
+    DrillReport,
+    DrillRun,
+    DrillSpec,
+    Recording,
+    aggregate,
+    fmt_num,
+    run_drill,
+    summarize,
+)
+from controller.haproxy import HAProxyError
+from controller.localstack import (
+    HAPROXY_CLASSIC_CONFIG,
+    Layout,
+    LocalStack,
+    LocalStackError,
+    RespError,
+)
+from controller.probes import Mark, current_master, event_is_for, fmt_addr
+from controller.sidecar import ControllerProcess, SidecarError, controller_marks
+
+GROUP = "redis1"
+SCENARIOS: dict[str, str] = {
+    "kill": "SIGKILL of the master",
+    "return": "SIGKILL of the master, old master restarted with its own config",
+    "hold": "connection held through the failover (SIGSTOP, SENTINEL FAILOVER, SIGCONT)",
+    "replica": "SIGKILL of the replica, restarted 3 s later",
+}
+SETUPS = ("classic", "controller")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Setup:
+    name: str
+    stack: LocalStack
+    ctl: ControllerProcess | None = None
+
+    def actions(self) -> CompareActions:
+        return CompareActions(self.stack)
+
+
+class CompareActions(StackActions):
+    """A restarted node comes back as a replica of the current master (as a replica whose
+    config Sentinel rewrote would); `restart_as_master` brings one back as a master (as an old
+    master restarted with its own config)."""
+
+    def restart(self, addr: str) -> bool:
+        name = self.name(addr)
+        self.stack.start_node(name)
+        master = current_master(self.stack.sentinel_addrs, GROUP)
+        if master is not None and master != addr:
+            host, _, port = master.rpartition(":")
+            self.stack.redis_command(name, "REPLICAOF", host, port)
+        return True
+
+    def restart_as_master(self, addr: str) -> None:
+        name = self.name(addr)
+        self.stack.start_node(name)
+        if self.stack.role(name) != "master":
+            self.stack.redis_command(name, "REPLICAOF", "NO", "ONE")
+
+
+def layouts() -> dict[str, Layout]:
+    """Two one-group layouts on distinct loopback addresses and free ports."""
+    return {
+        "classic": Layout.for_tests(groups=(GROUP,), haproxy_config=HAPROXY_CLASSIC_CONFIG,
+                                    first_node_ip=2, first_sentinel_ip=20),
+        "controller": Layout.for_tests(groups=(GROUP,), first_node_ip=40, first_sentinel_ip=60),
+    }
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def spec_for(setup: Setup, scenario: str) -> DrillSpec:
+    stack = setup.stack
+    base = DrillSpec(
+        sentinels=list(stack.sentinel_addrs),
+        write=("127.0.0.1", stack.write_port(GROUP)),
+        read=("127.0.0.1", stack.read_port(GROUP)),
+        master=GROUP,
+        haproxy_socket=str(stack.haproxy_socket),
+        backends=(f"{GROUP}_master", f"{GROUP}_replicas"),
+        setup=setup.name, writers=2, interval_s=0.005, duration_s=30.0,
+        prefix=f"cmp:{setup.name}:{scenario}:{int(time.time() * 1000)}",
+    )
+    if scenario in ("kill", "return"):
+        return replace(base, method="kill")
+    if scenario == "hold":
+        return replace(base, method="hold", write_timeout_s=15.0)
+    if scenario == "replica":
+        return replace(base, method="replica-kill", pause_s=3.0)
+    raise ValueError(f"unknown scenario {scenario!r}")
+
+
+def after_for(setup: Setup, scenario: str) -> Callable[[DrillRun], None] | None:
+    if scenario == "return":
+        return lambda run: _old_master_returns(setup, run)
+    if scenario == "hold":
+        return lambda run: _wait_conversion(run, run.old_master, time.time(), 20.0, 3.0)
+    return None
+
+
+def _old_master_returns(setup: Setup, run: DrillRun) -> None:
+    time.sleep(0.5)
+    setup.actions().restart_as_master(run.old_master)
+    t = time.time()
+    run.mark("drill", f"old master {run.old_master} restarted (role master)")
+    _wait_conversion(run, run.old_master, t, 25.0, 5.0)
+
+
+def _wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
+                     tail_s: float) -> None:
+    """Until a Sentinel converts `addr` to a replica (bounded), then `tail_s` more."""
+    host, _, port = addr.rpartition(":")
+
+    def is_it(m: Mark) -> bool:
+        return event_is_for(m, GROUP) and f"{host}:{port}" in m.text
+
+    run.wait_event("+convert-to-slave", is_it, timeout_s, since)
+    time.sleep(tail_s)
+
+
+def run_scenario(setup: Setup, scenario: str) -> Recording:
+    spec = spec_for(setup, scenario)
+    rec = run_drill(spec, setup.actions(), after=after_for(setup, scenario))
+    if setup.ctl is not None:
+        extra = controller_marks(setup.ctl.lines(), rec.fault_t - 0.5, rec.end_t)
+        rec = replace(rec, marks=tuple(sorted((*rec.marks, *extra), key=lambda m: m.t)))
+    return rec
+
+
+def restore(setup: Setup, timeout_s: float = 60.0) -> None:
+    """Bring a stack back to: both nodes up, one master, the other its linked replica, known
+    healthy to every Sentinel, HAProxy routing writes to the master and reads to the replica."""
+    stack = setup.stack
+    deadline = time.monotonic() + timeout_s
+    master = _wait_for(lambda: current_master(stack.sentinel_addrs, GROUP), deadline,
+                       f"{setup.name}: a Sentinel majority naming a master")
+    mhost, _, mport = master.rpartition(":")
+    m_node = stack.node_at(mhost, int(mport))
+    if m_node is None:
+        raise DrillError(f"{setup.name}: master {master} is not a node of the stack")
+    for name in stack.nodes:
+        if stack.node_pid(name) is None:
+            setup.actions().restart(fmt_addr(stack.nodes[name].addr))
+    replica = next(n for n in stack.nodes if n != m_node.name)
+
+    def healthy() -> bool | None:
+        info = stack.redis_command(replica, "INFO", "replication")
+        if "master_link_status:up" not in str(info) or f"master_host:{mhost}" not in str(info):
+            return None
+        for i in range(len(stack.sentinel_addrs)):
+            reply = stack.sentinel_command(i, "SENTINEL", "REPLICAS", GROUP)
+            ok = False
+            for entry in reply if isinstance(reply, list) else []:
+                d = {str(k): str(v) for k, v in zip(entry[::2], entry[1::2], strict=False)}
+                if (d.get("name") == fmt_addr(stack.nodes[replica].addr)
+                        and d.get("flags") == "slave" and d.get("role-reported") == "slave"
+                        and d.get("master-link-status") == "ok"):
+                    ok = True
+            if not ok:
+                return None
+        now = routable(stack)
+        if now.get(f"{GROUP}_master") != [m_node.name]:
+            return None
+        if now.get(f"{GROUP}_replicas") != [replica]:
+            return None
+        return True
+
+    _wait_for(healthy, deadline, f"{setup.name}: {replica} a healthy replica of {m_node.name} "
+              "and HAProxy routing accordingly")
+
+
+def _wait_for(cond: Callable[[], Any], deadline: float, what: str) -> Any:
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except (OSError, RespError, HAProxyError, ValueError, LocalStackError) as e:
+            last = f" (last error: {e})"
+        time.sleep(0.1)
+    raise DrillError(f"timed out waiting for {what}{last}")
+
+
+# --------------------------------------------------------------------------- running it all
+
+
+def run_compare(
+    workdir: Path, scenarios: Sequence[str], repeat: int,
+    on_result: Callable[[str, int, dict[str, Recording]], None] | None = None,
+) -> dict[str, list[dict[str, Recording]]]:
+    """Start both stacks, run every scenario `repeat` times on both at once, stop everything.
+
+    Returns scenario -> one {setup: Recording} per repetition."""
+    lays = layouts()
+    setups: list[Setup] = []
+    results: dict[str, list[dict[str, Recording]]] = {s: [] for s in scenarios}
+    try:
+        for name in SETUPS:
+            stack = LocalStack(workdir / name, lays[name])
+            setups.append(Setup(name, stack))
+            stack.start()
+            _say(f"started {name} stack in {workdir / name}")
+        ctl_setup = setups[1]
+        ctl = ControllerProcess([fmt_addr(a) for a in ctl_setup.stack.sentinel_addrs],
+                                [str(ctl_setup.stack.haproxy_socket)],
+                                workdir / "controller" / "ctl")
+        ctl_setup.ctl = ctl
+        ctl.start()
+        ctl.wait_in_sync((GROUP,))
+        for s in setups:
+            restore(s)
+        for i in range(repeat):
+            for scenario in scenarios:
+                _say(f"[{i + 1}/{repeat}] {scenario}: {SCENARIOS[scenario]}")
+                recs = _both(setups, scenario)
+                results[scenario].append(recs)
+                if on_result is not None:
+                    on_result(scenario, i, recs)
+                for s in setups:
+                    restore(s)
+    finally:
+        for s in reversed(setups):
+            if s.ctl is not None:
+                s.ctl.stop()
+            s.stack.stop()
+    return results
+
+
+def _both(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]:
+    out: dict[str, Recording] = {}
+    errors: dict[str, BaseException] = {}
+
+    def one(s: Setup) -> None:
+        try:
+            out[s.name] = run_scenario(s, scenario)
+        except BaseException as e:  # reported below, in the caller's thread
+            errors[s.name] = e
+
+    threads = [threading.Thread(target=one, args=(s,), name=f"cmp-{s.name}") for s in setups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    if errors:
+        name, e = next(iter(errors.items()))
+        raise DrillError(f"{scenario} on {name}: {e}") from e
+    if len(out) != len(setups):
+        raise DrillError(f"{scenario}: a drill did not finish within 180 s")
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
+    n = len(next(iter(reports.values())))
+    lines = [f"{scenario}: {SCENARIOS[scenario]}  ({n} run{'s' if n > 1 else ''}; "
+             "median (worst))",
+             f"  {'':<56}{'classic':>18}{'controller':>18}{'ratio':>9}"]
+    for key, label in METRICS:
+        cells = []
+        meds = []
+        for setup in SETUPS:
+            vals = [getattr(r, key) for r in reports[setup]]
+            med, worst = aggregate(vals)
+            meds.append(med)
+            cell = fmt_num(med, "-") if n == 1 else f"{fmt_num(med, '-')} ({fmt_num(worst, '-')})"
+            cells.append(cell)
+        ratio = ""
+        if meds[0] is not None and meds[1] is not None and meds[1] > 0 and meds[0] > 0:
+            ratio = f"{meds[0] / meds[1]:.1f}x"
+        elif meds[0] is not None and meds[1] == 0 and meds[0] > 0:
+            ratio = "inf"
+        lines.append(f"  {label:<56}{cells[0]:>18}{cells[1]:>18}{ratio:>9}")
+    return "\n".join(lines)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print("drill --compare: not available yet", file=sys.stderr)
-    return 2
+    scenarios = [x for v in args.tool_scenarios or [] for x in v.split(",") if x] or list(
+        SCENARIOS)
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad or args.tool_repeat < 1:
+        print(f"sentinel-haproxy drill --compare: error: unknown scenario(s) {bad} (choose from "
+              f"{', '.join(SCENARIOS)}) or --repeat < 1", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.tool_yes:
+        print("drill --compare would (add --yes to do it): start two local one-group stacks "
+              "(classic HAProxy health checks vs the controller) in a temp dir and run, "
+              f"{args.tool_repeat} time(s), on both at once: ")
+        for s in scenarios:
+            print(f"  - {s}: {SCENARIOS[s]}")
+        return EXIT_USAGE
+    temp = args.tool_workdir is None
+    workdir = Path(args.tool_workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-compare-"))
+    try:
+        results = run_compare(workdir, scenarios, args.tool_repeat)
+    except (DrillError, LocalStackError, SidecarError, HAProxyError, OSError) as e:
+        print(f"sentinel-haproxy drill --compare: failed: {e}\nlogs kept in {workdir}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: both stacks stopped", file=sys.stderr)
+        return 130
+    reports = {
+        sc: {setup: [summarize(r[setup]) for r in runs] for setup in SETUPS}
+        for sc, runs in results.items()
+    }
+    if args.tool_json:
+        json.dump({sc: {setup: [asdict(r) for r in rs] for setup, rs in by.items()}
+                   for sc, by in reports.items()}, sys.stdout, indent=2)
+        print()
+    else:
+        for sc in scenarios:
+            print(table(sc, reports[sc]))
+            print()
+    if args.tool_plot:
+        from controller.plot import PlotUnavailable, plot_compare
+
+        try:
+            plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(args.tool_plot))
+            print(f"plot written to {args.tool_plot}", file=sys.stderr)
+        except PlotUnavailable as e:
+            print(f"no plot: {e}", file=sys.stderr)
+    if temp:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return EXIT_OK

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from controller.probes import (
@@ -89,7 +89,8 @@ class DrillReport:
     writes_ok: int
     writes_failed: int
     first_write_new_ms: float | None  # fault -> first write acked by the new master
-    write_outage_ms: float | None  # worst writer: last ok before its gap -> first ok on new
+    write_outage_ms: float | None  # worst writer, surviving acks only: last ok before its gap
+    #                                -> first ok on the new master
     promoted_to_write_ms: float | None  # first +promoted-slave -> first write on new master
     switch_to_write_ms: float | None  # first +switch-master -> first write on new master
     acked_checked: int
@@ -170,6 +171,20 @@ def lost_writes(
     return checked, lost
 
 
+def surviving(
+    writes: Sequence[WriteSample], readback: Mapping[str, str | None]
+) -> list[WriteSample]:
+    """The writes with every acknowledged-but-lost write turned into a failure: an ack that
+    did not survive gave the client no service. Unchanged when nothing was read back."""
+    if not readback:
+        return list(writes)
+    return [
+        replace(w, ok=False, error="acked, then lost")
+        if w.ok and readback.get(w.key) != str(w.seq) else w
+        for w in writes
+    ]
+
+
 def read_outage(reads: Sequence[ReadSample], after: float) -> float | None:
     """Longest span (seconds) from the last ok read before a run of errors to the next ok read,
     for runs that start at or after `after`; an unfinished run ends at the last sample."""
@@ -205,7 +220,7 @@ def summarize(rec: Recording) -> DrillReport:
         1 for w in rec.writes
         if w.ok and w.t >= rec.fault_t and w.node is not None and w.node != new
     )
-    outage = write_outage(rec.writes, rec.fault_t, target)
+    outage = write_outage(surviving(rec.writes, rec.readback), rec.fault_t, target)
     reads_after = [r for r in rec.reads if r.t >= rec.fault_t]
     r_out = read_outage(rec.reads, rec.fault_t)
     return DrillReport(
@@ -232,7 +247,7 @@ def summarize(rec: Recording) -> DrillReport:
 
 #: Metrics shown in tables, with their labels; all are "bigger is worse".
 METRICS: tuple[tuple[str, str], ...] = (
-    ("write_outage_ms", "write outage (worst writer), ms"),
+    ("write_outage_ms", "write outage, worst writer (surviving acks), ms"),
     ("first_write_new_ms", "fault -> first write on new master, ms"),
     ("promoted_to_write_ms", "+promoted-slave -> first write on new master, ms"),
     ("switch_to_write_ms", "first +switch-master -> first write on new master, ms"),
@@ -387,6 +402,7 @@ class DrillSpec:
     interval_s: float = 0.002
     write_timeout_s: float = 1.0
     writers: int = 2  # writer 0 persistent, writer 1 reconnects per write, ...
+    readers: int = 2  # same pattern
     haproxy_socket: str | None = None
     backends: tuple[str, ...] = ()
     setup: str = ""
@@ -500,8 +516,11 @@ def run_drill(
                reconnect_each=i % 2 == 1)
         for i in range(spec.writers)
     ]
-    reader = Reader(spec.read, f"{prefix}:probe", stop) if spec.read else None
-    threads: list[threading.Thread] = [*writers, *([reader] if reader else [])]
+    readers = [
+        Reader(spec.read, f"{prefix}:probe", stop, reconnect_each=i % 2 == 1)
+        for i in range(spec.readers)
+    ] if spec.read else []
+    threads: list[threading.Thread] = [*writers, *readers]
     for t in threads:
         t.start()
     paused: str | None = None
@@ -537,7 +556,7 @@ def run_drill(
         else:
             raise DrillError(f"unknown method {spec.method!r}")
         if spec.method == "replica-kill":
-            _replica_phase(spec, actions, run, reader, target, say)
+            _replica_phase(spec, actions, run, readers, target, say)
         else:
             paused = _failover_phase(spec, actions, run, writers, paused, say)
         if after is not None:
@@ -565,7 +584,8 @@ def run_drill(
     marks = [*recorder.snapshot(), *run.extra_marks, *(watcher.marks if watcher else [])]
     return Recording(
         master=spec.master, method=spec.method, fault_t=run.fault_t, old_master=old,
-        new_master=final, writes=writes, reads=tuple(reader.samples) if reader else (),
+        new_master=final, writes=writes,
+        reads=tuple(sorted((r for rd in readers for r in rd.samples), key=lambda r: r.t)),
         marks=tuple(sorted(marks, key=lambda m: m.t)), readback=readback, setup=spec.setup,
         target=target, end_t=end_t,
     )
@@ -620,7 +640,7 @@ def _failover_phase(
 
 
 def _replica_phase(
-    spec: DrillSpec, actions: Actions, run: DrillRun, reader: Reader | None, target: str,
+    spec: DrillSpec, actions: Actions, run: DrillRun, readers: Sequence[Reader], target: str,
     say: Callable[[str], None],
 ) -> None:
     time.sleep(spec.pause_s)
@@ -629,12 +649,10 @@ def _replica_phase(
         return
     run.mark("drill", f"restarted replica {target}")
     say(f"restarted {target}")
-    if reader is None:
-        return
     t0 = time.time()
     deadline = time.monotonic() + spec.duration_s
-    while time.monotonic() < deadline:
-        if any(r.ok and r.t > t0 for r in reader.samples[-20:]):
+    while readers and time.monotonic() < deadline:
+        if all(any(r.ok and r.t > t0 for r in rd.samples[-20:]) for rd in readers):
             return
         time.sleep(0.02)
 

@@ -237,7 +237,10 @@ class Writer(threading.Thread):
 
 
 class Reader(threading.Thread):
-    """GET through `addr` (a read frontend) every `interval_s`; records each try and the node."""
+    """GET through `addr` (a read frontend) every `interval_s`; records each try and the node.
+
+    `reconnect_each` as for `Writer`: a persistent connection stays where HAProxy first sent
+    it, a new one per read follows HAProxy's current routing."""
 
     def __init__(
         self,
@@ -246,8 +249,10 @@ class Reader(threading.Thread):
         stop: threading.Event,
         interval_s: float = 0.005,
         timeout_s: float = 1.0,
+        reconnect_each: bool = False,
     ) -> None:
         super().__init__(name="reader", daemon=True)
+        self.reconnect_each = reconnect_each
         self.addr = addr
         self.key = key
         self.stop_event = stop
@@ -274,7 +279,7 @@ class Reader(threading.Thread):
                 except (OSError, ConnectionError, ValueError) as e:
                     error = short_error(e) or type(e).__name__
                 self.samples.append(ReadSample(time.time(), ok, node, error))
-                if conn is not None and not ok:
+                if conn is not None and (not ok or self.reconnect_each):
                     conn.close()
                     conn, node = None, None
                 self.stop_event.wait(self.interval_s)
