@@ -173,15 +173,22 @@ def wait_backend(
     )
 
 
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    roles: dict[str, str]  # node -> role it reported just BEFORE `state` was read ("down")
+    state: dict[str, dict[str, str]]  # servers_state()
+
+
 @dataclass
 class StatePoller:
-    """A thread sampling ``show servers state`` every ``interval_s``: what a server was seen
-    in, between start() and stop()."""
+    """A thread sampling ``show servers state`` every ``interval_s`` (and, just before each
+    sample, the role that each node in ``roles_of`` reports), between start() and stop()."""
 
     stack: LocalStack
+    roles_of: Sequence[str] = ()
     interval_s: float = 0.01
-    samples: int = 0
-    seen: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -196,17 +203,25 @@ class StatePoller:
         if self._thread is not None:
             self._thread.join(10)
 
+    def seen(self, backend: str, server: str) -> set[str]:
+        """Every admin state ``backend/server`` was seen in."""
+        return {s.state[backend][server] for s in self.samples}
+
+    def _role(self, node: str) -> str:
+        try:
+            return self.stack.role(node)
+        except (OSError, RespError):
+            return "down"
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            roles = {n: self._role(n) for n in self.roles_of}
             try:
                 state = servers_state(self.stack)
             except (OSError, ValueError, KeyError):
                 self.errors += 1  # HAProxy restarting: nothing routable to see
             else:
-                self.samples += 1
-                for backend, servers in state.items():
-                    for server, admin in servers.items():
-                        self.seen.setdefault((backend, server), set()).add(admin)
+                self.samples.append(Sample(time.monotonic(), roles, state))
             self._stop.wait(self.interval_s)
 
 
