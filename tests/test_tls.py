@@ -1,0 +1,164 @@
+"""TLS to Sentinel with a REAL TLS-only redis-sentinel (Debian's redis is built with TLS).
+
+A one-group LocalStack provides Redis and HAProxy; one extra Sentinel listens only on a TLS port
+(certificate from a throw-away CA made with openssl) and monitors the stack's redis1 with quorum
+1. The controller must work with `--sentinel-tls --sentinel-tls-ca-file`, and fail naming the
+certificate with a CA that did not sign the server's certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from ops_support import REPO_ROOT, Daemon, clean_env, free_port, ready, wait_for
+
+from controller.localstack import REDIS_SERVER, Layout, LocalStack, PortInUseError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),
+]
+
+TLS_HOST = "127.0.0.30"  # outside LocalStack's node (2..) and sentinel (20..22) addresses
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}", cwd=d)
+
+
+@dataclass
+class TLSSentinel:
+    stack: LocalStack
+    port: int
+    ca: Path
+    other_ca: Path
+
+    @property
+    def addr(self) -> str:
+        return f"{TLS_HOST}:{self.port}"
+
+    def cli(self, *args: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "controller", *args, "--sentinel", self.addr,
+                "--haproxy-socket", str(self.stack.haproxy_socket), "--sentinel-tls",
+                "--sentinel-tls-ca-file", str(ca or self.ca)]
+        return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                              env=clean_env(), check=False)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
+    """LocalStack (redis1) + one TLS-only sentinel monitoring it, stopped by PID."""
+    d = tmp_path_factory.mktemp("tls")
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "sentinel.key", "-out",
+            "sentinel.csr", "-subj", f"/CN={TLS_HOST}", cwd=d)
+    (d / "ext").write_text(f"subjectAltName=IP:{TLS_HOST}\n")
+    openssl("x509", "-req", "-in", "sentinel.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "sentinel.crt", "-days", "2", "-extfile", "ext", cwd=d)
+    stack = None
+    for attempt in range(3):
+        stack = LocalStack(d / f"stack{attempt}", Layout.for_tests(groups=("redis1",)))
+        try:
+            stack.start()
+            break
+        except PortInUseError:
+            stack = None
+    assert stack is not None, "no free ports for the stack in 3 attempts"
+    proc = None
+    try:
+        master = stack.nodes["redis1a"]
+        port = free_port(TLS_HOST)
+        conf = d / "sentinel-tls.conf"
+        conf.write_text("\n".join([
+            "port 0", f"tls-port {port}", f"bind {TLS_HOST}", f"bind-source-addr {TLS_HOST}",
+            f"tls-cert-file {d / 'sentinel.crt'}", f"tls-key-file {d / 'sentinel.key'}",
+            f"tls-ca-cert-file {d / 'ca.crt'}", "tls-auth-clients no", f"dir {d}",
+            'logfile ""', "daemonize no",
+            f"sentinel monitor redis1 {master.host} {master.port} 1",
+            "sentinel down-after-milliseconds redis1 2000", "",
+        ]))
+        with open(d / "sentinel-tls.log", "ab") as log:
+            proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=d,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        client: Any = redis.Redis(host=TLS_HOST, port=port, ssl=True,
+                                  ssl_ca_certs=str(d / "ca.crt"),
+                                  decode_responses=True, socket_timeout=1,
+                                  socket_connect_timeout=1)  # redis-py: partly untyped
+
+        def knows_replica() -> bool:
+            assert proc is not None and proc.poll() is None, (d / "sentinel-tls.log").read_text()
+            with contextlib.suppress(redis.RedisError):
+                m = client.execute_command("SENTINEL", "MASTER", "redis1")
+                fields = dict(m) if isinstance(m, dict) else dict(zip(m[::2], m[1::2], strict=True))
+                return int(fields["num-slaves"]) >= 1
+            return False
+
+        wait_for(knows_replica, 30, "TLS sentinel to know redis1 and its replica")
+        client.close()
+        yield TLSSentinel(stack, port, d / "ca.crt", d / "other-ca.crt")
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        stack.stop()
+
+
+def test_status_and_reconcile_over_tls(tls: TLSSentinel) -> None:
+    """With the right CA the controller reads the TLS Sentinel and applies its verdict."""
+    st = tls.cli("status", "--json")
+    assert st.returncode in (0, 1), st.stdout + st.stderr
+    report = json.loads(st.stdout)
+    assert report["sentinels"] == [{"sentinel": tls.addr, "error": None, "tilt": False}]
+    master = tls.stack.nodes["redis1a"]
+    assert report["groups"][0]["decision"]["master"] == f"{master.host}:{master.port}"
+    rc = tls.cli("reconcile")
+    assert rc.returncode == 0, rc.stdout + rc.stderr
+    assert ready(tls.stack, "redis1_master", "redis1a")
+
+
+def test_wrong_ca_is_refused_naming_the_certificate(tls: TLSSentinel) -> None:
+    """A CA that did not sign the Sentinel's certificate: exit 3, the error names the
+    certificate verification."""
+    res = tls.cli("status", ca=tls.other_ca)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "certificate verify failed" in res.stdout, res.stdout
+
+
+def test_daemon_subscribes_over_tls(tls: TLSSentinel, tmp_path: Path) -> None:
+    """The daemon's pub/sub connection works over TLS: connected, and a hand edit is undone."""
+    args = ["--sentinel-tls", "--sentinel-tls-ca-file", str(tls.ca)]
+    # The daemon gets the stack's plain sentinels from Daemon(); point it at the TLS one only.
+    d = Daemon(tls.stack, tmp_path / "daemon.log", *args)
+    i = d.argv.index("--sentinel")
+    d.argv[i + 1] = tls.addr
+    with d:
+        d.wait_event("sentinel_connected", sentinel=tls.addr)
+        wait_for(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")
+        tls.stack.haproxy_command("set server redis1_master/redis1a state maint")
+        d.wait_event("drift_corrected")
+        assert ready(tls.stack, "redis1_master", "redis1a")
+    assert d.returncode == 0, d.tail()
+    assert not d.problems(), d.problems()
