@@ -135,7 +135,12 @@ class SentinelReader:
         """
         views = self._read_all(list(self._known), skip)
         if not self.fixed_masters:
-            seen = sorted({n for v in views for n in v.master_names_seen} | set(self._known))
+            monitored = {n for v in views for n in v.master_names_seen}
+            if all(v.view.error is None for v in views):
+                # Every Sentinel answered: a group none of them monitors any more (SENTINEL
+                # REMOVE) is forgotten instead of staying undecided for ever.
+                self._known = [n for n in self._known if n in monitored]
+            seen = sorted(monitored | set(self._known))
             if seen != self._known:  # a group we have not seen yet: ask again, once
                 self._known = seen
                 views = self._read_all(seen, skip)
