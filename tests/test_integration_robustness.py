@@ -10,6 +10,7 @@ import json
 
 import pytest
 from itest_support import (
+    ControllerFactory,
     ControllerProc,
     expected_state,
     node_behind_write,
@@ -119,3 +120,25 @@ def test_forged_hello_bad_event_does_not_kill_the_daemon(
                           server="redis1a", to="ready")
     wait_state(stack, {"redis1": "redis1a"}, timeout_s=10)
     assert node_behind_write(stack, "redis1") == "redis1a"
+
+
+def test_group_removed_from_every_sentinel_is_forgotten(
+    stack: LocalStack, make_controller: ControllerFactory
+) -> None:
+    """A group an operator adds to and then removes from every Sentinel (`SENTINEL REMOVE`)
+    is forgotten by the daemon instead of staying undecided for ever."""
+    ctl = make_controller(stack, "--log-level", "debug")
+    ghost_port = stack.layout.redis_port  # nothing listens on 127.0.0.99: a dead master
+    for i in range(stack.layout.sentinels):
+        assert stack.sentinel_command(i, "SENTINEL", "MONITOR", "ghost", "127.0.0.99",
+                                      ghost_port, 2) == "OK"
+    ctl.wait_event("master_known", group="ghost")
+    for i in range(stack.layout.sentinels):
+        assert stack.sentinel_command(i, "SENTINEL", "REMOVE", "ghost") == "OK"
+    removed = ctl.mark()
+    wait_until(lambda: len(ctl.events("pass", since=removed, trigger="resync")) >= 2, 20,
+               "two periodic passes after the removal")
+    last = ctl.events("pass", since=removed, trigger="resync")[-1]
+    assert last["groups"] == 1 and last["undecided"] == 0, last
+    assert ctl.events("undecided", since=removed) == []
+    assert servers_state(stack) == expected_state(stack, {"redis1": "redis1a"})
