@@ -360,7 +360,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from controller.plot import PlotUnavailable, plot_compare
 
         try:
-            plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(args.tool_plot))
+            plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(args.tool_plot),
+                         SETUPS)
             print(f"plot written to {args.tool_plot}", file=sys.stderr)
         except PlotUnavailable as e:
             print(f"no plot: {e}", file=sys.stderr)

@@ -186,8 +186,17 @@ def surviving(
 
 
 def read_outage(reads: Sequence[ReadSample], after: float) -> float | None:
-    """Longest span (seconds) from the last ok read before a run of errors to the next ok read,
-    for runs that start at or after `after`; an unfinished run ends at the last sample."""
+    """Longest span (seconds), over readers, from the last ok read before a run of errors to
+    the next ok read, for runs that start at or after `after`; an unfinished run ends at the
+    reader's last sample."""
+    by_reader: dict[int, list[ReadSample]] = {}
+    for r in reads:
+        by_reader.setdefault(r.reader, []).append(r)
+    outs = [o for rs in by_reader.values() if (o := _reader_outage(rs, after)) is not None]
+    return max(outs) if outs else None
+
+
+def _reader_outage(reads: Sequence[ReadSample], after: float) -> float | None:
     rs = sorted(reads, key=lambda r: r.t)
     worst: float | None = None
     last_ok: float | None = None
@@ -255,7 +264,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("acked_elsewhere", "writes acked by a non-master after the fault"),
     ("writes_failed", "write errors"),
     ("read_errors", "read errors"),
-    ("read_outage_ms", "read outage (longest), ms"),
+    ("read_outage_ms", "read outage, worst reader (longest), ms"),
 )
 
 
@@ -517,7 +526,7 @@ def run_drill(
         for i in range(spec.writers)
     ]
     readers = [
-        Reader(spec.read, f"{prefix}:probe", stop, reconnect_each=i % 2 == 1)
+        Reader(spec.read, f"{prefix}:probe", stop, reconnect_each=i % 2 == 1, reader_id=i)
         for i in range(spec.readers)
     ] if spec.read else []
     threads: list[threading.Thread] = [*writers, *readers]
@@ -604,10 +613,12 @@ def _failover_phase(
     spec: DrillSpec, actions: Actions, run: DrillRun, writers: Sequence[Writer],
     paused: str | None, say: Callable[[str], None],
 ) -> str | None:
-    """Wait (bounded) until a write is acked by a new master; resume a paused node on time."""
+    """Wait (bounded) until a write is acked by a new master and a paused node is resumed
+    (on time: after `pause_s`, or for `hold` after the first +switch-master)."""
     deadline = time.monotonic() + spec.duration_s
     next_poll = 0.0
     seen = dict.fromkeys(range(len(writers)), 0)
+    acked_new = False
     while time.monotonic() < deadline:
         now = time.time()
         if paused is not None:
@@ -627,13 +638,15 @@ def _failover_phase(
             m = current_master(spec.sentinels, spec.master)
             if m is not None and m != run.old_master:
                 run.new_master = m
-        if run.new_master is not None:
+        if run.new_master is not None and not acked_new:
             for i, wr in enumerate(writers):
                 samples = wr.samples[seen[i]:]
                 seen[i] += len(samples)
                 if any(w.ok and w.node == run.new_master for w in samples):
                     say(f"writes acked by the new master {run.new_master}")
-                    return paused
+                    acked_new = True
+        if acked_new and paused is None:
+            return None
         time.sleep(0.01)
     say(f"no write acked by a new master within {spec.duration_s} s")
     return paused

@@ -1,14 +1,14 @@
 """Timeline plots of drills (matplotlib, optional: `pip install 'sentinel-haproxy[plot]'`).
 
-One panel per (scenario, setup): writes per 100 ms bin, stacked: acked by the new master,
-acked by another node (the old master: at risk), failed; vertical lines for the fault,
+One panel per (scenario, setup): writes per 100 ms bin, stacked: acked and kept, acked but
+lost (not on the final master), failed (or reads ok / failed); vertical lines for the fault,
 Sentinel's first `+promoted-slave` and `+switch-master`, HAProxy routing changes of the write
 backend and the drill's own steps. Must not be imported by the daemon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,34 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def _bins(rec: Recording, t_from: float, t_to: float) -> dict[str, list[int]]:
+def _bins(rec: Recording, t_from: float, t_to: float, reads: bool = False) -> dict[str, list[int]]:
+    """Per bin: writes acked and kept, acked then lost, failed (or reads ok / failed)."""
     n = max(1, int((t_to - t_from) / BIN_S) + 1)
-    out = {"new": [0] * n, "other": [0] * n, "failed": [0] * n}
-    new = rec.new_master if rec.new_master != rec.old_master else None
-    for w in rec.writes:
-        i = int((w.t - rec.fault_t - t_from) / BIN_S)
-        if not 0 <= i < n:
-            continue
-        if not w.ok:
-            out["failed"][i] += 1
-        elif new is not None and w.node == new:
-            out["new"][i] += 1
-        else:
-            out["other"][i] += 1
+    out = {"kept": [0] * n, "lost": [0] * n, "failed": [0] * n}
+    samples: list[tuple[float, str]] = []
+    if reads:
+        samples = [(r.t, "kept" if r.ok else "failed") for r in rec.reads]
+    else:
+        for w in rec.writes:
+            if not w.ok:
+                samples.append((w.t, "failed"))
+            elif rec.readback and rec.readback.get(w.key) != str(w.seq):
+                samples.append((w.t, "lost"))
+            else:
+                samples.append((w.t, "kept"))
+    for t, kind in samples:
+        i = int((t - rec.fault_t - t_from) / BIN_S)
+        if 0 <= i < n:
+            out[kind][i] += 1
     return out
 
 
-def plot_compare(results: Mapping[str, Mapping[str, Recording]], path: Path) -> None:
-    """Rows = scenarios, columns = setups; written as SVG (or PNG, by suffix)."""
+def plot_compare(
+    results: Mapping[str, Mapping[str, Recording]], path: Path,
+    setups: Sequence[str] | None = None, reads_for: Collection[str] = ("replica",),
+) -> None:
+    """Rows = scenarios, columns = setups; written as SVG (or PNG, by suffix). Scenarios in
+    `reads_for` show reads instead of writes."""
     try:
         import matplotlib
 
@@ -48,7 +57,7 @@ def plot_compare(results: Mapping[str, Mapping[str, Recording]], path: Path) -> 
     except ImportError as e:
         raise PlotUnavailable(f"matplotlib is not installed ({e}); pip install matplotlib") from e
     scenarios = list(results)
-    setups = list(next(iter(results.values())))
+    setups = list(setups or next(iter(results.values())))
     fig, axes = plt.subplots(len(scenarios), len(setups), figsize=(6.5 * len(setups),
                              2.8 * len(scenarios)), squeeze=False, sharey="row")
     for r, sc in enumerate(scenarios):
@@ -56,7 +65,9 @@ def plot_compare(results: Mapping[str, Mapping[str, Recording]], path: Path) -> 
         span = max(rec.end_t - rec.fault_t for rec in recs.values())
         t_from, t_to = -1.0, span
         for c, setup in enumerate(setups):
-            _panel(axes[r][c], recs[setup], t_from, t_to, f"{sc} - {setup}")
+            reads = sc in reads_for
+            what = "reads" if reads else "writes"
+            _panel(axes[r][c], recs[setup], t_from, t_to, f"{sc}: {setup} ({what})", reads)
     seen: dict[str, Any] = {}
     for row in axes:
         for ax in row:
@@ -70,14 +81,16 @@ def plot_compare(results: Mapping[str, Mapping[str, Recording]], path: Path) -> 
     plt.close(fig)
 
 
-def _panel(ax: Any, rec: Recording, t_from: float, t_to: float, title: str) -> None:
-    b = _bins(rec, t_from, t_to)
-    xs = [t_from + i * BIN_S for i in range(len(b["new"]))]
-    ax.bar(xs, b["new"], width=BIN_S, align="edge", color="#2a9d8f",
-           label="acked by the new master")
-    ax.bar(xs, b["other"], width=BIN_S, align="edge", bottom=b["new"], color="#e9a23b",
-           label="acked by another node")
-    bottom = [x + y for x, y in zip(b["new"], b["other"], strict=True)]
+def _panel(
+    ax: Any, rec: Recording, t_from: float, t_to: float, title: str, reads: bool
+) -> None:
+    b = _bins(rec, t_from, t_to, reads)
+    xs = [t_from + i * BIN_S for i in range(len(b["kept"]))]
+    ax.bar(xs, b["kept"], width=BIN_S, align="edge", color="#2a9d8f",
+           label="ok (write acked and kept / read ok)")
+    ax.bar(xs, b["lost"], width=BIN_S, align="edge", bottom=b["kept"], color="#e9a23b",
+           label="write acked, then lost")
+    bottom = [x + y for x, y in zip(b["kept"], b["lost"], strict=True)]
     ax.bar(xs, b["failed"], width=BIN_S, align="edge", bottom=bottom, color="#d62828",
            label="failed")
     ax.axvline(0, color="black", lw=1.2, label="fault")
@@ -93,8 +106,8 @@ def _panel(ax: Any, rec: Recording, t_from: float, t_to: float, title: str) -> N
         x = m.t - rec.fault_t
         if not t_from <= x <= t_to:
             continue
-        if m.kind == "haproxy" and "_master/" in m.source:
-            ax.axvline(x, color="#6b7280", ls=":", lw=1, label="HAProxy write backend change")
+        if m.kind == "haproxy" and ("_replicas/" if reads else "_master/") in m.source:
+            ax.axvline(x, color="#6b7280", ls=":", lw=1, label="HAProxy backend change")
             ax.annotate(f"{m.source.split('/')[1]} {m.text}", (x, 1), xycoords=("data",
                         "axes fraction"), fontsize=6, rotation=90, va="top", ha="right",
                         color="#374151")
@@ -103,5 +116,5 @@ def _panel(ax: Any, rec: Recording, t_from: float, t_to: float, title: str) -> N
     ax.set_title(title, fontsize=9)
     ax.set_xlim(t_from, t_to)
     ax.set_xlabel("s since the fault", fontsize=8)
-    ax.set_ylabel(f"writes / {int(BIN_S * 1000)} ms", fontsize=8)
+    ax.set_ylabel(f"{'reads' if reads else 'writes'} / {int(BIN_S * 1000)} ms", fontsize=8)
     ax.tick_params(labelsize=7)

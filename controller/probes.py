@@ -157,6 +157,7 @@ class ReadSample:
     ok: bool
     node: str | None
     error: str = ""
+    reader: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,9 +251,11 @@ class Reader(threading.Thread):
         interval_s: float = 0.005,
         timeout_s: float = 1.0,
         reconnect_each: bool = False,
+        reader_id: int = 0,
     ) -> None:
-        super().__init__(name="reader", daemon=True)
+        super().__init__(name=f"reader-{reader_id}", daemon=True)
         self.reconnect_each = reconnect_each
+        self.reader_id = reader_id
         self.addr = addr
         self.key = key
         self.stop_event = stop
@@ -278,7 +281,7 @@ class Reader(threading.Thread):
                         error = short_error(reply)
                 except (OSError, ConnectionError, ValueError) as e:
                     error = short_error(e) or type(e).__name__
-                self.samples.append(ReadSample(time.time(), ok, node, error))
+                self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id))
                 if conn is not None and (not ok or self.reconnect_each):
                     conn.close()
                     conn, node = None, None

@@ -172,3 +172,12 @@ def test_acks_that_were_lost_count_as_outage() -> None:
     r = summarize(rec)
     assert r.acked_lost == 200
     assert r.write_outage_ms == pytest.approx(2510.0, abs=11)
+
+
+def test_read_outage_is_per_reader() -> None:
+    """A reader failing for 2 s is not hidden by another reader that keeps succeeding."""
+    good = [ReadSample(T0 + i * 0.01, True, OLD, "", 0) for i in range(300)]
+    bad = [ReadSample(T0 - 0.01, True, OLD, "", 1)]
+    bad += [ReadSample(T0 + i * 0.01, False, None, "EOF", 1) for i in range(200)]
+    bad += [ReadSample(T0 + 2.0, True, NEW, "", 1)]
+    assert read_outage(good + bad, T0) == pytest.approx(2.01, abs=0.001)
