@@ -69,7 +69,12 @@ class WebhookNotifier:
             if msg is None:
                 return
             for url in self.urls:
-                self._post(url, msg)
+                try:
+                    self._post(url, msg)
+                except Exception:  # nothing may kill the sender: later alerts must still go
+                    self.failed += 1
+                    with contextlib.suppress(Exception):
+                        log.exception("unexpected_error", where="webhook sender")
 
     def _post(self, url: str, msg: dict[str, Any]) -> None:
         host = urlsplit(url).hostname or "?"

@@ -159,6 +159,19 @@ def test_unknown_kind_uses_the_kind_as_text(server: HookServer,
     assert server.received[0]["text"] == "something_new"
 
 
+def test_a_broken_url_does_not_stop_the_sender(server: HookServer,
+                                               notifier: list[WebhookNotifier]) -> None:
+    """A malformed URL fails (counted) and the other URL, and later messages, still get sent."""
+    n = WebhookNotifier(["http://[::1", server.url])  # urlsplit raises ValueError on the first
+    notifier.append(n)
+    n.start()
+    n.notify("failover", {"group": "g1"})
+    n.notify("failover", {"group": "g2"})
+    wait_for(lambda: n.sent == 2, 10, "both messages sent to the good URL")
+    assert n.failed == 2
+    assert [m["group"] for m in server.received] == ["g1", "g2"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
