@@ -4,6 +4,7 @@ and secrets (from env or a file) never reach a log line, a repr or an error mess
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,14 @@ from controller.sentinel import Auth
 from controller.settings import Settings, SettingsError, load
 
 SECRET = "s3cr3t-b81f0a"
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """logs.setup() binds the (captured) stderr of the test: restore the global config after."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.mark.parametrize("sock", ["tcp:127.0.0.1:9999", "tcp:127.0.0.5:9999", "tcp:[::1]:9999",
