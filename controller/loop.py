@@ -84,6 +84,7 @@ class Controller:
         self.on_change = on_change  # webhook/alert hook; must not block
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided
+        self._notes: dict[str, set[Note]] = {}  # standing plan notes per HAProxy
         self._epochs: dict[str, int] = {}  # highest config-epoch acted on, per group
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
@@ -110,7 +111,7 @@ class Controller:
         since = since or start
         views, decisions = self.observe()
         self._note_decisions(decisions, trigger)
-        wanted, notes = targets(
+        wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
             decisions, self.settings.write_backend, self.settings.read_backend
         )
         # What HAProxy should look like did not change since the last pass, and no HAProxy just
@@ -121,7 +122,7 @@ class Controller:
         self._last_desired = desired
         outcomes = []
         for h in self.haproxies:
-            outcomes.append(self._reconcile_one(h, wanted, notes, since, apply, behind_our_back))
+            outcomes.append(self._reconcile_one(h, wanted, since, apply, behind_our_back))
         duration_ms = (time.monotonic() - start) * 1000
         self.counters.passes += 1
         if any(v.usable for v in views):
@@ -134,7 +135,6 @@ class Controller:
         self,
         h: HAProxyClient,
         wanted: Sequence[BackendTarget],
-        notes: Sequence[Note],
         since: float,
         apply: bool,
         behind_our_back: bool = False,
@@ -147,10 +147,7 @@ class Controller:
         if self._haproxy_seen(h.target, state.info):
             behind_our_back = False  # new, restarted or back: its state is not a hand edit
         p = plan(wanted, state)
-        for note in (*notes, *p.notes):
-            if note.event != "undecided":  # undecided is logged once per change by _note_decisions
-                log.error(note.event, group=note.group, backend=note.backend, detail=note.detail,
-                          haproxy=h.target)
+        self._log_notes(h.target, p.notes)  # undecided notes: logged by _note_decisions
         if not p.commands:
             self.counters.drift[h.target] = 0
             return HAProxyOutcome(h.target, state, p)
@@ -242,6 +239,19 @@ class Controller:
                 log.warning("master_fenced", group=d.name, reason=d.reason, **self._t())
             self._decisions[d.name] = d
         self.counters.undecided = set(self._undecided)
+
+    def _log_notes(self, target: str, notes: Sequence[Note]) -> None:
+        """Log a config problem (backend missing, master not in backend) when it appears and
+        when it is gone, not on every pass: a standing problem must not flood the log."""
+        current = set(notes)
+        before = self._notes.get(target, set())
+        for note in sorted(current - before, key=str):
+            log.error(note.event, group=note.group, backend=note.backend, detail=note.detail,
+                      haproxy=target)
+        for note in sorted(before - current, key=str):
+            log.info("resolved", problem=note.event, group=note.group, backend=note.backend,
+                     haproxy=target)
+        self._notes[target] = current
 
     def _emit(self, kind: str, data: dict[str, object]) -> None:
         if self.on_change is None:
