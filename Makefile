@@ -42,6 +42,7 @@ demo: deps
 bench: deps
 	$(PY) bench/reconcile_scale.py
 	$(PY) bench/event_to_applied.py
+	$(PY) bench/failover_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
