@@ -7,8 +7,9 @@ Rules (facts B.3):
   facts B.2) is followed without waiting for the others; an epoch older than one already
   acted on is not followed unless every configured Sentinel agrees on it;
 - Sentinels at that epoch that name different addresses -> undecided (no guessing);
-- a replica is healthy when most Sentinels at that epoch say it is up and replicating from
-  the elected master;
+- a replica is healthy when at least half of the Sentinels at that epoch say it is up and
+  replicating from the elected master (with two Sentinels left, one stale view must not
+  empty the read backend; the returning old master is seen as unhealthy by all of them);
 - a master Sentinel reports o_down is fenced: writes go nowhere until a failover ends.
 """
 
@@ -85,5 +86,5 @@ def _healthy_replicas(master: Address, views: Sequence[MasterView]) -> frozenset
         for r in view.replicas:
             if r.addr != master and r.healthy_for(master):
                 votes[r.addr] = votes.get(r.addr, 0) + 1
-    need = majority(len(views))
+    need = (len(views) + 1) // 2  # at least half: 1 of 1, 1 of 2, 2 of 3, 2 of 4
     return frozenset(a for a, n in votes.items() if n >= need)

@@ -145,6 +145,14 @@ def test_replica_health_is_a_majority_vote_among_top_epoch_sentinels() -> None:
     assert decide(GROUP, two_say_dead, 2).replicas == frozenset()
 
 
+def test_with_two_sentinels_left_one_healthy_vote_keeps_a_replica() -> None:
+    """With one Sentinel gone, a replica stays ready when one of the two left sees it healthy."""
+    steady, dead = views("steady"), views("replica_dead")
+    gone = dataclasses.replace(steady[2], masters={}, error="connection refused")
+    assert decide(GROUP, [dead[0], steady[1], gone], 2).replicas == frozenset({node(B)})
+    assert decide(GROUP, [dead[0], dead[1], gone], 2).replicas == frozenset()
+
+
 def test_replica_votes_of_lagging_sentinels_do_not_count() -> None:
     """Only Sentinels at the top epoch vote on replicas: the leader alone decides at promotion."""
     vs = views("promoted")
