@@ -129,6 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     temp = args.tool_workdir is None
     workdir = Path(args.tool_workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-demo-"))
     old_term = signal.signal(signal.SIGTERM, _on_term)
+    # Ctrl-C must stop the demo even when started from a shell that ignores SIGINT.
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_FAILED
     try:
         code = _demo(layout, workdir, args)
@@ -145,6 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         code = EXIT_OK if args.tool_keep else 130
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     if code == EXIT_OK and temp:
         shutil.rmtree(workdir, ignore_errors=True)
     elif code not in (EXIT_OK, EXIT_USAGE):
@@ -328,9 +331,11 @@ def keep_running(stack: LocalStack) -> None:
     say(f"  redis-cli -p {stack.read_port(g)} get foo")
     say(f"  redis-cli -h {stack.sentinel_addrs[0][0]} -p {stack.sentinel_addrs[0][1]} "
         f"sentinel get-master-addr-by-name {g}")
-    say(f"  echo 'show servers state' | socat - {stack.haproxy_socket}")
-    say(f"  sentinel-haproxy status --sentinel {fmt_addr(stack.sentinel_addrs[0])} "
-        f"--haproxy-socket {stack.haproxy_socket}")
+    sentinels = ",".join(fmt_addr(a) for a in stack.sentinel_addrs)
+    say(f"  sentinel-haproxy status --sentinel {sentinels} --haproxy-socket "
+        f"{stack.haproxy_socket}")
+    say(f"  sentinel-haproxy drill --sentinel {sentinels} --write 127.0.0.1:{stack.write_port(g)}"
+        f" --read 127.0.0.1:{stack.read_port(g)} --master {g} --method failover --yes")
     say("Ctrl-C stops everything.")
     while True:
         time.sleep(1.0)

@@ -472,6 +472,53 @@ def pick_replica(spec: DrillSpec, master: str) -> str:
     raise DrillError(f"no healthy replica of {spec.master} ({master}) known to the sentinels")
 
 
+def replicas_of(spec: DrillSpec) -> list[str]:
+    """Replica addresses the Sentinels list for the group (up or not)."""
+    out: list[str] = []
+    for s in spec.sentinels:
+        try:
+            reply = sentinel_command(s, "SENTINEL", "REPLICAS", spec.master)
+        except (OSError, ConnectionError, RespError):
+            continue
+        for entry in reply if isinstance(reply, list) else []:
+            if isinstance(entry, list):
+                d = {str(k): str(v) for k, v in zip(entry[::2], entry[1::2], strict=False)}
+                addr = f"{d.get('ip')}:{d.get('port')}"
+                if addr not in out:
+                    out.append(addr)
+    return out
+
+
+def replica_in_sync(addr: str, master: str) -> bool:
+    """The node at `addr` says it replicates from `master` with its link up, no sync running."""
+    try:
+        with RespConn(parse_hostport(addr), 1.0) as c:
+            info = str(c.command("INFO", "replication"))
+    except (OSError, ConnectionError, RespError, ValueError):
+        return False
+    fields = dict(ln.split(":", 1) for ln in info.splitlines() if ":" in ln)
+    return (
+        fields.get("role") == "slave"
+        and f"{fields.get('master_host')}:{fields.get('master_port')}" == master
+        and fields.get("master_link_status") == "up"
+        and fields.get("master_sync_in_progress") == "0"
+    )
+
+
+def wait_replica_in_sync(spec: DrillSpec, master: str, timeout_s: float = 30.0) -> str:
+    """A replica of `master` in sync (bounded wait): a failover drill only makes sense from a
+    healthy group; right after another failover the old master may still be syncing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for addr in replicas_of(spec):
+            if addr != master and replica_in_sync(addr, master):
+                return addr
+        if time.monotonic() >= deadline:
+            raise DrillError(f"no replica of {spec.master} ({master}) in sync within "
+                             f"{timeout_s:.0f} s: a failover now would fail or lose data")
+        time.sleep(0.1)
+
+
 def plan_text(spec: DrillSpec, actions: Actions, old: str) -> list[str]:
     """What the drill would do, step by step (shown without --yes)."""
     steps = [
@@ -510,6 +557,8 @@ def run_drill(
     if old is None:
         raise DrillError(f"no majority of {len(spec.sentinels)} sentinel(s) names a master for "
                          f"{spec.master!r}")
+    if spec.method != "replica-kill":
+        wait_replica_in_sync(spec, old)
     recorder = EventRecorder(spec.sentinels)
     if not recorder.start():
         recorder.stop()
@@ -645,6 +694,7 @@ def _failover_phase(
                 if any(w.ok and w.node == run.new_master for w in samples):
                     say(f"writes acked by the new master {run.new_master}")
                     acked_new = True
+                    break
         if acked_new and paused is None:
             return None
         time.sleep(0.01)
