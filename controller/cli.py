@@ -55,6 +55,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sentinel-password-file", metavar="FILE")
     g.add_argument("--sentinel-tls", action="store_const", const=True, default=None)
     g.add_argument("--sentinel-tls-ca-file", metavar="FILE")
+    g.add_argument("--read-fallback-to-master", action="store_const", const=True, default=None,
+                   help="let the master serve the read port while no replica is healthy")
     g.add_argument("--min-sentinels", type=int, metavar="N",
                    help="Sentinels that must answer to act; default a majority")
     g.add_argument("--allow-remote-haproxy", action="store_const", const=True, default=None,
@@ -204,7 +206,8 @@ def _servers_json(
 
 
 def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
-    wanted, _ = targets(result.decisions, s.write_backend, s.read_backend)
+    wanted, _ = targets(result.decisions, s.write_backend, s.read_backend,
+                        s.read_fallback_to_master)
     by_backend = {t.backend: t for t in wanted}
     groups = []
     for d in result.decisions:

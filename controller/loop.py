@@ -112,7 +112,8 @@ class Controller:
         views, decisions = self.observe()
         self._note_decisions(decisions, trigger)
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
-            decisions, self.settings.write_backend, self.settings.read_backend
+            decisions, self.settings.write_backend, self.settings.read_backend,
+            self.settings.read_fallback_to_master,
         )
         # What HAProxy should look like did not change since the last pass, and no HAProxy just
         # (re)appeared: commands this pass needs correct a change made behind our back.

@@ -25,6 +25,7 @@ class BackendTarget:
     backend: str
     role: Role
     decision: Decision
+    read_fallback: bool = False  # read backend: the master serves reads when no replica can
 
     def wants_ready(self, srv: ServerState) -> tuple[bool, str]:
         d = self.decision
@@ -38,6 +39,8 @@ class BackendTarget:
                 return True, f"elected master {d.master} ({d.reason})"
             return False, f"not the master (master is {d.master}, epoch {d.epoch})"
         if srv.matches(d.master):
+            if self.read_fallback and not d.replicas and not d.fenced:
+                return True, f"master {d.master} serves reads: no healthy replica (fallback)"
             return False, f"is the master {d.master}"
         if any(srv.matches(r) for r in d.replicas):
             return True, f"healthy replica of {d.master}"
@@ -66,7 +69,10 @@ class Plan:
 
 
 def targets(
-    decisions: Iterable[Decision], write_template: str, read_template: str
+    decisions: Iterable[Decision],
+    write_template: str,
+    read_template: str,
+    read_fallback: bool = False,
 ) -> tuple[list[BackendTarget], list[Note]]:
     out: list[BackendTarget] = []
     notes: list[Note] = []
@@ -75,7 +81,9 @@ def targets(
             notes.append(Note("undecided", d.name, d.reason))
             continue
         out.append(BackendTarget(d.name, write_template.format(master=d.name), "write", d))
-        out.append(BackendTarget(d.name, read_template.format(master=d.name), "read", d))
+        out.append(
+            BackendTarget(d.name, read_template.format(master=d.name), "read", d, read_fallback)
+        )
     return out, notes
 
 

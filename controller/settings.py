@@ -34,6 +34,7 @@ class Settings:
     sentinel_password_file: str = ""
     sentinel_tls: bool = False
     sentinel_tls_ca_file: str = ""
+    read_fallback_to_master: bool = False  # off: the read port refuses rather than hit the master
     min_sentinels: int = 0  # 0: a majority of the configured Sentinels
     resync_interval_s: float = 5.0
     haproxy_poll_interval_s: float = 0.5

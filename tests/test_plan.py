@@ -204,3 +204,18 @@ def test_unresolved_server_is_never_set_ready() -> None:
     p = run(bits_decision("redis-gone.invalid"), haproxy_state(BITS))
     assert not any(c.after == "ready" for c in p.commands)
     assert [n.event for n in p.notes] == ["master_not_in_backend"]
+
+
+def test_read_fallback_lets_the_master_serve_reads_only_while_no_replica_is_healthy() -> None:
+    """With read_fallback_to_master, the master joins the read backend only when no replica is
+    healthy, and leaves it again when one is."""
+    switched = verdict("old_master_returned")  # new master, no healthy replica
+    wanted, _ = targets([switched], WRITE, READ, read_fallback=True)
+    p = plan(wanted, haproxy_state(SWITCHED))
+    assert texts(p) == ["set server redis1_replicas/redis1b state ready"]
+    assert "fallback" in p.commands[0].reason
+    healthy = verdict("converted")  # the old master is a healthy replica again
+    wanted, _ = targets([healthy], WRITE, READ, read_fallback=True)
+    assert texts(plan(wanted, haproxy_state(SWITCHED))) == [
+        "set server redis1_replicas/redis1a state ready"
+    ]
