@@ -299,7 +299,7 @@ def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
     n = len(next(iter(reports.values())))
     lines = [f"{scenario}: {SCENARIOS[scenario]}  ({n} run{'s' if n > 1 else ''}; "
              "median (worst))",
-             f"  {'':<56}{'classic':>18}{'controller':>18}{'ratio':>9}"]
+             f"  {'':<56}{'classic':>18}{'controller':>18}{'classic/ctl':>12}"]
     for key, label in METRICS:
         cells = []
         meds = []
@@ -311,10 +311,11 @@ def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
             cells.append(cell)
         ratio = ""
         if meds[0] is not None and meds[1] is not None and meds[1] > 0 and meds[0] > 0:
-            ratio = f"{meds[0] / meds[1]:.1f}x"
+            r = meds[0] / meds[1]
+            ratio = f"{r:.1f}x" if r >= 1 else f"{r:.2g}x"
         elif meds[0] is not None and meds[1] == 0 and meds[0] > 0:
             ratio = "inf"
-        lines.append(f"  {label:<56}{cells[0]:>18}{cells[1]:>18}{ratio:>9}")
+        lines.append(f"  {label:<56}{cells[0]:>18}{cells[1]:>18}{ratio:>12}")
     return "\n".join(lines)
 
 
@@ -359,12 +360,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.tool_plot:
         from controller.plot import PlotUnavailable, plot_compare
 
-        try:
-            plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(args.tool_plot),
-                         SETUPS)
-            print(f"plot written to {args.tool_plot}", file=sys.stderr)
-        except PlotUnavailable as e:
-            print(f"no plot: {e}", file=sys.stderr)
+        for path in args.tool_plot:
+            try:
+                plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(path), SETUPS)
+                print(f"plot (first repetition) written to {path}", file=sys.stderr)
+            except PlotUnavailable as e:
+                print(f"no plot: {e}", file=sys.stderr)
+                break
     if temp:
         shutil.rmtree(workdir, ignore_errors=True)
     return EXIT_OK

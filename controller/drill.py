@@ -241,7 +241,7 @@ def summarize(rec: Recording) -> DrillReport:
         failed_over=failed_over,
         writes_ok=sum(1 for w in rec.writes if w.ok),
         writes_failed=sum(1 for w in rec.writes if not w.ok),
-        first_write_new_ms=ms(rec.fault_t, first_new),
+        first_write_new_ms=ms(rec.fault_t, first_new) if failed_over else None,
         write_outage_ms=None if outage is None else round(outage * 1000, 1),
         promoted_to_write_ms=ms(promoted.t if promoted else None, first_new),
         switch_to_write_ms=ms(switch.t if switch else None, first_new),
@@ -760,8 +760,9 @@ def add_parser(sub: Any) -> None:
                    help="--compare: repetitions (median and worst)")
     p.add_argument("--scenario", dest="tool_scenarios", action="append",
                    help="--compare: kill, return, hold, replica (repeatable; default all)")
-    p.add_argument("--plot", dest="tool_plot", metavar="SVG",
-                   help="--compare: write a timeline plot (needs matplotlib)")
+    p.add_argument("--plot", dest="tool_plot", metavar="FILE.svg", action="append",
+                   help="--compare: write a timeline plot, SVG or PNG by suffix (repeatable; "
+                   "needs matplotlib: pip install 'sentinel-haproxy[plot]')")
     p.add_argument("--workdir", dest="tool_workdir", metavar="DIR",
                    help="--compare: where the stacks run (default a temp dir)")
     p.set_defaults(func=cmd_drill)

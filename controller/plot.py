@@ -15,6 +15,8 @@ from typing import Any
 from controller.drill import Recording, first_mark
 
 BIN_S = 0.1
+NOTE = ("Requests through HAProxy per 100 ms: 2 writers and 2 readers (one on a held connection, "
+        "one reconnecting per request), each every 5 ms; white: clients waiting (1 s timeout)")
 
 
 class PlotUnavailable(RuntimeError):
@@ -46,6 +48,7 @@ def _bins(rec: Recording, t_from: float, t_to: float, reads: bool = False) -> di
 def plot_compare(
     results: Mapping[str, Mapping[str, Recording]], path: Path,
     setups: Sequence[str] | None = None, reads_for: Collection[str] = ("replica",),
+    note: str = NOTE,
 ) -> None:
     """Rows = scenarios, columns = setups; written as SVG (or PNG, by suffix). Scenarios in
     `reads_for` show reads instead of writes."""
@@ -54,6 +57,9 @@ def plot_compare(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
+        matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small, searchable
+        matplotlib.rcParams["svg.hashsalt"] = "sentinel-haproxy-drill"  # stable ids
     except ImportError as e:
         raise PlotUnavailable(f"matplotlib is not installed ({e}); pip install matplotlib") from e
     scenarios = list(results)
@@ -75,7 +81,8 @@ def plot_compare(
                 seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(8, len(seen)),
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.suptitle(note, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
@@ -85,14 +92,17 @@ def _panel(
     ax: Any, rec: Recording, t_from: float, t_to: float, title: str, reads: bool
 ) -> None:
     b = _bins(rec, t_from, t_to, reads)
-    xs = [t_from + i * BIN_S for i in range(len(b["kept"]))]
-    ax.bar(xs, b["kept"], width=BIN_S, align="edge", color="#2a9d8f",
-           label="ok (write acked and kept / read ok)")
-    ax.bar(xs, b["lost"], width=BIN_S, align="edge", bottom=b["kept"], color="#e9a23b",
-           label="write acked, then lost")
-    bottom = [x + y for x, y in zip(b["kept"], b["lost"], strict=True)]
-    ax.bar(xs, b["failed"], width=BIN_S, align="edge", bottom=bottom, color="#d62828",
-           label="failed")
+    n = len(b["kept"])
+    edges = [t_from + i * BIN_S for i in range(n + 1)]
+    # One filled step path per series (stacked): small SVGs even for long drills.
+    lost_top = [k + lo for k, lo in zip(b["kept"], b["lost"], strict=True)]
+    failed_top = [x + f for x, f in zip(lost_top, b["failed"], strict=True)]
+    ax.stairs(b["kept"], edges, baseline=0, fill=True, color="#2a9d8f",
+              label="ok (write acked and kept / read ok)")
+    ax.stairs(lost_top, edges, baseline=b["kept"], fill=True, color="#e9a23b",
+              label="write acked, then lost")
+    ax.stairs(failed_top, edges, baseline=lost_top, fill=True, color="#d62828",
+              label="failed")
     ax.axvline(0, color="black", lw=1.2, label="fault")
     promoted = first_mark(rec.marks, "+promoted-slave", rec.master, rec.fault_t)
     if promoted:
