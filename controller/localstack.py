@@ -90,6 +90,10 @@ class RespError(Exception):
     """A Redis/Sentinel error reply (``-ERR ...``)."""
 
 
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection (EOF) before a full reply."""
+
+
 # --------------------------------------------------------------------------- ports
 
 
@@ -425,17 +429,18 @@ def resp_command(
     raises :class:`RespError`. Connection problems raise ``OSError``. With ``password`` an
     ``AUTH`` goes first on the same connection (its error reply raises :class:`RespError`).
     """
-    payload = [_encode("AUTH", password)] if password else []
-    payload.append(_encode(*args))
+    payload = [encode_command("AUTH", password)] if password else []
+    payload.append(encode_command(*args))
     with socket.create_connection((host, port), timeout=timeout_s) as s:
         s.sendall(b"".join(payload))
         with s.makefile("rb") as f:
             if password:
-                _parse_reply(f.readline, f.read)
-            return _parse_reply(f.readline, f.read)
+                parse_reply(f.readline, f.read)
+            return parse_reply(f.readline, f.read)
 
 
-def _encode(*args: str | int) -> bytes:
+def encode_command(*args: str | int) -> bytes:
+    """One command as a RESP2 array of bulk strings."""
     out = [f"*{len(args)}\r\n".encode()]
     for a in args:
         b = str(a).encode()
@@ -443,10 +448,14 @@ def _encode(*args: str | int) -> bytes:
     return b"".join(out)
 
 
-def _parse_reply(readline: Callable[[], bytes], read: Callable[[int], bytes]) -> object:
+def parse_reply(readline: Callable[[], bytes], read: Callable[[int], bytes]) -> object:
+    """Read one RESP2 reply (decoded as in :func:`resp_command`) from a buffered stream.
+
+    An error reply raises :class:`RespError`; EOF before a full reply :class:`ConnectionClosed`.
+    """
     line = readline()
     if not line.endswith(b"\r\n"):
-        raise ConnectionError("connection closed in the middle of a reply")
+        raise ConnectionClosed("connection closed in the middle of a reply")
     kind, rest = line[:1], line[1:-2].decode()
     if kind == b"+":
         return rest
@@ -460,11 +469,11 @@ def _parse_reply(readline: Callable[[], bytes], read: Callable[[int], bytes]) ->
             return None
         data = read(n + 2)
         if len(data) != n + 2:
-            raise ConnectionError("connection closed in the middle of a reply")
+            raise ConnectionClosed("connection closed in the middle of a reply")
         return data[:-2].decode(errors="replace")
     if kind == b"*":
         n = int(rest)
-        return None if n < 0 else [_parse_reply(readline, read) for _ in range(n)]
+        return None if n < 0 else [parse_reply(readline, read) for _ in range(n)]
     raise ConnectionError(f"unexpected RESP line {line!r}")
 
 
@@ -492,6 +501,23 @@ def _find_binary(name: str, fallback: str) -> str:
 
 REDIS_SERVER = _find_binary("redis-server", "/usr/bin/redis-server")
 HAPROXY = _find_binary("haproxy", "/usr/sbin/haproxy")
+
+
+def stop_process(p: subprocess.Popen[bytes], grace_s: float = _STOP_GRACE_S) -> bool:
+    """Stop a child we started, by its PID: SIGTERM, wait up to ``grace_s``, then SIGKILL and
+    reap it. True if it exited without SIGKILL (or had already exited)."""
+    if p.poll() is not None:
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, signal.SIGTERM)
+    try:
+        p.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(_STOP_GRACE_S)
+        return False
+    return True
 
 
 @dataclass
