@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.haproxy import HAProxyClient, HAProxyError
+from controller.localstack import stop_process
 from controller.model import AdminState
 from controller.probes import Mark
 
@@ -69,17 +69,8 @@ class ControllerProcess:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM by PID, wait up to `grace_s`, then SIGKILL. Idempotent."""
-        p = self.popen
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-        try:
-            p.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
-            p.wait(grace_s)
+        if self.popen is not None:
+            stop_process(self.popen, grace_s)
 
     def lines(self) -> list[dict[str, Any]]:
         """Every JSON log line so far (other lines are skipped)."""
