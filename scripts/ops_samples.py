@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.localstack import HAPROXY, Layout, LocalStack, render_haproxy_config
+from controller.localstack import (
+    HAPROXY,
+    Layout,
+    LocalStack,
+    render_haproxy_config,
+    stop_process,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,13 +178,8 @@ def main() -> int:
             print(f"\n==== /healthz: {r.status} {r.read().decode().strip()}")
     finally:
         for p in (rogue, daemon):
-            if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait(10)
+            if p is not None:
+                stop_process(p, grace_s=10)
         stack.stop()
     return 0
 

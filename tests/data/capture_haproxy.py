@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.localstack import free_port
+from controller.localstack import free_port, stop_process
 
 DATA = Path(__file__).resolve().parent
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -147,12 +147,7 @@ def main() -> int:
         finally:
             if client is not None:
                 client.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc, grace_s=5)
             listener.close()
             log.close()
     return 0
