@@ -18,10 +18,11 @@ from itest_support import (
     ControllerProc,
     StackFactory,
     servers_state,
+    start_stack,
     wait_state,
 )
 
-from controller.localstack import Layout, LocalStack, PortInUseError
+from controller.localstack import Layout, LocalStack
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -45,18 +46,10 @@ def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
     stacks: list[LocalStack] = []
 
     def make(groups: tuple[str, ...] = ("redis1",), **overrides: Any) -> LocalStack:
-        for attempt in range(3):  # free ports can be taken between choosing and binding
-            layout = Layout.for_tests(groups=groups, **overrides)
-            stack = LocalStack(tmp_path / f"stack{len(stacks)}-{attempt}", layout)
-            try:
-                stack.start()
-            except PortInUseError:
-                if attempt == 2:
-                    raise
-                continue
-            stacks.append(stack)
-            return stack
-        raise AssertionError("unreachable")
+        stack = start_stack(lambda attempt: tmp_path / f"stack{len(stacks)}-{attempt}",
+                            lambda: Layout.for_tests(groups=groups, **overrides))
+        stacks.append(stack)
+        return stack
 
     yield make
     errors = []

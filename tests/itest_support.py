@@ -1,9 +1,11 @@
-"""Helpers for the integration tests: the controller as a real subprocess, bounded waits,
-HAProxy state as the admin socket reports it, and raw RESP connections through HAProxy.
+"""Helpers for the tests on real processes: a LocalStack started on free ports, the controller
+as a subprocess (daemon or one-shot CLI), bounded waits, HAProxy state as the admin socket
+reports it, and raw RESP connections through HAProxy.
 
-Used by tests/conftest.py (fixtures) and tests/test_integration_*.py; bench/ scripts may use
-them too. Everything here observes real processes; nothing is mocked. Every wait polls a
-condition until a deadline and raises :class:`WaitTimeout` naming what it waited for.
+Used by tests/conftest.py (fixtures), tests/test_integration_*.py and the operations tests
+(auth, metrics, TLS, webhooks); bench/ scripts may use them too. Everything here observes real
+processes; nothing is mocked. Every wait polls a condition until a deadline and raises
+:class:`WaitTimeout` naming what it waited for; processes are stopped by the PID we started.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
-from controller.localstack import LocalStack, RespError
+from controller.localstack import (
+    ConnectionClosed,
+    Layout,
+    LocalStack,
+    PortInUseError,
+    RespError,
+    encode_command,
+    parse_reply,
+    stop_process,
+)
 
 T = TypeVar("T")
 
@@ -71,35 +82,84 @@ def wait_until(
         time.sleep(interval_s)
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def start_stack(
+    workdir: Callable[[int], Path], layout: Callable[[], Layout], attempts: int = 3
+) -> LocalStack:
+    """Start a LocalStack in ``workdir(attempt)`` on a fresh ``layout()``.
+
+    Free ports can be taken between choosing and binding: on :class:`PortInUseError` it tries
+    again with new ports, up to ``attempts`` times (then the last error is raised).
+    """
+    for attempt in range(attempts):
+        stack = LocalStack(workdir(attempt), layout())
+        try:
+            stack.start()
+        except PortInUseError:
+            if attempt == attempts - 1:
+                raise
+            continue
+        return stack
+    raise AssertionError("attempts must be at least 1")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process' environment without any SENTINEL_HAPROXY_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_HAPROXY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def target_args(stack: LocalStack, sentinels: Sequence[str] | None = None) -> list[str]:
+    """``--sentinel`` (the stack's, or ``sentinels`` as host:port) and ``--haproxy-socket``."""
+    addrs = sentinels if sentinels is not None else [f"{h}:{p}" for h, p in stack.sentinel_addrs]
+    return ["--sentinel", ",".join(addrs), "--haproxy-socket", str(stack.haproxy_socket)]
+
+
 # --------------------------------------------------------------------------- HAProxy state
 
 
-def servers_state(stack: LocalStack) -> dict[str, dict[str, str]]:
-    """``show servers state`` as backend -> server -> ``ready``/``maint``/``drain``.
-
-    Admin bits (facts A.1.1): 0x01/0x02/0x20/0x40 maint, 0x08/0x10 drain; 0x04 alone (config
-    ``disabled`` then set ready) is ready.
-    """
+def admin_bits(stack: LocalStack) -> dict[str, dict[str, int]]:
+    """``show servers state`` as backend -> server -> ``srv_admin_state`` bits."""
     text = stack.haproxy_command("show servers state", timeout_s=2.0)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines or lines[0].strip() != "1":
         raise ValueError(f"unexpected show servers state reply: {text[:200]!r}")
     header: list[str] = []
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, int]] = {}
     for line in lines[1:]:
         if line.startswith("#"):
             header = line[1:].split()
             continue
         row = dict(zip(header, line.split(), strict=False))
-        bits = int(row["srv_admin_state"])
-        if bits & (0x01 | 0x02 | 0x20 | 0x40):
-            admin = "maint"
-        elif bits & (0x08 | 0x10):
-            admin = "drain"
-        else:
-            admin = "ready"
-        out.setdefault(row["be_name"], {})[row["srv_name"]] = admin
+        out.setdefault(row["be_name"], {})[row["srv_name"]] = int(row["srv_admin_state"])
     return out
+
+
+def admin_name(bits: int) -> str:
+    """Admin bits (facts A.1.1) as ``ready``/``maint``/``drain``: 0x01/0x02/0x20/0x40 maint,
+    0x08/0x10 drain; 0x04 alone (config ``disabled`` then set ready) is ready."""
+    if bits & (0x01 | 0x02 | 0x20 | 0x40):
+        return "maint"
+    if bits & (0x08 | 0x10):
+        return "drain"
+    return "ready"
+
+
+def servers_state(stack: LocalStack) -> dict[str, dict[str, str]]:
+    """``show servers state`` as backend -> server -> ``ready``/``maint``/``drain``."""
+    return {
+        backend: {server: admin_name(bits) for server, bits in servers.items()}
+        for backend, servers in admin_bits(stack).items()
+    }
+
+
+def ready(stack: LocalStack, backend: str, server: str) -> bool:
+    """Whether HAProxy routes to ``backend/server``: no maint/drain admin bit."""
+    return servers_state(stack).get(backend, {}).get(server) == "ready"
 
 
 def server_sessions(stack: LocalStack, backend: str, server: str) -> int:
@@ -173,6 +233,30 @@ def wait_backend(
     )
 
 
+@dataclass
+class Background:
+    """A daemon thread running :meth:`_run` between :meth:`start` and :meth:`stop`;
+    ``_run`` loops until ``_stop`` is set."""
+
+    thread_name: ClassVar[str] = "background"
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            assert not self._thread.is_alive(), f"{self.thread_name} thread did not stop"
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Sample:
     t: float
@@ -181,27 +265,16 @@ class Sample:
 
 
 @dataclass
-class StatePoller:
+class StatePoller(Background):
     """A thread sampling ``show servers state`` every ``interval_s`` (and, just before each
     sample, the role that each node in ``roles_of`` reports), between start() and stop()."""
 
+    thread_name: ClassVar[str] = "state-poller"
     stack: LocalStack
     roles_of: Sequence[str] = ()
     interval_s: float = 0.01
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> StatePoller:
-        self._thread = threading.Thread(target=self._run, name="state-poller", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
     def seen(self, backend: str, server: str) -> set[str]:
         """Every admin state ``backend/server`` was seen in."""
@@ -252,10 +325,6 @@ def wait_replica_linked(stack: LocalStack, node: str, timeout_s: float = 30.0) -
 # --------------------------------------------------------------------------- RESP over TCP
 
 
-class ConnectionClosed(ConnectionError):
-    """The peer closed the connection (EOF or reset) before a full reply."""
-
-
 class RawRedis:
     """One plain TCP connection speaking RESP2: no pool, no reconnect, no retries.
 
@@ -281,48 +350,21 @@ class RawRedis:
         self.close()
 
     def send(self, *args: str | int) -> None:
-        payload = [f"*{len(args)}\r\n".encode()]
-        for a in args:
-            b = str(a).encode()
-            payload.append(b"$%d\r\n%s\r\n" % (len(b), b))
         try:
-            self.sock.sendall(b"".join(payload))
+            self.sock.sendall(encode_command(*args))
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ConnectionClosed(f"send failed: {e!r}") from e
 
     def read(self) -> object:
+        """One reply; EOF or a reset raises :class:`ConnectionClosed`."""
         try:
-            return self._parse()
+            return parse_reply(self._file.readline, self._file.read)
         except ConnectionResetError as e:
             raise ConnectionClosed(f"reset: {e!r}") from e
 
     def call(self, *args: str | int) -> object:
         self.send(*args)
         return self.read()
-
-    def _parse(self) -> object:
-        line = self._file.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionClosed(f"EOF (got {line!r})")
-        kind, rest = line[:1], line[1:-2].decode()
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RespError(rest)
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self._file.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionClosed("EOF in a bulk reply")
-            return data[:-2].decode(errors="replace")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._parse() for _ in range(n)]
-        raise ConnectionError(f"unexpected RESP line {line!r}")
 
     def node_host(self) -> str:
         """The loopback address the Redis node behind this connection binds (its identity)."""
@@ -350,7 +392,7 @@ class Ack:
 
 
 @dataclass
-class Writer:
+class Writer(Background):
     """A thread writing ``RPUSH key i`` (i = 0, 1, 2...) through a write frontend.
 
     Each connection first asks ``CONFIG GET bind`` to learn which node it reached (a TCP
@@ -358,6 +400,7 @@ class Writer:
     the node that acknowledged it. On any error it reconnects after ``pause_s``.
     """
 
+    thread_name: ClassVar[str] = "writer"
     stack: LocalStack
     group: str
     key: str = "acked"
@@ -366,19 +409,6 @@ class Writer:
     acks: list[Ack] = field(default_factory=list)
     errors: int = 0
     connections: list[tuple[float, str]] = field(default_factory=list)  # (t, node)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Writer:
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            assert not self._thread.is_alive(), "writer thread did not stop"
 
     def _hosts(self) -> dict[str, str]:
         return {node.host: name for name, node in self.stack.nodes.items()}
@@ -423,26 +453,33 @@ def list_values(stack: LocalStack, node: str, key: str) -> set[int]:
 class ControllerProc:
     """``python -m controller run`` as a subprocess with JSON logs in ``log_path``.
 
-    ``start()``/``stop()`` may be called repeatedly (a restart appends to the same log). The
-    log is read as JSON lines; :meth:`problems` names what must never be in it.
+    ``start()``/``stop()`` may be called repeatedly (a restart appends to the same log); as a
+    context manager it starts on enter and stops on exit. ``env`` adds to the environment
+    (every inherited SENTINEL_HAPROXY_* is dropped), ``sentinels`` replaces the stack's
+    Sentinels (host:port), ``metrics_address`` serves /metrics and /healthz there. The log is
+    read as JSON lines; :meth:`problems` names what must never be in it.
     """
 
     stack: LocalStack
     log_path: Path
     resync_interval_s: float = 1.0
     extra_args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+    sentinels: Sequence[str] | None = None
+    metrics_address: str | None = None
     popen: subprocess.Popen[bytes] | None = None
+    returncode: int | None = field(default=None, init=False)  # of the last stop() that stopped it
     exit_codes: list[int] = field(default_factory=list)
     stop_problems: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
-        sentinels = ",".join(f"{h}:{p}" for h, p in self.stack.sentinel_addrs)
+        metrics = ["--metrics-address", self.metrics_address] if self.metrics_address else []
         return [
             sys.executable, "-m", "controller", "run",
             "--log-format", "json",
-            "--sentinel", sentinels,
-            "--haproxy-socket", str(self.stack.haproxy_socket),
+            *target_args(self.stack, self.sentinels),
             "--resync-interval-s", str(self.resync_interval_s),
+            *metrics,
             *self.extra_args,
         ]
 
@@ -456,9 +493,7 @@ class ControllerProc:
     def start(self) -> None:
         if self.alive():
             raise RuntimeError(f"controller already running (pid {self.pid})")
-        env = dict(os.environ)
-        env.pop("SENTINEL_HAPROXY_CONFIG", None)
-        env["PYTHONUNBUFFERED"] = "1"
+        self.returncode = None
         with open(self.log_path, "ab") as logf:
             self.popen = subprocess.Popen(
                 self.argv(),
@@ -466,26 +501,28 @@ class ControllerProc:
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=logf,
-                env=env,
+                env=clean_env(self.env),
                 start_new_session=True,
             )
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; records a problem if it had to."""
         p = self.popen
         if p is None or p.poll() is not None:
             return None if p is None else p.returncode
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-        try:
-            rc = p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        if not stop_process(p, grace_s=timeout_s):
             self.stop_problems.append(
                 f"controller pid {p.pid} did not exit within {timeout_s} s of SIGTERM"
             )
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
-            rc = p.wait(10)
+        rc = p.returncode
+        self.returncode = rc
         self.exit_codes.append(rc)
         if rc != 0:
             self.stop_problems.append(f"controller pid {p.pid} exited with code {rc} on SIGTERM")
@@ -503,13 +540,16 @@ class ControllerProc:
         self.start()
 
     # -- the log ---------------------------------------------------------------------
+    def text(self) -> str:
+        """The whole log so far ("" before the first start)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def raw_lines(self) -> list[str]:
         """Complete lines written so far (a line still being written is left out)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")
+        lines = self.text().split("\n")
         return lines[:-1]  # the part after the last newline is incomplete (or empty)
 
     def lines(self) -> list[dict[str, Any]]:
@@ -566,16 +606,17 @@ class ControllerProc:
 
 
 def run_cli(
-    stack: LocalStack, *args: str, timeout_s: float = 60.0
+    stack: LocalStack,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    sentinels: Sequence[str] | None = None,
+    timeout_s: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
-    """One ``python -m controller <args>`` run against ``stack`` (sentinels and socket given)."""
-    sentinels = ",".join(f"{h}:{p}" for h, p in stack.sentinel_addrs)
-    argv = [sys.executable, "-m", "controller", *args, "--sentinel", sentinels,
-            "--haproxy-socket", str(stack.haproxy_socket)]
-    env = dict(os.environ)
-    env.pop("SENTINEL_HAPROXY_CONFIG", None)
+    """One ``python -m controller <args> --sentinel ... --haproxy-socket ...`` run against
+    ``stack``, output captured; ``env`` and ``sentinels`` as for :class:`ControllerProc`."""
+    argv = [sys.executable, "-m", "controller", *args, *target_args(stack, sentinels)]
     return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout_s, env=env, check=False)
+                          timeout=timeout_s, env=clean_env(env), check=False)
 
 
 ControllerFactory = Callable[..., ControllerProc]

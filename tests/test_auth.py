@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ops_support import Daemon, cli, haproxy_states, ready, wait_for
+from itest_support import ControllerProc, admin_bits, ready, run_cli, start_stack, wait_until
 
-from controller.localstack import Layout, LocalStack, PortInUseError, RespError, resp_command
+from controller.localstack import Layout, LocalStack, RespError, resp_command
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +34,15 @@ SECRETS = (REDIS_PW, SENTINEL_PW, WRONG_PW, ACL_PW)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One group, every node and sentinel password-protected; an ACL user on every sentinel."""
-    for attempt in range(3):
-        layout = Layout.for_tests(groups=("redis1",), redis_password=REDIS_PW,
-                                  sentinel_password=SENTINEL_PW)
-        st = LocalStack(tmp_path_factory.mktemp(f"auth{attempt}"), layout)
-        try:
-            st.start()
-        except PortInUseError:
-            continue
-        try:
-            for i in range(layout.sentinels):
-                assert st.sentinel_command(i, "ACL", "SETUSER", ACL_USER, *ACL_RULES) == "OK"
-            yield st
-        finally:
-            st.stop()
-        return
-    raise AssertionError("no free ports for the stack in 3 attempts")
+    st = start_stack(lambda attempt: tmp_path_factory.mktemp(f"auth{attempt}"),
+                     lambda: Layout.for_tests(groups=("redis1",), redis_password=REDIS_PW,
+                                              sentinel_password=SENTINEL_PW))
+    try:
+        for i in range(st.layout.sentinels):
+            assert st.sentinel_command(i, "ACL", "SETUSER", ACL_USER, *ACL_RULES) == "OK"
+        yield st
+    finally:
+        st.stop()
 
 
 def assert_no_secret(*texts: str) -> None:
@@ -73,16 +66,16 @@ def test_stack_really_requires_passwords(stack: LocalStack) -> None:
 def test_status_and_reconcile_work_with_the_password_from_env(stack: LocalStack) -> None:
     """With SENTINEL_HAPROXY_SENTINEL_PASSWORD every Sentinel answers and reconcile applies."""
     env = {"SENTINEL_HAPROXY_SENTINEL_PASSWORD": SENTINEL_PW}
-    st = cli(stack, "status", "--json", env=env)
+    st = run_cli(stack, "status", "--json", env=env)
     assert st.returncode in (0, 1), st.stderr
     report = json.loads(st.stdout)
     assert [v["error"] for v in report["sentinels"]] == [None, None, None]
     master = stack.nodes["redis1a"]
     assert report["groups"][0]["decision"]["master"] == f"{master.host}:{master.port}"
-    rc = cli(stack, "reconcile", env=env)
+    rc = run_cli(stack, "reconcile", env=env)
     assert rc.returncode == 0, rc.stdout + rc.stderr
     assert ready(stack, "redis1_master", "redis1a") and ready(stack, "redis1_replicas", "redis1b")
-    again = cli(stack, "status", env=env)
+    again = run_cli(stack, "status", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "in sync" in again.stdout
     assert_no_secret(st.stdout, st.stderr, rc.stdout, rc.stderr, again.stdout, again.stderr)
@@ -92,7 +85,7 @@ def test_password_file_is_read(stack: LocalStack, tmp_path: Path) -> None:
     """--sentinel-password-file (content, trailing newline stripped) authenticates."""
     f = tmp_path / "sentinel_password"
     f.write_text(SENTINEL_PW + "\n")
-    res = cli(stack, "status", "--json", "--sentinel-password-file", str(f))
+    res = run_cli(stack, "status", "--json", "--sentinel-password-file", str(f))
     assert res.returncode in (0, 1), res.stderr
     assert [v["error"] for v in json.loads(res.stdout)["sentinels"]] == [None, None, None]
     assert_no_secret(res.stdout, res.stderr)
@@ -102,10 +95,10 @@ def test_acl_user_with_least_privileges_works(stack: LocalStack) -> None:
     """An ACL user limited to the controller's commands can run status and reconcile."""
     env = {"SENTINEL_HAPROXY_SENTINEL_USERNAME": ACL_USER,
            "SENTINEL_HAPROXY_SENTINEL_PASSWORD": ACL_PW}
-    st = cli(stack, "status", "--json", env=env)
+    st = run_cli(stack, "status", "--json", env=env)
     assert st.returncode in (0, 1), st.stdout + st.stderr
     assert [v["error"] for v in json.loads(st.stdout)["sentinels"]] == [None, None, None]
-    rc = cli(stack, "reconcile", env=env)
+    rc = run_cli(stack, "reconcile", env=env)
     assert rc.returncode == 0, rc.stdout + rc.stderr
     denied = stack.sentinel_command(0, "ACL", "LOG")
     assert denied == [], f"commands the ACL refused: {denied}"
@@ -117,18 +110,18 @@ def test_acl_user_with_least_privileges_works(stack: LocalStack) -> None:
 def test_wrong_password_fails_naming_authentication(stack: LocalStack, command: list[str]) -> None:
     """A wrong password: exit 3, each Sentinel's error says authentication failed, no secret shown,
     HAProxy untouched."""
-    before = haproxy_states(stack)
-    res = cli(stack, *command, "--sentinel-password", WRONG_PW)
+    before = admin_bits(stack)
+    res = run_cli(stack, *command, "--sentinel-password", WRONG_PW)
     assert res.returncode == 3, res.stdout + res.stderr
     out = res.stdout + res.stderr
     assert out.count("authentication failed") >= len(stack.sentinel_addrs), out
     assert_no_secret(res.stdout, res.stderr)
-    assert haproxy_states(stack) == before
+    assert admin_bits(stack) == before
 
 
 def test_missing_password_says_authentication_required(stack: LocalStack) -> None:
     """No password at all: the error tells the operator to set the Sentinel password."""
-    res = cli(stack, "status")
+    res = run_cli(stack, "status")
     assert res.returncode == 3
     assert "authentication required: set the sentinel password" in res.stdout, res.stdout
 
@@ -138,14 +131,14 @@ def test_daemon_with_wrong_password_logs_authentication_and_changes_nothing(
 ) -> None:
     """The daemon with a wrong password logs sentinel_disconnected naming authentication for each
     Sentinel, leaves HAProxy alone and never logs the password."""
-    before = haproxy_states(stack)
+    before = admin_bits(stack)
     log = tmp_path / "daemon.log"
-    with Daemon(stack, log, env={"SENTINEL_HAPROXY_SENTINEL_PASSWORD": WRONG_PW}) as d:
+    with ControllerProc(stack, log, env={"SENTINEL_HAPROXY_SENTINEL_PASSWORD": WRONG_PW}) as d:
         for host, port in stack.sentinel_addrs:
             ev = d.wait_event("sentinel_disconnected", sentinel=f"{host}:{port}")
             assert str(ev["error"]).startswith("authentication failed"), ev
-        wait_for(lambda: d.events("pass"), 10, "a pass")
-        assert haproxy_states(stack) == before
+        wait_until(lambda: d.events("pass"), 10, "a pass")
+        assert admin_bits(stack) == before
     assert d.returncode == 0, d.tail()
     assert not d.problems(), d.problems()
     assert_no_secret(d.text())
@@ -157,10 +150,11 @@ def test_daemon_with_password_file_follows_sentinel(stack: LocalStack, tmp_path:
     f.write_text(SENTINEL_PW)
     # Start from a state the daemon must correct.
     stack.haproxy_command("set server redis1_master/redis1a state maint")
-    with Daemon(stack, tmp_path / "daemon.log", "--sentinel-password-file", str(f)) as d:
+    with ControllerProc(stack, tmp_path / "daemon.log",
+                        extra_args=["--sentinel-password-file", str(f)]) as d:
         for host, port in stack.sentinel_addrs:
             d.wait_event("sentinel_connected", sentinel=f"{host}:{port}")
-        wait_for(lambda: ready(stack, "redis1_master", "redis1a"), 20, "redis1a ready for writes")
+        wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "redis1a ready for writes")
     assert d.returncode == 0, d.tail()
     assert not d.problems(), d.problems()
     assert_no_secret(d.text())

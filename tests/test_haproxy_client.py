@@ -19,7 +19,7 @@ import pytest
 from itest_support import wait_until
 
 from controller.haproxy import HAProxyClient, HAProxyError
-from controller.localstack import free_port
+from controller.localstack import free_port, stop_process
 from controller.model import AdminState, Command
 
 pytestmark = pytest.mark.integration
@@ -74,12 +74,7 @@ def haproxy(tmp_path: Path) -> Iterator[HAProxy]:
                    if sock.exists() else None, 10, "haproxy admin socket")
         yield HAProxy(proc, sock, op_sock, fe_port, listener)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, grace_s=5)
         listener.close()
 
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 from itest_support import (
-    ConnectionClosed,
     ControllerFactory,
     ControllerProc,
     RawRedis,
@@ -28,7 +27,7 @@ from itest_support import (
     wait_until,
 )
 
-from controller.localstack import LocalStack
+from controller.localstack import ConnectionClosed, LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -5,33 +5,18 @@ Also runs the container image's HEALTHCHECK (`python -m controller.healthcheck`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
-from ops_support import Daemon, free_port, ready, run_healthcheck, wait_for
+from itest_support import REPO_ROOT, ControllerProc, clean_env, ready, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.localstack import Layout, LocalStack, PortInUseError
+from controller.localstack import LocalStack, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    for attempt in range(3):
-        st = LocalStack(tmp_path / f"stack{attempt}", Layout.for_tests(groups=("redis1",)))
-        try:
-            st.start()
-        except PortInUseError:
-            continue
-        try:
-            yield st
-        finally:
-            st.stop()
-        return
-    raise AssertionError("no free ports for the stack in 3 attempts")
 
 
 def scrape(base: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -49,13 +34,20 @@ def healthz(base: str) -> int:
     return requests.get(base + "/healthz", timeout=5).status_code
 
 
+def run_healthcheck(address: str) -> subprocess.CompletedProcess[str]:
+    """The image's HEALTHCHECK command against a metrics address."""
+    return subprocess.run([sys.executable, "-m", "controller.healthcheck"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=30, check=False,
+                          env=clean_env({"SENTINEL_HAPROXY_METRICS_ADDRESS": address}))
+
+
 def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path) -> None:
     """/metrics counts passes, shows each Sentinel connected and HAProxy up; /healthz is 200,
     turns 503 when HAProxy stops and 200 again when it is back (so does the image's check)."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
     base = f"http://{address}"
-    with Daemon(stack, tmp_path / "daemon.log", "--metrics-address", address) as d:
-        wait_for(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
+    with ControllerProc(stack, tmp_path / "daemon.log", metrics_address=address) as d:
+        wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
         sentinels = {f"{h}:{p}" for h, p in stack.sentinel_addrs}
 
         def all_connected() -> bool:
@@ -63,7 +55,7 @@ def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path)
             conn = m.get("sentinel_haproxy_sentinel_connected", {})
             return {dict(k)["sentinel"] for k, v in conn.items() if v == 1} == sentinels
 
-        wait_for(all_connected, 20, "sentinel_connected 1 for every sentinel")
+        wait_until(all_connected, 20, "sentinel_connected 1 for every sentinel")
         m = scrape(base)
         assert m["sentinel_haproxy_passes_total"][()] > 0
         assert m["sentinel_haproxy_commands_applied_total"][()] >= 2  # master + replica ready
@@ -76,15 +68,15 @@ def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path)
         assert run_healthcheck(address).returncode == 0
 
         stack.stop_haproxy()
-        wait_for(lambda: healthz(base) == 503, 10, "/healthz 503 with HAProxy stopped")
+        wait_until(lambda: healthz(base) == 503, 10, "/healthz 503 with HAProxy stopped")
         assert scrape(base)["sentinel_haproxy_haproxy_up"][(("haproxy", sock),)] == 0
         hc = run_healthcheck(address)
         assert hc.returncode == 1 and "HAProxy unreachable" in hc.stdout, hc.stdout
 
         stack.start_haproxy()
-        wait_for(lambda: healthz(base) == 200, 10, "/healthz 200 with HAProxy back")
-        wait_for(lambda: ready(stack, "redis1_master", "redis1a"), 10,
-                 "state re-applied to the restarted HAProxy")
+        wait_until(lambda: healthz(base) == 200, 10, "/healthz 200 with HAProxy back")
+        wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 10,
+                   "state re-applied to the restarted HAProxy")
         assert run_healthcheck(address).returncode == 0
         d.wait_event("haproxy_unreachable")
     assert d.returncode == 0, d.tail()
@@ -93,15 +85,15 @@ def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path)
 
 def test_health_is_503_when_no_sentinel_answers(stack: LocalStack, tmp_path: Path) -> None:
     """With every Sentinel stopped /healthz turns 503 once the last good pass is too old."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
     base = f"http://{address}"
     # resync 0.2 s: the health horizon is 3 * resync + 5 s.
-    with Daemon(stack, tmp_path / "daemon.log", "--metrics-address", address,
-                resync_interval_s=0.2) as d:
-        wait_for(lambda: healthz(base) == 200, 20, "/healthz 200")
+    with ControllerProc(stack, tmp_path / "daemon.log", resync_interval_s=0.2,
+                        metrics_address=address) as d:
+        wait_until(lambda: healthz(base) == 200, 20, "/healthz 200")
         for i in range(stack.layout.sentinels):
             stack.kill_sentinel(i)
-        wait_for(lambda: healthz(base) == 503, 15, "/healthz 503 with no Sentinel")
+        wait_until(lambda: healthz(base) == 503, 15, "/healthz 503 with no Sentinel")
         body = requests.get(base + "/healthz", timeout=5).text
         assert "no Sentinel reachable" in body
         m = scrape(base)

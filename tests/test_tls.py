@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +19,15 @@ from typing import Any
 
 import pytest
 import redis
-from ops_support import REPO_ROOT, Daemon, clean_env, free_port, ready, wait_for
+from itest_support import (
+    ControllerProc,
+    ready,
+    run_cli,
+    start_stack,
+    wait_until,
+)
 
-from controller.localstack import REDIS_SERVER, Layout, LocalStack, PortInUseError
+from controller.localstack import REDIS_SERVER, Layout, LocalStack, free_port, stop_process
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,11 +58,8 @@ class TLSSentinel:
         return f"{TLS_HOST}:{self.port}"
 
     def cli(self, *args: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "controller", *args, "--sentinel", self.addr,
-                "--haproxy-socket", str(self.stack.haproxy_socket), "--sentinel-tls",
-                "--sentinel-tls-ca-file", str(ca or self.ca)]
-        return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                              env=clean_env(), check=False)
+        return run_cli(self.stack, *args, "--sentinel-tls", "--sentinel-tls-ca-file",
+                       str(ca or self.ca), sentinels=[self.addr])
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +73,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
     (d / "ext").write_text(f"subjectAltName=IP:{TLS_HOST}\n")
     openssl("x509", "-req", "-in", "sentinel.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "sentinel.crt", "-days", "2", "-extfile", "ext", cwd=d)
-    stack = None
-    for attempt in range(3):
-        stack = LocalStack(d / f"stack{attempt}", Layout.for_tests(groups=("redis1",)))
-        try:
-            stack.start()
-            break
-        except PortInUseError:
-            stack = None
-    assert stack is not None, "no free ports for the stack in 3 attempts"
+    stack = start_stack(lambda attempt: d / f"stack{attempt}",
+                        lambda: Layout.for_tests(groups=("redis1",)))
     proc = None
     try:
         master = stack.nodes["redis1a"]
-        port = free_port(TLS_HOST)
+        port = free_port([TLS_HOST])
         conf = d / "sentinel-tls.conf"
         conf.write_text("\n".join([
             "port 0", f"tls-port {port}", f"bind {TLS_HOST}", f"bind-source-addr {TLS_HOST}",
@@ -112,17 +105,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
                 return int(fields["num-slaves"]) >= 1
             return False
 
-        wait_for(knows_replica, 30, "TLS sentinel to know redis1 and its replica")
+        wait_until(knows_replica, 30, "TLS sentinel to know redis1 and its replica")
         client.close()
         yield TLSSentinel(stack, port, d / "ca.crt", d / "other-ca.crt")
     finally:
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        if proc is not None:
+            stop_process(proc)
         stack.stop()
 
 
@@ -150,13 +138,11 @@ def test_wrong_ca_is_refused_naming_the_certificate(tls: TLSSentinel) -> None:
 def test_daemon_subscribes_over_tls(tls: TLSSentinel, tmp_path: Path) -> None:
     """The daemon's pub/sub connection works over TLS: connected, and a hand edit is undone."""
     args = ["--sentinel-tls", "--sentinel-tls-ca-file", str(tls.ca)]
-    # The daemon gets the stack's plain sentinels from Daemon(); point it at the TLS one only.
-    d = Daemon(tls.stack, tmp_path / "daemon.log", *args)
-    i = d.argv.index("--sentinel")
-    d.argv[i + 1] = tls.addr
-    with d:
+    # Not the stack's plain sentinels: the TLS one only.
+    with ControllerProc(tls.stack, tmp_path / "daemon.log", extra_args=args,
+                        sentinels=[tls.addr]) as d:
         d.wait_event("sentinel_connected", sentinel=tls.addr)
-        wait_for(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")
+        wait_until(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")
         tls.stack.haproxy_command("set server redis1_master/redis1a state maint")
         d.wait_event("drift_corrected")
         assert ready(tls.stack, "redis1_master", "redis1a")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_support import Daemon, ready, wait_for
+from itest_support import ControllerProc, ready, wait_until
 
-from controller.localstack import Layout, LocalStack, PortInUseError
+from controller.localstack import LocalStack
 from controller.webhooks import WebhookNotifier
 
 
@@ -88,7 +88,7 @@ def test_notify_posts_slack_compatible_json(server: HookServer,
     n.start()
     n.notify("failover", {"group": "redis1", "from": "10.0.0.1:6379", "to": "10.0.0.2:6379",
                           "epoch": 3})
-    wait_for(lambda: n.sent == 1, 10, "one webhook sent")
+    wait_until(lambda: n.sent == 1, 10, "one webhook sent")
     msg = server.received[0]
     assert msg["text"] == "Redis redis1: master moved 10.0.0.1:6379 -> 10.0.0.2:6379 (epoch 3)"
     assert (msg["kind"], msg["group"], msg["epoch"]) == ("failover", "redis1", 3)
@@ -103,7 +103,7 @@ def test_retries_on_http_500_then_succeeds(server: HookServer,
     notifier.append(n)
     n.start()
     n.notify("replica_lost", {"group": "redis1", "replica": "10.0.0.3:6379"})
-    wait_for(lambda: n.sent == 1, 10, "the message sent after retries")
+    wait_until(lambda: n.sent == 1, 10, "the message sent after retries")
     assert n.failed == 0
     assert len(server.received) == 3
     assert all(m == server.received[0] for m in server.received)
@@ -117,7 +117,7 @@ def test_gives_up_after_retries_when_the_server_hangs(server: HookServer,
     notifier.append(n)
     n.start()
     n.notify("undecided", {"group": "redis1", "reason": "1 of 3 sentinels answered"})
-    wait_for(lambda: n.failed == 1, 15, "the message given up")
+    wait_until(lambda: n.failed == 1, 15, "the message given up")
     assert n.sent == 0
     assert len(server.received) == 2  # one attempt per retry
 
@@ -132,7 +132,7 @@ def test_full_queue_drops_and_counts_and_notify_never_blocks(
     notifier.append(n)
     n.start()
     n.notify("failover", {"group": "g0"})
-    wait_for(lambda: len(server.received) == 1, 10, "the sender stuck in its first POST")
+    wait_until(lambda: len(server.received) == 1, 10, "the sender stuck in its first POST")
     done = threading.Event()
 
     def burst() -> None:
@@ -155,7 +155,7 @@ def test_unknown_kind_uses_the_kind_as_text(server: HookServer,
     notifier.append(n)
     n.start()
     n.notify("something_new", {})
-    wait_for(lambda: n.sent == 1, 10, "sent")
+    wait_until(lambda: n.sent == 1, 10, "sent")
     assert server.received[0]["text"] == "something_new"
 
 
@@ -167,28 +167,12 @@ def test_a_broken_url_does_not_stop_the_sender(server: HookServer,
     n.start()
     n.notify("failover", {"group": "g1"})
     n.notify("failover", {"group": "g2"})
-    wait_for(lambda: n.sent == 2, 10, "both messages sent to the good URL")
+    wait_until(lambda: n.sent == 2, 10, "both messages sent to the good URL")
     assert n.failed == 2
     assert [m["group"] for m in server.received] == ["g1", "g2"]
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    for attempt in range(3):
-        st = LocalStack(tmp_path / f"stack{attempt}", Layout.for_tests(groups=("redis1",)))
-        try:
-            st.start()
-        except PortInUseError:
-            continue
-        try:
-            yield st
-        finally:
-            st.stop()
-        return
-    raise AssertionError("no free ports for the stack in 3 attempts")
 
 
 @pytest.mark.integration
@@ -197,13 +181,14 @@ def test_daemon_posts_drift_corrected_on_hand_edit_and_failover_on_master_death(
 ) -> None:
     """The daemon posts drift_corrected when someone edits HAProxy by hand (not at start-up),
     and a Slack-compatible failover message when the master dies."""
-    with Daemon(stack, tmp_path / "daemon.log", "--webhook-url", server.url) as d:
-        wait_for(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
+    log = tmp_path / "daemon.log"
+    with ControllerProc(stack, log, extra_args=["--webhook-url", server.url]) as d:
+        wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
         d.wait_event("pass", commands=0)  # a quiet pass after the initial one
         assert server.kinds() == []  # applying the initial state is not a hand edit
 
         stack.haproxy_command("set server redis1_master/redis1a state maint")
-        wait_for(lambda: server.of_kind("drift_corrected"), 15, "drift_corrected webhook")
+        wait_until(lambda: server.of_kind("drift_corrected"), 15, "drift_corrected webhook")
         msg = server.of_kind("drift_corrected")[0]
         assert msg["haproxy"] == str(stack.haproxy_socket) and msg["commands"] == 1
         assert msg["text"].endswith("1 command(s) applied to match Sentinel")
@@ -213,13 +198,13 @@ def test_daemon_posts_drift_corrected_on_hand_edit_and_failover_on_master_death(
         old = stack.nodes["redis1a"]
         new = stack.nodes["redis1b"]
         stack.kill_node("redis1a")
-        wait_for(lambda: server.of_kind("failover"), 40, "failover webhook")
+        wait_until(lambda: server.of_kind("failover"), 40, "failover webhook")
         fo = server.of_kind("failover")[0]
         assert fo["group"] == "redis1"
         assert fo["from"] == f"{old.host}:{old.port}" and fo["to"] == f"{new.host}:{new.port}"
         assert fo["text"].startswith(f"Redis redis1: master moved {old.host}:{old.port} -> "
                                      f"{new.host}:{new.port}")
-        wait_for(lambda: ready(stack, "redis1_master", "redis1b"), 10, "redis1b gets writes")
+        wait_until(lambda: ready(stack, "redis1_master", "redis1b"), 10, "redis1b gets writes")
         # Following Sentinel is not a hand edit.
         assert len(server.of_kind("drift_corrected")) == 1, server.kinds()
     assert d.returncode == 0, d.tail()
