@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from itest_support import ControllerProc, ready, wait_until
 
 from controller.localstack import LocalStack
 from controller.webhooks import WebhookNotifier
+
+NotifierFactory = Callable[..., WebhookNotifier]
 
 
 class HookServer:
@@ -73,19 +75,26 @@ def server() -> Iterator[HookServer]:
 
 
 @pytest.fixture
-def notifier() -> Iterator[list[WebhookNotifier]]:
+def notifier() -> Iterator[NotifierFactory]:
+    """Factory: ``notifier(urls, **kwargs)`` makes a started WebhookNotifier; all are stopped
+    at teardown."""
     made: list[WebhookNotifier] = []
-    yield made
+
+    def make(*args: Any, **kwargs: Any) -> WebhookNotifier:
+        n = WebhookNotifier(*args, **kwargs)
+        made.append(n)
+        n.start()
+        return n
+
+    yield make
     for n in made:
         n.stop(timeout_s=5)
 
 
 def test_notify_posts_slack_compatible_json(server: HookServer,
-                                            notifier: list[WebhookNotifier]) -> None:
+                                            notifier: NotifierFactory) -> None:
     """A failover message arrives as JSON with a Slack `text` plus the structured fields."""
-    n = WebhookNotifier([server.url], timeout_s=2)
-    notifier.append(n)
-    n.start()
+    n = notifier([server.url], timeout_s=2)
     n.notify("failover", {"group": "redis1", "from": "10.0.0.1:6379", "to": "10.0.0.2:6379",
                           "epoch": 3})
     wait_until(lambda: n.sent == 1, 10, "one webhook sent")
@@ -96,12 +105,10 @@ def test_notify_posts_slack_compatible_json(server: HookServer,
 
 
 def test_retries_on_http_500_then_succeeds(server: HookServer,
-                                           notifier: list[WebhookNotifier]) -> None:
+                                           notifier: NotifierFactory) -> None:
     """Two HTTP 500 answers then 200: the same message is posted 3 times and counted sent once."""
     server.statuses = [500, 500]
-    n = WebhookNotifier([server.url], timeout_s=2, retries=3)
-    notifier.append(n)
-    n.start()
+    n = notifier([server.url], timeout_s=2, retries=3)
     n.notify("replica_lost", {"group": "redis1", "replica": "10.0.0.3:6379"})
     wait_until(lambda: n.sent == 1, 10, "the message sent after retries")
     assert n.failed == 0
@@ -110,12 +117,10 @@ def test_retries_on_http_500_then_succeeds(server: HookServer,
 
 
 def test_gives_up_after_retries_when_the_server_hangs(server: HookServer,
-                                                      notifier: list[WebhookNotifier]) -> None:
+                                                      notifier: NotifierFactory) -> None:
     """A server that never answers: each POST times out, the message counts as failed."""
     server.hang.set()
-    n = WebhookNotifier([server.url], timeout_s=0.3, retries=2)
-    notifier.append(n)
-    n.start()
+    n = notifier([server.url], timeout_s=0.3, retries=2)
     n.notify("undecided", {"group": "redis1", "reason": "1 of 3 sentinels answered"})
     wait_until(lambda: n.failed == 1, 15, "the message given up")
     assert n.sent == 0
@@ -123,14 +128,12 @@ def test_gives_up_after_retries_when_the_server_hangs(server: HookServer,
 
 
 def test_full_queue_drops_and_counts_and_notify_never_blocks(
-    server: HookServer, notifier: list[WebhookNotifier]
+    server: HookServer, notifier: NotifierFactory
 ) -> None:
     """With the sender stuck on a hanging server and the queue full, notify() still returns at
     once and counts each dropped message."""
     server.hang.set()
-    n = WebhookNotifier([server.url], timeout_s=5, retries=1, maxsize=2)
-    notifier.append(n)
-    n.start()
+    n = notifier([server.url], timeout_s=5, retries=1, maxsize=2)
     n.notify("failover", {"group": "g0"})
     wait_until(lambda: len(server.received) == 1, 10, "the sender stuck in its first POST")
     done = threading.Event()
@@ -149,22 +152,18 @@ def test_full_queue_drops_and_counts_and_notify_never_blocks(
 
 
 def test_unknown_kind_uses_the_kind_as_text(server: HookServer,
-                                            notifier: list[WebhookNotifier]) -> None:
+                                            notifier: NotifierFactory) -> None:
     """A kind without a template still posts, with the kind as text."""
-    n = WebhookNotifier([server.url])
-    notifier.append(n)
-    n.start()
+    n = notifier([server.url])
     n.notify("something_new", {})
     wait_until(lambda: n.sent == 1, 10, "sent")
     assert server.received[0]["text"] == "something_new"
 
 
 def test_a_broken_url_does_not_stop_the_sender(server: HookServer,
-                                               notifier: list[WebhookNotifier]) -> None:
+                                               notifier: NotifierFactory) -> None:
     """A malformed URL fails (counted) and the other URL, and later messages, still get sent."""
-    n = WebhookNotifier(["http://[::1", server.url])  # urlsplit raises ValueError on the first
-    notifier.append(n)
-    n.start()
+    n = notifier(["http://[::1", server.url])  # urlsplit raises ValueError on the first
     n.notify("failover", {"group": "g1"})
     n.notify("failover", {"group": "g2"})
     wait_until(lambda: n.sent == 2, 10, "both messages sent to the good URL")
