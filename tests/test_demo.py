@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,4 +83,28 @@ def test_taken_port_exits_2_naming_the_port(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stdout + res.stderr
     assert f"port {layout.first_frontend_port + 2} on 127.0.0.1" in res.stderr
     assert "redis2_write" in res.stderr
+    assert procs_under(tmp_path) == []
+
+
+def test_failover_demo_shows_sentinel_and_controller_steps_and_keeps_old_master_out(
+    tmp_path: Path,
+) -> None:
+    """The full demo kills redis1a, shows the timeline, writes resume on redis1b and the
+    restarted redis1a never gets a write; nothing is left running."""
+    layout = Layout.for_tests()
+    res = subprocess.run(
+        demo_argv(layout, tmp_path), capture_output=True, text=True, timeout=240, check=False,
+    )
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    line = next(ln for ln in out.splitlines() if ln.startswith("processes:"))
+    pids = [int(p) for p in line.split(":", 1)[1].split()]
+    for needle in ("+promoted-slave", "+switch-master", "set redis1_master/redis1b ready",
+                   "first write acked by 127.0.0.3", "+convert-to-slave",
+                   "0 of them by a node other than the Sentinel master"):
+        assert needle in out, needle
+    # asynchronous replication: at most the one write in flight when SIGKILL lands
+    lost = re.search(r"acknowledged writes lost: (\d+) of", out)
+    assert lost is not None and int(lost.group(1)) <= 1
+    assert [p for p in pids if alive(p)] == []
     assert procs_under(tmp_path) == []

@@ -77,3 +77,18 @@ def test_failover_then_kill_drills_report_the_new_master_and_no_lost_write(
     assert stack.node_pid("redis1b") is None  # killed through its INFO process_id
     timeline = json.loads(res.stdout)["timeline"]
     assert any("+promoted-slave" in t["what"] for t in timeline)
+
+
+def test_pause_drill_fails_over_and_resumes_the_old_master(stack: LocalStack) -> None:
+    """SIGSTOP longer than down-after: Sentinel fails over, the old master is resumed after."""
+    a, b = (fmt_addr(stack.nodes[n].addr) for n in ("redis1a", "redis1b"))
+    pid = stack.node_pid("redis1a")
+    res = drill(stack, "--method", "pause", "--pause-s", "4", "--json", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    report = doc["report"]
+    assert (report["old_master"], report["new_master"]) == (a, b)
+    assert report["acked_lost"] <= report["acked_elsewhere"]
+    assert any("SIGCONT" in t["what"] for t in doc["timeline"])
+    assert stack.node_pid("redis1a") == pid  # alive again, never restarted
+    assert stack.redis_command("redis1a", "PING") == "PONG"
