@@ -230,6 +230,7 @@ def _wait_for(cond: Callable[[], Any], deadline: float, what: str) -> Any:
 def run_compare(
     workdir: Path, scenarios: Sequence[str], repeat: int,
     on_result: Callable[[str, int, dict[str, Recording]], None] | None = None,
+    controller_args: Sequence[str] = (),
 ) -> dict[str, list[dict[str, Recording]]]:
     """Start both stacks, run every scenario `repeat` times on both at once, stop everything.
 
@@ -246,7 +247,7 @@ def run_compare(
         ctl_setup = setups[1]
         ctl = ControllerProcess([fmt_addr(a) for a in ctl_setup.stack.sentinel_addrs],
                                 [str(ctl_setup.stack.haproxy_socket)],
-                                workdir / "controller" / "ctl")
+                                workdir / "controller" / "ctl", controller_args)
         ctl_setup.ctl = ctl
         ctl.start()
         ctl.wait_in_sync((GROUP,))
@@ -333,11 +334,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
               f"{args.tool_repeat} time(s), on both at once: ")
         for s in scenarios:
             print(f"  - {s}: {SCENARIOS[s]}")
+        if args.tool_controller_args:
+            print(f"  (controller run with: {' '.join(args.tool_controller_args)})")
         return EXIT_USAGE
     temp = args.tool_workdir is None
     workdir = Path(args.tool_workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-compare-"))
     try:
-        results = run_compare(workdir, scenarios, args.tool_repeat)
+        results = run_compare(workdir, scenarios, args.tool_repeat,
+                              controller_args=args.tool_controller_args)
     except (DrillError, LocalStackError, SidecarError, HAProxyError, OSError) as e:
         print(f"sentinel-haproxy drill --compare: failed: {e}\nlogs kept in {workdir}",
               file=sys.stderr)

@@ -765,6 +765,10 @@ def add_parser(sub: Any) -> None:
                    "needs matplotlib: pip install 'sentinel-haproxy[plot]')")
     p.add_argument("--workdir", dest="tool_workdir", metavar="DIR",
                    help="--compare: where the stacks run (default a temp dir)")
+    p.add_argument("--controller-arg", dest="tool_controller_args", action="append",
+                   default=[], metavar="ARG",
+                   help="--compare: extra argument for the controller daemon, e.g. "
+                   "--controller-arg=--read-fallback-to-master (repeatable)")
     p.set_defaults(func=cmd_drill)
 
 
