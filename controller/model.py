@@ -64,6 +64,16 @@ class MasterView:
         """The master this view names is objectively down (flags describe that very address)."""
         return self.master_entry_addr == self.addr and "o_down" in self.flags
 
+    @property
+    def failing_over(self) -> bool:
+        """A failover of the master this view names has started and nothing is promoted yet.
+
+        From `+try-failover` the leader flags its entry `failover_in_progress`; once the
+        replica is promoted, GET-MASTER-ADDR names the new node while the entry keeps the
+        old one (facts B.2), so this turns false exactly when the new master is known.
+        """
+        return self.master_entry_addr == self.addr and "failover_in_progress" in self.flags
+
 
 @dataclass(frozen=True)
 class SentinelView:
@@ -87,7 +97,7 @@ class Decision:
     master: Address | None  # None: undecided, HAProxy keeps its state
     epoch: int = -1
     replicas: frozenset[Address] = frozenset()
-    fenced: bool = False  # master is o_down: no server gets writes
+    fenced: bool = False  # master o_down or being failed over: no server gets writes
     reason: str = ""  # why undecided / fenced, or the evidence used
     voters: int = 0  # sentinels whose answer was used
 

@@ -158,6 +158,10 @@ RELEVANT_EVENTS = frozenset(
         "+promoted-slave",
         "+failover-end",
         "+failover-end-for-timeout",
+        "+try-failover",  # the leader flags failover_in_progress: fence writes now
+        "+elected-leader",
+        "+failover-state-send-slaveof-noone",
+        "+failover-state-wait-promotion",
         "+sdown",
         "-sdown",
         "+odown",
@@ -181,7 +185,9 @@ RELEVANT_EVENTS = frozenset(
 )
 
 # Events that come just before or exactly at a change of master: they open a failover timeline.
-FAILOVER_EVENTS = frozenset({"+odown", "+promoted-slave", "+switch-master", "+failover-end"})
+FAILOVER_EVENTS = frozenset(
+    {"+odown", "+try-failover", "+promoted-slave", "+switch-master", "+failover-end"}
+)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,19 @@ def test_o_down_master_is_fenced() -> None:
     assert "o_down" in d.reason
 
 
+def test_failover_in_progress_before_promotion_fences_the_live_old_master() -> None:
+    """Once the leader flags failover_in_progress and nothing is promoted yet, writes stop,
+    so a live old master (manual SENTINEL FAILOVER) acks nothing that will be lost."""
+    vs = views("steady")
+    flags = master(vs[0]).flags | {"failover_in_progress"}
+    vs[0] = with_master(vs[0], flags=flags)
+    d = decide(GROUP, vs, 2)
+    assert (d.master, d.fenced) == (node(A), True)
+    assert "failover of master" in d.reason
+    # After the promotion the leader names the new node: its flags describe the old entry.
+    assert decide(GROUP, views("promoted"), 2).fenced is False
+
+
 def test_returning_old_master_is_not_a_healthy_replica() -> None:
     """The old master back as master (role master, link err) is kept out of the replicas."""
     d = decide(GROUP, views("old_master_returned"), 2)

@@ -305,8 +305,10 @@ EVENTS = [
         "+failover-state-wait-promotion",
         "slave 127.0.0.1:26533 127.0.0.1 26533 @ mymaster 127.0.0.1 26531",
         "mymaster",
-        False,
+        True,
     ),
+    ("+try-failover", "master mymaster 127.0.0.1 26531", "mymaster", True),
+    ("+vote-for-leader", "1ce51fd96d63567819d9a31470ba1d4b6d674ef2 1", None, False),
 ]
 
 
