@@ -92,7 +92,7 @@ def add_parser(sub: Any) -> None:
                    default=d.redis_port)
     p.add_argument("--sentinel-port", dest="tool_sentinel_port", type=int, metavar="PORT",
                    default=d.sentinel_port)
-    p.add_argument("--group", dest="tool_group", default="redis1",
+    p.add_argument("--group", dest="tool_group", metavar="GROUP", default="redis1",
                    help="group whose master is killed (default redis1)")
     p.add_argument("--workdir", dest="tool_workdir", metavar="DIR",
                    help="where configs and logs go (default: a new temp dir, removed on success)")

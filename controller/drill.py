@@ -741,24 +741,24 @@ def add_parser(sub: Any) -> None:
                    help="kill: SIGKILL the master; pause: SIGSTOP it for --pause-s; failover: "
                    "SENTINEL FAILOVER (works on any stack); hold: SIGSTOP + SENTINEL FAILOVER + "
                    "SIGCONT; replica-kill: SIGKILL a replica")
-    p.add_argument("--pause-s", dest="tool_pause_s", type=float, default=5.0)
+    p.add_argument("--pause-s", dest="tool_pause_s", type=float, metavar="S", default=5.0)
     p.add_argument("--pid-of", dest="tool_pid_of", action="append", default=[],
                    metavar="HOST:PORT=PID", help="PID of a Redis node (else INFO process_id "
                    "when the node is on loopback)")
-    p.add_argument("--duration-s", dest="tool_duration_s", type=float, default=30.0,
+    p.add_argument("--duration-s", dest="tool_duration_s", type=float, metavar="S", default=30.0,
                    help="longest wait for writes on the new master (30)")
     p.add_argument("--haproxy-socket", dest="tool_haproxy_socket", metavar="PATH",
                    help="also record HAProxy server changes from this admin socket")
-    p.add_argument("--writers", dest="tool_writers", type=int, default=2)
+    p.add_argument("--writers", dest="tool_writers", type=int, metavar="N", default=2)
     p.add_argument("--json", dest="tool_json", action="store_true")
     p.add_argument("--yes", dest="tool_yes", action="store_true",
                    help="really do it (without: print what would be done)")
     p.add_argument("--compare", dest="tool_compare", action="store_true",
                    help="start two local stacks (classic HAProxy vs controller) and run the "
                    "scenarios on both side by side")
-    p.add_argument("--repeat", dest="tool_repeat", type=int, default=1,
+    p.add_argument("--repeat", dest="tool_repeat", type=int, metavar="N", default=1,
                    help="--compare: repetitions (median and worst)")
-    p.add_argument("--scenario", dest="tool_scenarios", action="append",
+    p.add_argument("--scenario", dest="tool_scenarios", action="append", metavar="NAME",
                    help="--compare: kill, return, hold, replica (repeatable; default all)")
     p.add_argument("--plot", dest="tool_plot", metavar="FILE.svg", action="append",
                    help="--compare: write a timeline plot, SVG or PNG by suffix (repeatable; "
