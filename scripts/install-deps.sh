@@ -24,7 +24,7 @@ if [ ! -e "$policy" ]; then
     $SUDO chmod +x "$policy"
     created=1
 fi
-cleanup() { [ -n "$created" ] && $SUDO rm -f "$policy"; }
+cleanup() { if [ -n "$created" ]; then $SUDO rm -f "$policy"; fi; }
 trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q >/dev/null || echo "apt-get update failed; trying with the current lists"
