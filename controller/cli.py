@@ -127,9 +127,6 @@ def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
 
 
 def cmd_run(s: Settings) -> int:
-    # The watcher threads and the loop hand hints over under the GIL; the default 5 ms
-    # switch interval showed up as the tail of event -> applied (bench/RESULTS.md).
-    sys.setswitchinterval(0.0005)
     reader, haproxies, auth = wire(s)
     hints = HintQueue()
     watchers = [
