@@ -1,0 +1,85 @@
+"""Several HAProxy instances (`--haproxy-socket` repeated): each follows Sentinel on its own.
+
+A second real haproxy runs the same shipped config with its own frontend ports and admin
+socket, in front of the same Redis nodes, as a second HAProxy replica of a deployment would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from itest_support import ControllerFactory, wait_until
+
+from controller.haproxy import HAProxyClient, HAProxyError
+from controller.localstack import (
+    HAPROXY,
+    LocalStack,
+    free_port,
+    render_haproxy_config,
+    stop_process,
+)
+from controller.model import AdminState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def second_haproxy(stack: LocalStack) -> Iterator[HAProxyClient]:
+    """A second haproxy on the stack's Redis nodes, stopped by PID at teardown."""
+    first = free_port(["127.0.0.1"], count=2 * len(stack.layout.groups))
+    stats = free_port(["127.0.0.1"], exclude=frozenset(range(first, first + 6)))
+    layout = dataclasses.replace(stack.layout, first_frontend_port=first, stats_port=stats)
+    workdir = Path(tempfile.mkdtemp(prefix="shx2-"))  # short: unix socket paths are limited
+    sock = workdir / "admin.sock"
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(render_haproxy_config(layout, sock))
+    with (workdir / "haproxy.log").open("wb") as log:
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    client = HAProxyClient(str(sock))
+
+    def answers() -> bool:
+        try:
+            client.info()
+        except HAProxyError:
+            return False
+        return True
+
+    try:
+        wait_until(answers, 10, "the second haproxy's admin socket")
+        yield client
+    finally:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ready_in(client: HAProxyClient, backend: str) -> set[str]:
+    return {
+        name
+        for name, srv in client.state().backends[backend].items()
+        if srv.admin is AdminState.READY
+    }
+
+
+def wait_ready(client: HAProxyClient, backend: str, want: set[str], timeout_s: float) -> None:
+    wait_until(lambda: ready_in(client, backend) == want, timeout_s,
+               f"{sorted(want)} ready in {backend} of {client.target}")
+
+
+def test_two_haproxies_both_get_the_master_and_both_follow_a_failover(
+    stack: LocalStack, make_controller: ControllerFactory, second_haproxy: HAProxyClient
+) -> None:
+    """With two sockets, both HAProxy get the master ready and both switch on a failover."""
+    make_controller(stack, "--haproxy-socket", second_haproxy.target)
+    first = HAProxyClient(str(stack.haproxy_socket))
+    for client in (first, second_haproxy):
+        wait_ready(client, "redis1_master", {"redis1a"}, 20)
+        wait_ready(client, "redis1_replicas", {"redis1b"}, 20)
+    stack.kill_node("redis1a")
+    for client in (first, second_haproxy):
+        wait_ready(client, "redis1_master", {"redis1b"}, 30)
