@@ -145,9 +145,15 @@ def cmd_run(s: Settings) -> int:
     ctl = Controller(s, reader, haproxies, watchers, hints, on_change)
     stop = threading.Event()
 
+    received: list[str] = []
+
     def _stop(signum: int, _frame: object) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
+        # A handler runs between two bytecodes of the main thread, which may hold the log's
+        # write lock or the Event's lock at that moment: logging or `stop.set()` here could
+        # deadlock (seen: a SIGTERM during a burst of log lines hung the daemon). So the
+        # handler only records the signal and sets the Event from another thread.
+        received.append(signal.Signals(signum).name)
+        threading.Thread(target=stop.set, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -161,6 +167,7 @@ def cmd_run(s: Settings) -> int:
              dry_run=s.dry_run, resync_interval_s=s.resync_interval_s)
     try:
         ctl.run(stop)
+        log.info("stopping", signal=received[0] if received else None)
     finally:
         if server is not None:
             server.shutdown()
