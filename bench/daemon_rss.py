@@ -1,0 +1,362 @@
+"""RSS of the real daemon (`python -m controller run`) managing N = 1, 100, 1000 master groups.
+
+What is real and what is replayed:
+- HAProxy is real: a `haproxy` process with a generated config of N groups (backends
+  `gI_master` and `gI_replicas`, 2 servers each, `disabled`, `on-marked-down shutdown-sessions`,
+  as reconcile_scale.py generates it) and its own admin socket;
+- the daemon is real: `python -m controller run` as a child process, with its 3 EventWatcher
+  threads, its SentinelReader, the loop, a full pass every second (`--resync-interval-s 1`),
+  JSON logging at level warning into a file;
+- Sentinel is REPLAYED: a real Sentinel cannot monitor 1,000 masters on one machine (3
+  Sentinels would each ping 2,000 Redis nodes and flood each other with hello messages), so
+  3 small RESP2 servers in this process (threads, stdlib sockets, each on its own loopback
+  address 127.0.0.20-22 and a free port) answer exactly what the daemon sends: `CLIENT
+  SETNAME` / `CLIENT SETINFO` (+OK), `PING` (+PONG, or `pong` pushes once subscribed),
+  `PSUBSCRIBE *`, `INFO sentinel`, `SENTINEL MASTERS`, `SENTINEL GET-MASTER-ADDR-BY-NAME`,
+  `SENTINEL REPLICAS`. The replies are the captured real replies of tests/data/
+  sentinel_steady.json copied for every group with its name and port
+  (reconcile_scale.group_replies); `INFO sentinel` is the captured text with one `masterI`
+  line per group, as a real Sentinel writes it. Any other command is answered with an error
+  and reported.
+
+For each N: start haproxy, the replay servers and the daemon; wait (deadline) until every
+write backend's `a` server is ready in HAProxy (time to converge, from the daemon's start);
+then sample the daemon's VmRSS and VmHWM from /proc/PID/status every 0.5 s for 15 s (the
+daemon makes >= 10 full passes meanwhile: counted as `SENTINEL MASTERS` requests per replay
+server); stop everything by PID. Prints a table; `--json` for machine output.
+Goal: RSS <= 60 MB with 1,000 groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.haproxy import HAProxyClient
+from controller.localstack import HAPROXY, free_port, stop_process
+from controller.model import AdminState
+
+# bench/ is not a package: its sibling reconcile_scale.py is importable once its directory is
+# on the path (haproxy_config, group_replies and DATA are shared with it, not copied).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reconcile_scale
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (1, 100, 1000)
+SENTINEL_HOSTS = ("127.0.0.20", "127.0.0.21", "127.0.0.22")
+SAMPLE_EVERY_S = 0.5
+SAMPLE_FOR_S = 15.0
+CONVERGE_DEADLINE_S = 120.0
+
+
+# --------------------------------------------------------------------------- RESP2
+
+
+def resp(value: Any) -> bytes:
+    """RESP2 encoding of a reply: str -> bulk, list -> array, None -> null array, int."""
+    if value is None:
+        return b"*-1\r\n"
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, str):
+        b = value.encode()
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join(resp(v) for v in value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def parse_commands(buf: bytearray) -> tuple[list[list[str]], int]:
+    """Complete RESP2 commands (arrays of bulk strings) at the start of `buf`, bytes used."""
+    out: list[list[str]] = []
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        if buf[pos:pos + 1] != b"*":
+            raise ValueError(f"not a RESP array: {bytes(buf[pos:pos + 20])!r}")
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        count = int(buf[pos + 1:eol])
+        p = eol + 2
+        args: list[str] = []
+        for _ in range(count):
+            eol = buf.find(b"\r\n", p)
+            if eol < 0:
+                break
+            size = int(buf[p + 1:eol])
+            if eol + 2 + size + 2 > n:
+                break
+            args.append(buf[eol + 2:eol + 2 + size].decode())
+            p = eol + 2 + size + 2
+        if len(args) < count:
+            break
+        out.append(args)
+        pos = p
+    return out, pos
+
+
+class ReplayReplies:
+    """The pre-encoded replies of one Sentinel monitoring N groups."""
+
+    def __init__(self, info_text: str, group: dict[str, Any], n: int) -> None:
+        head = [ln for ln in info_text.split("\r\n") if ln and not ln.startswith("master")]
+        head = [f"sentinel_masters:{n}" if ln.startswith("sentinel_masters:") else ln
+                for ln in head]
+        lines = head + [
+            f"master{i}:name=g{i},status=ok,address={m[3]}:{m[5]},slaves=1,sentinels=3"
+            for i, m in enumerate(group["masters"])
+        ]
+        self.info = resp("\r\n".join(lines) + "\r\n")
+        self.masters = resp(group["masters"])
+        self.addr = {k: resp(v) for k, v in group["addr"].items()}
+        self.replicas = {k: resp(v) for k, v in group["replicas"].items()}
+
+
+class ReplayServer:
+    """A RESP2 server answering the daemon's Sentinel commands from ReplayReplies."""
+
+    def __init__(self, host: str, port: int, replies: ReplayReplies) -> None:
+        self.host, self.port, self.replies = host, port, replies
+        self.counts: Counter[str] = Counter()
+        self.unknown: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server((host, port))
+        self._listener.settimeout(0.2)
+        self._threads = [threading.Thread(target=self._accept, daemon=True,
+                                          name=f"replay-{host}")]
+        self._threads[0].start()
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(2.0)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        buf = bytearray()
+        subscribed = False
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(262144)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                cmds, used = parse_commands(buf)
+                del buf[:used]
+                out: list[bytes] = []
+                for args in cmds:
+                    reply, subscribed = self._answer(args, subscribed)
+                    out.append(reply)
+                if out:
+                    try:
+                        conn.sendall(b"".join(out))
+                    except OSError:
+                        return
+
+    def _answer(self, args: list[str], subscribed: bool) -> tuple[bytes, bool]:
+        name = args[0].upper()
+        sub = args[1].upper() if len(args) > 1 else ""
+        key = f"{name} {sub}".strip() if name in ("CLIENT", "SENTINEL", "INFO") else name
+        with self._lock:
+            self.counts[key] += 1
+        r = self.replies
+        if name == "CLIENT" and sub in ("SETNAME", "SETINFO"):
+            return b"+OK\r\n", subscribed
+        if name == "PING":
+            msg = args[1] if len(args) > 1 else ""
+            if subscribed:
+                return resp(["pong", msg]), subscribed
+            return (resp(msg) if len(args) > 1 else b"+PONG\r\n"), subscribed
+        if name == "PSUBSCRIBE" and args[1:] == ["*"]:
+            return b"*3\r\n$10\r\npsubscribe\r\n$1\r\n*\r\n:1\r\n", True
+        if name == "INFO" and sub == "SENTINEL":
+            return r.info, subscribed
+        if name == "SENTINEL" and sub == "MASTERS":
+            return r.masters, subscribed
+        if name == "SENTINEL" and sub == "GET-MASTER-ADDR-BY-NAME" and len(args) == 3:
+            return r.addr.get(args[2], b"*-1\r\n"), subscribed
+        if name == "SENTINEL" and sub == "REPLICAS" and len(args) == 3:
+            if args[2] in r.replicas:
+                return r.replicas[args[2]], subscribed
+            return b"-ERR No such master with that name\r\n", subscribed
+        with self._lock:
+            self.unknown[" ".join(args)[:80]] += 1
+        return b"-ERR replay server: unknown command\r\n", subscribed
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process, MB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def converged(client: HAProxyClient, n: int) -> bool:
+    try:
+        st = client.state()
+    except Exception:
+        return False
+    for i in range(n):
+        srv = st.backends.get(f"g{i}_master", {}).get(f"g{i}a")
+        if srv is None or srv.admin is not AdminState.READY:
+            return False
+    return True
+
+
+def one(n: int, sample_for_s: float) -> dict[str, Any]:
+    doc = json.loads((reconcile_scale.DATA / "sentinel_steady.json").read_text())
+    groups = list(reconcile_scale.group_replies("steady", n).values())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    sock = tmp / "admin.sock"
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(reconcile_scale.haproxy_config(n, sock))
+    servers: list[ReplayServer] = []
+    haproxy: subprocess.Popen[bytes] | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+    log_path = tmp / "daemon.log"
+    try:
+        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=tmp)
+        client = HAProxyClient(str(sock), timeout_s=10.0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.info()
+                break
+            except Exception:
+                if time.monotonic() > deadline or haproxy.poll() is not None:
+                    raise RuntimeError(f"haproxy did not start for N={n}") from None
+                time.sleep(0.05)
+        for host, captured, group in zip(SENTINEL_HOSTS, doc["sentinels"], groups, strict=True):
+            replies = ReplayReplies(doc["info_text"][captured], group, n)
+            servers.append(ReplayServer(host, free_port([host]), replies))
+        argv = [sys.executable, "-m", "controller", "run",
+                *[a for s in servers for a in ("--sentinel", s.addr)],
+                "--haproxy-socket", str(sock), "--resync-interval-s", "1",
+                "--log-format", "json", "--log-level", "warning"]
+        t0 = time.monotonic()
+        with log_path.open("wb") as log_file:
+            daemon = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = t0 + CONVERGE_DEADLINE_S
+        while not converged(client, n):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError(f"N={n}: daemon did not converge (exit {daemon.poll()}); "
+                                   f"log: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        converge_s = time.monotonic() - t0
+        passes_before = min(s.counts["SENTINEL MASTERS"] for s in servers)
+        rss: list[float] = []
+        hwm = 0.0
+        end = time.monotonic() + sample_for_s
+        while time.monotonic() < end:
+            st = proc_status(daemon.pid)
+            rss.append(st["VmRSS"])
+            hwm = max(hwm, st["VmHWM"])
+            time.sleep(SAMPLE_EVERY_S)
+        passes = min(s.counts["SENTINEL MASTERS"] for s in servers) - passes_before
+        if daemon.poll() is not None:
+            raise RuntimeError(f"N={n}: daemon exited {daemon.returncode}")
+        log_lines = log_path.read_text().splitlines()
+        unknown: Counter[str] = Counter()
+        for s in servers:
+            unknown.update(s.unknown)
+        return {
+            "groups": n,
+            "servers": 4 * n,
+            "converge_s": round(converge_s, 2),
+            "rss_median_mb": round(statistics.median(rss), 1),
+            "rss_max_mb": round(max(rss), 1),
+            "vmhwm_mb": round(hwm, 1),
+            "samples": len(rss),
+            "full_passes": passes,
+            "log_lines": len(log_lines),
+            "log_sample": log_lines[:3],
+            "unknown_commands": dict(unknown),
+            "commands_seen": sorted(set().union(*(s.counts for s in servers))),
+        }
+    finally:
+        if daemon is not None:
+            stop_process(daemon)
+        if haproxy is not None:
+            stop_process(haproxy)
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [f"{'groups':>7} {'servers':>8} {'converge':>9} {'RSS median':>11} {'RSS max':>8} "
+             f"{'VmHWM':>8} {'passes':>7}"]
+    for r in rows:
+        lines.append(f"{r['groups']:>7} {r['servers']:>8} {r['converge_s']:>7.2f} s "
+                     f"{r['rss_median_mb']:>8.1f} MB {r['rss_max_mb']:>5.1f} MB "
+                     f"{r['vmhwm_mb']:>5.1f} MB {r['full_passes']:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
+    p.add_argument("--sample-for-s", type=float, default=SAMPLE_FOR_S)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    rows = [one(int(x), args.sample_for_s) for x in args.sizes.split(",")]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("real daemon (python -m controller run, full pass every 1 s) + real haproxy; "
+          "Sentinel replayed (captured real replies, 3 RESP2 servers)")
+    print(table(rows))
+    for r in rows:
+        if r["unknown_commands"] or r["log_lines"]:
+            print(f"N={r['groups']}: unknown commands {r['unknown_commands']}, "
+                  f"{r['log_lines']} log lines (level >= warning): {r['log_sample']}")
+    worst = rows[-1]
+    print(f"commands the daemon sent: {', '.join(worst['commands_seen'])}")
+    print(f"goal: RSS <= 60 MB -> N={worst['groups']}: median {worst['rss_median_mb']} MB, "
+          f"VmHWM {worst['vmhwm_mb']} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
