@@ -41,6 +41,7 @@ demo: deps
 
 bench: deps
 	$(PY) bench/reconcile_scale.py
+	$(PY) bench/daemon_rss.py
 	$(PY) bench/event_to_applied.py
 	$(PY) bench/failover_latency.py
 
