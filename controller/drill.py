@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+from controller.localstack import RespError
 from controller.probes import (
     EventRecorder,
     HAProxyWatcher,
@@ -36,7 +37,6 @@ from controller.probes import (
     Reader,
     ReadSample,
     RespConn,
-    RespError,
     Writer,
     WriteSample,
     current_master,

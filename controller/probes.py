@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from controller.haproxy import HAProxyClient, HAProxyError
+from controller.localstack import RespError, encode_command, parse_reply
 from controller.model import AdminState
 
 HostPort = tuple[str, int]
@@ -49,14 +50,12 @@ def fmt_addr(addr: HostPort) -> str:
 # --------------------------------------------------------------------------- RESP
 
 
-class RespError(Exception):
-    """An error reply (`-ERR ...`, `-READONLY ...`)."""
-
-
 class RespConn:
-    """A persistent RESP2 connection; any socket error or timeout leaves it unusable."""
+    """A persistent RESP2 connection; any socket error or timeout leaves it unusable.
 
-    def __init__(self, addr: HostPort, timeout_s: float = 1.0) -> None:
+    Encoding and parsing are localstack's (one RESP codec in the package)."""
+
+    def __init__(self, addr: HostPort, timeout_s: float) -> None:
         self.addr = addr
         self.sock = socket.create_connection(addr, timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -75,48 +74,22 @@ class RespConn:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def encode(args: Sequence[str | int]) -> bytes:
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            b = str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        return b"".join(out)
-
     def pipeline(self, *commands: Sequence[str | int]) -> list[object]:
         """Send every command in one write, return every reply (error replies as RespError)."""
-        self.sock.sendall(b"".join(self.encode(c) for c in commands))
-        return [self._reply() for _ in commands]
+        self.sock.sendall(b"".join(encode_command(*c) for c in commands))
+        replies: list[object] = []
+        for _ in commands:
+            try:
+                replies.append(parse_reply(self.file.readline, self.file.read))
+            except RespError as e:  # a top-level error reply: the stream is intact
+                replies.append(e)
+        return replies
 
     def command(self, *args: str | int) -> object:
         reply = self.pipeline(args)[0]
         if isinstance(reply, RespError):
             raise reply
         return reply
-
-    def _reply(self) -> object:
-        line = self.file.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("connection closed by peer")
-        kind, rest = line[:1], line[1:-2].decode(errors="replace")
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return RespError(rest)
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.file.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionError("connection closed in the middle of a reply")
-            return data[:-2].decode(errors="replace")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._reply() for _ in range(n)]
-        raise ConnectionError(f"unexpected RESP line {line[:40]!r}")
 
 
 def laddr_of(client_info: object) -> str | None:
