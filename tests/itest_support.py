@@ -43,6 +43,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.02
 
 
+def procs_under(workdir: Path) -> list[int]:
+    """PIDs of live processes whose cwd is inside ``workdir`` (independent of LocalStack)."""
+    root = str(workdir.resolve())
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/"):
+            out.append(int(entry))
+    return out
+
+
 class WaitTimeout(AssertionError):
     """A bounded wait ran out; the message names the condition (and the last error seen)."""
 

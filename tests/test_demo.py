@@ -10,26 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from itest_support import procs_under
 
 from controller.localstack import Layout
 
 pytestmark = pytest.mark.integration
-
-
-def procs_under(workdir: Path) -> list[int]:
-    """PIDs of live processes whose cwd is inside ``workdir``."""
-    root = str(workdir.resolve())
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + "/"):
-            out.append(int(entry))
-    return out
 
 
 def alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from itest_support import procs_under
 
 from controller.localstack import (
     HAPROXY_CLASSIC_CONFIG,
@@ -19,22 +20,6 @@ from controller.localstack import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def procs_under(workdir: Path) -> list[int]:
-    """PIDs of live processes whose cwd is inside ``workdir`` (independent of LocalStack)."""
-    root = str(workdir.resolve())
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + "/"):
-            out.append(int(entry))
-    return out
 
 
 def assert_all_dead(pids: list[int]) -> None:
