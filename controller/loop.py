@@ -10,6 +10,7 @@ Must not talk to Sentinel or HAProxy except through their adapters.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -122,9 +123,12 @@ class Controller:
                              t.decision.fenced) for t in wanted)
         behind_our_back = desired == self._last_desired and trigger != "haproxy_changed"
         self._last_desired = desired
-        outcomes = []
-        for h in self.haproxies:
-            outcomes.append(self._reconcile_one(h, wanted, since, apply, behind_our_back))
+        # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
+        # first one's read-back.
+        applied = [self._reconcile_one(h, wanted, since, apply, behind_our_back)
+                   for h in self.haproxies]
+        outcomes = [self._verify(h, wanted, o) if o.results else o
+                    for h, o in zip(self.haproxies, applied, strict=True)]
         duration_ms = (time.monotonic() - start) * 1000
         self.counters.passes += 1
         if any(v.usable for v in views):
@@ -187,17 +191,21 @@ class Controller:
                 log.warning("drift_corrected", haproxy=h.target, commands=ok,
                             detail="HAProxy changed while Sentinel did not (hand edit?)")
                 self._emit("drift_corrected", {"haproxy": h.target, "commands": ok})
-        # Verify: read back and plan again; anything left is drift we could not fix.
+        return HAProxyOutcome(h.target, state, p, tuple(results))
+
+    def _verify(
+        self, h: HAProxyClient, wanted: Sequence[BackendTarget], o: HAProxyOutcome
+    ) -> HAProxyOutcome:
+        """Read back and plan again; anything left is drift we could not fix."""
         drift_after = 0
         try:
-            after = h.state()
-            drift_after = plan(wanted, after).drift
+            drift_after = plan(wanted, h.state()).drift
         except HAProxyError as e:
             log.warning("verify_failed", haproxy=h.target, error=str(e))
         if drift_after:
             log.warning("drift_remains", haproxy=h.target, commands=drift_after)
         self.counters.drift[h.target] = drift_after
-        return HAProxyOutcome(h.target, state, p, tuple(results), drift_after=drift_after)
+        return dataclasses.replace(o, drift_after=drift_after)
 
     # -- bookkeeping and logs ---------------------------------------------------------
     def _t(self) -> dict[str, float]:
