@@ -1,4 +1,4 @@
-"""Several HAProxy instances (`--haproxy-socket` repeated): each follows Sentinel on its own.
+"""Several HAProxy instances (`--haproxy-socket` repeated), and a master-worker reload.
 
 A second real haproxy runs the same shipped config with its own frontend ports and admin
 socket, in front of the same Redis nodes, as a second HAProxy replica of a deployment would.
@@ -6,8 +6,10 @@ socket, in front of the same Redis nodes, as a second HAProxy replica of a deplo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -29,9 +31,28 @@ from controller.model import AdminState
 pytestmark = pytest.mark.integration
 
 
+@dataclasses.dataclass
+class ExtraHAProxy:
+    client: HAProxyClient
+    proc: subprocess.Popen[bytes]
+
+
 @pytest.fixture
 def second_haproxy(stack: LocalStack) -> Iterator[HAProxyClient]:
     """A second haproxy on the stack's Redis nodes, stopped by PID at teardown."""
+    with extra_haproxy(stack) as extra:
+        yield extra.client
+
+
+@pytest.fixture
+def master_worker_haproxy(stack: LocalStack) -> Iterator[ExtraHAProxy]:
+    """A second haproxy in master-worker mode (`-W`, as the official image runs it)."""
+    with extra_haproxy(stack, "-W") as extra:
+        yield extra
+
+
+@contextlib.contextmanager
+def extra_haproxy(stack: LocalStack, *flags: str) -> Iterator[ExtraHAProxy]:
     first = free_port(["127.0.0.1"], count=2 * len(stack.layout.groups))
     stats = free_port(["127.0.0.1"], exclude=frozenset(range(first, first + 6)))
     layout = dataclasses.replace(stack.layout, first_frontend_port=first, stats_port=stats)
@@ -40,7 +61,8 @@ def second_haproxy(stack: LocalStack) -> Iterator[HAProxyClient]:
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(render_haproxy_config(layout, sock))
     with (workdir / "haproxy.log").open("wb") as log:
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+        proc = subprocess.Popen([HAPROXY, "-db", *flags, "-f", str(cfg)], stdout=log,
+                                stderr=log)
     client = HAProxyClient(str(sock))
 
     def answers() -> bool:
@@ -52,7 +74,7 @@ def second_haproxy(stack: LocalStack) -> Iterator[HAProxyClient]:
 
     try:
         wait_until(answers, 10, "the second haproxy's admin socket")
-        yield client
+        yield ExtraHAProxy(client, proc)
     finally:
         stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -83,3 +105,18 @@ def test_two_haproxies_both_get_the_master_and_both_follow_a_failover(
     stack.kill_node("redis1a")
     for client in (first, second_haproxy):
         wait_ready(client, "redis1_master", {"redis1b"}, 30)
+
+
+def test_master_worker_reload_is_noticed_and_the_state_reapplied(
+    stack: LocalStack, make_controller: ControllerFactory, master_worker_haproxy: ExtraHAProxy
+) -> None:
+    """A master-worker reload (SIGUSR2) starts a worker from the config, every server
+    disabled; the controller sees the new worker and applies the state again."""
+    client = master_worker_haproxy.client
+    make_controller(stack, "--haproxy-socket", client.target)
+    wait_ready(client, "redis1_master", {"redis1a"}, 20)
+    old_pid = client.info().pid
+    master_worker_haproxy.proc.send_signal(signal.SIGUSR2)
+    wait_until(lambda: client.info().pid != old_pid, 20, "a new worker after SIGUSR2")
+    wait_ready(client, "redis1_master", {"redis1a"}, 20)
+    wait_ready(client, "redis1_replicas", {"redis1b"}, 20)
