@@ -257,16 +257,7 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
     try:
         haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, cwd=tmp)
-        client = HAProxyClient(str(sock), timeout_s=10.0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.info()
-                break
-            except Exception:
-                if time.monotonic() > deadline or haproxy.poll() is not None:
-                    raise RuntimeError(f"haproxy did not start for N={n}") from None
-                time.sleep(0.05)
+        client = reconcile_scale.wait_haproxy(haproxy, sock, n)
         for host, captured, group in zip(SENTINEL_HOSTS, doc["sentinels"], groups, strict=True):
             replies = ReplayReplies(doc["info_text"][captured], group, n)
             servers.append(ReplayServer(host, free_port([host]), replies))

@@ -26,7 +26,10 @@ import tempfile
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.haproxy import HAProxyClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -65,6 +68,22 @@ def haproxy_config(n: int, socket_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wait_haproxy(proc: subprocess.Popen[bytes], sock: Path, n: int) -> HAProxyClient:
+    """A client for the haproxy `proc` once its admin socket answers (30 s deadline)."""
+    from controller.haproxy import HAProxyClient  # imported late: RSS is measured per N
+
+    client = HAProxyClient(str(sock), timeout_s=10.0)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.info()
+            return client
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"haproxy did not start for N={n}") from None
+            time.sleep(0.05)
+
+
 def group_replies(state: str, n: int) -> dict[str, dict[str, Any]]:
     """sentinel -> {"info", "masters", "addr": {name: raw}, "replicas": {name: raw}}.
 
@@ -97,7 +116,6 @@ def one(n: int) -> dict[str, Any]:
     real_stderr = sys.stderr
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole child
     from controller import logs
-    from controller.haproxy import HAProxyClient
     from controller.loop import Controller
     from controller.model import MasterView, SentinelView
     from controller.sentinel import Auth, SentinelReader, parse_sentinel_addr
@@ -139,16 +157,7 @@ def one(n: int) -> dict[str, Any]:
     proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=tmp)
     try:
-        client = HAProxyClient(str(sock), timeout_s=10.0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.info()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"haproxy did not start for N={n}") from None
-                time.sleep(0.05)
+        client = wait_haproxy(proc, sock, n)
         names = [f"g{i}" for i in range(n)]
         steady = group_replies("steady", n)
         switched = group_replies("switched", n)
