@@ -307,6 +307,10 @@ def print_failover(stack: LocalStack, rec: Recording, returned: dict[str, Any]) 
     say(f"  {r.writes_ok} writes acked, {r.writes_failed} failed; acknowledged writes lost: "
         f"{r.acked_lost} of {r.acked_checked} (read back from the final master)")
     say(f"  reads: {r.reads_ok} ok, {r.read_errors} errors after the kill")
+    if r.read_errors:
+        say("  (a 2-node group has no healthy replica from +odown until the old master rejoins as")
+        say("   a replica: the read port refuses meanwhile; `run --read-fallback-to-master` lets")
+        say("   the master serve reads in that window)")
     t_r = returned.get("restart_t")
     if t_r:
         say("\nold master back (restarted with its original config, role master):")
