@@ -55,6 +55,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sentinel-password-file", metavar="FILE")
     g.add_argument("--sentinel-tls", action="store_const", const=True, default=None)
     g.add_argument("--sentinel-tls-ca-file", metavar="FILE")
+    g.add_argument("--sentinel-tls-cert-file", metavar="FILE",
+                   help="client certificate, for Sentinels with tls-auth-clients yes")
+    g.add_argument("--sentinel-tls-key-file", metavar="FILE")
     g.add_argument("--read-fallback-to-master", action="store_const", const=True, default=None,
                    help="let the master serve the read port while no replica is healthy")
     g.add_argument("--min-sentinels", type=int, metavar="N",
@@ -121,7 +124,8 @@ def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
     except ValueError as e:
         raise SettingsError(str(e)) from None
     auth = Auth(s.sentinel_username or None, s.password(), s.sentinel_tls,
-                s.sentinel_tls_ca_file or None)
+                s.sentinel_tls_ca_file or None, s.sentinel_tls_cert_file or None,
+                s.sentinel_tls_key_file or None)
     reader = SentinelReader(addrs, auth, s.masters, s.sentinel_timeout_s)
     return reader, haproxies, auth
 

@@ -62,6 +62,17 @@ class Auth:
     password: str | None = None
     tls: bool = False
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None  # client certificate (Sentinel `tls-auth-clients yes`)
+    tls_key_file: str | None = None
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """redis-py keyword arguments for TLS (certificate checked against the CA)."""
+        return {
+            "ssl_ca_certs": self.tls_ca_file,
+            "ssl_cert_reqs": "required",
+            "ssl_certfile": self.tls_cert_file,
+            "ssl_keyfile": self.tls_key_file,
+        }
 
     def __repr__(self) -> str:  # never print a secret
         return f"Auth(username={self.username!r}, password={'***' if self.password else None})"
@@ -70,7 +81,7 @@ class Auth:
 def _client(addr: SentinelAddr, auth: Auth, timeout_s: float, sock_timeout: float | None) -> Any:
     kwargs: dict[str, Any] = {}
     if auth.tls:
-        kwargs.update(ssl=True, ssl_ca_certs=auth.tls_ca_file, ssl_cert_reqs="required")
+        kwargs.update(ssl=True, **auth.tls_kwargs())
     return redis.Redis(
         host=addr.host,
         port=addr.port,
@@ -226,7 +237,7 @@ def _connection(addr: SentinelAddr, auth: Auth, timeout_s: float) -> Any:
     cls: Any = redis.Connection
     if auth.tls:
         cls = redis.SSLConnection
-        kwargs.update(ssl_ca_certs=auth.tls_ca_file, ssl_cert_reqs="required")
+        kwargs.update(auth.tls_kwargs())
     return cls(
         host=addr.host,
         port=addr.port,

@@ -34,6 +34,8 @@ class Settings:
     sentinel_password_file: str = ""
     sentinel_tls: bool = False
     sentinel_tls_ca_file: str = ""
+    sentinel_tls_cert_file: str = ""  # client certificate, for `tls-auth-clients yes`
+    sentinel_tls_key_file: str = ""
     read_fallback_to_master: bool = False  # off: the read port refuses rather than hit the master
     min_sentinels: int = 0  # 0: a majority of the configured Sentinels
     resync_interval_s: float = 5.0
@@ -172,6 +174,12 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"{key}: {tpl!r} must contain {{master}}")
     if s.write_backend == s.read_backend:
         raise SettingsError("write_backend and read_backend must differ")
+    if bool(s.sentinel_tls_cert_file) != bool(s.sentinel_tls_key_file):
+        raise SettingsError(
+            "sentinel_tls_cert_file and sentinel_tls_key_file go together: give both or neither"
+        )
+    if s.sentinel_tls_cert_file and not s.sentinel_tls:
+        raise SettingsError("sentinel_tls_cert_file needs sentinel_tls")
     if s.log_format not in ("auto", "json", "console"):
         raise SettingsError(f"log_format: {s.log_format!r} must be auto, json or console")
     if s.log_level not in ("debug", "info", "warning", "error"):

@@ -2,8 +2,10 @@
 
 A one-group LocalStack provides Redis and HAProxy; one extra Sentinel listens only on a TLS port
 (certificate from a throw-away CA made with openssl) and monitors the stack's redis1 with quorum
-1. The controller must work with `--sentinel-tls --sentinel-tls-ca-file`, and fail naming the
-certificate with a CA that did not sign the server's certificate.
+1. It requires client certificates (`tls-auth-clients yes`). The controller must work with
+`--sentinel-tls --sentinel-tls-ca-file` plus its client certificate and key, fail naming the
+certificate with a CA that did not sign the server's certificate, and fail without a client
+certificate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +55,24 @@ class TLSSentinel:
     port: int
     ca: Path
     other_ca: Path
+    client_cert: Path
+    client_key: Path
 
     @property
     def addr(self) -> str:
         return f"{TLS_HOST}:{self.port}"
 
-    def cli(self, *args: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return run_cli(self.stack, *args, "--sentinel-tls", "--sentinel-tls-ca-file",
-                       str(ca or self.ca), sentinels=[self.addr])
+    def tls_args(self, ca: Path | None = None, client_cert: bool = True) -> list[str]:
+        args = ["--sentinel-tls", "--sentinel-tls-ca-file", str(ca or self.ca)]
+        if client_cert:
+            args += ["--sentinel-tls-cert-file", str(self.client_cert),
+                     "--sentinel-tls-key-file", str(self.client_key)]
+        return args
+
+    def cli(self, *args: str, ca: Path | None = None,
+            client_cert: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.stack, *args, *self.tls_args(ca, client_cert),
+                       sentinels=[self.addr])
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +86,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
     (d / "ext").write_text(f"subjectAltName=IP:{TLS_HOST}\n")
     openssl("x509", "-req", "-in", "sentinel.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "sentinel.crt", "-days", "2", "-extfile", "ext", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out",
+            "client.csr", "-subj", "/CN=sentinel-haproxy", cwd=d)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "client.crt", "-days", "2", cwd=d)
     stack = start_stack(lambda attempt: d / f"stack{attempt}",
                         lambda: Layout.for_tests(groups=("redis1",)))
     proc = None
@@ -83,7 +100,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
         conf.write_text("\n".join([
             "port 0", f"tls-port {port}", f"bind {TLS_HOST}", f"bind-source-addr {TLS_HOST}",
             f"tls-cert-file {d / 'sentinel.crt'}", f"tls-key-file {d / 'sentinel.key'}",
-            f"tls-ca-cert-file {d / 'ca.crt'}", "tls-auth-clients no", f"dir {d}",
+            f"tls-ca-cert-file {d / 'ca.crt'}", "tls-auth-clients yes", f"dir {d}",
             'logfile ""', "daemonize no",
             f"sentinel monitor redis1 {master.host} {master.port} 1",
             "sentinel down-after-milliseconds redis1 2000", "",
@@ -94,6 +111,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         client: Any = redis.Redis(host=TLS_HOST, port=port, ssl=True,
                                   ssl_ca_certs=str(d / "ca.crt"),
+                                  ssl_certfile=str(d / "client.crt"),
+                                  ssl_keyfile=str(d / "client.key"),
                                   decode_responses=True, socket_timeout=1,
                                   socket_connect_timeout=1)  # redis-py: partly untyped
 
@@ -107,7 +126,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
 
         wait_until(knows_replica, 30, "TLS sentinel to know redis1 and its replica")
         client.close()
-        yield TLSSentinel(stack, port, d / "ca.crt", d / "other-ca.crt")
+        yield TLSSentinel(stack, port, d / "ca.crt", d / "other-ca.crt", d / "client.crt",
+                          d / "client.key")
     finally:
         if proc is not None:
             stop_process(proc)
@@ -135,11 +155,31 @@ def test_wrong_ca_is_refused_naming_the_certificate(tls: TLSSentinel) -> None:
     assert "certificate verify failed" in res.stdout, res.stdout
 
 
+def test_missing_client_certificate_is_refused(tls: TLSSentinel) -> None:
+    """A Sentinel with tls-auth-clients yes refuses a client without a certificate: exit 3,
+    and the Sentinel's error says a certificate is required."""
+    res = tls.cli("status", "--json", client_cert=False)
+    assert res.returncode == 3, res.stdout + res.stderr
+    err = json.loads(res.stdout)["sentinels"][0]["error"]
+    assert "certificate required" in err, res.stdout
+
+
+def test_client_certificate_needs_its_key() -> None:
+    """A client certificate without its key is a settings error naming both settings."""
+    res = subprocess.run(
+        [sys.executable, "-m", "controller", "status", "--sentinel", "127.0.0.1:1",
+         "--haproxy-socket", "/nonexistent", "--sentinel-tls",
+         "--sentinel-tls-cert-file", "/x.crt"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "sentinel_tls_cert_file and sentinel_tls_key_file" in res.stderr
+
+
 def test_daemon_subscribes_over_tls(tls: TLSSentinel, tmp_path: Path) -> None:
     """The daemon's pub/sub connection works over TLS: connected, and a hand edit is undone."""
-    args = ["--sentinel-tls", "--sentinel-tls-ca-file", str(tls.ca)]
     # Not the stack's plain sentinels: the TLS one only.
-    with ControllerProc(tls.stack, tmp_path / "daemon.log", extra_args=args,
+    with ControllerProc(tls.stack, tmp_path / "daemon.log", extra_args=tls.tls_args(),
                         sentinels=[tls.addr]) as d:
         d.wait_event("sentinel_connected", sentinel=tls.addr)
         wait_until(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")
