@@ -4,7 +4,7 @@
 # Two stages: the wheel is built in the first, only it (and its dependencies) land in the second.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY controller ./controller
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

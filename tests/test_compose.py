@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,34 @@ def test_dockerfile_is_small_non_root_with_healthcheck() -> None:
     assert re.search(r"^HEALTHCHECK .*\n?.*controller\.healthcheck", text, re.MULTILINE)
     assert 'ENTRYPOINT ["sentinel-haproxy"]' in text and 'CMD ["run"]' in text
     assert "SENTINEL_HAPROXY_METRICS_ADDRESS=127.0.0.1:" in text
+
+
+def test_dockerfile_build_stage_has_what_the_wheel_needs(tmp_path: Path) -> None:
+    """The wheel builds from exactly the files the build stage copies (and .dockerignore
+    lets through): a missing README.md once broke `docker build` unnoticed."""
+    text = DOCKERFILE.read_text()
+    build = text.split("\nFROM ", 2)[1] if text.count("\nFROM ") else text
+    copied = [w for line in re.findall(r"^COPY (?!--from)(.+)$", build, re.MULTILINE)
+              for w in line.split()[:-1]]
+    assert copied, "no COPY in the build stage"
+    allowed = [ln[1:].rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.startswith("!")]
+    for src in copied:
+        assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
+        (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / src).is_dir():
+            shutil.copytree(ROOT / src, tmp_path / src,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / src, tmp_path / src)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "wheels"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cannot be found" not in res.stderr, res.stderr
+    assert list((tmp_path / "wheels").glob("sentinel_haproxy-*.whl"))
 
 
 def test_healthcheck_url_asks_loopback_for_wildcard_binds() -> None:
