@@ -105,6 +105,11 @@ def describe_error(e: BaseException) -> str:
         return "authentication required: set the sentinel password"
     if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid user" in text:
         return f"authentication failed: {text}"
+    if "certificate required" in text or "EOF occurred in violation of protocol" in text:
+        # The Sentinel ended the TLS handshake; which of the two texts shows depends on
+        # whether the write or the read saw it first.
+        return (f"TLS handshake refused (does the Sentinel require a client certificate? "
+                f"see sentinel_tls_cert_file): {text}")
     return f"{type(e).__name__}: {text}"
 
 
