@@ -24,10 +24,6 @@ from collections.abc import Sequence
 from controller.model import Address, Decision, MasterView, SentinelView
 
 
-def majority(n: int) -> int:
-    return n // 2 + 1
-
-
 def decide(
     name: str, views: Sequence[SentinelView], min_voters: int, seen_epoch: int = -1
 ) -> Decision:
@@ -42,30 +38,24 @@ def decide(
         v.masters[name] for v in views if v.usable and name in v.masters
     ]
     skipped = [v.sentinel for v in views if not v.usable or name not in v.masters]
+
+    def undecided(reason: str, epoch: int = -1) -> Decision:
+        return Decision(name=name, master=None, epoch=epoch, reason=reason, voters=len(answers))
+
     if len(answers) < min_voters:
         why = f"{len(answers)} of {len(views)} sentinels answered, need {min_voters}"
         if skipped:
             why += f" (no answer: {', '.join(skipped)})"
-        return Decision(name=name, master=None, reason=why, voters=len(answers))
+        return undecided(why)
     top = max(a.epoch for a in answers)
     leaders = [a for a in answers if a.epoch == top]
     addrs = {a.addr for a in leaders}
     if len(addrs) != 1:
         shown = ", ".join(sorted(str(a) for a in addrs))
-        return Decision(
-            name=name,
-            master=None,
-            epoch=top,
-            reason=f"sentinels at epoch {top} disagree on the master: {shown}",
-            voters=len(answers),
-        )
+        return undecided(f"sentinels at epoch {top} disagree on the master: {shown}", top)
     if top < seen_epoch and not (len(leaders) == len(views) == len(answers)):
-        return Decision(
-            name=name,
-            master=None,
-            epoch=top,
-            reason=f"sentinels report epoch {top}, older than epoch {seen_epoch} seen before",
-            voters=len(answers),
+        return undecided(
+            f"sentinels report epoch {top}, older than epoch {seen_epoch} seen before", top
         )
     master = addrs.pop()
     replicas = _healthy_replicas(master, leaders)
