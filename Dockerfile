@@ -6,6 +6,11 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY controller ./controller
+# The lab (demo, drills) ships in the wheel too, with the shipped configs as package data:
+# lab/shipped-files/ links to ../haproxy and ../sentinel.
+COPY lab ./lab
+COPY haproxy ./haproxy
+COPY sentinel ./sentinel
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -22,6 +22,7 @@ deps: system-deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 types: venv
 	$(VENV)/bin/mypy

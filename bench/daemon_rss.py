@@ -45,13 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from controller.haproxy import HAProxyClient
-from controller.localstack import HAPROXY, free_port, stop_process
 from controller.model import AdminState
+from lab.localstack import free_port
 
 # bench/ is not a package: its sibling reconcile_scale.py is importable once its directory is
 # on the path (haproxy_config, group_replies and DATA are shared with it, not copied).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
+
+from lab.procs import HAPROXY, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (1, 100, 1000)

@@ -31,12 +31,12 @@ from typing import Any
 import structlog
 
 from controller.haproxy import HAProxyClient
-from controller.localstack import Layout, LocalStack
 from controller.loop import Controller
 from controller.model import Command
 from controller.plan import plan, targets
 from controller.sentinel import Auth, EventWatcher, Hint, HintQueue, SentinelReader
 from controller.settings import Settings
+from lab.localstack import Layout, LocalStack
 
 GROUP = "redis1"
 
@@ -80,7 +80,7 @@ class Capture:
 
 def master_server(stack: LocalStack) -> str:
     addr = stack.master_addr(0, GROUP)
-    node = stack.node_at(*addr) if addr else None
+    node = stack.node_at(addr) if addr else None
     if node is None:
         raise RuntimeError("no master known")
     return node.name
@@ -196,10 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = Layout.for_tests(groups=(GROUP,))
     results: list[dict[str, Any]] = []
     with LocalStack(workdir, layout) as stack:
-        sentinels = tuple(f"{h}:{p}" for h, p in stack.sentinel_addrs)
+        sentinels = tuple(str(a) for a in stack.sentinel_addrs)
         settings = Settings(sentinels=sentinels, haproxy_sockets=(str(stack.haproxy_socket),),
                             resync_interval_s=60.0)
-        reader = SentinelReader([*_addrs(sentinels)], Auth(), (), settings.sentinel_timeout_s)
+        reader = SentinelReader(stack.sentinel_addrs, Auth(), (), settings.sentinel_timeout_s)
         client = HAProxyClient(str(stack.haproxy_socket), settings.haproxy_timeout_s)
         hints = HintQueue()
         watchers = [EventWatcher(a, Auth(), hints.put) for a in reader.sentinels]
@@ -221,11 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.join(5)
             reader.close()
         # the loop is stopped: time each step alone
-        ctl2 = Controller(settings, SentinelReader([*_addrs(sentinels)], Auth(), (),
-                                                   settings.sentinel_timeout_s), [client])
+        reader2 = SentinelReader(stack.sentinel_addrs, Auth(), (), settings.sentinel_timeout_s)
+        ctl2 = Controller(settings, reader2, [client])
         for name, vals in bench_steps(stack, ctl2, client, args.steps).items():
             results.append(row(f"  step: {name}", vals))
-        ctl2.reader.close()
+        reader2.close()
     errors = [e for e in cap.take() if e.get("event") == "unexpected_error"]
     if args.json:
         print(json.dumps({"results": results, "unexpected_errors": len(errors)}, indent=2))
@@ -236,12 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{r['p99_ms']:>9.3f}{r['max_ms']:>9.3f}")
         print(f"goal: event -> applied p99 <= 2 ms; unexpected_error lines: {len(errors)}")
     return 1 if errors else 0
-
-
-def _addrs(sentinels: Sequence[str]) -> list[Any]:
-    from controller.sentinel import parse_sentinel_addr
-
-    return [parse_sentinel_addr(s) for s in sentinels]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from typing import Any
 
 import redis
 
-from controller.localstack import Layout, LocalStack, RespError
+from lab.localstack import Layout, LocalStack
+from lab.resp import RespError
 
 GROUP = "redis1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +84,9 @@ class SentinelTaps:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, args=(i, h, p), daemon=True, name=f"tap{i}")
-            for i, (h, p) in enumerate(stack.sentinel_addrs)
+            threading.Thread(target=self._run, args=(i, a.host, a.port), daemon=True,
+                             name=f"tap{i}")
+            for i, a in enumerate(stack.sentinel_addrs)
         ]
         self._ready = threading.Barrier(len(self._threads) + 1)
 
@@ -218,7 +220,7 @@ class Writer:
 class Controller:
     def __init__(self, stack: LocalStack, log_path: Path, extra: list[str]) -> None:
         self.log_path = log_path
-        sentinels = ",".join(f"{h}:{p}" for h, p in stack.sentinel_addrs)
+        sentinels = ",".join(str(a) for a in stack.sentinel_addrs)
         argv = [sys.executable, "-m", "controller", "run", "--log-format", "json",
                 "--sentinel", sentinels, "--haproxy-socket", str(stack.haproxy_socket), *extra]
         with open(log_path, "ab") as logf:

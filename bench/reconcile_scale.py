@@ -117,37 +117,32 @@ def one(n: int) -> dict[str, Any]:
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole child
     from controller import logs
     from controller.loop import Controller
-    from controller.model import MasterView, SentinelView
-    from controller.sentinel import Auth, SentinelReader, parse_sentinel_addr
-    from controller.sentinel_parse import parse_master_names, parse_master_view, parse_tilt
+    from controller.model import SentinelView
+    from controller.sentinel_parse import parse_pipeline
     from controller.settings import Settings
 
     logs.setup("json", "info")  # the daemon's own logging, into /dev/null
     rss_imports = rss_mb()
 
-    class CapturedReader(SentinelReader):
-        """SentinelReader whose replies come from captured-real-shaped data (no network)."""
+    class CapturedReader:
+        """The loop's SentinelSource, answering from captured-real-shaped replies (no network):
+        the same parser as the real reader, without the sockets."""
 
         def __init__(self, replies: dict[str, dict[str, Any]], names: list[str]) -> None:
-            self.sentinels = [parse_sentinel_addr(s) for s in SENTINELS]
-            self.auth = Auth()
-            self.fixed_masters = list(names)
-            self._known = list(names)
+            self.names = list(names)
             self.replies = replies
 
-        def close(self) -> None:
-            pass
+        @property
+        def master_names(self) -> list[str]:
+            return list(self.names)
 
         def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
             views = []
             for s, r in self.replies.items():
-                names = parse_master_names(r["masters"])
-                entries = dict(zip(names, r["masters"], strict=True))
-                masters: dict[str, MasterView] = {
-                    m: parse_master_view(m, r["addr"][m], entries[m], r["replicas"][m])
-                    for m in self._known
-                }
-                views.append(SentinelView(s, masters, tilt=parse_tilt(r["info"])))
+                pipeline = [r["info"], r["masters"]]
+                for m in self.names:
+                    pipeline += [r["addr"][m], r["replicas"][m]]
+                views.append(parse_pipeline(s, self.names, pipeline)[0])
             return views
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -1,8 +1,10 @@
-"""Command line: `run` (the daemon), `status`, `reconcile`, and the tools `demo` and `drill`.
+"""Command line: `run` (the daemon), `status`, `reconcile`; `demo` and `drill` are handed on.
 
 Parses flags into Settings (defaults < file < env < flags), wires adapters to the loop and
 prints human or JSON output. Exit codes: 0 fine, 1 drift or failed commands, 2 bad usage or
-settings, 3 undecided or unreachable. Must not contain reconcile logic.
+settings, 3 undecided or unreachable. Must not contain reconcile logic, and must not import
+the lab (`lab/`: local stacks, demo, drills): its commands are only named here, and the lab
+is imported when one of them runs.
 """
 
 from __future__ import annotations
@@ -20,15 +22,9 @@ import structlog
 from controller import __version__, logs
 from controller.haproxy import HAProxyClient
 from controller.loop import Controller, PassResult
-from controller.model import Decision, HAProxyState, SentinelView
+from controller.model import Address, Decision, HAProxyState, SentinelView
 from controller.plan import BackendTarget, targets
-from controller.sentinel import (
-    Auth,
-    EventWatcher,
-    HintQueue,
-    SentinelReader,
-    parse_sentinel_addr,
-)
+from controller.sentinel import Auth, EventWatcher, HintQueue, SentinelReader
 from controller.settings import Settings, SettingsError, load, require_targets
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_UNDECIDED = 0, 1, 2, 3
@@ -99,27 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--dry-run", action="store_const", const=True, default=None,
                     help="print the commands only")
     rc.add_argument("--json", action="store_true")
-    from controller import tools
-
-    tools.add_parsers(sub)
+    for name, text in LAB_COMMANDS.items():
+        sub.add_parser(name, help=text)  # never parsed here: main() hands the lab its argv
     return parser
 
 
-_NOT_SETTINGS = {"command", "config_file", "json", "func"}
+#: Commands of the lab (`lab.cli`), named here so that `--help` lists them; the lab itself is
+#: imported only when one of them runs.
+LAB_COMMANDS = {
+    "demo": "start the reference layout locally and run a live failover",
+    "drill": "measured failover against a running stack (writes, reads, events, lost writes)",
+}
+
+
+_NOT_SETTINGS = {"command", "config_file", "json"}
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    flags = {
-        k: v for k, v in vars(args).items()
-        if k not in _NOT_SETTINGS and v is not None and not k.startswith("tool_")
-    }
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     return load(flags, config_file=args.config_file)
 
 
 def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
     require_targets(s)
     try:
-        addrs = [parse_sentinel_addr(x) for x in s.sentinels]
+        addrs = [Address.parse(x, "sentinel address") for x in s.sentinels]
         haproxies = [HAProxyClient(t, s.haproxy_timeout_s) for t in s.haproxy_sockets]
     except ValueError as e:
         raise SettingsError(str(e)) from None
@@ -131,6 +131,10 @@ def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
 
 
 def cmd_run(s: Settings) -> int:
+    # Watcher threads hand hints to the loop under the GIL; the default 5 ms switch interval
+    # showed up as the tail of event -> applied (bench/RESULTS.md). A process-wide setting,
+    # so it belongs to the daemon's entry point.
+    sys.setswitchinterval(0.0005)
     reader, haproxies, auth = wire(s)
     hints = HintQueue()
     watchers = [
@@ -165,7 +169,7 @@ def cmd_run(s: Settings) -> int:
     if s.metrics_address:
         from controller.metrics import serve
 
-        server = serve(s.metrics_address, ctl)
+        server = serve(s.metrics_address, ctl, notifier)
     log.info("starting", version=__version__, sentinels=list(s.sentinels),
              haproxy=list(s.haproxy_sockets), masters=list(s.masters) or "all",
              dry_run=s.dry_run, resync_interval_s=s.resync_interval_s)
@@ -369,12 +373,14 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LAB_COMMANDS:
+        from lab.cli import main as lab_main  # only now: the daemon never loads the lab
+
+        return lab_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if hasattr(args, "func"):  # demo, drill: tools with their own flags
-            code: int = args.func(args)
-            return code
         s = settings_from(args)
         quiet_cli = args.command in ("status", "reconcile")
         logs.setup(s.log_format, "warning" if quiet_cli and s.log_level == "info" else s.log_level)

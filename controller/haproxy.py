@@ -12,16 +12,16 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from controller.haproxy_parse import (
+    STATE_BATCH,
     HAProxyReplyError,
     parse_info,
-    parse_servers_state,
-    parse_stat_sessions,
+    parse_state_batch,
     split_replies,
 )
-from controller.model import Command, HAProxyInfo, HAProxyState
+from controller.model import Address, Command, HAProxyInfo, HAProxyState
 
 _MAX_REPLY_BYTES = 64 * 1024 * 1024  # bound reads: 1,000 groups' `show stat` is ~2 MB
 # A single command longer than tune.bufsize (16 kB) resets the connection (facts A.2);
@@ -56,18 +56,16 @@ class HAProxyClient:
         self.target = target
         self.timeout_s = timeout_s
         if target.startswith("tcp:"):
-            host, _, port = target[4:].rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"haproxy socket {target!r}: expected tcp:HOST:PORT")
-            self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._addr: str | tuple[str, int] = (host.strip("[]"), int(port))
+            addr = Address.parse(target[4:], "haproxy socket tcp:")
+            self._family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+            self._addr: str | tuple[str, int] = (addr.host, addr.port)
         else:
             if not target:
                 raise ValueError("haproxy socket: empty path")
             self._family = socket.AF_UNIX
             self._addr = target
 
-    def _exchange(self, line: str) -> str:
+    def exchange(self, line: str) -> str:
         """Send one line, read the reply to EOF (non-interactive mode)."""
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -95,7 +93,7 @@ class HAProxyClient:
         return b"".join(chunks).decode("utf-8", "replace")
 
     def info(self) -> HAProxyInfo:
-        text = self._exchange("show info")
+        text = self.exchange("show info")
         try:
             return parse_info(text)
         except HAProxyReplyError as e:
@@ -103,24 +101,13 @@ class HAProxyClient:
 
     def state(self) -> HAProxyState:
         """Identity, admin states and session counts, in one exchange."""
-        cmd = "show info; show servers state; show stat -1 4 -1"
-        text = self._exchange(cmd)
-        try:
-            info_txt, rest = text.split("\n\n", 1)
-            servers_txt, stat_txt = rest.split("\n\n", 1)
-            info = parse_info(info_txt)
-            backends = parse_servers_state(servers_txt)
-            sessions = parse_stat_sessions(stat_txt)
-        except ValueError as e:  # HAProxyReplyError or a failed split
-            raise HAProxyError(self.target, f"bad state reply: {e}", cmd) from None
+        text = self.exchange(STATE_BATCH)
         if "Permission denied" in text:
-            raise HAProxyError(self.target, "socket is not at level admin", cmd)
-        for be, servers in backends.items():
-            for name, srv in servers.items():
-                n = sessions.get((be, name), 0)
-                if n:
-                    servers[name] = replace(srv, sessions=n)
-        return HAProxyState(info=info, backends=backends)
+            raise HAProxyError(self.target, "socket is not at level admin", STATE_BATCH)
+        try:
+            return parse_state_batch(text)
+        except HAProxyReplyError as e:
+            raise HAProxyError(self.target, f"bad state reply: {e}", STATE_BATCH) from None
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]:
         """Run commands in order, batched `;`-joined; one result per command.
@@ -145,7 +132,7 @@ class HAProxyClient:
 
     def _run_batch(self, batch: Sequence[Command]) -> list[CommandResult]:
         line = "; ".join(c.text for c in batch)
-        text = self._exchange(line)
+        text = self.exchange(line)
         try:
             outputs = split_replies(text, len(batch))
         except HAProxyReplyError as e:

@@ -7,8 +7,12 @@ Columns are found by header name, never by position (facts A.1.2). Every functio
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
-from controller.model import HAProxyInfo, ServerState, admin_from_bits
+from controller.model import HAProxyInfo, HAProxyState, ServerState, admin_from_bits
+
+#: One exchange reads identity, admin states and session counts: `parse_state_batch` reads it.
+STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 
 
 class HAProxyReplyError(ValueError):
@@ -27,7 +31,6 @@ def parse_info(text: str) -> HAProxyInfo:
             pid=int(fields["Pid"]),
             start_time_s=int(fields.get("Start_time_sec", "0")),
             stopping=fields.get("Stopping", "0") not in ("0", ""),
-            version=fields.get("Version", ""),
         )
     except KeyError:
         raise HAProxyReplyError(f"show info: no Pid field in {text[:120]!r}") from None
@@ -91,6 +94,24 @@ def parse_stat_sessions(text: str) -> dict[tuple[str, str], int]:
         except ValueError:
             raise HAProxyReplyError(f"show stat: scur {row[ix_scur]!r} is not a number") from None
     return out
+
+
+def parse_state_batch(text: str) -> HAProxyState:
+    """The reply to `STATE_BATCH`: three outputs, each ended by an empty line."""
+    try:
+        info_txt, rest = text.split("\n\n", 1)
+        servers_txt, stat_txt = rest.split("\n\n", 1)
+    except ValueError:
+        raise HAProxyReplyError(f"state batch: expected 3 outputs in {text[:120]!r}") from None
+    info = parse_info(info_txt)
+    backends = parse_servers_state(servers_txt)
+    sessions = parse_stat_sessions(stat_txt)
+    for be, servers in backends.items():
+        for name, srv in servers.items():
+            n = sessions.get((be, name), 0)
+            if n:
+                servers[name] = replace(srv, sessions=n)
+    return HAProxyState(info=info, backends=backends)
 
 
 def split_replies(text: str, count: int) -> list[str]:

@@ -11,25 +11,58 @@ Must not talk to Sentinel or HAProxy except through their adapters.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from controller.decide import decide
-from controller.haproxy import CommandResult, HAProxyClient, HAProxyError
-from controller.model import Decision, HAProxyInfo, HAProxyState, SentinelView
+from controller.haproxy import CommandResult, HAProxyError
+from controller.model import Address, Command, Decision, HAProxyInfo, HAProxyState, SentinelView
 from controller.plan import BackendTarget, Note, Plan, plan, targets
-from controller.sentinel import EventWatcher, Hint, HintQueue, SentinelReader
+from controller.sentinel import Hint, HintQueue
 from controller.sentinel_parse import FAILOVER_EVENTS
 from controller.settings import Settings
 
 log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
+
+
+class SentinelSource(Protocol):
+    """What the loop needs from the Sentinel side (`sentinel.SentinelReader`)."""
+
+    @property
+    def master_names(self) -> list[str]: ...
+
+    def read(self, skip: Collection[str] = ()) -> list[SentinelView]: ...
+
+
+class HAProxyTarget(Protocol):
+    """What the loop needs from one HAProxy (`haproxy.HAProxyClient`); errors: HAProxyError."""
+
+    target: str
+
+    def info(self) -> HAProxyInfo: ...
+
+    def state(self) -> HAProxyState: ...
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
+
+
+class Watcher(Protocol):
+    """An event watcher's face to the loop and metrics (`sentinel.EventWatcher`)."""
+
+    addr: Address
+    connected: bool
+    last_error: str
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 2.0) -> None: ...
 
 
 @dataclass
@@ -40,7 +73,8 @@ class Counters:
     commands_applied: int = 0
     commands_failed: int = 0
     failovers_seen: int = 0
-    drift_corrected: int = 0
+    passes_with_changes: int = 0  # passes that applied at least one command
+    hand_edits_undone: int = 0  # of those: HAProxy changed while Sentinel did not
     last_event_to_applied_ms: float | None = None
     last_pass_ok: float = 0.0  # monotonic time of the last pass that read enough Sentinels
     haproxy_up: dict[str, bool] = field(default_factory=dict)
@@ -71,9 +105,9 @@ class Controller:
     def __init__(
         self,
         settings: Settings,
-        reader: SentinelReader,
-        haproxies: Sequence[HAProxyClient],
-        watchers: Sequence[EventWatcher] = (),
+        reader: SentinelSource,
+        haproxies: Sequence[HAProxyTarget],
+        watchers: Sequence[Watcher] = (),
         hints: HintQueue | None = None,
         on_change: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
@@ -139,7 +173,7 @@ class Controller:
 
     def _reconcile_one(
         self,
-        h: HAProxyClient,
+        h: HAProxyTarget,
         wanted: Sequence[BackendTarget],
         since: float,
         apply: bool,
@@ -185,16 +219,17 @@ class Controller:
                           reason=c.reason)
         self.counters.commands_applied += ok
         if ok:
-            self.counters.drift_corrected += 1
+            self.counters.passes_with_changes += 1
             self.counters.last_event_to_applied_ms = latency_ms
             if behind_our_back:
+                self.counters.hand_edits_undone += 1
                 log.warning("drift_corrected", haproxy=h.target, commands=ok,
                             detail="HAProxy changed while Sentinel did not (hand edit?)")
                 self._emit("drift_corrected", {"haproxy": h.target, "commands": ok})
         return HAProxyOutcome(h.target, state, p, tuple(results))
 
     def _verify(
-        self, h: HAProxyClient, wanted: Sequence[BackendTarget], o: HAProxyOutcome
+        self, h: HAProxyTarget, wanted: Sequence[BackendTarget], o: HAProxyOutcome
     ) -> HAProxyOutcome:
         """Read back and plan again; anything left is drift we could not fix."""
         drift_after = 0
@@ -363,9 +398,6 @@ class Controller:
         return changed
 
     def run(self, stop: threading.Event) -> None:
-        # Watcher threads hand hints to this loop under the GIL; the default 5 ms switch
-        # interval showed up as the tail of event -> applied (bench/RESULTS.md).
-        sys.setswitchinterval(0.0005)
         for w in self.watchers:
             w.start()
         s = self.settings

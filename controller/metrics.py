@@ -16,15 +16,19 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.model import Address
+
 if TYPE_CHECKING:
     from controller.loop import Controller
+    from controller.webhooks import WebhookNotifier
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class _Collector(Collector):
-    def __init__(self, ctl: Controller) -> None:
+    def __init__(self, ctl: Controller, notifier: WebhookNotifier | None) -> None:
         self.ctl = ctl
+        self.notifier = notifier
 
     def collect(self) -> Iterator[Any]:
         c = self.ctl.counters
@@ -33,9 +37,20 @@ class _Collector(Collector):
             ("passes", "Reconcile passes", c.passes),
             ("commands_applied", "Runtime API commands applied", c.commands_applied),
             ("commands_failed", "Runtime API commands HAProxy refused", c.commands_failed),
-            ("drift_corrected", "Passes that changed HAProxy", c.drift_corrected),
+            ("passes_with_changes", "Passes that applied at least one command",
+             c.passes_with_changes),
+            ("hand_edits_undone", "Passes that undid a change made to HAProxy while Sentinel "
+             "did not change (log line drift_corrected)", c.hand_edits_undone),
         ):
             yield CounterMetricFamily(f"sentinel_haproxy_{name}", doc, value=value)
+        if self.notifier is not None:
+            hooks = self.notifier
+            for name, doc, value in (
+                ("webhooks_sent", "Webhook POSTs answered 2xx", hooks.sent),
+                ("webhooks_failed", "Webhook POSTs that failed after every retry", hooks.failed),
+                ("webhooks_dropped", "Webhook messages dropped: queue full", hooks.dropped),
+            ):
+                yield CounterMetricFamily(f"sentinel_haproxy_{name}", doc, value=value)
         drift = GaugeMetricFamily("sentinel_haproxy_drift", "Commands still needed after the "
                                   "last pass", labels=["haproxy"])
         for target, n in sorted(c.drift.items()):
@@ -76,10 +91,10 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # scrapes every 15 s are not worth a log line
 
 
-def serve(address: str, ctl: Controller) -> WSGIServer:
-    host, _, port = address.rpartition(":")
+def serve(address: str, ctl: Controller, notifier: WebhookNotifier | None = None) -> WSGIServer:
+    addr = Address.parse(address, "metrics_address", default_host="127.0.0.1")
     registry = CollectorRegistry()
-    registry.register(_Collector(ctl))
+    registry.register(_Collector(ctl, notifier))
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -91,7 +106,6 @@ def serve(address: str, ctl: Controller) -> WSGIServer:
         result: Iterable[bytes] = metrics_app(environ, start_response)
         return result
 
-    server = make_server(host.strip("[]") or "127.0.0.1", int(port), app,
-                         handler_class=_QuietHandler)
+    server = make_server(addr.host, addr.port, app, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -20,6 +20,19 @@ class Address:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def parse(cls, text: str, what: str = "address", default_host: str = "") -> Address:
+        """`HOST:PORT` (IPv6 as `[::1]:6379`; `:PORT` means `default_host` when one is given);
+        ValueError naming `what` and the input otherwise.
+
+        The one host:port parser of the project: settings, adapters and the lab all use it.
+        """
+        host, sep, port = text.strip().rpartition(":")
+        host = host.strip("[]") or default_host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{what} {text!r}: expected HOST:PORT")
+        return cls(host, int(port))
+
 
 @dataclass(frozen=True)
 class ReplicaInfo:
@@ -56,8 +69,6 @@ class MasterView:
     flags: frozenset[str]  # flags of SENTINEL MASTER; they describe `master_entry_addr`
     master_entry_addr: Address  # ip/port of SENTINEL MASTER (old one on the leader mid-failover)
     replicas: tuple[ReplicaInfo, ...]
-    quorum: int
-    other_sentinels: int
 
     @property
     def odown(self) -> bool:
@@ -140,6 +151,11 @@ class ServerState:
         """A server stands for a Redis node when address (or FQDN) and port agree."""
         return self.port == node.port and node.host in (self.addr, self.fqdn)
 
+    @property
+    def routable(self) -> bool:
+        """HAProxy sends new connections here: admin ready and operationally running."""
+        return self.admin is AdminState.READY and self.op_state == 2
+
 
 @dataclass(frozen=True)
 class HAProxyInfo:
@@ -148,7 +164,6 @@ class HAProxyInfo:
     pid: int
     start_time_s: int
     stopping: bool = False
-    version: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,35 +25,16 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from controller.model import MasterView, SentinelView
+from controller.model import Address, SentinelView
 from controller.sentinel_parse import (
     SentinelEvent,
     SentinelReplyError,
     parse_event,
-    parse_master_names,
-    parse_master_view,
-    parse_tilt,
+    parse_pipeline,
+    pipeline_commands,
 )
 
 log = structlog.get_logger("controller.sentinel")
-
-
-@dataclass(frozen=True)
-class SentinelAddr:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def parse_sentinel_addr(text: str) -> SentinelAddr:
-    """`HOST:PORT` (IPv6 as `[::1]:26379`) with a clear error on anything else."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"sentinel address {text!r}: expected HOST:PORT")
-    return SentinelAddr(host, int(port))
 
 
 @dataclass(frozen=True)
@@ -78,7 +59,7 @@ class Auth:
         return f"Auth(username={self.username!r}, password={'***' if self.password else None})"
 
 
-def _client(addr: SentinelAddr, auth: Auth, timeout_s: float, sock_timeout: float | None) -> Any:
+def _client(addr: Address, auth: Auth, timeout_s: float, sock_timeout: float | None) -> Any:
     kwargs: dict[str, Any] = {}
     if auth.tls:
         kwargs.update(ssl=True, **auth.tls_kwargs())
@@ -123,7 +104,7 @@ class SentinelReader:
 
     def __init__(
         self,
-        sentinels: Sequence[SentinelAddr],
+        sentinels: Sequence[Address],
         auth: Auth,
         masters: Sequence[str],
         timeout_s: float = 1.0,
@@ -163,10 +144,7 @@ class SentinelReader:
         return [v.view for v in views]
 
     def _read_all(self, names: list[str], skip: Collection[str]) -> list[_Reply]:
-        cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS")]
-        for m in names:
-            cmds.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m))
-            cmds.append(("SENTINEL", "REPLICAS", m))
+        cmds = pipeline_commands(names)
         out: dict[str, _Reply] = {}
         sent: list[str] = []
         for addr in self.sentinels:
@@ -208,16 +186,8 @@ class SentinelReader:
         for r in replies[:2]:
             if isinstance(r, Exception):
                 raise SentinelReplyError(describe_error(r))
-        tilt = parse_tilt(replies[0])
-        all_names = parse_master_names(replies[1])
-        entries = dict(zip(all_names, replies[1], strict=True))
-        masters: dict[str, MasterView] = {}
-        for i, m in enumerate(names):
-            addr_r, repl_r = replies[2 + 2 * i], replies[3 + 2 * i]
-            if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
-                continue  # this Sentinel does not monitor m: it simply has no vote for it
-            masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
-        return _Reply(SentinelView(sentinel=key, masters=masters, tilt=tilt), frozenset(all_names))
+        view, monitored = parse_pipeline(key, names, replies)
+        return _Reply(view, monitored)
 
 
 def _read_replies(conn: Any, count: int) -> list[Any]:
@@ -236,7 +206,7 @@ class _Reply:
     master_names_seen: frozenset[str] = frozenset()
 
 
-def _connection(addr: SentinelAddr, auth: Auth, timeout_s: float) -> Any:
+def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
     """A bare connection for pipelined reads (no pool, no retries: errors surface)."""
     kwargs: dict[str, Any] = {}
     cls: Any = redis.Connection
@@ -278,7 +248,7 @@ class EventWatcher:
 
     def __init__(
         self,
-        addr: SentinelAddr,
+        addr: Address,
         auth: Auth,
         put: Callable[[Hint], None],
         ping_interval_s: float = 0.5,

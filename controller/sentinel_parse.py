@@ -1,17 +1,17 @@
 """Parse raw Sentinel replies and pub/sub messages into frozen values.
 
-Input is what redis-py returns for raw `execute_command` calls with decode_responses=True:
-RESP2 flat field/value lists or RESP3 maps. Every function raises `SentinelReplyError`
-naming the problem on input it does not understand. No I/O here.
+Input is what a bare redis-py connection returns with RESP2 and decode_responses=True (the
+reader always speaks RESP2): flat field/value lists, `INFO` as raw text. Every function raises
+`SentinelReplyError` naming the problem on input it does not understand. No I/O here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.model import Address, MasterView, ReplicaInfo
+from controller.model import Address, MasterView, ReplicaInfo, SentinelView
 
 
 class SentinelReplyError(ValueError):
@@ -19,9 +19,7 @@ class SentinelReplyError(ValueError):
 
 
 def _fields(raw: Any, what: str) -> dict[str, str]:
-    """A RESP2 flat list `[k1, v1, k2, v2...]` or a RESP3 map, as a str->str dict."""
-    if isinstance(raw, Mapping):
-        return {str(k): _scalar(v) for k, v in raw.items()}
+    """A RESP2 flat list `[k1, v1, k2, v2...]` as a str->str dict."""
     if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
         if len(raw) % 2:
             raise SentinelReplyError(f"{what}: odd number of items in field list ({len(raw)})")
@@ -33,8 +31,6 @@ def _fields(raw: Any, what: str) -> dict[str, str]:
 def _scalar(v: Any) -> str:
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
-    if isinstance(v, set | frozenset | list | tuple):  # RESP3 may give flags as a set
-        return ",".join(sorted(str(x) for x in v))
     return str(v)
 
 
@@ -48,10 +44,8 @@ def _port(raw: str, what: str) -> int:
     return port
 
 
-def _int(d: dict[str, str], key: str, what: str, default: int | None = None) -> int:
+def _int(d: dict[str, str], key: str, what: str) -> int:
     if key not in d:
-        if default is not None:
-            return default
         raise SentinelReplyError(f"{what}: field {key!r} missing")
     try:
         return int(d[key])
@@ -116,8 +110,6 @@ def parse_master_view(name: str, addr_raw: Any, master_raw: Any, replicas_raw: A
         flags=_flags(d["flags"]),
         master_entry_addr=Address(d["ip"], _port(d["port"], what)),
         replicas=replicas,
-        quorum=_int(d, "quorum", what, default=0),
-        other_sentinels=_int(d, "num-other-sentinels", what, default=0),
     )
 
 
@@ -135,20 +127,47 @@ def parse_master_names(raw: Any) -> list[str]:
 
 
 def parse_tilt(raw: Any) -> bool:
-    """`INFO sentinel` (raw text or redis-py's parsed dict): is the Sentinel in TILT mode?"""
-    if isinstance(raw, Mapping):
-        value = raw.get("sentinel_tilt")
-        if value is None:
-            raise SentinelReplyError("INFO sentinel: no sentinel_tilt field (not a Sentinel?)")
-        return str(value) == "1"
+    """`INFO sentinel` as raw text: is the Sentinel in TILT mode?"""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
-    if isinstance(raw, str):
-        for line in raw.splitlines():
-            if line.startswith("sentinel_tilt:"):
-                return line.split(":", 1)[1].strip() == "1"
-        raise SentinelReplyError("INFO sentinel: no sentinel_tilt field (not a Sentinel?)")
-    raise SentinelReplyError(f"INFO sentinel: unexpected reply type {type(raw).__name__}")
+    if not isinstance(raw, str):
+        raise SentinelReplyError(f"INFO sentinel: unexpected reply type {type(raw).__name__}")
+    for line in raw.splitlines():
+        if line.startswith("sentinel_tilt:"):
+            return line.split(":", 1)[1].strip() == "1"
+    raise SentinelReplyError("INFO sentinel: no sentinel_tilt field (not a Sentinel?)")
+
+
+def pipeline_commands(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """The commands one pass sends each Sentinel, in the order `parse_pipeline` reads them."""
+    cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS")]
+    for m in names:
+        cmds.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m))
+        cmds.append(("SENTINEL", "REPLICAS", m))
+    return cmds
+
+
+def parse_pipeline(
+    sentinel: str, names: Sequence[str], replies: Sequence[Any]
+) -> tuple[SentinelView, frozenset[str]]:
+    """One Sentinel's replies to `pipeline_commands(names)`: its view of the groups `names`,
+    and the names of every group it monitors. A refused command is an Exception in
+    `replies`; one for a group this Sentinel does not monitor just leaves the group out.
+    """
+    for r in replies[:2]:
+        if isinstance(r, Exception):
+            raise SentinelReplyError(f"{type(r).__name__}: {r}")
+    tilt = parse_tilt(replies[0])
+    all_names = parse_master_names(replies[1])
+    entries = dict(zip(all_names, replies[1], strict=True))
+    masters: dict[str, MasterView] = {}
+    for i, m in enumerate(names):
+        addr_r, repl_r = replies[2 + 2 * i], replies[3 + 2 * i]
+        if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
+            continue  # this Sentinel does not monitor m: it simply has no vote for it
+        masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
+    view = SentinelView(sentinel=sentinel, masters=masters, tilt=tilt)
+    return view, frozenset(all_names)
 
 
 # Events that may change the desired state; everything else (votes, hello...) is noise.

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from controller.model import Address
+
 ENV_PREFIX = "SENTINEL_HAPROXY_"
 
 
@@ -189,14 +191,26 @@ def validate(s: Settings) -> None:
             f"min_sentinels: {s.min_sentinels} must be between 0 and the number of sentinels "
             f"({len(s.sentinels)})"
         )
+    try:
+        for x in s.sentinels:
+            Address.parse(x, "sentinels:")
+        if s.metrics_address:
+            Address.parse(s.metrics_address, "metrics_address:", default_host="127.0.0.1")
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
     for sock in s.haproxy_sockets:
-        if sock.startswith("tcp:") and not s.allow_remote_haproxy:
-            host = sock[4:].rpartition(":")[0].strip("[]")
-            if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
-                raise SettingsError(
-                    f"haproxy_sockets: {sock!r} is not on loopback; the admin socket must not "
-                    "cross a network (set allow_remote_haproxy to force)"
-                )
+        if not sock.startswith("tcp:"):
+            continue
+        try:
+            host = Address.parse(sock[4:], "haproxy_sockets: tcp:").host
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+        if not loopback and not s.allow_remote_haproxy:
+            raise SettingsError(
+                f"haproxy_sockets: {sock!r} is not on loopback; the admin socket must not "
+                "cross a network (set allow_remote_haproxy to force)"
+            )
     for name in s.masters:
         if not name or any(c.isspace() for c in name):
             raise SettingsError(f"masters: {name!r} is not a valid master name")

@@ -24,13 +24,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.localstack import (
-    HAPROXY,
-    Layout,
-    LocalStack,
-    render_haproxy_config,
-    stop_process,
-)
+from lab.localstack import Layout, LocalStack, render_haproxy_config
+from lab.procs import HAPROXY, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,9 +1,9 @@
 """Load the real replies captured in tests/data (see tests/data/README.md) for unit tests.
 
-Sentinel replies are turned into `SentinelView`s the way `SentinelReader` does (parse the
-`INFO sentinel` tilt flag and the `SENTINEL MASTERS` entries, then one `MasterView` per group
-from the address, the entry and the replicas); HAProxy state batches are split into their
-three outputs as `HAProxyClient.state()` does. No I/O besides reading the files.
+Sentinel replies become `SentinelView`s through the reader's own parser (`parse_pipeline`,
+RESP2 replies with `INFO sentinel` as raw text, as a bare connection reads them); HAProxy
+state batches through `parse_state_batch`, as `HAProxyClient.state()` does. No I/O besides
+reading the files.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ import dataclasses
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from controller.haproxy_parse import parse_info, parse_servers_state, parse_stat_sessions
+from controller.haproxy_parse import parse_state_batch
 from controller.model import Address, HAProxyState, MasterView, SentinelView
-from controller.sentinel_parse import (
-    parse_master_names,
-    parse_master_view,
-    parse_tilt,
-)
+from controller.sentinel_parse import parse_pipeline
 
 DATA = Path(__file__).resolve().parent / "data"
 GROUP = "redis1"
@@ -34,7 +30,6 @@ STATES = (
     "converted",
     "tilt",
 )
-Proto = Literal["resp2", "resp3"]
 
 
 @cache
@@ -53,42 +48,28 @@ A = "redis1a"  # the first master
 B = "redis1b"  # the first replica, master after the failover
 
 
-def raw(state: str, proto: Proto = "resp2") -> dict[str, dict[str, Any]]:
-    """sentinel "host:port" -> command -> raw reply, in the captured order."""
-    snap: dict[str, dict[str, Any]] = load(state)[proto]
+def raw(state: str) -> dict[str, dict[str, Any]]:
+    """sentinel "host:port" -> command -> raw RESP2 reply, in the captured order."""
+    snap: dict[str, dict[str, Any]] = load(state)["resp2"]
     return snap
 
 
-def view_from(sentinel: str, replies: dict[str, Any], info: Any) -> SentinelView:
-    """One Sentinel's view, built from its raw replies as the reader builds it."""
-    entries_raw = replies["SENTINEL MASTERS"]
-    names = parse_master_names(entries_raw)
-    entries = dict(zip(names, entries_raw, strict=True))
-    masters: dict[str, MasterView] = {
-        GROUP: parse_master_view(
-            GROUP,
-            replies[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
-            entries[GROUP],
-            replies[f"SENTINEL REPLICAS {GROUP}"],
-        )
-    }
-    return SentinelView(sentinel=sentinel, masters=masters, tilt=parse_tilt(info))
-
-
-def views(state: str, proto: Proto = "resp2", info: Literal["dict", "text"] = "text"
-          ) -> list[SentinelView]:
-    """Every Sentinel's view in `state`, in configuration order.
-
-    `info="text"` parses `INFO sentinel` as raw text (what a bare connection reads);
-    `"dict"` as redis-py's `execute_command` returns it.
-    """
+def pipeline_replies(state: str, sentinel: str) -> list[Any]:
+    """One Sentinel's replies in the order of `pipeline_commands([GROUP])`."""
     doc = load(state)
-    out = []
-    for name in doc["sentinels"]:
-        replies = doc[proto][name]
-        info_raw = doc["info_text"][name] if info == "text" else replies["INFO sentinel"]
-        out.append(view_from(name, replies, info_raw))
-    return out
+    replies = doc["resp2"][sentinel]
+    return [
+        doc["info_text"][sentinel],
+        replies["SENTINEL MASTERS"],
+        replies[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
+        replies[f"SENTINEL REPLICAS {GROUP}"],
+    ]
+
+
+def views(state: str) -> list[SentinelView]:
+    """Every Sentinel's view in `state`, in configuration order."""
+    return [parse_pipeline(name, [GROUP], pipeline_replies(state, name))[0]
+            for name in load(state)["sentinels"]]
 
 
 def master(v: SentinelView) -> MasterView:
@@ -108,14 +89,4 @@ def haproxy_text(name: str) -> str:
 
 def haproxy_state(name: str) -> HAProxyState:
     """A captured `show info; show servers state; show stat -1 4 -1` reply, parsed."""
-    text = haproxy_text(name)
-    info_txt, rest = text.split("\n\n", 1)
-    servers_txt, stat_txt = rest.split("\n\n", 1)
-    backends = parse_servers_state(servers_txt)
-    sessions = parse_stat_sessions(stat_txt)
-    for be, servers in backends.items():
-        for srv_name, srv in servers.items():
-            n = sessions.get((be, srv_name), 0)
-            if n:
-                servers[srv_name] = dataclasses.replace(srv, sessions=n)
-    return HAProxyState(info=parse_info(info_txt), backends=backends)
+    return parse_state_batch(haproxy_text(name))

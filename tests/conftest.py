@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from itest_support import (
     ControllerFactory,
-    ControllerProc,
     StackFactory,
+    controller_for,
     servers_state,
     start_stack,
     wait_state,
 )
 
-from controller.localstack import Layout, LocalStack
+from lab.daemon import ControllerDaemon
+from lab.localstack import Layout, LocalStack
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -77,14 +78,14 @@ def make_controller(
     ready for writes, ``b`` ready for reads). Teardown stops every controller and fails the
     test on ``unexpected_error``, a traceback or an unclean stop.
     """
-    procs: list[ControllerProc] = []
+    procs: list[tuple[LocalStack, ControllerDaemon]] = []
 
     def make(stack: LocalStack, *extra_args: str, wait: bool = True,
-             resync_interval_s: float = 1.0) -> ControllerProc:
-        proc = ControllerProc(
+             resync_interval_s: float = 1.0) -> ControllerDaemon:
+        proc = controller_for(
             stack, tmp_path / f"controller{len(procs)}.log", resync_interval_s, extra_args
         )
-        procs.append(proc)
+        procs.append((stack, proc))
         proc.start()
         if wait:
             wait_state(stack, {g: g + "a" for g in stack.layout.groups}, timeout_s=30,
@@ -93,13 +94,13 @@ def make_controller(
 
     yield make
     problems: list[str] = []
-    for proc in procs:
+    for _, proc in procs:
         proc.stop()
         problems += proc.problems()
     if _failed(request):
-        for proc in procs:
+        for _, proc in procs:
             print(f"---- {proc.log_path} (tail)\n{proc.tail(60)}")
-        for stack in {p.stack for p in procs}:
+        for stack in {s for s, _ in procs}:
             try:
                 print(f"---- haproxy state: {servers_state(stack)}")
             except Exception as e:  # the stack may be half down
@@ -109,6 +110,6 @@ def make_controller(
 
 
 @pytest.fixture
-def controller(stack: LocalStack, make_controller: ControllerFactory) -> ControllerProc:
+def controller(stack: LocalStack, make_controller: ControllerFactory) -> ControllerDaemon:
     """The daemon running against ``stack``, initial state applied."""
     return make_controller(stack)

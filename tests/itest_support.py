@@ -1,20 +1,14 @@
-"""Helpers for the tests on real processes: a LocalStack started on free ports, the controller
-as a subprocess (daemon or one-shot CLI), bounded waits, HAProxy state as the admin socket
-reports it, and raw RESP connections through HAProxy.
+"""Test-only helpers on top of the lab (lab/): stacks on free ports, the daemon for a stack,
+HAProxy's admin state as the tests compare it, and the waits the integration tests share.
 
-Used by tests/conftest.py (fixtures), tests/test_integration_*.py and the operations tests
-(auth, metrics, TLS, webhooks); bench/ scripts may use them too. Everything here observes real
-processes; nothing is mocked. Every wait polls a condition until a deadline and raises
-:class:`WaitTimeout` naming what it waited for; processes are stopped by the PID we started.
+Everything here observes real processes; nothing is mocked. The instruments themselves (RESP
+connections, writers, the daemon as a child process, the one wait helper) are the lab's:
+tests use them, they do not copy them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,29 +16,23 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import ClassVar, Self
 
-from controller.localstack import (
-    ConnectionClosed,
-    Layout,
-    LocalStack,
-    PortInUseError,
-    RespError,
-    encode_command,
-    parse_reply,
-    stop_process,
-)
-
-T = TypeVar("T")
+from controller.haproxy import HAProxyError
+from controller.model import AdminState
+from lab.daemon import ControllerDaemon, clean_env
+from lab.localstack import Layout, LocalStack, PortInUseError
+from lab.resp import RespConn, RespError
+from lab.wait import wait_until
 
 StackFactory = Callable[..., LocalStack]
+ControllerFactory = Callable[..., ControllerDaemon]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.02
 
 
 def procs_under(workdir: Path) -> list[int]:
-    """PIDs of live processes whose cwd is inside ``workdir`` (independent of LocalStack)."""
+    """PIDs of live processes whose cwd is inside ``workdir`` (independent of the lab)."""
     root = str(workdir.resolve())
     out = []
     for entry in os.listdir("/proc"):
@@ -59,45 +47,6 @@ def procs_under(workdir: Path) -> list[int]:
     return out
 
 
-class WaitTimeout(AssertionError):
-    """A bounded wait ran out; the message names the condition (and the last error seen)."""
-
-
-def wait_until(
-    cond: Callable[[], T | None],
-    timeout_s: float,
-    what: str,
-    interval_s: float = POLL_S,
-    context: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``cond`` until it returns a truthy value (returned); raise naming ``what``.
-
-    Connection errors and error replies count as "not yet" (the last one is quoted).
-    ``context`` is called on timeout to add a description of the state seen.
-    """
-    deadline = time.monotonic() + timeout_s
-    last_error = ""
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-            last_error = ""
-        except (OSError, RespError, ValueError, KeyError) as e:
-            last_error = f" (last error: {e!r})"
-        if time.monotonic() >= deadline:
-            extra = ""
-            if context is not None:
-                try:
-                    extra = "\n" + context()
-                except Exception as e:  # the context is a debugging aid only
-                    extra = f"\n(context unavailable: {e!r})"
-            raise WaitTimeout(
-                f"timed out after {timeout_s} s waiting for {what}{last_error}{extra}"
-            )
-        time.sleep(interval_s)
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -106,8 +55,8 @@ def start_stack(
 ) -> LocalStack:
     """Start a LocalStack in ``workdir(attempt)`` on a fresh ``layout()``.
 
-    Free ports can be taken between choosing and binding: on :class:`PortInUseError` it tries
-    again with new ports, up to ``attempts`` times (then the last error is raised).
+    Free ports can be taken between choosing and binding: on PortInUseError it tries again
+    with new ports, up to ``attempts`` times (then the last error is raised).
     """
     for attempt in range(attempts):
         stack = LocalStack(workdir(attempt), layout())
@@ -121,73 +70,67 @@ def start_stack(
     raise AssertionError("attempts must be at least 1")
 
 
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process' environment without any SENTINEL_HAPROXY_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_HAPROXY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
+def sentinel_list(stack: LocalStack) -> list[str]:
+    return [str(a) for a in stack.sentinel_addrs]
 
 
 def target_args(stack: LocalStack, sentinels: Sequence[str] | None = None) -> list[str]:
     """``--sentinel`` (the stack's, or ``sentinels`` as host:port) and ``--haproxy-socket``."""
-    addrs = sentinels if sentinels is not None else [f"{h}:{p}" for h, p in stack.sentinel_addrs]
+    addrs = sentinels if sentinels is not None else sentinel_list(stack)
     return ["--sentinel", ",".join(addrs), "--haproxy-socket", str(stack.haproxy_socket)]
+
+
+def controller_for(
+    stack: LocalStack,
+    log_path: Path,
+    resync_interval_s: float = 1.0,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    sentinels: Sequence[str] | None = None,
+    metrics_address: str | None = None,
+) -> ControllerDaemon:
+    """The daemon against ``stack`` (or other ``sentinels``), not started yet."""
+    return ControllerDaemon(
+        sentinels if sentinels is not None else sentinel_list(stack),
+        [str(stack.haproxy_socket)], log_path, extra_args, env, resync_interval_s,
+        metrics_address,
+    )
+
+
+def run_cli(
+    stack: LocalStack,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    sentinels: Sequence[str] | None = None,
+    timeout_s: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """One ``python -m controller <args> --sentinel ... --haproxy-socket ...`` run against
+    ``stack``, output captured; ``env`` adds to a clean environment."""
+    argv = [sys.executable, "-m", "controller", *args, *target_args(stack, sentinels)]
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout_s, env=clean_env(env), check=False)
 
 
 # --------------------------------------------------------------------------- HAProxy state
 
 
-def admin_bits(stack: LocalStack) -> dict[str, dict[str, int]]:
-    """``show servers state`` as backend -> server -> ``srv_admin_state`` bits."""
-    text = stack.haproxy_command("show servers state", timeout_s=2.0)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or lines[0].strip() != "1":
-        raise ValueError(f"unexpected show servers state reply: {text[:200]!r}")
-    header: list[str] = []
-    out: dict[str, dict[str, int]] = {}
-    for line in lines[1:]:
-        if line.startswith("#"):
-            header = line[1:].split()
-            continue
-        row = dict(zip(header, line.split(), strict=False))
-        out.setdefault(row["be_name"], {})[row["srv_name"]] = int(row["srv_admin_state"])
-    return out
-
-
-def admin_name(bits: int) -> str:
-    """Admin bits (facts A.1.1) as ``ready``/``maint``/``drain``: 0x01/0x02/0x20/0x40 maint,
-    0x08/0x10 drain; 0x04 alone (config ``disabled`` then set ready) is ready."""
-    if bits & (0x01 | 0x02 | 0x20 | 0x40):
-        return "maint"
-    if bits & (0x08 | 0x10):
-        return "drain"
-    return "ready"
-
-
 def servers_state(stack: LocalStack) -> dict[str, dict[str, str]]:
-    """``show servers state`` as backend -> server -> ``ready``/``maint``/``drain``."""
+    """HAProxy's servers as backend -> server -> ``ready``/``maint``/``drain``."""
     return {
-        backend: {server: admin_name(bits) for server, bits in servers.items()}
-        for backend, servers in admin_bits(stack).items()
+        backend: {name: srv.admin.value for name, srv in servers.items()}
+        for backend, servers in stack.haproxy_state().backends.items()
     }
 
 
 def ready(stack: LocalStack, backend: str, server: str) -> bool:
     """Whether HAProxy routes to ``backend/server``: no maint/drain admin bit."""
-    return servers_state(stack).get(backend, {}).get(server) == "ready"
+    srv = stack.haproxy_state().backends.get(backend, {}).get(server)
+    return srv is not None and srv.admin is AdminState.READY
 
 
 def server_sessions(stack: LocalStack, backend: str, server: str) -> int:
-    """Current sessions (``scur``) of one server, from ``show stat``."""
-    text = stack.haproxy_command(f"show stat {backend} 4 -1", timeout_s=2.0)
-    lines = text.splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return int(row["scur"] or 0)
-    raise KeyError(f"{backend}/{server} not in show stat")
+    """Current sessions (``scur``) of one server."""
+    return stack.haproxy_state().backends[backend][server].sessions
 
 
 def expected_state(
@@ -206,14 +149,17 @@ def expected_state(
         readers = set(read_ready[group]) if read_ready and group in read_ready else (
             set(names) - {master}
         )
-        out[f"{group}_master"] = {n: "ready" if n == master else "maint" for n in names}
-        out[f"{group}_replicas"] = {n: "ready" if n in readers else "maint" for n in names}
+        out[stack.write_backend(group)] = {n: "ready" if n == master else "maint" for n in names}
+        out[stack.read_backend(group)] = {n: "ready" if n in readers else "maint" for n in names}
     return out
 
 
 def state_matches(stack: LocalStack, want: Mapping[str, Mapping[str, str]]) -> bool:
     have = servers_state(stack)
     return all(have.get(b) == dict(servers) for b, servers in want.items())
+
+
+_NOT_YET = (OSError, RespError, HAProxyError, ValueError, KeyError)
 
 
 def wait_state(
@@ -225,15 +171,10 @@ def wait_state(
 ) -> None:
     """Wait until HAProxy shows :func:`expected_state`; the error shows wanted vs actual."""
     want = expected_state(stack, masters, read_ready)
-
-    def context() -> str:
-        return f"wanted {want}\nhaproxy has {servers_state(stack)}"
-
     wait_until(
-        lambda: state_matches(stack, want),
-        timeout_s,
+        lambda: state_matches(stack, want), timeout_s,
         what or f"haproxy state with masters {dict(masters)}",
-        context=context,
+        context=lambda: f"wanted {want}\nhaproxy has {servers_state(stack)}", not_yet=_NOT_YET,
     )
 
 
@@ -242,19 +183,30 @@ def wait_backend(
 ) -> None:
     """Wait until one backend's servers have exactly the admin states in ``want``."""
     wait_until(
-        lambda: servers_state(stack).get(backend) == dict(want),
-        timeout_s,
+        lambda: servers_state(stack).get(backend) == dict(want), timeout_s,
         f"backend {backend} to be {dict(want)}",
-        context=lambda: f"haproxy has {servers_state(stack)}",
+        context=lambda: f"haproxy has {servers_state(stack)}", not_yet=_NOT_YET,
     )
 
 
-@dataclass
-class Background:
-    """A daemon thread running :meth:`_run` between :meth:`start` and :meth:`stop`;
-    ``_run`` loops until ``_stop`` is set."""
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    roles: dict[str, str]  # node -> role it reported just BEFORE `state` was read ("down")
+    state: dict[str, dict[str, str]]  # servers_state()
 
-    thread_name: ClassVar[str] = "background"
+
+@dataclass
+class StatePoller:
+    """A thread sampling HAProxy's server states every ``interval_s`` (and, just before each
+    sample, the role that each node in ``roles_of`` reports), between start() and stop()."""
+
+    thread_name: ClassVar[str] = "state-poller"
+    stack: LocalStack
+    roles_of: Sequence[str] = ()
+    interval_s: float = 0.01
+    samples: list[Sample] = field(default_factory=list)
+    errors: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
@@ -268,29 +220,6 @@ class Background:
         if self._thread is not None:
             self._thread.join(10)
             assert not self._thread.is_alive(), f"{self.thread_name} thread did not stop"
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Sample:
-    t: float
-    roles: dict[str, str]  # node -> role it reported just BEFORE `state` was read ("down")
-    state: dict[str, dict[str, str]]  # servers_state()
-
-
-@dataclass
-class StatePoller(Background):
-    """A thread sampling ``show servers state`` every ``interval_s`` (and, just before each
-    sample, the role that each node in ``roles_of`` reports), between start() and stop()."""
-
-    thread_name: ClassVar[str] = "state-poller"
-    stack: LocalStack
-    roles_of: Sequence[str] = ()
-    interval_s: float = 0.01
-    samples: list[Sample] = field(default_factory=list)
-    errors: int = 0
 
     def seen(self, backend: str, server: str) -> set[str]:
         """Every admin state ``backend/server`` was seen in."""
@@ -307,7 +236,7 @@ class StatePoller(Background):
             roles = {n: self._role(n) for n in self.roles_of}
             try:
                 state = servers_state(self.stack)
-            except (OSError, ValueError, KeyError):
+            except HAProxyError:
                 self.errors += 1  # HAProxy restarting: nothing routable to see
             else:
                 self.samples.append(Sample(time.monotonic(), roles, state))
@@ -338,121 +267,25 @@ def wait_replica_linked(stack: LocalStack, node: str, timeout_s: float = 30.0) -
     wait_until(linked, timeout_s, f"{node} to be a replica with master_link_status:up")
 
 
-# --------------------------------------------------------------------------- RESP over TCP
+# --------------------------------------------------------------------------- through HAProxy
 
 
-class RawRedis:
-    """One plain TCP connection speaking RESP2: no pool, no reconnect, no retries.
-
-    Used for connections held through HAProxy: what happens to *this* connection is exactly
-    what the test sees.
-    """
-
-    def __init__(self, host: str, port: int, timeout_s: float = 2.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def __enter__(self) -> RawRedis:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, *args: str | int) -> None:
-        try:
-            self.sock.sendall(encode_command(*args))
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ConnectionClosed(f"send failed: {e!r}") from e
-
-    def read(self) -> object:
-        """One reply; EOF or a reset raises :class:`ConnectionClosed`."""
-        try:
-            return parse_reply(self._file.readline, self._file.read)
-        except ConnectionResetError as e:
-            raise ConnectionClosed(f"reset: {e!r}") from e
-
-    def call(self, *args: str | int) -> object:
-        self.send(*args)
-        return self.read()
-
-    def node_host(self) -> str:
-        """The loopback address the Redis node behind this connection binds (its identity)."""
-        reply = self.call("CONFIG", "GET", "bind")
-        assert isinstance(reply, list) and len(reply) == 2, reply
-        return str(reply[1]).split()[0]
+def node_host(conn: RespConn) -> str:
+    """The loopback address the Redis node behind ``conn`` binds (its identity)."""
+    reply = conn.command("CONFIG", "GET", "bind")
+    assert isinstance(reply, list) and len(reply) == 2, reply
+    return str(reply[1]).split()[0]
 
 
-def connect_write(stack: LocalStack, group: str, timeout_s: float = 2.0) -> RawRedis:
-    return RawRedis("127.0.0.1", stack.write_port(group), timeout_s)
+def connect_write(stack: LocalStack, group: str, timeout_s: float = 2.0) -> RespConn:
+    return RespConn(stack.write_frontend(group), timeout_s)
 
 
 def node_behind_write(stack: LocalStack, group: str) -> str:
     """Name of the node a new connection to ``group``'s write frontend reaches."""
     with connect_write(stack, group) as c:
-        host = c.node_host()
+        host = node_host(c)
     return next(n for n, node in stack.nodes.items() if node.host == host)
-
-
-@dataclass(frozen=True)
-class Ack:
-    value: int
-    node: str  # node name that acknowledged it
-    t: float  # time.monotonic() when the ack was read
-
-
-@dataclass
-class Writer(Background):
-    """A thread writing ``RPUSH key i`` (i = 0, 1, 2...) through a write frontend.
-
-    Each connection first asks ``CONFIG GET bind`` to learn which node it reached (a TCP
-    session through HAProxy stays on one server), so every acknowledged write is tagged with
-    the node that acknowledged it. On any error it reconnects after ``pause_s``.
-    """
-
-    thread_name: ClassVar[str] = "writer"
-    stack: LocalStack
-    group: str
-    key: str = "acked"
-    pause_s: float = 0.001
-    timeout_s: float = 1.0
-    acks: list[Ack] = field(default_factory=list)
-    errors: int = 0
-    connections: list[tuple[float, str]] = field(default_factory=list)  # (t, node)
-
-    def _hosts(self) -> dict[str, str]:
-        return {node.host: name for name, node in self.stack.nodes.items()}
-
-    def _run(self) -> None:
-        hosts = self._hosts()
-        i = 0
-        while not self._stop.is_set():
-            conn: RawRedis | None = None
-            try:
-                conn = connect_write(self.stack, self.group, self.timeout_s)
-                node = hosts.get(conn.node_host(), "?")
-                self.connections.append((time.monotonic(), node))
-                while not self._stop.is_set():
-                    reply = conn.call("RPUSH", self.key, i)
-                    if not isinstance(reply, int):
-                        raise ConnectionError(f"unexpected RPUSH reply {reply!r}")
-                    self.acks.append(Ack(i, node, time.monotonic()))
-                    i += 1
-                    if self.pause_s:
-                        time.sleep(self.pause_s)
-            except (OSError, RespError, AssertionError):
-                self.errors += 1
-                i += 1  # the value may or may not have been applied: never reuse it
-            finally:
-                if conn is not None:
-                    conn.close()
-            self._stop.wait(self.pause_s)
 
 
 def list_values(stack: LocalStack, node: str, key: str) -> set[int]:
@@ -460,179 +293,3 @@ def list_values(stack: LocalStack, node: str, key: str) -> set[int]:
     reply = stack.redis_command(node, "LRANGE", key, 0, -1, timeout_s=5.0)
     assert isinstance(reply, list), reply
     return {int(str(v)) for v in reply}
-
-
-# --------------------------------------------------------------------------- the controller
-
-
-@dataclass
-class ControllerProc:
-    """``python -m controller run`` as a subprocess with JSON logs in ``log_path``.
-
-    ``start()``/``stop()`` may be called repeatedly (a restart appends to the same log); as a
-    context manager it starts on enter and stops on exit. ``env`` adds to the environment
-    (every inherited SENTINEL_HAPROXY_* is dropped), ``sentinels`` replaces the stack's
-    Sentinels (host:port), ``metrics_address`` serves /metrics and /healthz there. The log is
-    read as JSON lines; :meth:`problems` names what must never be in it.
-    """
-
-    stack: LocalStack
-    log_path: Path
-    resync_interval_s: float = 1.0
-    extra_args: Sequence[str] = ()
-    env: Mapping[str, str] | None = None
-    sentinels: Sequence[str] | None = None
-    metrics_address: str | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    returncode: int | None = field(default=None, init=False)  # of the last stop() that stopped it
-    exit_codes: list[int] = field(default_factory=list)
-    stop_problems: list[str] = field(default_factory=list)
-
-    def argv(self) -> list[str]:
-        metrics = ["--metrics-address", self.metrics_address] if self.metrics_address else []
-        return [
-            sys.executable, "-m", "controller", "run",
-            "--log-format", "json",
-            *target_args(self.stack, self.sentinels),
-            "--resync-interval-s", str(self.resync_interval_s),
-            *metrics,
-            *self.extra_args,
-        ]
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
-
-    def alive(self) -> bool:
-        return self.pid is not None
-
-    def start(self) -> None:
-        if self.alive():
-            raise RuntimeError(f"controller already running (pid {self.pid})")
-        self.returncode = None
-        with open(self.log_path, "ab") as logf:
-            self.popen = subprocess.Popen(
-                self.argv(),
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                env=clean_env(self.env),
-                start_new_session=True,
-            )
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL; records a problem if it had to."""
-        p = self.popen
-        if p is None or p.poll() is not None:
-            return None if p is None else p.returncode
-        if not stop_process(p, grace_s=timeout_s):
-            self.stop_problems.append(
-                f"controller pid {p.pid} did not exit within {timeout_s} s of SIGTERM"
-            )
-        rc = p.returncode
-        self.returncode = rc
-        self.exit_codes.append(rc)
-        if rc != 0:
-            self.stop_problems.append(f"controller pid {p.pid} exited with code {rc} on SIGTERM")
-        return rc
-
-    def kill(self) -> None:
-        """SIGKILL (a crash): no problem recorded."""
-        p = self.popen
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    # -- the log ---------------------------------------------------------------------
-    def text(self) -> str:
-        """The whole log so far ("" before the first start)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def raw_lines(self) -> list[str]:
-        """Complete lines written so far (a line still being written is left out)."""
-        lines = self.text().split("\n")
-        return lines[:-1]  # the part after the last newline is incomplete (or empty)
-
-    def lines(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (non-JSON lines are skipped; see :meth:`problems`)."""
-        out = []
-        for line in self.raw_lines():
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    out.append(obj)
-        return out
-
-    def mark(self) -> int:
-        """A position in the log: pass it as ``since`` to look only at later lines."""
-        return len(self.lines())
-
-    def events(self, event: str, since: int = 0, **match: object) -> list[dict[str, Any]]:
-        """Log lines with ``event`` and every ``match`` field equal, after ``since``."""
-        return [
-            ln for ln in self.lines()[since:]
-            if ln.get("event") == event and all(ln.get(k) == v for k, v in match.items())
-        ]
-
-    def wait_event(
-        self, event: str, timeout_s: float = 20.0, since: int = 0, **match: object
-    ) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            if not self.alive():
-                raise AssertionError(f"controller exited; log tail:\n{self.tail()}")
-            hits = self.events(event, since, **match)
-            return hits[0] if hits else None
-
-        return wait_until(
-            found, timeout_s, f"controller log event {event!r} with {match}",
-            context=lambda: "controller log tail:\n" + self.tail(),
-        )
-
-    def tail(self, n: int = 25) -> str:
-        return "\n".join(line[:400] for line in self.raw_lines()[-n:])
-
-    def problems(self) -> list[str]:
-        """Lines that must never appear: ``unexpected_error`` events and tracebacks."""
-        out = list(self.stop_problems)
-        for line in self.raw_lines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict) and obj.get("event") == "unexpected_error":
-                out.append(f"unexpected_error logged: {line[:2000]}")
-            elif "Traceback" in line or "Exception in thread" in line:
-                out.append(f"traceback in controller output: {line[:2000]}")
-        return out
-
-
-def run_cli(
-    stack: LocalStack,
-    *args: str,
-    env: Mapping[str, str] | None = None,
-    sentinels: Sequence[str] | None = None,
-    timeout_s: float = 60.0,
-) -> subprocess.CompletedProcess[str]:
-    """One ``python -m controller <args> --sentinel ... --haproxy-socket ...`` run against
-    ``stack``, output captured; ``env`` and ``sentinels`` as for :class:`ControllerProc`."""
-    argv = [sys.executable, "-m", "controller", *args, *target_args(stack, sentinels)]
-    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout_s, env=clean_env(env), check=False)
-
-
-ControllerFactory = Callable[..., ControllerProc]

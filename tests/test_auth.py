@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from itest_support import ControllerProc, admin_bits, ready, run_cli, start_stack, wait_until
+from itest_support import controller_for, ready, run_cli, servers_state, start_stack
 
-from controller.localstack import Layout, LocalStack, RespError, resp_command
+from lab import resp
+from lab.localstack import Layout, LocalStack
+from lab.resp import RespError
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +56,10 @@ def assert_no_secret(*texts: str) -> None:
 
 def test_stack_really_requires_passwords(stack: LocalStack) -> None:
     """The fixture's Sentinels refuse a client without AUTH (so the other tests mean something)."""
-    host, port = stack.sentinel_addrs[0]
     with pytest.raises(RespError, match=r"NOAUTH|Authentication required"):
-        resp_command(host, port, "SENTINEL", "MASTERS")
-    node = stack.nodes["redis1a"]
+        resp.command(stack.sentinel_addrs[0], "SENTINEL", "MASTERS")
     with pytest.raises(RespError, match=r"NOAUTH|Authentication required"):
-        resp_command(node.host, node.port, "PING")
+        resp.command(stack.nodes["redis1a"].addr, "PING")
     info = stack.redis_command("redis1b", "INFO", "replication")
     assert "master_link_status:up" in str(info)  # masterauth works
 
@@ -110,13 +111,13 @@ def test_acl_user_with_least_privileges_works(stack: LocalStack) -> None:
 def test_wrong_password_fails_naming_authentication(stack: LocalStack, command: list[str]) -> None:
     """A wrong password: exit 3, each Sentinel's error says authentication failed, no secret shown,
     HAProxy untouched."""
-    before = admin_bits(stack)
+    before = servers_state(stack)
     res = run_cli(stack, *command, "--sentinel-password", WRONG_PW)
     assert res.returncode == 3, res.stdout + res.stderr
     out = res.stdout + res.stderr
     assert out.count("authentication failed") >= len(stack.sentinel_addrs), out
     assert_no_secret(res.stdout, res.stderr)
-    assert admin_bits(stack) == before
+    assert servers_state(stack) == before
 
 
 def test_missing_password_says_authentication_required(stack: LocalStack) -> None:
@@ -131,14 +132,14 @@ def test_daemon_with_wrong_password_logs_authentication_and_changes_nothing(
 ) -> None:
     """The daemon with a wrong password logs sentinel_disconnected naming authentication for each
     Sentinel, leaves HAProxy alone and never logs the password."""
-    before = admin_bits(stack)
+    before = servers_state(stack)
     log = tmp_path / "daemon.log"
-    with ControllerProc(stack, log, env={"SENTINEL_HAPROXY_SENTINEL_PASSWORD": WRONG_PW}) as d:
-        for host, port in stack.sentinel_addrs:
-            ev = d.wait_event("sentinel_disconnected", sentinel=f"{host}:{port}")
+    with controller_for(stack, log, env={"SENTINEL_HAPROXY_SENTINEL_PASSWORD": WRONG_PW}) as d:
+        for a in stack.sentinel_addrs:
+            ev = d.wait_event("sentinel_disconnected", sentinel=str(a))
             assert str(ev["error"]).startswith("authentication failed"), ev
         wait_until(lambda: d.events("pass"), 10, "a pass")
-        assert admin_bits(stack) == before
+        assert servers_state(stack) == before
     assert d.returncode == 0, d.tail()
     assert not d.problems(), d.problems()
     assert_no_secret(d.text())
@@ -150,10 +151,10 @@ def test_daemon_with_password_file_follows_sentinel(stack: LocalStack, tmp_path:
     f.write_text(SENTINEL_PW)
     # Start from a state the daemon must correct.
     stack.haproxy_command("set server redis1_master/redis1a state maint")
-    with ControllerProc(stack, tmp_path / "daemon.log",
+    with controller_for(stack, tmp_path / "daemon.log",
                         extra_args=["--sentinel-password-file", str(f)]) as d:
-        for host, port in stack.sentinel_addrs:
-            d.wait_event("sentinel_connected", sentinel=f"{host}:{port}")
+        for a in stack.sentinel_addrs:
+            d.wait_event("sentinel_connected", sentinel=str(a))
         wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "redis1a ready for writes")
     assert d.returncode == 0, d.tail()
     assert not d.problems(), d.problems()

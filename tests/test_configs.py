@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.localstack import (
-    HAPROXY,
+from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     HAPROXY_CONFIG,
     REDIS_CONFIG,
@@ -20,6 +19,7 @@ from controller.localstack import (
     render_redis_config,
     render_sentinel_config,
 )
+from lab.procs import HAPROXY
 
 GROUPS = ("redis1", "redis2", "redis3")
 TEMPLATES = [HAPROXY_CONFIG, HAPROXY_CLASSIC_CONFIG]

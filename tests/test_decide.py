@@ -176,12 +176,6 @@ def test_replica_votes_of_lagging_sentinels_do_not_count() -> None:
     assert decide(GROUP, vs, 2).replicas == frozenset()
 
 
-def test_views_of_either_protocol_decide_alike() -> None:
-    """RESP2 and RESP3 captures of the same moment give the same verdict."""
-    for state in ("steady", "switched", "old_master_returned", "converted"):
-        assert decide(GROUP, views(state, "resp2"), 2) == decide(GROUP, views(state, "resp3"), 2)
-
-
 def test_unusable_sentinel_error_is_carried_not_counted() -> None:
     """A Sentinel with a bad reply counts as missing, like an unreachable one."""
     vs = views("switched")

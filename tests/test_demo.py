@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from itest_support import procs_under
 
-from controller.localstack import Layout
+from lab.localstack import Layout
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.drill import (
+from lab.measure import (
     Recording,
     aggregate,
     first_mark,
@@ -16,7 +16,7 @@ from controller.drill import (
     write_outage,
     writer_outage,
 )
-from controller.probes import Mark, ReadSample, WriteSample, event_is_for
+from lab.probes import Mark, ReadSample, WriteSample, event_is_for
 
 OLD, NEW = "127.0.0.2:6379", "127.0.0.3:6379"
 T0 = 1_000.0  # the fault

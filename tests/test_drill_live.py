@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.localstack import Layout, LocalStack
-from controller.probes import fmt_addr
-from controller.sidecar import ControllerProcess
+from lab.daemon import ControllerDaemon
+from lab.localstack import Layout, LocalStack
 
 pytestmark = pytest.mark.integration
 
@@ -20,19 +19,19 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
     with LocalStack(tmp_path / "stack", Layout.for_tests(groups=("redis1",))) as st:
-        ctl = ControllerProcess([fmt_addr(a) for a in st.sentinel_addrs],
-                                [str(st.haproxy_socket)], tmp_path / "ctl")
+        ctl = ControllerDaemon([str(a) for a in st.sentinel_addrs], [str(st.haproxy_socket)],
+                               tmp_path / "ctl" / "controller.log")
         ctl.start()
         try:
             ctl.wait_in_sync(("redis1",))
             yield st
         finally:
             ctl.stop()
-        assert not [ln for ln in ctl.lines() if ln.get("event") == "unexpected_error"]
+        assert not ctl.problems(), ctl.problems()
 
 
 def drill(st: LocalStack, *extra: str) -> subprocess.CompletedProcess[str]:
-    sentinels = ",".join(fmt_addr(a) for a in st.sentinel_addrs)
+    sentinels = ",".join(str(a) for a in st.sentinel_addrs)
     argv = [sys.executable, "-m", "controller", "drill", "--sentinel", sentinels,
             "--write", f"127.0.0.1:{st.write_port('redis1')}",
             "--read", f"127.0.0.1:{st.read_port('redis1')}", "--master", "redis1",
@@ -45,7 +44,7 @@ def test_drill_without_yes_only_says_what_it_would_do(stack: LocalStack) -> None
     res = drill(stack, "--method", "kill")
     assert res.returncode == 2, res.stderr
     pid = stack.node_pid("redis1a")
-    assert f"SIGKILL redis process {pid} ({fmt_addr(stack.nodes['redis1a'].addr)})" in res.stdout
+    assert f"SIGKILL redis process {pid} ({stack.nodes['redis1a'].addr!s})" in res.stdout
     assert stack.node_pid("redis1a") == pid
 
 
@@ -57,7 +56,7 @@ def test_failover_then_kill_drills_report_the_new_master_and_no_lost_write(
     The old master stays alive in a manual failover: the controller fences writes from the
     leader's `failover_in_progress` until the promotion is known, so it acks nothing that the
     failover then discards."""
-    a, b = (fmt_addr(stack.nodes[n].addr) for n in ("redis1a", "redis1b"))
+    a, b = (str(stack.nodes[n].addr) for n in ("redis1a", "redis1b"))
     res = drill(stack, "--method", "failover", "--json", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)["report"]
@@ -81,7 +80,7 @@ def test_failover_then_kill_drills_report_the_new_master_and_no_lost_write(
 
 def test_pause_drill_fails_over_and_resumes_the_old_master(stack: LocalStack) -> None:
     """SIGSTOP longer than down-after: Sentinel fails over, the old master is resumed after."""
-    a, b = (fmt_addr(stack.nodes[n].addr) for n in ("redis1a", "redis1b"))
+    a, b = (str(stack.nodes[n].addr) for n in ("redis1a", "redis1b"))
     pid = stack.node_pid("redis1a")
     res = drill(stack, "--method", "pause", "--pause-s", "4", "--json", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from itest_support import wait_until
 
 from controller.haproxy import HAProxyClient, HAProxyError
-from controller.localstack import free_port, stop_process
 from controller.model import AdminState, Command
+from lab.localstack import free_port
+from lab.procs import stop_process
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

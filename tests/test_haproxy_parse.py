@@ -27,11 +27,10 @@ def parts(name: str) -> list[str]:
 
 
 def test_info_gives_pid_start_time_and_version() -> None:
-    """`show info` gives the identity of the process: Pid, Start_time_sec, version, stopping."""
+    """`show info` gives the identity of the process: Pid, Start_time_sec, stopping."""
     info = parse_info(parts(BATCH)[0])
     assert info.pid == 2638
     assert info.start_time_s == 1795615658
-    assert info.version == "2.6.12-1+deb12u3"
     assert info.stopping is False
 
 
@@ -183,7 +182,7 @@ def test_state_batch_merges_sessions_into_servers() -> None:
     state = haproxy_state(BITS)
     assert state.backends["g_master"]["n1"].sessions == 1
     assert state.backends["g_master"]["n1"].admin is AdminState.MAINT
-    assert state.info.version.startswith("2.6")
+    assert state.info.pid > 0
 
 
 # -- split_replies ---------------------------------------------------------------------

@@ -7,27 +7,29 @@ Waits are bounded polls of conditions; no test asserts a duration.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from itest_support import (
     ControllerFactory,
-    ControllerProc,
-    RawRedis,
     StackFactory,
     StatePoller,
-    Writer,
     connect_write,
     list_values,
     node_behind_write,
+    node_host,
     servers_state,
     wait_backend,
     wait_sentinels_agree,
     wait_state,
-    wait_until,
 )
 
-from controller.localstack import ConnectionClosed, LocalStack
+from lab.daemon import ControllerDaemon
+from lab.localstack import LocalStack
+from lab.probes import Writer, read_back
+from lab.resp import ConnectionClosed, RespConn
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +37,14 @@ FAILOVER_S = 40.0  # deadline for Sentinel's failover and the controller followi
 
 
 def _sentinel(stack: LocalStack, i: int) -> str:
-    host, port = stack.sentinel_addrs[i]
-    return f"{host}:{port}"
+    return str(stack.sentinel_addrs[i])
 
 
-def _assert_cut(held: RawRedis, *command: str | int, served: str) -> None:
+def _assert_cut(held: RespConn, *command: str | int, served: str) -> None:
     """Sending ``command`` on ``held`` finds the connection closed; ``served`` names the
     failure if a reply comes back instead."""
     try:
-        reply = held.call(*command)
+        reply = held.command(*command)
     except ConnectionClosed:
         return
     pytest.fail(f"{served}: {reply!r}")
@@ -63,9 +64,9 @@ def test_master_sigkill_writes_reach_new_master_other_groups_untouched(
     wait_state(stack, {"redis1": "redis1a", "redis2": "redis2b", "redis3": "redis3a"},
                read_ready={"redis2": set()}, timeout_s=FAILOVER_S)
     with connect_write(stack, "redis2") as c:
-        assert c.node_host() == stack.nodes["redis2b"].host
-        assert "role:master" in str(c.call("INFO", "replication"))
-        assert c.call("SET", "after-failover", "1") == "OK"
+        assert node_host(c) == stack.nodes["redis2b"].host
+        assert "role:master" in str(c.command("INFO", "replication"))
+        assert c.command("SET", "after-failover", "1") == "OK"
     after = servers_state(stack)
     assert after["redis2_master"]["redis2a"] == "maint"
     for g in ("redis1", "redis3"):
@@ -78,7 +79,7 @@ def test_master_sigkill_writes_reach_new_master_other_groups_untouched(
 
 
 def test_returning_old_master_never_gets_writes(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """An old master restarted with its old config (a master for ~10 s) gets no write through
     HAProxy and no acknowledged write is lost.
@@ -87,32 +88,37 @@ def test_returning_old_master_never_gets_writes(
     wait_state(stack, {"redis1": "redis1b"}, read_ready={"redis1": set()}, timeout_s=FAILOVER_S)
     mark = controller.mark()
     poller = StatePoller(stack, roles_of=["redis1a"]).start()
-    writer = Writer(stack, "redis1").start()
+    stop = threading.Event()
+    writer = Writer(stack.write_frontend("redis1"), "acked", 0, stop, interval_s=0.001)
+    writer.start()
     try:
-        wait_until(lambda: len(writer.acks) >= 50, 20, "50 writes acknowledged after failover")
-        t_restart = time.monotonic()
+        wait_until(lambda: len(writer.acked()) >= 50, 20, "50 writes acknowledged after failover")
+        t_restart = time.time()
         stack.start_node("redis1a")
         # Evidence that the dangerous window exists: it answers as a master.
         assert stack.role("redis1a") == "master"
         wait_until(lambda: stack.role("redis1a") == "slave", 40,
                    "Sentinel to convert the returning old master (+convert-to-slave)")
-        t_converted = time.monotonic()
+        t_converted = time.time()
         wait_state(stack, {"redis1": "redis1b"}, timeout_s=30,
                    what="old master ready in the read backend once it replicates")
-        n_before = len(writer.acks)
-        wait_until(lambda: len(writer.acks) >= n_before + 20, 20, "20 more writes")
+        n_before = len(writer.acked())
+        wait_until(lambda: len(writer.acked()) >= n_before + 20, 20, "20 more writes")
     finally:
-        writer.stop()
+        stop.set()
+        writer.join(5)
         poller.stop()
-    acked = {a.value for a in writer.acks}
-    nodes = {a.node for a in writer.acks}
-    in_window = [a for a in writer.acks if t_restart <= a.t <= t_converted]
-    print(f"acks={len(acked)} errors={writer.errors} in window={len(in_window)} "
+    acked = writer.acked()
+    nodes = {stack.node_named(w.node) if w.node else "?" for w in acked}
+    in_window = [w for w in acked if t_restart <= w.t <= t_converted]
+    errors = len(writer.samples) - len(acked)
+    print(f"acks={len(acked)} errors={errors} in window={len(in_window)} "
           f"samples={len(poller.samples)} window={t_converted - t_restart:.1f}s")
     assert nodes == {"redis1b"}, f"writes acknowledged by {nodes}"
     assert in_window, "no write was acknowledged while the old master was back as a master"
-    lost = acked - list_values(stack, "redis1b", "acked")
-    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {sorted(lost)[:10]}"
+    kept = read_back(stack.nodes["redis1b"].addr, [w.key for w in acked])
+    lost = [w.key for w in acked if kept.get(w.key) != str(w.seq)]
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:10]}"
     as_master = [x for x in poller.samples if x.roles["redis1a"] == "master"]
     assert as_master, "the poller never saw the old master answer as a master"
     assert poller.seen("redis1_master", "redis1a") == {"maint"}
@@ -123,16 +129,16 @@ def test_returning_old_master_never_gets_writes(
 
 
 def test_connection_held_through_failover_is_cut(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """A connection held through the write frontend across a failover is closed instead of reaching
     the old master when it resumes, and no acknowledged write is lost.
     """
     held = connect_write(stack, "redis1", timeout_s=5)
     try:
-        assert held.node_host() == stack.nodes["redis1a"].host
-        assert held.call("RPUSH", "acked", 1) == 1
-        assert held.call("WAIT", 1, 5000) == 1  # on the replica before the master stops
+        assert node_host(held) == stack.nodes["redis1a"].host
+        assert held.command("RPUSH", "acked", 1) == 1
+        assert held.command("WAIT", 1, 5000) == 1  # on the replica before the master stops
         mark = controller.mark()
         stack.pause_node("redis1a")
         try:
@@ -148,15 +154,15 @@ def test_connection_held_through_failover_is_cut(
     finally:
         held.close()
     with connect_write(stack, "redis1") as c:
-        assert c.node_host() == stack.nodes["redis1b"].host
-        assert c.call("RPUSH", "acked", 3) == 2
+        assert node_host(c) == stack.nodes["redis1b"].host
+        assert c.command("RPUSH", "acked", 3) == 2
     assert list_values(stack, "redis1b", "acked") == {1, 3}
     controller.wait_event("server_state_changed", since=mark, backend="redis1_master",
                           server="redis1a", to="sessions-closed")
 
 
 def test_replica_killed_leaves_read_backend_and_returns(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """A killed replica goes out of the read backend and is ready again once it is restarted."""
     mark = controller.mark()
@@ -167,12 +173,12 @@ def test_replica_killed_leaves_read_backend_and_returns(
     wait_state(stack, {"redis1": "redis1a"}, timeout_s=FAILOVER_S)
     controller.wait_event("replica_healthy", since=mark, group="redis1")
     with connect_write(stack, "redis1") as c:
-        assert c.call("SET", "k", "v") == "OK"
-    with RawRedis("127.0.0.1", stack.read_port("redis1")) as r:
-        assert r.node_host() == stack.nodes["redis1b"].host
+        assert c.command("SET", "k", "v") == "OK"
+    with RespConn(stack.read_frontend("redis1")) as r:
+        assert node_host(r) == stack.nodes["redis1b"].host
 
 
-def test_haproxy_restart_state_restored(stack: LocalStack, controller: ControllerProc) -> None:
+def test_haproxy_restart_state_restored(stack: LocalStack, controller: ControllerDaemon) -> None:
     """After an HAProxy restart (every server back to `disabled`) the controller restores the state
     and writes work.
     """
@@ -183,12 +189,12 @@ def test_haproxy_restart_state_restored(stack: LocalStack, controller: Controlle
     wait_state(stack, {"redis1": "redis1a"}, timeout_s=20, what="state restored after restart")
     controller.wait_event("haproxy_restarted", since=mark)
     with connect_write(stack, "redis1") as c:
-        assert c.node_host() == stack.nodes["redis1a"].host
-        assert c.call("SET", "after-restart", "1") == "OK"
+        assert node_host(c) == stack.nodes["redis1a"].host
+        assert c.command("SET", "after-restart", "1") == "OK"
 
 
 def test_failover_followed_with_first_sentinel_dead(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """With the first configured Sentinel killed, a master failover is still followed."""
     mark = controller.mark()
@@ -201,7 +207,7 @@ def test_failover_followed_with_first_sentinel_dead(
 
 
 def test_failover_followed_with_first_sentinel_hung(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """With the first configured Sentinel hung (SIGSTOP), the watcher's own ping notices it and a
     failover is still followed.
@@ -234,7 +240,7 @@ def test_failover_followed_with_first_sentinel_hung(
     ids=["master-maint", "replica-write-ready", "replica-read-maint"],
 )
 def test_hand_edit_is_undone(
-    stack: LocalStack, controller: ControllerProc, edit: str, backend: str, server: str, to: str
+    stack: LocalStack, controller: ControllerDaemon, edit: str, backend: str, server: str, to: str
 ) -> None:
     """A hand edit over the admin socket is undone by the controller's next pass."""
     mark = controller.mark()
@@ -247,16 +253,16 @@ def test_hand_edit_is_undone(
 
 
 def test_controller_restarted_mid_failover_converges_and_cuts_old_sessions(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """A controller that was down during a failover converges when it starts again and cuts the
     sessions still held to the old master.
     """
     held = connect_write(stack, "redis1", timeout_s=5)
     try:
-        assert held.node_host() == stack.nodes["redis1a"].host
-        assert held.call("RPUSH", "acked", 1) == 1
-        assert held.call("WAIT", 1, 5000) == 1
+        assert node_host(held) == stack.nodes["redis1a"].host
+        assert held.command("RPUSH", "acked", 1) == 1
+        assert held.command("WAIT", 1, 5000) == 1
         controller.stop()
         stack.pause_node("redis1a")
         try:
@@ -265,7 +271,7 @@ def test_controller_restarted_mid_failover_converges_and_cuts_old_sessions(
             stack.resume_node("redis1a")
         # Nobody drove HAProxy: the held session to the (resumed) old master is still live.
         assert servers_state(stack)["redis1_master"] == {"redis1a": "ready", "redis1b": "maint"}
-        assert held.call("PING") == "PONG"
+        assert held.command("PING") == "PONG"
         mark = controller.mark()
         controller.start()
         wait_backend(stack, "redis1_master", {"redis1a": "maint", "redis1b": "ready"},

@@ -16,17 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from itest_support import ControllerFactory, wait_until
+from itest_support import ControllerFactory
 
 from controller.haproxy import HAProxyClient, HAProxyError
-from controller.localstack import (
-    HAPROXY,
-    LocalStack,
-    free_port,
-    render_haproxy_config,
-    stop_process,
-)
 from controller.model import AdminState
+from lab.localstack import LocalStack, free_port, render_haproxy_config
+from lab.procs import HAPROXY, stop_process
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,16 +11,16 @@ import json
 import pytest
 from itest_support import (
     ControllerFactory,
-    ControllerProc,
     expected_state,
     node_behind_write,
     run_cli,
     servers_state,
     wait_state,
-    wait_until,
 )
 
-from controller.localstack import LocalStack
+from lab.daemon import ControllerDaemon
+from lab.localstack import LocalStack
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +37,17 @@ def test_status_and_reconcile_exit_codes_against_live_stack(stack: LocalStack) -
     assert report["exit_code"] == 1
     (group,) = report["groups"]
     assert group["group"] == "redis1"
-    assert group["decision"]["master"] == "{}:{}".format(*stack.nodes["redis1a"].addr)
+    assert group["decision"]["master"] == str(stack.nodes["redis1a"].addr)
     shown = [v["sentinel"] for v in group["sentinels"]]
-    assert shown == [f"{h}:{p}" for h, p in stack.sentinel_addrs]
+    assert shown == [str(a) for a in stack.sentinel_addrs]
     assert all(v["error"] is None and v["epoch"] == 0 for v in group["sentinels"])
     drift = [c["command"] for h in group["haproxy"] for c in h["drift"]]
     assert "set server redis1_master/redis1a state ready" in drift
 
     human = run_cli(stack, "status")
     assert human.returncode == 1
-    for h, p in stack.sentinel_addrs:
-        assert f"{h}:{p}" in human.stdout
+    for a in stack.sentinel_addrs:
+        assert str(a) in human.stdout
 
     dry = run_cli(stack, "reconcile", "--dry-run", "--json")
     assert dry.returncode == 1, dry.stdout + dry.stderr
@@ -66,7 +66,7 @@ def test_status_and_reconcile_exit_codes_against_live_stack(stack: LocalStack) -
 
 
 def test_two_sentinels_down_is_undecided_and_haproxy_kept(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """With 2 of 3 sentinels stopped the daemon logs `undecided` and issues no HAProxy
     command, and carries on once they are back."""
@@ -93,7 +93,7 @@ def test_two_sentinels_down_is_undecided_and_haproxy_kept(
 
 
 def test_forged_hello_bad_event_does_not_kill_the_daemon(
-    stack: LocalStack, controller: ControllerProc
+    stack: LocalStack, controller: ControllerDaemon
 ) -> None:
     """A forged `__sentinel__:hello` (accepted from anyone) that makes Sentinel publish an
     unparseable `+switch-master` is logged as `bad_event`; the daemon keeps HAProxy as is

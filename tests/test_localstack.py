@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from itest_support import procs_under
 
-from controller.localstack import (
+from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     Layout,
     LocalStack,

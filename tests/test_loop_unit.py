@@ -1,25 +1,25 @@
-"""controller.loop.Controller bookkeeping that needs no process: verdict changes, hints and
-HAProxy identity, fed with verdicts decided from the captured Sentinel replies (tests/data).
-
-The Controller gets a real SentinelReader that is never asked anything (reading needs real
-Sentinels: that is the integration tests' job); nothing is mocked.
+"""controller.loop.Controller through whole passes, without processes: the loop's Protocols
+are served by tests/fakes.py (captured Sentinel views, an in-memory HAProxy that applies the
+commands it gets), so a failover, an HAProxy restart, an undecided group and a hand edit run
+exactly the code the daemon runs, from observe to verify.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from captured import GROUP, A, B, node, views
+from fakes import FakeHAProxy, FakeSentinels
 
 from controller.decide import decide
 from controller.loop import Controller
-from controller.model import Decision, HAProxyInfo
-from controller.sentinel import Auth, Hint, SentinelAddr, SentinelReader
+from controller.model import AdminState, Decision, HAProxyInfo, SentinelView
+from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
 
 Emitted = list[tuple[str, dict[str, object]]]
+SENTINELS = tuple(views("steady")[i].sentinel for i in range(3))
+W, R = f"{GROUP}_master", f"{GROUP}_replicas"
 
 
 @pytest.fixture
@@ -28,12 +28,146 @@ def emitted() -> Emitted:
 
 
 @pytest.fixture
-def controller(emitted: Emitted) -> Iterator[Controller]:
-    settings = Settings(sentinels=("127.0.0.1:1",), masters=(GROUP,))
-    reader = SentinelReader([SentinelAddr("127.0.0.1", 1)], Auth(), [GROUP])
-    c = Controller(settings, reader, [], on_change=lambda kind, data: emitted.append((kind, data)))
-    yield c
-    reader.close()
+def sentinels() -> FakeSentinels:
+    return FakeSentinels("steady")
+
+
+@pytest.fixture
+def haproxy() -> FakeHAProxy:
+    return FakeHAProxy()
+
+
+@pytest.fixture
+def controller(emitted: Emitted, sentinels: FakeSentinels, haproxy: FakeHAProxy) -> Controller:
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,))
+    return Controller(settings, sentinels, [haproxy],
+                      on_change=lambda kind, data: emitted.append((kind, data)))
+
+
+def admin(h: FakeHAProxy) -> dict[str, dict[str, str]]:
+    return {b: {n: s.admin.value for n, s in servers.items()}
+            for b, servers in h.state().backends.items()}
+
+
+STEADY = {W: {"redis1a": "ready", "redis1b": "maint"}, R: {"redis1a": "maint", "redis1b": "ready"}}
+
+
+# -- whole passes ----------------------------------------------------------------------
+
+
+def test_first_pass_applies_the_steady_state_and_verifies_it(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """From the config state (all disabled) one pass makes the master the writer and the
+    replica the reader, in one exchange, and the read-back finds nothing left to do."""
+    result = controller.reconcile("start")
+    assert admin(haproxy) == STEADY
+    (o,) = result.haproxies
+    assert all(r.ok for r in o.results) and o.drift_after == 0
+    assert controller.counters.passes_with_changes == 1
+    assert controller.counters.hand_edits_undone == 0
+    assert controller.reconcile("resync").haproxies[0].results == ()
+
+
+def test_failover_pass_fences_old_master_before_the_new_one_is_ready(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """After the failover the old master is maint with its sessions shut, the new one ready,
+    in that order in one batch; the master change is counted once."""
+    controller.reconcile("start")
+    haproxy.set_sessions(W, "redis1a", 3)
+    haproxy.applied.clear()
+    sentinels.show("switched")
+    controller.reconcile("+switch-master")
+    assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
+    assert haproxy.state().backends[W]["redis1a"].sessions == 0
+    out = haproxy.applied.index(f"set server {W}/redis1a state maint")
+    cut = haproxy.applied.index(f"shutdown sessions server {W}/redis1a")
+    ready = haproxy.applied.index(f"set server {W}/redis1b state ready")
+    assert out < ready and cut < ready
+    assert controller.counters.failovers_seen == 1
+    assert controller.counters.hand_edits_undone == 0
+
+
+def test_haproxy_restart_is_noticed_and_the_state_applied_again(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """A restarted HAProxy (new Pid, config state) is found by the probe and set right by the
+    next pass, which does not count as a hand edit."""
+    controller.reconcile("start")
+    haproxy.restart()
+    assert admin(haproxy)[W]["redis1a"] == "maint"
+    assert controller.probe_haproxies()
+    controller.reconcile("haproxy_changed")
+    assert admin(haproxy) == STEADY
+    assert controller.counters.hand_edits_undone == 0
+
+
+def test_unreachable_haproxy_is_reported_and_caught_up_when_back(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """An HAProxy that cannot be reached is marked down; once back, a pass brings it in line."""
+    haproxy.down = True
+    result = controller.reconcile("start")
+    assert result.haproxies[0].error
+    assert controller.counters.haproxy_up[haproxy.target] is False
+    haproxy.down = False
+    assert controller.probe_haproxies()
+    controller.reconcile("haproxy_changed")
+    assert admin(haproxy) == STEADY
+    assert controller.counters.haproxy_up[haproxy.target] is True
+
+
+def test_undecided_group_leaves_haproxy_as_it_is(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy, emitted: Emitted
+) -> None:
+    """With only one of three Sentinels answering (even one that names a new master), the group
+    is undecided: no command, the last applied state stays, one `undecided` alert."""
+    controller.reconcile("start")
+    haproxy.applied.clear()
+    sentinels.views = views("switched")[:1] + [
+        SentinelView(v.sentinel, error="timeout") for v in views("switched")[1:]
+    ]
+    for _ in range(3):
+        result = controller.reconcile("resync")
+        assert result.decisions[0].master is None
+    assert haproxy.applied == []
+    assert admin(haproxy) == STEADY
+    assert [k for k, _ in emitted] == ["undecided"]
+    assert controller.counters.undecided == {GROUP}
+
+
+def test_hand_edit_is_undone_and_reported_once(
+    controller: Controller, haproxy: FakeHAProxy, emitted: Emitted
+) -> None:
+    """A server put in maint by hand while Sentinel did not change is set ready again, and
+    that pass counts as a hand edit undone (log line and webhook `drift_corrected`)."""
+    controller.reconcile("start")
+    haproxy.apply(f"set server {W}/redis1a state maint")
+    controller.reconcile("resync")
+    assert admin(haproxy) == STEADY
+    assert controller.counters.hand_edits_undone == 1
+    assert [k for k, _ in emitted] == ["drift_corrected"]
+
+
+def test_refused_command_is_counted_and_left_as_drift(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """A command HAProxy refuses is a failed result; the read-back still shows the drift."""
+    real_apply = haproxy.apply
+
+    def refuse_ready(text: str) -> str:
+        return "Permission denied" if text.endswith("state ready") else real_apply(text)
+
+    haproxy.apply = refuse_ready  # type: ignore[method-assign]  # a refusing HAProxy, one test
+    result = controller.reconcile("start")
+    (o,) = result.haproxies
+    assert [r.output for r in o.results if not r.ok] == ["Permission denied"] * 2
+    assert controller.counters.commands_failed == 2
+    assert o.drift_after == 2
+
+
+# -- bookkeeping -----------------------------------------------------------------------
 
 
 def verdict(state: str, min_voters: int = 2) -> Decision:
@@ -100,3 +234,10 @@ def test_haproxy_identity_changes_are_noticed(controller: Controller) -> None:
     assert controller.counters.haproxy_up[target] is False
     assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1001))
     assert controller.counters.haproxy_up[target] is True
+
+
+def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> None:
+    """The fake's own contract: state changes apply, an unknown server is refused by name."""
+    assert haproxy.apply(f"set server {W}/redis1a state ready") == ""
+    assert haproxy.state().backends[W]["redis1a"].admin is AdminState.READY
+    assert haproxy.apply(f"set server {W}/nosuch state ready") == "No such server."

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from itest_support import REPO_ROOT, ControllerProc, clean_env, ready, wait_until
+from itest_support import REPO_ROOT, controller_for, ready
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.localstack import LocalStack, free_port
+from lab.daemon import clean_env
+from lab.localstack import LocalStack, free_port
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +48,9 @@ def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path)
     turns 503 when HAProxy stops and 200 again when it is back (so does the image's check)."""
     address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
     base = f"http://{address}"
-    with ControllerProc(stack, tmp_path / "daemon.log", metrics_address=address) as d:
+    with controller_for(stack, tmp_path / "daemon.log", metrics_address=address) as d:
         wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
-        sentinels = {f"{h}:{p}" for h, p in stack.sentinel_addrs}
+        sentinels = {str(a) for a in stack.sentinel_addrs}
 
         def all_connected() -> bool:
             m = scrape(base)
@@ -88,7 +90,7 @@ def test_health_is_503_when_no_sentinel_answers(stack: LocalStack, tmp_path: Pat
     address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
     base = f"http://{address}"
     # resync 0.2 s: the health horizon is 3 * resync + 5 s.
-    with ControllerProc(stack, tmp_path / "daemon.log", resync_interval_s=0.2,
+    with controller_for(stack, tmp_path / "daemon.log", resync_interval_s=0.2,
                         metrics_address=address) as d:
         wait_until(lambda: healthz(base) == 200, 20, "/healthz 200")
         for i in range(stack.layout.sentinels):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.drill import Recording
-from controller.probes import Mark, ReadSample, WriteSample
+from lab.measure import Recording
+from lab.probes import Mark, ReadSample, WriteSample
 
 OLD, NEW = "127.0.0.2:6379", "127.0.0.3:6379"
 
@@ -35,7 +35,7 @@ def rec(setup: str, lost_until: float) -> Recording:
 def test_plot_compare_writes_an_svg_with_one_panel_per_setup(tmp_path: Path) -> None:
     """Two scenarios x two setups give an SVG naming every panel."""
     pytest.importorskip("matplotlib")
-    from controller.plot import plot_compare
+    from lab.plot import plot_compare
 
     out = tmp_path / "img" / "drill.svg"
     results = {sc: {"classic": rec("classic", 2.0), "controller": rec("controller", 0.5)}

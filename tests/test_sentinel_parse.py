@@ -11,7 +11,6 @@ from captured import (
     STATES,
     A,
     B,
-    Proto,
     load,
     master,
     node,
@@ -26,12 +25,11 @@ from controller.sentinel_parse import (
     parse_event,
     parse_master_names,
     parse_master_view,
+    parse_pipeline,
     parse_replica,
     parse_tilt,
+    pipeline_commands,
 )
-
-# States in which nothing moved between the RESP2 and the RESP3 snapshot (a few ms apart).
-STABLE = ("steady", "replica_dead", "switched", "old_master_returned", "converted", "tilt")
 
 
 def leader(state: str = "promoted") -> str:
@@ -39,13 +37,13 @@ def leader(state: str = "promoted") -> str:
     return name
 
 
-def entry(state: str, sentinel: str, proto: Proto = "resp2") -> Any:
+def entry(state: str, sentinel: str) -> Any:
     """A deep copy of one Sentinel's `SENTINEL MASTERS` entry for the group."""
-    return copy.deepcopy(raw(state, proto)[sentinel]["SENTINEL MASTERS"][0])
+    return copy.deepcopy(raw(state)[sentinel]["SENTINEL MASTERS"][0])
 
 
-def replies(state: str, sentinel: str, proto: Proto = "resp2") -> tuple[Any, Any]:
-    r = raw(state, proto)[sentinel]
+def replies(state: str, sentinel: str) -> tuple[Any, Any]:
+    r = raw(state)[sentinel]
     return (
         copy.deepcopy(r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]),
         copy.deepcopy(r[f"SENTINEL REPLICAS {GROUP}"]),
@@ -58,34 +56,46 @@ FIRST = load("steady")["sentinels"][0]
 # -- captured states -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proto", ["resp2", "resp3"])
 @pytest.mark.parametrize("state", STATES)
-def test_every_captured_state_parses(state: str, proto: Proto) -> None:
+def test_every_captured_state_parses(state: str) -> None:
     """Every captured reply of every Sentinel parses, and the address is GET-MASTER-ADDR's."""
     doc = load(state)
-    vs = views(state, proto)
+    vs = views(state)
     assert [v.sentinel for v in vs] == doc["sentinels"]
     for v in vs:
         m = master(v)
-        host, port = doc[proto][v.sentinel][f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]
+        host, port = doc["resp2"][v.sentinel][f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"]
         assert m.addr == Address(host, int(port))
-        assert m.quorum == 2
-        assert m.other_sentinels == 2
         assert m.replicas, "every captured state lists at least one replica"
 
 
-@pytest.mark.parametrize("state", STABLE)
-def test_resp2_and_resp3_shapes_parse_to_the_same_views(state: str) -> None:
-    """A flat RESP2 field list and a RESP3 map of the same reply give equal values."""
-    assert views(state, "resp2") == views(state, "resp3")
-
-
-@pytest.mark.parametrize("state", STATES)
-def test_info_sentinel_as_text_and_as_redis_py_dict_agree(state: str) -> None:
-    """`INFO sentinel` gives the same TILT flag parsed from raw text or redis-py's dict."""
-    assert [v.tilt for v in views(state, info="text")] == [
-        v.tilt for v in views(state, info="dict")
+def test_pipeline_commands_and_parse_pipeline_agree_on_order() -> None:
+    """The reader's pipeline asks INFO, MASTERS, then address and replicas per group, and the
+    parser reads the replies in that order; the monitored names come with the view."""
+    assert pipeline_commands([GROUP]) == [
+        ("INFO", "sentinel"), ("SENTINEL", "MASTERS"),
+        ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP), ("SENTINEL", "REPLICAS", GROUP),
     ]
+    doc = load("steady")
+    r = raw("steady")[FIRST]
+    replies_ = [doc["info_text"][FIRST], r["SENTINEL MASTERS"],
+                r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"], r[f"SENTINEL REPLICAS {GROUP}"]]
+    view, monitored = parse_pipeline(FIRST, [GROUP], replies_)
+    assert monitored == frozenset({GROUP})
+    assert master(view).addr == node(A)
+
+
+def test_parse_pipeline_leaves_out_a_group_the_sentinel_refuses() -> None:
+    """A group whose commands the Sentinel refused (it does not monitor it) has no view, and
+    the other groups still parse."""
+    doc = load("steady")
+    r = raw("steady")[FIRST]
+    refused = ValueError("ERR No such master with that name")
+    replies_ = [doc["info_text"][FIRST], r["SENTINEL MASTERS"],
+                r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"], r[f"SENTINEL REPLICAS {GROUP}"],
+                None, refused]
+    view, _ = parse_pipeline(FIRST, [GROUP, "nosuch"], replies_)
+    assert set(view.masters) == {GROUP}
 
 
 def test_steady_state_values() -> None:
@@ -152,9 +162,8 @@ def test_tilt_flag_from_info_sentinel() -> None:
 
 
 def test_master_names_from_sentinel_masters() -> None:
-    """`SENTINEL MASTERS` (both shapes) gives the monitored group names."""
-    for proto in ("resp2", "resp3"):
-        assert parse_master_names(raw("steady", proto)[FIRST]["SENTINEL MASTERS"]) == [GROUP]
+    """`SENTINEL MASTERS` gives the monitored group names."""
+    assert parse_master_names(raw("steady")[FIRST]["SENTINEL MASTERS"]) == [GROUP]
 
 
 # -- garbage ---------------------------------------------------------------------------
@@ -177,25 +186,22 @@ def test_odd_field_list_raises() -> None:
         parse_master_view(GROUP, addr, e[:-1], repl)
 
 
-@pytest.mark.parametrize("proto", ["resp2", "resp3"])
 @pytest.mark.parametrize("field", ["ip", "port", "flags", "config-epoch"])
-def test_missing_field_raises_naming_it(field: str, proto: Proto) -> None:
+def test_missing_field_raises_naming_it(field: str) -> None:
     """A master entry without a required field is refused, naming the field and the group."""
-    e = entry("steady", FIRST, proto)
-    if isinstance(e, dict):
-        del e[field]
-    else:
-        i = e.index(field)
-        del e[i : i + 2]
-    addr, repl = replies("steady", FIRST, proto)
+    e = entry("steady", FIRST)
+    i = e.index(field)
+    del e[i : i + 2]
+    addr, repl = replies("steady", FIRST)
     with pytest.raises(SentinelReplyError, match=f"master '{GROUP}'.*field '{field}' missing"):
         parse_master_view(GROUP, addr, e, repl)
 
 
 def test_replica_missing_field_raises_naming_it() -> None:
     """A replica entry without `ip` is refused, naming the replica."""
-    _, repl = replies("steady", FIRST, "resp3")
-    del repl[0]["ip"]
+    _, repl = replies("steady", FIRST)
+    i = repl[0].index("ip")
+    del repl[0][i : i + 2]
     addr, _ = replies("steady", FIRST)
     with pytest.raises(SentinelReplyError, match=r"replica #0: field 'ip' missing"):
         parse_master_view(GROUP, addr, entry("steady", FIRST), repl)
@@ -259,11 +265,8 @@ def test_shapes_that_are_not_lists_raise() -> None:
 
 
 def test_info_without_tilt_field_raises() -> None:
-    """`INFO` that is not a Sentinel's (no sentinel_tilt) is refused, in both shapes."""
-    info = dict(raw("steady")[FIRST]["INFO sentinel"])
-    del info["sentinel_tilt"]
-    with pytest.raises(SentinelReplyError, match="no sentinel_tilt"):
-        parse_tilt(info)
+    """`INFO` that is not a Sentinel's (no sentinel_tilt) is refused; so is a reply that is
+    not text."""
     text = load("steady")["info_text"][FIRST]
     with pytest.raises(SentinelReplyError, match="no sentinel_tilt"):
         parse_tilt(text.replace("sentinel_tilt:", "sentinel_tilx:"))

@@ -22,15 +22,11 @@ from typing import Any
 
 import pytest
 import redis
-from itest_support import (
-    ControllerProc,
-    ready,
-    run_cli,
-    start_stack,
-    wait_until,
-)
+from itest_support import controller_for, ready, run_cli, start_stack
 
-from controller.localstack import REDIS_SERVER, Layout, LocalStack, free_port, stop_process
+from lab.localstack import Layout, LocalStack, free_port
+from lab.procs import REDIS_SERVER, stop_process
+from lab.wait import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -179,7 +175,7 @@ def test_client_certificate_needs_its_key() -> None:
 def test_daemon_subscribes_over_tls(tls: TLSSentinel, tmp_path: Path) -> None:
     """The daemon's pub/sub connection works over TLS: connected, and a hand edit is undone."""
     # Not the stack's plain sentinels: the TLS one only.
-    with ControllerProc(tls.stack, tmp_path / "daemon.log", extra_args=tls.tls_args(),
+    with controller_for(tls.stack, tmp_path / "daemon.log", extra_args=tls.tls_args(),
                         sentinels=[tls.addr]) as d:
         d.wait_event("sentinel_connected", sentinel=tls.addr)
         wait_until(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from itest_support import ControllerProc, ready, wait_until
+from itest_support import controller_for, ready
 
-from controller.localstack import LocalStack
 from controller.webhooks import WebhookNotifier
+from lab.localstack import LocalStack
+from lab.wait import wait_until
 
 NotifierFactory = Callable[..., WebhookNotifier]
 
@@ -181,7 +182,7 @@ def test_daemon_posts_drift_corrected_on_hand_edit_and_failover_on_master_death(
     """The daemon posts drift_corrected when someone edits HAProxy by hand (not at start-up),
     and a Slack-compatible failover message when the master dies."""
     log = tmp_path / "daemon.log"
-    with ControllerProc(stack, log, extra_args=["--webhook-url", server.url]) as d:
+    with controller_for(stack, log, extra_args=["--webhook-url", server.url]) as d:
         wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
         d.wait_event("pass", commands=0)  # a quiet pass after the initial one
         assert server.kinds() == []  # applying the initial state is not a hand edit

@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.localstack import free_port, stop_process
+from lab.localstack import free_port
+from lab.procs import stop_process
 
 DATA = Path(__file__).resolve().parent
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"

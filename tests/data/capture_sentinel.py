@@ -38,7 +38,8 @@ from typing import Any
 
 import redis
 
-from controller.localstack import Layout, LocalStack, resp_command
+from lab import resp
+from lab.localstack import Layout, LocalStack
 
 DATA = Path(__file__).resolve().parent
 GROUP = "redis1"
@@ -58,13 +59,14 @@ def fields(raw: Any) -> dict[str, str]:
 class Capture:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
-        self.names = [f"{h}:{p}" for h, p in stack.sentinel_addrs]
+        self.names = [str(a) for a in stack.sentinel_addrs]
         self.clients: dict[int, dict[str, Any]] = {
             proto: {
-                f"{h}:{p}": redis.Redis(
-                    host=h, port=p, protocol=proto, decode_responses=True, socket_timeout=2
+                str(a): redis.Redis(
+                    host=a.host, port=a.port, protocol=proto, decode_responses=True,
+                    socket_timeout=2,
                 )
-                for h, p in stack.sentinel_addrs
+                for a in stack.sentinel_addrs
             }
             for proto in (2, 3)
         }
@@ -92,8 +94,7 @@ class Capture:
     def info_text(self) -> dict[str, str]:
         """`INFO sentinel` as raw text (redis-py parses INFO into a dict)."""
         return {
-            f"{h}:{p}": str(resp_command(h, p, "INFO", "sentinel"))
-            for h, p in self.stack.sentinel_addrs
+            str(a): str(resp.command(a, "INFO", "sentinel")) for a in self.stack.sentinel_addrs
         }
 
     def wait(self, what: str, cond: Callable[[Snapshot], bool], timeout_s: float) -> Snapshot:
@@ -116,7 +117,7 @@ class Capture:
             "note": note,
             "captured": {
                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "redis_server": str(resp_command(*self.stack.sentinel_addrs[0], "INFO", "server"))
+                "redis_server": str(resp.command(self.stack.sentinel_addrs[0], "INFO", "server"))
                 .split("redis_version:")[1]
                 .split()[0],
                 "redis_py": redis.__version__,

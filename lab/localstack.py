@@ -1,4 +1,4 @@
-"""Run the reference layout (``haproxy/``, ``sentinel/``) as local processes.
+"""Run the reference layout (the shipped ``haproxy/``, ``sentinel/`` files) as local processes.
 
 What it does: starts, for every master group of a :class:`Layout`, two ``redis-server`` nodes
 (``<group>a`` master, ``<group>b`` replica), ``Layout.sentinels`` ``redis-sentinel`` processes and
@@ -13,21 +13,19 @@ inside the stack's workdir. Used by the ``demo`` command and by every integratio
 What it must not do: stop anything it did not start (processes are signalled by the PID of the
 ``Popen`` that started them, never by name: no pkill/killall); daemonize or detach processes it
 cannot track; synchronise with fixed sleeps (every wait polls a condition until a deadline and
-raises :class:`StackTimeout` naming what it waited for); write anywhere outside its workdir (except
+raises lab.wait.WaitTimeout naming what it waited for); write anywhere outside its workdir (except
 a short temporary directory for the admin socket when the workdir path is too long for a unix
 socket); run a sentinel on the shipped config (Sentinel rewrites its file: each runs on a copy);
-leave processes behind (``stop()`` is idempotent, is called when ``start()`` fails half way, and an
-``atexit`` hook stops every stack still running).
+leave processes behind (``stop()`` is idempotent and is called when ``start()`` fails half way;
+lab.procs stops every child still running at exit).
 
-Stdlib only: Redis and Sentinel are queried with a minimal RESP2 client (:func:`resp_command`).
+Redis and Sentinel are queried with the lab's RESP client (lab.resp), HAProxy with the daemon's
+Runtime API client.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import os
 import random
 import re
 import shutil
@@ -42,11 +40,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HAPROXY_CONFIG = REPO_ROOT / "haproxy" / "haproxy.cfg"
-HAPROXY_CLASSIC_CONFIG = REPO_ROOT / "haproxy" / "haproxy-classic.cfg"
-REDIS_CONFIG = REPO_ROOT / "sentinel" / "redis.conf"
-SENTINEL_CONFIG = REPO_ROOT / "sentinel" / "sentinel.conf"
+from controller.haproxy import HAProxyClient, HAProxyError
+from controller.model import Address, HAProxyState
+from controller.settings import Settings
+from lab import resp
+from lab.procs import HAPROXY, REDIS_SERVER, ManagedProcess, ProcessError
+from lab.wait import wait_until
+
+#: The repository's haproxy/ and sentinel/ directories, reached through symlinks inside the
+#: package (lab/shipped-files/), so that a wheel carries them as package data.
+SHIPPED = Path(__file__).resolve().parent / "shipped-files"
+HAPROXY_CONFIG = SHIPPED / "haproxy" / "haproxy.cfg"
+HAPROXY_CLASSIC_CONFIG = SHIPPED / "haproxy" / "haproxy-classic.cfg"
+REDIS_CONFIG = SHIPPED / "sentinel" / "redis.conf"
+SENTINEL_CONFIG = SHIPPED / "sentinel" / "sentinel.conf"
 
 #: Port and loopback address the shipped files use (container names are the hosts).
 SHIPPED_REDIS_PORT = 6379
@@ -59,16 +66,13 @@ PORT_RANGE = (20000, 32000)
 #: A unix socket path must fit in sun_path (108 bytes including the NUL).
 _MAX_UNIX_PATH = 100
 
-_POLL_S = 0.02
-_STOP_GRACE_S = 5.0
-
 Role = Literal["master", "replica"]
 
 
 # --------------------------------------------------------------------------- errors
 
 
-class LocalStackError(RuntimeError):
+class LocalStackError(ProcessError):
     """Something in the local stack failed (a process died, a config did not render...)."""
 
 
@@ -80,18 +84,6 @@ class PortInUseError(LocalStackError):
         self.host = host
         self.port = port
         self.what = what
-
-
-class StackTimeout(LocalStackError):
-    """A bounded wait ran out before its condition held."""
-
-
-class RespError(Exception):
-    """A Redis/Sentinel error reply (``-ERR ...``)."""
-
-
-class ConnectionClosed(ConnectionError):
-    """The peer closed the connection (EOF) before a full reply."""
 
 
 # --------------------------------------------------------------------------- ports
@@ -148,8 +140,8 @@ class Node:
     initial_role: Role
 
     @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def addr(self) -> Address:
+        return Address(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -417,205 +409,6 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
     return "\n".join(out) + "\n"
 
 
-# --------------------------------------------------------------------------- RESP client
-
-
-def resp_command(
-    host: str, port: int, *args: str | int, timeout_s: float = 1.0, password: str | None = None
-) -> object:
-    """Send one command on a fresh connection and return the decoded RESP2 reply.
-
-    Bulk strings become ``str``, integers ``int``, arrays ``list``, nil ``None``; an error reply
-    raises :class:`RespError`. Connection problems raise ``OSError``. With ``password`` an
-    ``AUTH`` goes first on the same connection (its error reply raises :class:`RespError`).
-    """
-    payload = [encode_command("AUTH", password)] if password else []
-    payload.append(encode_command(*args))
-    with socket.create_connection((host, port), timeout=timeout_s) as s:
-        s.sendall(b"".join(payload))
-        with s.makefile("rb") as f:
-            if password:
-                parse_reply(f.readline, f.read)
-            return parse_reply(f.readline, f.read)
-
-
-def encode_command(*args: str | int) -> bytes:
-    """One command as a RESP2 array of bulk strings."""
-    out = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def parse_reply(readline: Callable[[], bytes], read: Callable[[int], bytes]) -> object:
-    """Read one RESP2 reply (decoded as in :func:`resp_command`) from a buffered stream.
-
-    An error reply raises :class:`RespError`; EOF before a full reply :class:`ConnectionClosed`.
-    """
-    line = readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionClosed("connection closed in the middle of a reply")
-    kind, rest = line[:1], line[1:-2].decode()
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise RespError(rest)
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = read(n + 2)
-        if len(data) != n + 2:
-            raise ConnectionClosed("connection closed in the middle of a reply")
-        return data[:-2].decode(errors="replace")
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [parse_reply(readline, read) for _ in range(n)]
-    raise ConnectionError(f"unexpected RESP line {line!r}")
-
-
-def _pairs(reply: object) -> dict[str, str]:
-    if not isinstance(reply, list):
-        raise RespError(f"expected a flat field/value list, got {reply!r}")
-    return {str(k): str(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
-
-
-def _info(reply: object) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in str(reply).splitlines():
-        if ":" in line and not line.startswith("#"):
-            k, v = line.split(":", 1)
-            out[k] = v
-    return out
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _find_binary(name: str, fallback: str) -> str:
-    return shutil.which(name) or fallback
-
-
-REDIS_SERVER = _find_binary("redis-server", "/usr/bin/redis-server")
-HAPROXY = _find_binary("haproxy", "/usr/sbin/haproxy")
-
-
-def stop_process(p: subprocess.Popen[bytes], grace_s: float = _STOP_GRACE_S) -> bool:
-    """Stop a child we started, by its PID: SIGTERM, wait up to ``grace_s``, then SIGKILL and
-    reap it. True if it exited without SIGKILL (or had already exited)."""
-    if p.poll() is not None:
-        return True
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGTERM)
-    try:
-        p.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(_STOP_GRACE_S)
-        return False
-    return True
-
-
-@dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    cwd: Path
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
-
-    def alive(self) -> bool:
-        return self.pid is not None
-
-    def start(self) -> None:
-        if self.alive():
-            raise LocalStackError(f"{self.name} is already running (pid {self.pid})")
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as logf:
-            logf.write(f"\n==== localstack: starting {' '.join(self.argv)}\n".encode())
-            logf.flush()
-            self.popen = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                # Own session: a Ctrl-C in the terminal reaches only the Python parent, which
-                # then stops the stack in order.
-                start_new_session=True,
-            )
-        self.paused = False
-
-    def signal(self, sig: int) -> None:
-        pid = self.pid
-        if pid is None:
-            raise LocalStackError(f"{self.name} is not running")
-        os.kill(pid, sig)
-        if sig == signal.SIGSTOP:
-            self.paused = True
-        elif sig == signal.SIGCONT:
-            self.paused = False
-
-    def wait_exit(self, deadline: float) -> bool:
-        """Reap the process; True if it exited before ``deadline``."""
-        if self.popen is None:
-            return True
-        try:
-            self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def terminate(self, grace_s: float = _STOP_GRACE_S) -> None:
-        """SIGTERM (and SIGCONT if paused), wait up to ``grace_s``, then SIGKILL and reap."""
-        self.send_term()
-        self.finish_stop(time.monotonic() + grace_s)
-
-    def send_term(self) -> None:
-        pid = self.pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            os.kill(pid, signal.SIGCONT)  # a stopped process only acts on SIGTERM once resumed
-        self.paused = False
-
-    def finish_stop(self, deadline: float) -> None:
-        if self.popen is None:
-            return
-        if not self.wait_exit(deadline):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGKILL)
-            if not self.wait_exit(time.monotonic() + _STOP_GRACE_S):
-                raise LocalStackError(f"{self.name} (pid {self.popen.pid}) survived SIGKILL")
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-_LIVE_STACKS: set[LocalStack] = set()
-
-
-@atexit.register
-def _stop_all_stacks() -> None:
-    for stack in list(_LIVE_STACKS):
-        with contextlib.suppress(Exception):
-            stack.stop()
-
-
 # --------------------------------------------------------------------------- the stack
 
 
@@ -629,8 +422,8 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.nodes: dict[str, Node] = self.layout.nodes()
-        self.sentinel_addrs: list[tuple[str, int]] = [
-            (h, self.layout.sentinel_port) for h in self.layout.sentinel_hosts()
+        self.sentinel_addrs: list[Address] = [
+            Address(h, self.layout.sentinel_port) for h in self.layout.sentinel_hosts()
         ]
         hdir = self.workdir / "haproxy"
         self._socket_tmpdir: Path | None = None
@@ -640,12 +433,12 @@ class LocalStack:
             sock = self._socket_tmpdir / "admin.sock"
         self.haproxy_socket: Path = sock
         self.haproxy_config_path: Path = hdir / "haproxy.cfg"
-        self._nodes: dict[str, _Proc] = {
-            name: _Proc(name, [], self.workdir / name, self.workdir / name / f"{name}.log")
+        self._nodes: dict[str, ManagedProcess] = {
+            name: ManagedProcess(name, [], self.workdir / name, self.workdir / name / f"{name}.log")
             for name in self.nodes
         }
-        self._sentinels: list[_Proc] = [
-            _Proc(
+        self._sentinels: list[ManagedProcess] = [
+            ManagedProcess(
                 f"sentinel{i}",
                 [REDIS_SERVER, str(self.workdir / f"sentinel{i}" / "sentinel.conf"), "--sentinel"],
                 self.workdir / f"sentinel{i}",
@@ -653,7 +446,7 @@ class LocalStack:
             )
             for i in range(self.layout.sentinels)
         ]
-        self._haproxy = _Proc(
+        self._haproxy = ManagedProcess(
             "haproxy", [HAPROXY, "-db", "-f", str(self.haproxy_config_path)], hdir,
             hdir / "haproxy.log",
         )
@@ -666,6 +459,20 @@ class LocalStack:
     def read_port(self, group: str) -> int:
         return self.layout.read_port(group)
 
+    def write_frontend(self, group: str) -> Address:
+        return Address("127.0.0.1", self.write_port(group))
+
+    def read_frontend(self, group: str) -> Address:
+        return Address("127.0.0.1", self.read_port(group))
+
+    def write_backend(self, group: str) -> str:
+        """The write backend's name, from the daemon's default template (as the shipped
+        configs name it)."""
+        return Settings().write_backend.format(master=group)
+
+    def read_backend(self, group: str) -> str:
+        return Settings().read_backend.format(master=group)
+
     def master_of(self, group: str) -> Node:
         """The node that starts as the group's master (``<group>a``)."""
         return self.nodes[group + "a"]
@@ -674,8 +481,8 @@ class LocalStack:
         """Raise :class:`PortInUseError` if any port the stack binds is taken."""
         for node in self.nodes.values():
             check_port_free(node.host, node.port, f"redis node {node.name}")
-        for i, (host, port) in enumerate(self.sentinel_addrs):
-            check_port_free(host, port, f"sentinel{i}")
+        for i, a in enumerate(self.sentinel_addrs):
+            check_port_free(a.host, a.port, f"sentinel{i}")
         for group in self.layout.groups:
             check_port_free("127.0.0.1", self.write_port(group), f"haproxy {group}_write")
             check_port_free("127.0.0.1", self.read_port(group), f"haproxy {group}_read")
@@ -691,7 +498,6 @@ class LocalStack:
         sentinels - 1``; HAProxy's admin socket answers ``show info`` with the started PID.
         """
         deadline = time.monotonic() + timeout_s
-        _LIVE_STACKS.add(self)
         try:
             self.check_ports()
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -723,14 +529,13 @@ class LocalStack:
         procs = [self._haproxy, *self._sentinels, *self._nodes.values()]
         for p in procs:
             p.send_term()
-        deadline = time.monotonic() + _STOP_GRACE_S
+        deadline = time.monotonic() + 5.0
         errors: list[str] = []
         for p in procs:
             try:
                 p.finish_stop(deadline)
-            except LocalStackError as e:
+            except ProcessError as e:
                 errors.append(str(e))
-        _LIVE_STACKS.discard(self)
         if self._socket_tmpdir is not None:
             shutil.rmtree(self._socket_tmpdir, ignore_errors=True)  # recreated on a restart
         if errors:
@@ -763,8 +568,8 @@ class LocalStack:
         return self._nodes[name].pid
 
     def kill_node(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 15) -> None:
-        """Send ``sig`` to a node; for SIGKILL/SIGTERM/SIGINT/SIGQUIT wait until it has exited."""
-        self._kill(self._nodes[name], sig, timeout_s)
+        """Send a deadly ``sig`` to a node and wait until it has exited."""
+        self._nodes[name].kill(sig, timeout_s)
 
     def start_node(self, name: str, timeout_s: float = 10) -> None:
         """(Re)start a node from its ORIGINAL config and arguments; wait until it answers PING.
@@ -777,20 +582,19 @@ class LocalStack:
 
     def pause_node(self, name: str) -> None:
         """SIGSTOP the node (it keeps its sockets but answers nothing)."""
-        self._nodes[name].signal(signal.SIGSTOP)
+        self._nodes[name].send_signal(signal.SIGSTOP)
 
     def resume_node(self, name: str) -> None:
-        self._nodes[name].signal(signal.SIGCONT)
+        self._nodes[name].send_signal(signal.SIGCONT)
 
     def redis_command(self, name: str, *args: str | int, timeout_s: float = 1.0) -> object:
-        """One command to node ``name`` (see :func:`resp_command`)."""
-        node = self.nodes[name]
-        return resp_command(node.host, node.port, *args, timeout_s=timeout_s,
+        """One command to node ``name`` (lab.resp.command)."""
+        return resp.command(self.nodes[name].addr, *args, timeout_s=timeout_s,
                             password=self.layout.redis_password or None)
 
     def role(self, name: str) -> str:
         """``master`` or ``slave`` as the node itself reports (``INFO replication``)."""
-        return _info(self.redis_command(name, "INFO", "replication")).get("role", "?")
+        return resp.info_fields(self.redis_command(name, "INFO", "replication")).get("role", "?")
 
     # ----------------------------------------------------------------- sentinels
 
@@ -798,7 +602,7 @@ class LocalStack:
         return self._sentinels[i].pid
 
     def kill_sentinel(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = 15) -> None:
-        self._kill(self._sentinels[i], sig, timeout_s)
+        self._sentinels[i].kill(sig, timeout_s)
 
     def start_sentinel(self, i: int, timeout_s: float = 10) -> None:
         """Restart sentinel ``i`` on its existing (rewritten) config copy; wait for PING."""
@@ -806,30 +610,38 @@ class LocalStack:
         self._wait_ping(self._sentinels[i], self.sentinel_addrs[i], time.monotonic() + timeout_s)
 
     def pause_sentinel(self, i: int) -> None:
-        self._sentinels[i].signal(signal.SIGSTOP)
+        self._sentinels[i].send_signal(signal.SIGSTOP)
 
     def resume_sentinel(self, i: int) -> None:
-        self._sentinels[i].signal(signal.SIGCONT)
+        self._sentinels[i].send_signal(signal.SIGCONT)
 
     def sentinel_command(self, i: int, *args: str | int, timeout_s: float = 1.0) -> object:
-        host, port = self.sentinel_addrs[i]
-        return resp_command(host, port, *args, timeout_s=timeout_s,
+        return resp.command(self.sentinel_addrs[i], *args, timeout_s=timeout_s,
                             password=self.layout.sentinel_password or None)
 
     def sentinel_master(self, i: int, group: str) -> dict[str, str]:
         """``SENTINEL MASTER group`` of sentinel ``i`` as a dict of strings."""
-        return _pairs(self.sentinel_command(i, "SENTINEL", "MASTER", group))
+        return resp.field_pairs(self.sentinel_command(i, "SENTINEL", "MASTER", group))
 
-    def master_addr(self, i: int, group: str) -> tuple[str, int] | None:
+    def master_addr(self, i: int, group: str) -> Address | None:
         """``SENTINEL GET-MASTER-ADDR-BY-NAME`` of sentinel ``i``."""
         reply = self.sentinel_command(i, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", group)
         if not isinstance(reply, list):
             return None
-        return (str(reply[0]), int(str(reply[1])))
+        return Address(str(reply[0]), int(str(reply[1])))
 
-    def node_at(self, host: str, port: int) -> Node | None:
-        """The node listening on ``host:port``, if any."""
-        return next((n for n in self.nodes.values() if n.addr == (host, port)), None)
+    def node_at(self, addr: Address | str) -> Node | None:
+        """The node listening on ``addr`` (an Address or ``host:port``), if any."""
+        if isinstance(addr, str):
+            addr = Address.parse(addr)
+        return next((n for n in self.nodes.values() if n.addr == addr), None)
+
+    def node_named(self, addr: Address | str) -> str:
+        """The name of the node at ``addr``; LocalStackError if none of the stack's."""
+        node = self.node_at(addr)
+        if node is None:
+            raise LocalStackError(f"{addr} is not a node of this local stack")
+        return node.name
 
     # ----------------------------------------------------------------- haproxy
 
@@ -837,41 +649,48 @@ class LocalStack:
     def haproxy_pid(self) -> int | None:
         return self._haproxy.pid
 
+    def haproxy(self, timeout_s: float = 2.0) -> HAProxyClient:
+        """A Runtime API client on the stack's admin socket."""
+        return HAProxyClient(str(self.haproxy_socket), timeout_s)
+
+    def haproxy_state(self) -> HAProxyState:
+        return self.haproxy().state()
+
+    def routable(self) -> dict[str, list[str]]:
+        """Backend -> names of the servers HAProxy routes new connections to now."""
+        return {
+            be: [s.name for s in servers.values() if s.routable]
+            for be, servers in self.haproxy_state().backends.items()
+        }
+
     def restart_haproxy(self, timeout_s: float = 10) -> None:
         """Stop HAProxy by PID and start it again from its config; wait for its socket.
 
         A plain restart (``-db``, no master-worker reload): all runtime state (maint/ready set
         over the admin socket) is lost and every server is back to ``disabled`` from the config.
         """
-        self._haproxy.terminate()
+        self._haproxy.stop()
         self._start_haproxy(time.monotonic() + timeout_s)
 
     def stop_haproxy(self) -> None:
-        self._haproxy.terminate()
+        self._haproxy.stop()
 
     def start_haproxy(self, timeout_s: float = 10) -> None:
         self._start_haproxy(time.monotonic() + timeout_s)
 
     def pause_haproxy(self) -> None:
-        self._haproxy.signal(signal.SIGSTOP)
+        self._haproxy.send_signal(signal.SIGSTOP)
 
     def resume_haproxy(self) -> None:
-        self._haproxy.signal(signal.SIGCONT)
+        self._haproxy.send_signal(signal.SIGCONT)
 
     def haproxy_command(self, cmd: str, timeout_s: float = 5.0) -> str:
         """Send one command line on a fresh connection to the admin socket; return the reply."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout_s)
-            s.connect(str(self.haproxy_socket))
-            s.sendall(cmd.rstrip("\n").encode() + b"\n")
-            chunks: list[bytes] = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return self.haproxy(timeout_s).exchange(cmd)
 
     # ----------------------------------------------------------------- internals
 
-    def _proc(self, name: str) -> _Proc:
+    def _proc(self, name: str) -> ManagedProcess:
         if name == "haproxy":
             return self._haproxy
         if name in self._nodes:
@@ -880,15 +699,6 @@ class LocalStack:
             if p.name == name:
                 return p
         raise KeyError(name)
-
-    def _kill(self, proc: _Proc, sig: int, timeout_s: float) -> None:
-        proc.signal(sig)
-        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            if proc.paused or sig != signal.SIGKILL:
-                with contextlib.suppress(ProcessLookupError, LocalStackError):
-                    proc.signal(signal.SIGCONT)
-            if not proc.wait_exit(time.monotonic() + timeout_s):
-                raise StackTimeout(f"{proc.name} did not exit within {timeout_s} s of signal {sig}")
 
     def _start_node_proc(self, name: str) -> None:
         node = self.nodes[name]
@@ -926,25 +736,29 @@ class LocalStack:
         proc = self._haproxy
 
         def ready() -> bool:
-            info = self.haproxy_command("show info", timeout_s=1.0)
-            return f"\nPid: {proc.pid}\n" in info
+            try:
+                return self.haproxy(1.0).info().pid == proc.pid
+            except HAProxyError:  # not listening yet
+                return False
 
         self._wait(f"haproxy admin socket {self.haproxy_socket}", ready, deadline, [proc])
 
-    def _wait_ping(self, proc: _Proc, addr: tuple[str, int], deadline: float) -> None:
+    def _wait_ping(self, proc: ManagedProcess, addr: Address, deadline: float) -> None:
         secret = (self.layout.sentinel_password if proc in self._sentinels
                   else self.layout.redis_password)
         password = secret or None
         self._wait(
-            f"{proc.name} at {addr[0]}:{addr[1]} to answer PING",
-            lambda: resp_command(*addr, "PING", timeout_s=0.5, password=password) == "PONG",
+            f"{proc.name} at {addr} to answer PING",
+            lambda: resp.command(addr, "PING", timeout_s=0.5, password=password) == "PONG",
             deadline,
             [proc],
         )
 
     def _wait_replica_linked(self, node: Node, deadline: float) -> None:
         def linked() -> bool:
-            info = _info(self.redis_command(node.name, "INFO", "replication", timeout_s=0.5))
+            info = resp.info_fields(
+                self.redis_command(node.name, "INFO", "replication", timeout_s=0.5)
+            )
             return info.get("master_link_status") == "up"
 
         master = self.master_of(node.group)
@@ -976,24 +790,49 @@ class LocalStack:
         )
 
     def _wait(
-        self, what: str, cond: Callable[[], bool], deadline: float, watch: list[_Proc]
+        self, what: str, cond: Callable[[], bool], deadline: float, watch: list[ManagedProcess]
     ) -> None:
-        """Poll ``cond`` until it holds; fail early if a watched process exits."""
-        last_error = ""
-        while True:
-            try:
-                if cond():
-                    return
-                last_error = ""
-            except (OSError, RespError, ValueError, KeyError) as e:
-                last_error = f" (last error: {e!r})"
+        """wait_until ``cond``, failing at once if a watched process exits."""
+
+        def cond_or_exited() -> bool:
             for p in watch:
-                if p.popen is not None and p.popen.poll() is not None:
+                code = p.exited()
+                if code is not None:
                     raise LocalStackError(
-                        f"{p.name} exited with code {p.popen.returncode} while waiting for "
-                        f"{what}; log {p.log}:\n{p.log_tail()}"
+                        f"{p.name} exited with code {code} while waiting for {what}; "
+                        f"log {p.log}:\n{p.log_tail()}"
                     )
-            if time.monotonic() >= deadline:
-                tails = "\n".join(f"--- {p.name} ({p.log}):\n{p.log_tail(8)}" for p in watch)
-                raise StackTimeout(f"timed out waiting for {what}{last_error}\n{tails}")
-            time.sleep(_POLL_S)
+            return cond()
+
+        def tails() -> str:
+            return "\n".join(f"--- {p.name} ({p.log}):\n{p.log_tail(8)}" for p in watch)
+
+        wait_until(cond_or_exited, max(0.0, deadline - time.monotonic()), what,
+                   context=tails)
+
+
+class StackActions:
+    """The drill's actions (lab.drill.Actions) on a LocalStack's own processes, by their PIDs.
+
+    A restarted node comes back from its original config: an old master as a master (as a
+    restarted container would), a replica as a replica of the node it started under.
+    """
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def kill(self, addr: str) -> None:
+        self.stack.kill_node(self.stack.node_named(addr))
+
+    def pause(self, addr: str) -> None:
+        self.stack.pause_node(self.stack.node_named(addr))
+
+    def resume(self, addr: str) -> None:
+        self.stack.resume_node(self.stack.node_named(addr))
+
+    def restart(self, addr: str) -> bool:
+        self.stack.start_node(self.stack.node_named(addr))
+        return True
+
+    def describe(self, verb: str, addr: str) -> str:
+        return f"{verb} {self.stack.node_named(addr)} ({addr})"

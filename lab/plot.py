@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.drill import Recording, first_mark
+from lab.measure import Recording, first_mark
 
 BIN_S = 0.1
 NOTE = ("Requests through HAProxy per 100 ms: 2 writers and 2 readers (one on a held connection, "

@@ -1,11 +1,11 @@
-"""Measuring instruments for `demo`, `drill` and the benchmarks: they watch, they never steer.
+"""Measuring instruments for `demo`, `drill`, the tests and the benchmarks: they watch, they
+never steer.
 
-- `RespConn`: one persistent RESP2 connection with a timeout (stdlib only), for writers/readers
-  that must see every error as it happens (no client-side retries hiding an outage);
 - `Writer` / `Reader`: threads that write (SET key seq) or read (GET) through an HAProxy
   frontend at a fixed pace and record every attempt with its wall-clock time and the Redis node
   that answered (the server side address of the connection, `CLIENT INFO` laddr, asked once per
-  connection: free per command);
+  connection: free per command), on lab.resp connections, so that every error is seen as it
+  happens (no client-side retries hiding an outage);
 - `EventRecorder`: a pub/sub subscription (`PSUBSCRIBE *`) to every Sentinel, each message
   stamped on receipt;
 - `HAProxyWatcher`: polls `show servers state` and records when a server becomes routable or not.
@@ -16,7 +16,6 @@ Must not change anything in Redis, Sentinel or HAProxy (the writers write their 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,68 +27,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from controller.haproxy import HAProxyClient, HAProxyError
-from controller.localstack import RespError, encode_command, parse_reply
-from controller.model import AdminState
-
-HostPort = tuple[str, int]
-
-
-def parse_hostport(text: str) -> HostPort:
-    """`HOST:PORT` (IPv6 as `[::1]:6379`); ValueError naming the input otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT")
-    return host, int(port)
-
-
-def fmt_addr(addr: HostPort) -> str:
-    return f"{addr[0]}:{addr[1]}"
-
-
-# --------------------------------------------------------------------------- RESP
-
-
-class RespConn:
-    """A persistent RESP2 connection; any socket error or timeout leaves it unusable.
-
-    Encoding and parsing are localstack's (one RESP codec in the package)."""
-
-    def __init__(self, addr: HostPort, timeout_s: float) -> None:
-        self.addr = addr
-        self.sock = socket.create_connection(addr, timeout=timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(timeout_s)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-        finally:
-            self.sock.close()
-
-    def __enter__(self) -> RespConn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def pipeline(self, *commands: Sequence[str | int]) -> list[object]:
-        """Send every command in one write, return every reply (error replies as RespError)."""
-        self.sock.sendall(b"".join(encode_command(*c) for c in commands))
-        replies: list[object] = []
-        for _ in commands:
-            try:
-                replies.append(parse_reply(self.file.readline, self.file.read))
-            except RespError as e:  # a top-level error reply: the stream is intact
-                replies.append(e)
-        return replies
-
-    def command(self, *args: str | int) -> object:
-        reply = self.pipeline(args)[0]
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
+from controller.model import Address
+from controller.sentinel_parse import SentinelReplyError, parse_event
+from lab import resp
+from lab.resp import RespConn, RespError
 
 
 def laddr_of(client_info: object) -> str | None:
@@ -146,33 +87,32 @@ class Mark:
 # --------------------------------------------------------------------------- writers/readers
 
 
-class Writer(threading.Thread):
-    """SET `<prefix>:<writer>:<seq>` = seq through `addr` every `interval_s`; records each try.
+class _Client(threading.Thread):
+    """A request through an HAProxy frontend every `interval_s`, each attempt recorded.
 
-    `reconnect_each`: a new connection per write (as clients without pools, or pools after an
-    error, do): new connections follow HAProxy's routing at once; a persistent one is held.
-    On any error the connection is dropped and the next write reconnects.
+    `reconnect_each`: a new connection per request (as clients without pools, or pools after
+    an error, do): new connections follow HAProxy's routing at once; a persistent one is held
+    where HAProxy first sent it. On any error the connection is dropped and the next request
+    reconnects. Subclasses say what to send and what to record.
     """
 
-    def __init__(
-        self,
-        addr: HostPort,
-        prefix: str,
-        writer_id: int,
-        stop: threading.Event,
-        interval_s: float = 0.002,
-        timeout_s: float = 1.0,
-        reconnect_each: bool = False,
-    ) -> None:
-        super().__init__(name=f"writer-{writer_id}", daemon=True)
+    def __init__(self, name: str, addr: Address, stop: threading.Event, interval_s: float,
+                 timeout_s: float, reconnect_each: bool) -> None:
+        super().__init__(name=name, daemon=True)
         self.addr = addr
-        self.prefix = prefix
-        self.writer_id = writer_id
         self.stop_event = stop
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.reconnect_each = reconnect_each
-        self.samples: list[WriteSample] = []
+
+    def request(self, seq: int) -> tuple[str | int, ...]:
+        raise NotImplementedError
+
+    def accepted(self, reply: object) -> bool:
+        raise NotImplementedError
+
+    def record(self, seq: int, sent: float, ok: bool, node: str | None, error: str) -> None:
+        raise NotImplementedError
 
     def run(self) -> None:
         conn: RespConn | None = None
@@ -182,24 +122,21 @@ class Writer(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 seq += 1
-                key = f"{self.prefix}:{self.writer_id}:{seq}"
                 sent = time.time()
                 ok, error = False, ""
                 try:
                     if conn is None:
                         conn = RespConn(self.addr, self.timeout_s)
-                        info, reply = conn.pipeline(("CLIENT", "INFO"), ("SET", key, seq))
+                        info, reply = conn.pipeline(("CLIENT", "INFO"), self.request(seq))
                         node = laddr_of(info)
                     else:
-                        reply = conn.pipeline(("SET", key, seq))[0]
-                    ok = reply == "OK"
+                        reply = conn.pipeline(self.request(seq))[0]
+                    ok = self.accepted(reply)
                     if not ok:
                         error = short_error(reply)
                 except (OSError, ConnectionError, ValueError) as e:
                     error = short_error(e) or type(e).__name__
-                self.samples.append(
-                    WriteSample(time.time(), sent, self.writer_id, seq, key, ok, node, error)
-                )
+                self.record(seq, sent, ok, node, error)
                 if conn is not None and (not ok or self.reconnect_each):
                     conn.close()
                     conn, node = None, None
@@ -210,15 +147,49 @@ class Writer(threading.Thread):
                 conn.close()
 
 
-class Reader(threading.Thread):
-    """GET through `addr` (a read frontend) every `interval_s`; records each try and the node.
-
-    `reconnect_each` as for `Writer`: a persistent connection stays where HAProxy first sent
-    it, a new one per read follows HAProxy's current routing."""
+class Writer(_Client):
+    """SET `<prefix>:<writer>:<seq>` = seq through a write frontend; records each try."""
 
     def __init__(
         self,
-        addr: HostPort,
+        addr: Address,
+        prefix: str,
+        writer_id: int,
+        stop: threading.Event,
+        interval_s: float = 0.002,
+        timeout_s: float = 1.0,
+        reconnect_each: bool = False,
+    ) -> None:
+        super().__init__(f"writer-{writer_id}", addr, stop, interval_s, timeout_s,
+                         reconnect_each)
+        self.prefix = prefix
+        self.writer_id = writer_id
+        self.samples: list[WriteSample] = []
+
+    def key(self, seq: int) -> str:
+        return f"{self.prefix}:{self.writer_id}:{seq}"
+
+    def request(self, seq: int) -> tuple[str | int, ...]:
+        return ("SET", self.key(seq), seq)
+
+    def accepted(self, reply: object) -> bool:
+        return reply == "OK"
+
+    def record(self, seq: int, sent: float, ok: bool, node: str | None, error: str) -> None:
+        self.samples.append(
+            WriteSample(time.time(), sent, self.writer_id, seq, self.key(seq), ok, node, error)
+        )
+
+    def acked(self) -> list[WriteSample]:
+        return [w for w in self.samples if w.ok]
+
+
+class Reader(_Client):
+    """GET `key` through a read frontend; records each try and the node that answered."""
+
+    def __init__(
+        self,
+        addr: Address,
         key: str,
         stop: threading.Event,
         interval_s: float = 0.005,
@@ -226,42 +197,20 @@ class Reader(threading.Thread):
         reconnect_each: bool = False,
         reader_id: int = 0,
     ) -> None:
-        super().__init__(name=f"reader-{reader_id}", daemon=True)
-        self.reconnect_each = reconnect_each
-        self.reader_id = reader_id
-        self.addr = addr
+        super().__init__(f"reader-{reader_id}", addr, stop, interval_s, timeout_s,
+                         reconnect_each)
         self.key = key
-        self.stop_event = stop
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
+        self.reader_id = reader_id
         self.samples: list[ReadSample] = []
 
-    def run(self) -> None:
-        conn: RespConn | None = None
-        node: str | None = None
-        try:
-            while not self.stop_event.is_set():
-                ok, error = False, ""
-                try:
-                    if conn is None:
-                        conn = RespConn(self.addr, self.timeout_s)
-                        info, reply = conn.pipeline(("CLIENT", "INFO"), ("GET", self.key))
-                        node = laddr_of(info)
-                    else:
-                        reply = conn.pipeline(("GET", self.key))[0]
-                    ok = not isinstance(reply, RespError)
-                    if not ok:
-                        error = short_error(reply)
-                except (OSError, ConnectionError, ValueError) as e:
-                    error = short_error(e) or type(e).__name__
-                self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id))
-                if conn is not None and (not ok or self.reconnect_each):
-                    conn.close()
-                    conn, node = None, None
-                self.stop_event.wait(self.interval_s)
-        finally:
-            if conn is not None:
-                conn.close()
+    def request(self, seq: int) -> tuple[str | int, ...]:
+        return ("GET", self.key)
+
+    def accepted(self, reply: object) -> bool:
+        return not isinstance(reply, RespError)
+
+    def record(self, seq: int, sent: float, ok: bool, node: str | None, error: str) -> None:
+        self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id))
 
 
 # --------------------------------------------------------------------------- sentinel events
@@ -270,7 +219,7 @@ class Reader(threading.Thread):
 class EventRecorder:
     """`PSUBSCRIBE *` on every Sentinel; every message (but hellos) becomes a Mark."""
 
-    def __init__(self, sentinels: Sequence[HostPort], timeout_s: float = 1.0) -> None:
+    def __init__(self, sentinels: Sequence[Address], timeout_s: float = 1.0) -> None:
         self.sentinels = list(sentinels)
         self.timeout_s = timeout_s
         self.marks: list[Mark] = []
@@ -278,8 +227,7 @@ class EventRecorder:
         self._stop = threading.Event()
         self._subscribed: set[str] = set()
         self._threads = [
-            threading.Thread(target=self._run, args=(s,), name=f"events-{fmt_addr(s)}",
-                             daemon=True)
+            threading.Thread(target=self._run, args=(s,), name=f"events-{s}", daemon=True)
             for s in self.sentinels
         ]
         self.listeners: list[Callable[[Mark], None]] = []
@@ -311,11 +259,11 @@ class EventRecorder:
         for listener in self.listeners:
             listener(mark)
 
-    def _run(self, addr: HostPort) -> None:
-        name = fmt_addr(addr)
+    def _run(self, addr: Address) -> None:
+        name = str(addr)
         while not self._stop.is_set():
             client: Any = redis.Redis(
-                host=addr[0], port=addr[1], protocol=2, decode_responses=True,
+                host=addr.host, port=addr.port, protocol=2, decode_responses=True,
                 socket_connect_timeout=self.timeout_s, socket_timeout=self.timeout_s,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -345,24 +293,18 @@ class EventRecorder:
 
 
 def event_is_for(mark: Mark, master: str) -> bool:
-    """Whether a Sentinel event concerns master group `master` (by the event's text)."""
-    words = mark.text.split()
-    if mark.kind == "+switch-master":
-        return words[:1] == [master]
-    if "@" in words:
-        i = words.index("@")
-        return words[i + 1 : i + 2] == [master]
-    return len(words) >= 2 and words[0] == "master" and words[1] == master
+    """Whether a Sentinel event concerns master group `master` (by the daemon's own parser)."""
+    try:
+        return parse_event(mark.kind, mark.text).master == master
+    except SentinelReplyError:
+        return False
 
 
 # --------------------------------------------------------------------------- haproxy
 
 
 class HAProxyWatcher(threading.Thread):
-    """Polls an HAProxy's servers of `backends`; a change of routability becomes a Mark.
-
-    Routable = admin ready and operationally running (check passing or no check).
-    """
+    """Polls an HAProxy's servers of `backends`; a change of routability becomes a Mark."""
 
     def __init__(
         self, socket_path: str, backends: Sequence[str], interval_s: float = 0.02
@@ -377,13 +319,11 @@ class HAProxyWatcher(threading.Thread):
 
     def poll(self) -> dict[str, bool]:
         state = self.client.state()
-        out: dict[str, bool] = {}
-        for be, servers in state.backends.items():
-            if be not in self.backends:
-                continue
-            for srv in servers.values():
-                out[f"{be}/{srv.name}"] = srv.admin is AdminState.READY and srv.op_state == 2
-        return out
+        return {
+            f"{be}/{srv.name}": srv.routable
+            for be, servers in state.backends.items() if be in self.backends
+            for srv in servers.values()
+        }
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -406,19 +346,13 @@ class HAProxyWatcher(threading.Thread):
 # --------------------------------------------------------------------------- sentinel queries
 
 
-def sentinel_command(addr: HostPort, *args: str | int, timeout_s: float = 1.0) -> object:
-    with RespConn(addr, timeout_s) as c:
-        return c.command(*args)
-
-
-def current_master(sentinels: Sequence[HostPort], name: str) -> str | None:
+def current_master(sentinels: Sequence[Address], name: str) -> str | None:
     """The master address most Sentinels name now (`host:port`), None without a majority."""
     votes: dict[str, int] = {}
     for s in sentinels:
         try:
-            reply = sentinel_command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name,
-                                     timeout_s=0.5)
-        except (OSError, ConnectionError, RespError, ValueError):
+            reply = resp.command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name, timeout_s=0.5)
+        except (OSError, RespError, ValueError):
             continue
         if isinstance(reply, list) and len(reply) == 2:
             a = f"{reply[0]}:{reply[1]}"
@@ -429,7 +363,23 @@ def current_master(sentinels: Sequence[HostPort], name: str) -> str | None:
     return best if n >= len(sentinels) // 2 + 1 else None
 
 
-def read_back(addr: HostPort, keys: Sequence[str], chunk: int = 500) -> dict[str, str | None]:
+def replica_entries(sentinels: Sequence[Address], name: str) -> list[dict[str, str]]:
+    """Every Sentinel's `SENTINEL REPLICAS name` entries (fields as strings), in order."""
+    out: list[dict[str, str]] = []
+    for s in sentinels:
+        try:
+            reply = resp.command(s, "SENTINEL", "REPLICAS", name)
+        except (OSError, RespError, ValueError):
+            continue
+        for entry in reply if isinstance(reply, list) else []:
+            try:
+                out.append(resp.field_pairs(entry))
+            except (RespError, ValueError):
+                continue
+    return out
+
+
+def read_back(addr: Address, keys: Sequence[str], chunk: int = 500) -> dict[str, str | None]:
     """Values of `keys` on the node at `addr` (MGET in chunks)."""
     out: dict[str, str | None] = {}
     with RespConn(addr, 5.0) as c:

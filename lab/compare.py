@@ -1,6 +1,6 @@
 """`sentinel-haproxy drill --compare`: classic HAProxy vs the controller, side by side.
 
-Starts two local stacks of one group each (controller/localstack.py) at the same time: one
+Starts two local stacks of one group each (lab.localstack) at the same time: one
 whose HAProxy decides by itself with the classic role health check (haproxy/haproxy-classic.cfg,
 no controller), one driven by the controller daemon (haproxy/haproxy.cfg). Each scenario runs
 on both at once, with the same writers, readers and fault:
@@ -17,41 +17,23 @@ Must stop both stacks and the controller on exit, Ctrl-C or error.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from controller.demo import StackActions, routable
-from controller.drill import (
-    METRICS,
-    DrillError,
-    DrillReport,
-    DrillRun,
-    DrillSpec,
-    Recording,
-    aggregate,
-    fmt_num,
-    run_drill,
-    summarize,
-)
 from controller.haproxy import HAProxyError
-from controller.localstack import (
-    HAPROXY_CLASSIC_CONFIG,
-    Layout,
-    LocalStack,
-    LocalStackError,
-    RespError,
-)
-from controller.probes import Mark, current_master, event_is_for, fmt_addr
-from controller.sidecar import ControllerProcess, SidecarError, controller_marks
+from controller.model import Address
+from lab import resp
+from lab.daemon import ControllerDaemon
+from lab.drill import DrillError, DrillRun, DrillSpec, run_drill
+from lab.localstack import HAPROXY_CLASSIC_CONFIG, Layout, LocalStack, StackActions
+from lab.measure import METRICS, DrillReport, Recording, aggregate, fmt_num
+from lab.probes import Mark, current_master, event_is_for
+from lab.resp import RespError
+from lab.wait import wait_until
 
 GROUP = "redis1"
 SCENARIOS: dict[str, str] = {
@@ -68,7 +50,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class Setup:
     name: str
     stack: LocalStack
-    ctl: ControllerProcess | None = None
+    ctl: ControllerDaemon | None = None
 
     def actions(self) -> CompareActions:
         return CompareActions(self.stack)
@@ -80,16 +62,16 @@ class CompareActions(StackActions):
     master restarted with its own config)."""
 
     def restart(self, addr: str) -> bool:
-        name = self.name(addr)
+        name = self.stack.node_named(addr)
         self.stack.start_node(name)
         master = current_master(self.stack.sentinel_addrs, GROUP)
         if master is not None and master != addr:
-            host, _, port = master.rpartition(":")
-            self.stack.redis_command(name, "REPLICAOF", host, port)
+            m = Address.parse(master)
+            self.stack.redis_command(name, "REPLICAOF", m.host, m.port)
         return True
 
     def restart_as_master(self, addr: str) -> None:
-        name = self.name(addr)
+        name = self.stack.node_named(addr)
         self.stack.start_node(name)
         if self.stack.role(name) != "master":
             self.stack.redis_command(name, "REPLICAOF", "NO", "ONE")
@@ -115,11 +97,11 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
     stack = setup.stack
     base = DrillSpec(
         sentinels=list(stack.sentinel_addrs),
-        write=("127.0.0.1", stack.write_port(GROUP)),
-        read=("127.0.0.1", stack.read_port(GROUP)),
+        write=stack.write_frontend(GROUP),
+        read=stack.read_frontend(GROUP),
         master=GROUP,
         haproxy_socket=str(stack.haproxy_socket),
-        backends=(f"{GROUP}_master", f"{GROUP}_replicas"),
+        backends=(stack.write_backend(GROUP), stack.read_backend(GROUP)),
         setup=setup.name, writers=2, interval_s=0.005, duration_s=30.0,
         prefix=f"cmp:{setup.name}:{scenario}:{int(time.time() * 1000)}",
     )
@@ -151,10 +133,9 @@ def _old_master_returns(setup: Setup, run: DrillRun) -> None:
 def _wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
                      tail_s: float) -> None:
     """Until a Sentinel converts `addr` to a replica (bounded), then `tail_s` more."""
-    host, _, port = addr.rpartition(":")
 
     def is_it(m: Mark) -> bool:
-        return event_is_for(m, GROUP) and f"{host}:{port}" in m.text
+        return event_is_for(m, GROUP) and addr in m.text
 
     run.wait_event("+convert-to-slave", is_it, timeout_s, since)
     time.sleep(tail_s)
@@ -164,7 +145,7 @@ def run_scenario(setup: Setup, scenario: str) -> Recording:
     spec = spec_for(setup, scenario)
     rec = run_drill(spec, setup.actions(), after=after_for(setup, scenario))
     if setup.ctl is not None:
-        extra = controller_marks(setup.ctl.lines(), rec.fault_t - 0.5, rec.end_t)
+        extra = setup.ctl.marks(rec.fault_t - 0.5, rec.end_t)
         rec = replace(rec, marks=tuple(sorted((*rec.marks, *extra), key=lambda m: m.t)))
     return rec
 
@@ -174,54 +155,37 @@ def restore(setup: Setup, timeout_s: float = 60.0) -> None:
     healthy to every Sentinel, HAProxy routing writes to the master and reads to the replica."""
     stack = setup.stack
     deadline = time.monotonic() + timeout_s
-    master = _wait_for(lambda: current_master(stack.sentinel_addrs, GROUP), deadline,
-                       f"{setup.name}: a Sentinel majority naming a master")
-    mhost, _, mport = master.rpartition(":")
-    m_node = stack.node_at(mhost, int(mport))
-    if m_node is None:
-        raise DrillError(f"{setup.name}: master {master} is not a node of the stack")
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    not_yet = (OSError, RespError, HAProxyError, ValueError, KeyError)
+    master = wait_until(lambda: current_master(stack.sentinel_addrs, GROUP), left(),
+                        f"{setup.name}: a Sentinel majority naming a master", not_yet=not_yet)
+    m_node = stack.nodes[stack.node_named(master)]
     for name in stack.nodes:
         if stack.node_pid(name) is None:
-            setup.actions().restart(fmt_addr(stack.nodes[name].addr))
+            setup.actions().restart(str(stack.nodes[name].addr))
     replica = next(n for n in stack.nodes if n != m_node.name)
+    replica_addr = str(stack.nodes[replica].addr)
 
-    def healthy() -> bool | None:
-        info = stack.redis_command(replica, "INFO", "replication")
-        if "master_link_status:up" not in str(info) or f"master_host:{mhost}" not in str(info):
-            return None
+    def healthy() -> bool:
+        info = resp.info_fields(stack.redis_command(replica, "INFO", "replication"))
+        if info.get("master_link_status") != "up" or info.get("master_host") != m_node.host:
+            return False
         for i in range(len(stack.sentinel_addrs)):
             reply = stack.sentinel_command(i, "SENTINEL", "REPLICAS", GROUP)
-            ok = False
-            for entry in reply if isinstance(reply, list) else []:
-                d = {str(k): str(v) for k, v in zip(entry[::2], entry[1::2], strict=False)}
-                if (d.get("name") == fmt_addr(stack.nodes[replica].addr)
-                        and d.get("flags") == "slave" and d.get("role-reported") == "slave"
-                        and d.get("master-link-status") == "ok"):
-                    ok = True
-            if not ok:
-                return None
-        now = routable(stack)
-        if now.get(f"{GROUP}_master") != [m_node.name]:
-            return None
-        if now.get(f"{GROUP}_replicas") != [replica]:
-            return None
-        return True
+            entries = [resp.field_pairs(e) for e in reply] if isinstance(reply, list) else []
+            if not any(d.get("name") == replica_addr and d.get("flags") == "slave"
+                       and d.get("role-reported") == "slave"
+                       and d.get("master-link-status") == "ok" for d in entries):
+                return False
+        now = stack.routable()
+        return (now.get(stack.write_backend(GROUP)) == [m_node.name]
+                and now.get(stack.read_backend(GROUP)) == [replica])
 
-    _wait_for(healthy, deadline, f"{setup.name}: {replica} a healthy replica of {m_node.name} "
-              "and HAProxy routing accordingly")
-
-
-def _wait_for(cond: Callable[[], Any], deadline: float, what: str) -> Any:
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except (OSError, RespError, HAProxyError, ValueError, LocalStackError) as e:
-            last = f" (last error: {e})"
-        time.sleep(0.1)
-    raise DrillError(f"timed out waiting for {what}{last}")
+    wait_until(healthy, left(), f"{setup.name}: {replica} a healthy replica of {m_node.name} "
+               "and HAProxy routing accordingly", interval_s=0.1, not_yet=not_yet)
 
 
 # --------------------------------------------------------------------------- running it all
@@ -245,9 +209,9 @@ def run_compare(
             stack.start()
             _say(f"started {name} stack in {workdir / name}")
         ctl_setup = setups[1]
-        ctl = ControllerProcess([fmt_addr(a) for a in ctl_setup.stack.sentinel_addrs],
-                                [str(ctl_setup.stack.haproxy_socket)],
-                                workdir / "controller" / "ctl", controller_args)
+        ctl = ControllerDaemon([str(a) for a in ctl_setup.stack.sentinel_addrs],
+                               [str(ctl_setup.stack.haproxy_socket)],
+                               workdir / "controller" / "controller.log", controller_args)
         ctl_setup.ctl = ctl
         ctl.start()
         ctl.wait_in_sync((GROUP,))
@@ -318,59 +282,3 @@ def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
             ratio = "inf"
         lines.append(f"  {label:<56}{cells[0]:>18}{cells[1]:>18}{ratio:>12}")
     return "\n".join(lines)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    scenarios = [x for v in args.tool_scenarios or [] for x in v.split(",") if x] or list(
-        SCENARIOS)
-    bad = [s for s in scenarios if s not in SCENARIOS]
-    if bad or args.tool_repeat < 1:
-        print(f"sentinel-haproxy drill --compare: error: unknown scenario(s) {bad} (choose from "
-              f"{', '.join(SCENARIOS)}) or --repeat < 1", file=sys.stderr)
-        return EXIT_USAGE
-    if not args.tool_yes:
-        print("drill --compare would (add --yes to do it): start two local one-group stacks "
-              "(classic HAProxy health checks vs the controller) in a temp dir and run, "
-              f"{args.tool_repeat} time(s), on both at once: ")
-        for s in scenarios:
-            print(f"  - {s}: {SCENARIOS[s]}")
-        if args.tool_controller_args:
-            print(f"  (controller run with: {' '.join(args.tool_controller_args)})")
-        return EXIT_USAGE
-    temp = args.tool_workdir is None
-    workdir = Path(args.tool_workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-compare-"))
-    try:
-        results = run_compare(workdir, scenarios, args.tool_repeat,
-                              controller_args=args.tool_controller_args)
-    except (DrillError, LocalStackError, SidecarError, HAProxyError, OSError) as e:
-        print(f"sentinel-haproxy drill --compare: failed: {e}\nlogs kept in {workdir}",
-              file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted: both stacks stopped", file=sys.stderr)
-        return 130
-    reports = {
-        sc: {setup: [summarize(r[setup]) for r in runs] for setup in SETUPS}
-        for sc, runs in results.items()
-    }
-    if args.tool_json:
-        json.dump({sc: {setup: [asdict(r) for r in rs] for setup, rs in by.items()}
-                   for sc, by in reports.items()}, sys.stdout, indent=2)
-        print()
-    else:
-        for sc in scenarios:
-            print(table(sc, reports[sc]))
-            print()
-    if args.tool_plot:
-        from controller.plot import PlotUnavailable, plot_compare
-
-        for path in args.tool_plot:
-            try:
-                plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(path), SETUPS)
-                print(f"plot (first repetition) written to {path}", file=sys.stderr)
-            except PlotUnavailable as e:
-                print(f"no plot: {e}", file=sys.stderr)
-                break
-    if temp:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return EXIT_OK

@@ -1,0 +1,178 @@
+"""The one process wrapper of the lab: start a program as a child, signal it and stop it by PID.
+
+`ManagedProcess` runs one program in its own session (a Ctrl-C in the terminal reaches only
+the Python parent, which then stops its children in order), with its own working directory and
+log file (stdout and stderr appended). Every child still running when the interpreter exits is
+stopped by an atexit hook.
+Must not stop anything it did not start (never by name: no pkill/killall), nor detach children
+it cannot track.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STOP_GRACE_S = 5.0
+
+
+def find_binary(name: str, fallback: str) -> str:
+    return shutil.which(name) or fallback
+
+
+REDIS_SERVER = find_binary("redis-server", "/usr/bin/redis-server")
+HAPROXY = find_binary("haproxy", "/usr/sbin/haproxy")
+
+
+class ProcessError(RuntimeError):
+    """A child process could not be started, signalled or stopped."""
+
+
+def stop_process(p: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop a child we started, by its PID: SIGTERM (and SIGCONT, a stopped process only acts
+    on SIGTERM once resumed), wait up to `grace_s`, then SIGKILL and reap it.
+    True if it exited without SIGKILL (or had already exited)."""
+    if p.poll() is not None:
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, signal.SIGTERM)
+        os.kill(p.pid, signal.SIGCONT)
+    try:
+        p.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(STOP_GRACE_S)
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class ManagedProcess:
+    """One child program: `argv` run in `cwd`, output appended to `log`."""
+
+    name: str
+    argv: list[str]
+    cwd: Path
+    log: Path
+    env: Mapping[str, str] | None = None  # None: inherit this process' environment
+    popen: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    exit_codes: list[int] = field(default_factory=list)  # of every stop() that stopped it
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
+
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    def start(self) -> None:
+        if self.alive():
+            raise ProcessError(f"{self.name} is already running (pid {self.pid})")
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as logf:
+            logf.write(f"\n==== lab: starting {' '.join(self.argv)}\n".encode())
+            logf.flush()
+            self.popen = subprocess.Popen(
+                self.argv, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=logf,
+                stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                env=None if self.env is None else dict(self.env),
+            )
+        self.paused = False
+        _RUNNING.add(self)
+
+    def send_signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid is None:
+            raise ProcessError(f"{self.name} is not running")
+        os.kill(pid, sig)
+        if sig == signal.SIGSTOP:
+            self.paused = True
+        elif sig == signal.SIGCONT:
+            self.paused = False
+
+    def exited(self) -> int | None:
+        """The exit code once it has exited, None while it runs (or was never started)."""
+        return None if self.popen is None else self.popen.poll()
+
+    def wait_exit(self, deadline: float) -> bool:
+        """Reap the process; True if it exited before `deadline`."""
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 15.0) -> None:
+        """Send a deadly `sig` (a crash, a SIGTERM...) and wait until the process is gone."""
+        self.send_signal(sig)
+        if self.paused or sig != signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError, ProcessError):
+                self.send_signal(signal.SIGCONT)
+        if not self.wait_exit(time.monotonic() + timeout_s):
+            raise ProcessError(f"{self.name} did not exit within {timeout_s} s of signal {sig}")
+        _RUNNING.discard(self)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+        """SIGTERM, wait up to `grace_s`, then SIGKILL. Idempotent. True if it stopped
+        without SIGKILL (or was not running)."""
+        self.send_term()
+        return self.finish_stop(time.monotonic() + grace_s)
+
+    def send_term(self) -> None:
+        """First half of `stop()`, so that many processes can be stopped in parallel."""
+        pid = self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)
+        self.paused = False
+
+    def finish_stop(self, deadline: float) -> bool:
+        p = self.popen
+        _RUNNING.discard(self)
+        if p is None:
+            return True
+        was_running = p.returncode is None
+        clean = True
+        if not self.wait_exit(deadline):
+            clean = False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            if not self.wait_exit(time.monotonic() + STOP_GRACE_S):
+                raise ProcessError(f"{self.name} (pid {p.pid}) survived SIGKILL")
+        if was_running and p.returncode is not None:
+            self.exit_codes.append(p.returncode)
+        return clean
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(no log)"
+
+
+_RUNNING: set[ManagedProcess] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for p in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            p.stop()

@@ -1,0 +1,98 @@
+"""In-memory stand-ins for the loop's two outside systems, for unit tests of whole passes.
+
+`FakeSentinels` answers `read()` with the captured views of a chosen state (tests/data);
+`FakeHAProxy` starts from a captured HAProxy state and applies the Runtime API commands the
+controller sends, with HAProxy's semantics for them (facts A.1): `set server B/S state
+ready|maint|drain` changes the admin state, `shutdown sessions server B/S` drops the session
+count, an unknown server answers `No such server.`. Both satisfy the loop's Protocols
+(controller.loop.SentinelSource, HAProxyTarget); neither talks to anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Sequence
+
+from captured import GROUP, haproxy_state, views
+
+from controller.haproxy import CommandResult, HAProxyError
+from controller.model import AdminState, Command, HAProxyInfo, HAProxyState, SentinelView
+
+
+class FakeSentinels:
+    """Every Sentinel's view in `state` (a captured state name), or what `views` is set to."""
+
+    def __init__(self, state: str = "steady") -> None:
+        self.views: list[SentinelView] = views(state)
+
+    def show(self, state: str) -> None:
+        self.views = views(state)
+
+    @property
+    def master_names(self) -> list[str]:
+        return [GROUP]
+
+    def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
+        return [SentinelView(v.sentinel, error="event connection down") if v.sentinel in skip
+                else v for v in self.views]
+
+
+class FakeHAProxy:
+    """One HAProxy's servers in memory; `restart()` brings back the config state."""
+
+    def __init__(self, capture: str = "haproxy_localstack_initial.txt",
+                 target: str = "/fake/admin.sock") -> None:
+        self.target = target
+        self.capture = capture
+        self.state_: HAProxyState = haproxy_state(capture)
+        self.applied: list[str] = []
+        self.down = False
+
+    def restart(self) -> None:
+        """A restarted HAProxy: config state again, new Pid and start time."""
+        old = self.state_.info
+        self.state_ = dataclasses.replace(
+            haproxy_state(self.capture),
+            info=HAProxyInfo(pid=old.pid + 1, start_time_s=old.start_time_s + 1),
+        )
+
+    def set_sessions(self, backend: str, server: str, n: int) -> None:
+        srv = self.state_.backends[backend][server]
+        self.state_.backends[backend][server] = dataclasses.replace(srv, sessions=n)
+
+    def info(self) -> HAProxyInfo:
+        if self.down:
+            raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        return self.state_.info
+
+    def state(self) -> HAProxyState:
+        if self.down:
+            raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        return HAProxyState(
+            info=self.state_.info,
+            backends={b: dict(s) for b, s in self.state_.backends.items()},
+        )
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]:
+        return [CommandResult(c, self.apply(c.text)) for c in commands]
+
+    def apply(self, text: str) -> str:
+        """One command as HAProxy would run it; returns its output ("" on success)."""
+        words = text.split()
+        self.applied.append(text)
+        if words[:2] == ["set", "server"] and len(words) == 5 and words[3] == "state":
+            ref, value = words[2], words[4]
+        elif words[:3] == ["shutdown", "sessions", "server"] and len(words) == 4:
+            ref, value = words[3], "sessions"
+        else:
+            return "Unknown command."
+        backend, _, name = ref.partition("/")
+        srv = self.state_.backends.get(backend, {}).get(name)
+        if srv is None:
+            return "No such server."
+        if value == "sessions":
+            srv = dataclasses.replace(srv, sessions=0)
+        else:
+            srv = dataclasses.replace(srv, admin=AdminState(value))
+        self.state_.backends[backend][name] = srv
+        return ""
