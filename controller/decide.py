@@ -48,21 +48,21 @@ def decide(
             why += f" (no answer: {', '.join(skipped)})"
         return undecided(why)
     top = max(a.epoch for a in answers)
-    leaders = [a for a in answers if a.epoch == top]
-    addrs = {a.addr for a in leaders}
+    at_top = [a for a in answers if a.epoch == top]
+    addrs = {a.addr for a in at_top}
     if len(addrs) != 1:
         shown = ", ".join(sorted(str(a) for a in addrs))
         return undecided(f"sentinels at epoch {top} disagree on the master: {shown}", top)
-    if top < seen_epoch and not (len(leaders) == len(views) == len(answers)):
+    if top < seen_epoch and not (len(at_top) == len(views) == len(answers)):
         return undecided(
             f"sentinels report epoch {top}, older than epoch {seen_epoch} seen before", top
         )
     master = addrs.pop()
-    replicas = _healthy_replicas(master, leaders)
-    odown = any(a.odown for a in leaders)
-    failing_over = any(a.failing_over for a in leaders)
+    replicas = _healthy_replicas(master, at_top)
+    odown = any(a.odown for a in at_top)
+    failing_over = any(a.failing_over for a in at_top)
     fenced = odown or failing_over
-    reason = f"epoch {top} from {len(leaders)} of {len(answers)} sentinels"
+    reason = f"epoch {top} from {len(at_top)} of {len(answers)} sentinels"
     if odown:
         reason = f"master {master} is o_down (epoch {top})"
     elif failing_over:

@@ -40,11 +40,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from controller.haproxy import HAProxyClient, HAProxyError
+from controller.haproxy import HAProxyClient
 from controller.model import Address, HAProxyState
 from controller.settings import Settings
 from lab import resp
-from lab.procs import HAPROXY, REDIS_SERVER, ManagedProcess, ProcessError
+from lab.procs import HAPROXY, REDIS_SERVER, ManagedProcess, ProcessError, start_haproxy
 from lab.wait import wait_until
 
 #: The repository's haproxy/ and sentinel/ directories, reached through symlinks inside the
@@ -446,10 +446,7 @@ class LocalStack:
             )
             for i in range(self.layout.sentinels)
         ]
-        self._haproxy = ManagedProcess(
-            "haproxy", [HAPROXY, "-db", "-f", str(self.haproxy_config_path)], hdir,
-            hdir / "haproxy.log",
-        )
+        self._haproxy = ManagedProcess("haproxy", [], hdir, hdir / "haproxy.log")  # not started
 
     # ----------------------------------------------------------------- ports / addresses
 
@@ -732,16 +729,9 @@ class LocalStack:
     def _start_haproxy(self, deadline: float) -> None:
         self.haproxy_socket.parent.mkdir(parents=True, exist_ok=True)
         self._write_haproxy_config()
-        self._haproxy.start()
-        proc = self._haproxy
-
-        def ready() -> bool:
-            try:
-                return self.haproxy(1.0).info().pid == proc.pid
-            except HAProxyError:  # not listening yet
-                return False
-
-        self._wait(f"haproxy admin socket {self.haproxy_socket}", ready, deadline, [proc])
+        self._haproxy = start_haproxy(self.haproxy_config_path, self.haproxy_socket,
+                                      self.workdir / "haproxy",
+                                      timeout_s=max(0.0, deadline - time.monotonic()))
 
     def _wait_ping(self, proc: ManagedProcess, addr: Address, deadline: float) -> None:
         secret = (self.layout.sentinel_password if proc in self._sentinels

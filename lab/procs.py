@@ -17,9 +17,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from controller.haproxy import HAProxyClient, HAProxyError
+from lab.wait import wait_until
 
 STOP_GRACE_S = 5.0
 
@@ -166,6 +169,37 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:]) or "(no log)"
+
+
+def start_haproxy(
+    config: Path, socket_path: Path, workdir: Path, flags: Sequence[str] = (),
+    timeout_s: float = 10.0, name: str = "haproxy",
+) -> ManagedProcess:
+    """HAProxy in the foreground (`-db`, plus `flags`, e.g. `-W` for master-worker) on
+    `config`, started and waited for: its admin socket at `socket_path` answers `show info`
+    from this very process (in master-worker mode: from a worker of it)."""
+    proc = ManagedProcess(name, [HAPROXY, "-db", *flags, "-f", str(config)], workdir,
+                          workdir / f"{name}.log")
+    proc.start()
+    client = HAProxyClient(str(socket_path), 1.0)
+
+    def answers() -> bool:
+        code = proc.exited()
+        if code is not None:
+            raise ProcessError(f"{name} exited with code {code}; log {proc.log}:\n"
+                               f"{proc.log_tail()}")
+        try:
+            pid = client.info().pid
+        except HAProxyError:
+            return False
+        return "-W" in flags or pid == proc.pid
+
+    try:
+        wait_until(answers, timeout_s, f"{name} admin socket {socket_path}")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
 _RUNNING: set[ManagedProcess] = set()

@@ -15,9 +15,9 @@ from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     Layout,
     LocalStack,
-    LocalStackError,
     PortInUseError,
 )
+from lab.procs import ProcessError
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ def test_failure_half_way_stops_what_was_started(
         real_start_haproxy(self, deadline)
 
     monkeypatch.setattr(LocalStack, "_start_haproxy", spy)
-    with pytest.raises(LocalStackError, match="haproxy exited"):
+    with pytest.raises(ProcessError, match="haproxy exited"):
         stack.start(timeout_s=20)
     assert len(started) == 2 + 3
     assert stack.pids() == []
