@@ -4,9 +4,9 @@ What is real and what is replayed:
 - HAProxy is real: a `haproxy` process with a generated config of N groups (backends
   `gI_master` and `gI_replicas`, 2 servers each, `disabled`, `on-marked-down shutdown-sessions`,
   as reconcile_scale.py generates it) and its own admin socket;
-- the daemon is real: `python -m controller run` as a child process, with its 3 EventWatcher
-  threads, its SentinelReader, the loop, a full pass every second (`--resync-interval-s 1`),
-  JSON logging at level warning into a file;
+- the daemon is real: `python -m controller run` as a child process (lab.daemon), with its 3
+  EventWatcher threads, its SentinelReader, the loop, a full pass every second
+  (`--resync-interval-s 1`), JSON logging at level warning into a file;
 - Sentinel is REPLAYED: a real Sentinel cannot monitor 1,000 masters on one machine (3
   Sentinels would each ping 2,000 Redis nodes and flood each other with hello messages), so
   3 small RESP2 servers in this process (threads, stdlib sockets, each on its own loopback
@@ -34,7 +34,6 @@ import json
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,16 +45,16 @@ from typing import Any
 
 from controller.haproxy import HAProxyClient
 from controller.model import AdminState
+from lab.daemon import ControllerDaemon
 from lab.localstack import free_port
+from lab.procs import ManagedProcess, start_haproxy
+from lab.wait import wait_until
 
 # bench/ is not a package: its sibling reconcile_scale.py is importable once its directory is
-# on the path (haproxy_config, group_replies and DATA are shared with it, not copied).
+# on the path (haproxy_config, group_replies, DATA and HAPROXY_START_S are shared with it).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
 
-from lab.procs import HAPROXY, stop_process
-
-ROOT = Path(__file__).resolve().parent.parent
 SIZES = (1, 100, 1000)
 SENTINEL_HOSTS = ("127.0.0.20", "127.0.0.21", "127.0.0.22")
 SAMPLE_EVERY_S = 0.5
@@ -245,6 +244,16 @@ def converged(client: HAProxyClient, n: int) -> bool:
     return True
 
 
+def daemon_output(daemon: ControllerDaemon) -> list[str]:
+    """Every line the daemon wrote to its log, without the header the lab writes before it
+    starts the process (a blank line, then `==== lab: starting <argv>`)."""
+    text = daemon.text()
+    before, header, rest = text.partition("\n==== lab: starting ")
+    if header and not before:
+        return rest.partition("\n")[2].splitlines()
+    return text.splitlines()
+
+
 def one(n: int, sample_for_s: float) -> dict[str, Any]:
     doc = json.loads((reconcile_scale.DATA / "sentinel_steady.json").read_text())
     groups = list(reconcile_scale.group_replies("steady", n).values())
@@ -253,43 +262,45 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(reconcile_scale.haproxy_config(n, sock))
     servers: list[ReplayServer] = []
-    haproxy: subprocess.Popen[bytes] | None = None
-    daemon: subprocess.Popen[bytes] | None = None
-    log_path = tmp / "daemon.log"
+    haproxy: ManagedProcess | None = None
+    daemon: ControllerDaemon | None = None
     try:
-        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, cwd=tmp)
-        client = reconcile_scale.wait_haproxy(haproxy, sock, n)
+        haproxy = start_haproxy(cfg, sock, tmp, timeout_s=reconcile_scale.HAPROXY_START_S)
+        client = HAProxyClient(str(sock), timeout_s=10.0)
         for host, captured, group in zip(SENTINEL_HOSTS, doc["sentinels"], groups, strict=True):
             replies = ReplayReplies(doc["info_text"][captured], group, n)
             servers.append(ReplayServer(host, free_port([host]), replies))
-        argv = [sys.executable, "-m", "controller", "run",
-                *[a for s in servers for a in ("--sentinel", s.addr)],
-                "--haproxy-socket", str(sock), "--resync-interval-s", "1",
-                "--log-format", "json", "--log-level", "warning"]
+        daemon = d = ControllerDaemon([s.addr for s in servers], [str(sock)],
+                                      tmp / "daemon.log", ["--log-level", "warning"],
+                                      resync_interval_s=1)
         t0 = time.monotonic()
-        with log_path.open("wb") as log_file:
-            daemon = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = t0 + CONVERGE_DEADLINE_S
-        while not converged(client, n):
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError(f"N={n}: daemon did not converge (exit {daemon.poll()}); "
-                                   f"log: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        d.start()
+
+        def daemon_converged() -> bool:
+            if not d.alive():
+                raise RuntimeError(f"N={n}: daemon exited {d.proc.exited()}; "
+                                   f"log: {d.text()[-2000:]}")
+            return converged(client, n)
+
+        wait_until(daemon_converged, CONVERGE_DEADLINE_S,
+                   f"N={n}: the daemon to set every gI_master/gIa ready", interval_s=0.1,
+                   context=lambda: f"log: {d.text()[-2000:]}")
         converge_s = time.monotonic() - t0
         passes_before = min(s.counts["SENTINEL MASTERS"] for s in servers)
+        pid = d.pid  # the daemon's own process (python -m controller run), no wrapper
+        assert pid is not None
         rss: list[float] = []
         hwm = 0.0
         end = time.monotonic() + sample_for_s
-        while time.monotonic() < end:
-            st = proc_status(daemon.pid)
+        while time.monotonic() < end:  # the measurement window, sampled every SAMPLE_EVERY_S
+            st = proc_status(pid)
             rss.append(st["VmRSS"])
             hwm = max(hwm, st["VmHWM"])
-            time.sleep(SAMPLE_EVERY_S)
+            time.sleep(SAMPLE_EVERY_S)  # the sampling period itself, not a wait for anything
         passes = min(s.counts["SENTINEL MASTERS"] for s in servers) - passes_before
-        if daemon.poll() is not None:
-            raise RuntimeError(f"N={n}: daemon exited {daemon.returncode}")
-        log_lines = log_path.read_text().splitlines()
+        if not d.alive():
+            raise RuntimeError(f"N={n}: daemon exited {d.proc.exited()}")
+        log_lines = daemon_output(d)
         unknown: Counter[str] = Counter()
         for s in servers:
             unknown.update(s.unknown)
@@ -309,9 +320,9 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
         }
     finally:
         if daemon is not None:
-            stop_process(daemon)
+            daemon.stop()
         if haproxy is not None:
-            stop_process(haproxy)
+            haproxy.stop()
         for s in servers:
             s.stop()
         shutil.rmtree(tmp, ignore_errors=True)

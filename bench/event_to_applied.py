@@ -1,7 +1,7 @@
 """The controller's own cost: hint/event received -> HAProxy command applied, p50/p99.
 
 Runs the real `Controller` loop in this process against a real local stack (one group: 2
-redis-server, 3 sentinels, haproxy; controller/localstack.py):
+redis-server, 3 sentinels, haproxy; lab/localstack.py):
 
 1. injected hints: HAProxy is put out of line (`set server <master> state maint` over the admin
    socket), then a hint is put on the loop's queue, as an EventWatcher does; the loop runs a full
@@ -37,8 +37,10 @@ from controller.plan import plan, targets
 from controller.sentinel import Auth, EventWatcher, Hint, HintQueue, SentinelReader
 from controller.settings import Settings
 from lab.localstack import Layout, LocalStack
+from lab.wait import wait_until
 
 GROUP = "redis1"
+POLL_S = 0.002  # how often the waits below look (only the loop's own latency_ms is measured)
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -86,16 +88,6 @@ def master_server(stack: LocalStack) -> str:
     return node.name
 
 
-def wait(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.002)
-    raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def bench_hints(stack: LocalStack, ctl: Controller, cap: Capture, n: int) -> list[float]:
     out: list[float] = []
     for _ in range(n):
@@ -108,7 +100,7 @@ def bench_hints(stack: LocalStack, ctl: Controller, cap: Capture, n: int) -> lis
             return [float(e["latency_ms"]) for e in cap.events
                     if e.get("event") == "server_state_changed"]
 
-        lat = wait(applied, 5.0, "the loop to apply the fix")
+        lat = wait_until(applied, 5.0, "the loop to apply the fix", POLL_S)
         out.append(min(lat))
     return out
 
@@ -128,7 +120,7 @@ def one_failover(stack: LocalStack, cap: Capture) -> float:
         except Exception:  # INPROG / NOGOODSLAVE while the last one settles: retry
             return False
 
-    wait(failover_started, 60.0, "a sentinel to accept SENTINEL FAILOVER")
+    wait_until(failover_started, 60.0, "a sentinel to accept SENTINEL FAILOVER", POLL_S)
     cap.take()
     got: list[float] = []
 
@@ -139,7 +131,7 @@ def one_failover(stack: LocalStack, cap: Capture) -> float:
                 got.append(float(e["latency_ms"]))
         return bool(got)
 
-    wait(new_master_ready, 30.0, "the controller to set the new master ready")
+    wait_until(new_master_ready, 30.0, "the controller to set the new master ready", POLL_S)
     new = next(x for x in stack.nodes if x != old)
 
     def settled() -> bool:
@@ -150,7 +142,7 @@ def one_failover(stack: LocalStack, cap: Capture) -> float:
         except Exception:
             return False
 
-    wait(settled, 30.0, f"{old} to be a linked replica of {new}")
+    wait_until(settled, 30.0, f"{old} to be a linked replica of {new}", POLL_S)
     return got[0]
 
 
@@ -208,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
         loop.start()
         try:
-            wait(lambda: all(w.connected for w in watchers), 10, "event watchers")
-            wait(lambda: ctl.counters.passes > 0 and not ctl.counters.drift.get(client.target, 1),
-                 10, "the first pass")
+            wait_until(lambda: all(w.connected for w in watchers), 10, "event watchers",
+                       POLL_S)
+            wait_until(lambda: ctl.counters.passes > 0
+                       and not ctl.counters.drift.get(client.target, 1),
+                       10, "the first pass", POLL_S)
             hint_lat = bench_hints(stack, ctl, cap, args.hints)
             results.append(row("injected hint -> applied (full pass)", hint_lat))
             fo_lat = bench_failovers(stack, cap, args.failovers) if args.failovers else []

@@ -2,8 +2,10 @@
 new master through HAProxy's write frontend, with the controller driving HAProxy.
 
 Runs N SIGKILL failovers on a one-group LocalStack (real redis-server, redis-sentinel,
-haproxy) with `python -m controller run` as a subprocess. Meanwhile:
-- a tap thread per Sentinel (`PSUBSCRIBE *`) stamps every event on receipt;
+haproxy) with `python -m controller run` as a child process (lab.daemon.ControllerDaemon).
+Meanwhile:
+- the lab's EventRecorder (`PSUBSCRIBE *` on every Sentinel, a thread each) sees every event,
+  stamped (monotonic clock) on receipt;
 - a writer thread sends `SET bench:counter <i>` through the write frontend about every 1 ms;
   each connection first asks `CONFIG GET bind`, so every acknowledged write is tagged with
   the node that acknowledged it (a session through HAProxy stays on one server).
@@ -22,50 +24,28 @@ Prints a table, then the median and worst of each latency. Stops every process i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import redis
-
+from controller.model import AdminState
+from lab.daemon import ControllerDaemon, ts_of
 from lab.localstack import Layout, LocalStack
-from lab.resp import RespError
+from lab.probes import EventRecorder, Mark
+from lab.resp import RespConn, RespError
+from lab.wait import WaitTimeout, wait_until
 
 GROUP = "redis1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while True:
-        try:
-            if cond():
-                return
-            last = ""
-        except (OSError, RespError, ValueError, KeyError) as e:
-            last = f" (last error: {e!r})"
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}{last}")
-        time.sleep(0.02)
-
-
-# --------------------------------------------------------------------------- sentinel taps
+# --------------------------------------------------------------------------- sentinel events
 
 
 @dataclass(frozen=True)
@@ -76,55 +56,33 @@ class Event:
     text: str
 
 
-class SentinelTaps:
-    """`PSUBSCRIBE *` on every sentinel, one thread each; events stamped on receipt."""
+class SentinelEvents:
+    """The lab's EventRecorder on every sentinel; its listener stamps each message again on the
+    monotonic clock (the writer's clock) in the receiving thread, as it arrives."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.events: list[Event] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i, a.host, a.port), daemon=True,
-                             name=f"tap{i}")
-            for i, a in enumerate(stack.sentinel_addrs)
-        ]
-        self._ready = threading.Barrier(len(self._threads) + 1)
+        self._index = {str(a): i for i, a in enumerate(stack.sentinel_addrs)}
+        self.recorder = EventRecorder(stack.sentinel_addrs)
+        self.recorder.listeners.append(self._on_mark)
 
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-        self._ready.wait(10)
+    def _on_mark(self, mark: Mark) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.events.append(Event(now, self._index[mark.source], mark.kind, mark.text))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if not self.recorder.start(timeout_s):
+            raise WaitTimeout(f"timed out after {timeout_s:g} s waiting for every sentinel to "
+                              "confirm PSUBSCRIBE *")
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(5)
+        self.recorder.stop()
 
     def since(self, t0: float) -> list[Event]:
         with self._lock:
             return [e for e in self.events if e.t >= t0]
-
-    def _run(self, i: int, host: str, port: int) -> None:
-        # redis-py's pubsub() is untyped: Any, as in controller/sentinel.py
-        client: Any = redis.Redis(host=host, port=port, protocol=2, decode_responses=True)
-        pubsub = client.pubsub()
-        pubsub.psubscribe("*")
-        while pubsub.get_message(timeout=1.0) is None:  # the psubscribe confirmation
-            pass
-        self._ready.wait(10)
-        try:
-            while not self._stop.is_set():
-                msg = pubsub.get_message(timeout=0.1)
-                if msg and msg.get("type") == "pmessage":
-                    now = time.monotonic()
-                    channel = str(msg["channel"])
-                    if channel == "__sentinel__:hello":
-                        continue
-                    with self._lock:
-                        self.events.append(Event(now, i, channel, str(msg["data"])))
-        finally:
-            pubsub.close()
-            client.close()
 
 
 # --------------------------------------------------------------------------- the writer
@@ -180,27 +138,21 @@ class Writer:
 
     def _run(self) -> None:
         hosts = {n.host: name for name, n in self.stack.nodes.items()}
-        port = self.stack.write_port(GROUP)
+        addr = self.stack.write_frontend(GROUP)
         i = 0
         while not self._stop.is_set():
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    f = s.makefile("rb")
-                    s.sendall(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$4\r\nbind\r\n")
-                    lines = [f.readline() for _ in range(5)]  # *2, $4, bind, $n, <ip>
-                    if not lines[-1].endswith(b"\r\n"):
-                        raise ConnectionError("closed before CONFIG GET reply")
-                    seg = Segment(hosts.get(lines[4].decode().split()[0], "?"))
+                with RespConn(addr, 1.0) as conn:
+                    bind = conn.command("CONFIG", "GET", "bind")  # ["bind", "<ip> ..."]
+                    if not isinstance(bind, list) or len(bind) != 2:
+                        raise ConnectionError(f"CONFIG GET bind reply {bind!r}")
+                    seg = Segment(hosts.get(str(bind[1]).split()[0], "?"))
                     with self._lock:
                         self.segments.append(seg)
                     while not self._stop.is_set():
-                        v = str(i).encode()
-                        s.sendall(b"*3\r\n$3\r\nSET\r\n$13\r\nbench:counter\r\n$%d\r\n%s\r\n"
-                                  % (len(v), v))
+                        reply = conn.command("SET", "bench:counter", i)
                         i += 1
-                        reply = f.readline()
-                        if reply != b"+OK\r\n":
+                        if reply != "OK":
                             raise ConnectionError(f"SET reply {reply!r}")
                         now = time.monotonic()
                         with self._lock:
@@ -208,56 +160,22 @@ class Writer:
                                 seg.first_ack = now
                             seg.last_ack = now
                             seg.acks += 1
-                        time.sleep(self.pause_s)
-            except OSError:
+                        time.sleep(self.pause_s)  # the writer's pace (the load), not a wait
+            except (OSError, RespError):  # an error reply (-READONLY...) ends it, as EOF does
                 self.errors += 1
             self._stop.wait(self.pause_s)
-
-
-# --------------------------------------------------------------------------- controller
-
-
-class Controller:
-    def __init__(self, stack: LocalStack, log_path: Path, extra: list[str]) -> None:
-        self.log_path = log_path
-        sentinels = ",".join(str(a) for a in stack.sentinel_addrs)
-        argv = [sys.executable, "-m", "controller", "run", "--log-format", "json",
-                "--sentinel", sentinels, "--haproxy-socket", str(stack.haproxy_socket), *extra]
-        with open(log_path, "ab") as logf:
-            self.popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                          stdout=logf, stderr=logf, start_new_session=True)
-
-    def stop(self) -> int:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                return self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.popen.pid, signal.SIGKILL)
-                return self.popen.wait(10)
-        return self.popen.returncode
-
-    def lines(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    out.append(obj)
-        return out
 
 
 # --------------------------------------------------------------------------- measuring
 
 
 def servers(stack: LocalStack) -> dict[tuple[str, str], str]:
-    text = stack.haproxy_command("show servers state")
-    out: dict[tuple[str, str], str] = {}
-    for line in text.splitlines()[2:]:
-        w = line.split()
-        if len(w) > 6:
-            out[(w[1], w[3])] = "maint" if int(w[6]) & 0x63 else "ready"
-    return out
+    """(backend, server) -> "maint" (a maintenance admin bit) or "ready" (drain included)."""
+    return {
+        (backend, name): "maint" if srv.admin is AdminState.MAINT else "ready"
+        for backend, by_name in stack.haproxy_state().backends.items()
+        for name, srv in by_name.items()
+    }
 
 
 def healthy(stack: LocalStack, writer: Writer, master: str, replica: str) -> bool:
@@ -271,7 +189,12 @@ def healthy(stack: LocalStack, writer: Writer, master: str, replica: str) -> boo
         (f"{GROUP}_master", master): "ready", (f"{GROUP}_master", replica): "maint",
         (f"{GROUP}_replicas", master): "maint", (f"{GROUP}_replicas", replica): "ready",
     }
-    if servers(stack) != want:
+    have = servers(stack)
+    # The shipped config's read `backup` servers: the master is the read fallback.
+    fallbacks = {(f"{GROUP}_replicas", f"{master}-fallback"): "ready",
+                 (f"{GROUP}_replicas", f"{replica}-fallback"): "maint"}
+    want.update({k: v for k, v in fallbacks.items() if k in have})
+    if have != want:
         return False
     segs = writer.snapshot()
     return bool(segs) and segs[-1].node == master and (segs[-1].last_ack or 0) > (
@@ -302,8 +225,8 @@ def first(events: list[Event], channel: str, pred: Callable[[Event], bool]) -> f
 
 
 def one_failover(
-    stack: LocalStack, ctl: Controller, taps: SentinelTaps, writer: Writer, master: str,
-    replica: str, timeout_s: float,
+    stack: LocalStack, ctl: ControllerDaemon, taps: SentinelEvents, writer: Writer,
+    master: str, replica: str, timeout_s: float,
 ) -> tuple[Row, float]:
     t0 = time.monotonic()
     wall0 = time.time()
@@ -322,15 +245,14 @@ def one_failover(
     master_txt = f"master {GROUP} "
     ctl_ready: float | None = None
     ctl_latency: float | None = None
-    for line in ctl.lines():
-        if (line.get("event") == "server_state_changed" and line.get("to") == "ready"
-                and line.get("backend") == f"{GROUP}_master" and line.get("server") == replica):
-            ts = datetime.fromisoformat(str(line["ts"]).replace("Z", "+00:00")).timestamp()
-            if ts >= wall0:
-                ctl_ready = t0 + (ts - wall0)
-                lat = line.get("latency_ms")
-                ctl_latency = float(lat) if isinstance(lat, int | float) else None
-                break
+    for line in ctl.events("server_state_changed", to="ready", backend=f"{GROUP}_master",
+                           server=replica):
+        ts = ts_of(line)
+        if ts is not None and ts >= wall0:
+            ctl_ready = t0 + (ts - wall0)
+            lat = line.get("latency_ms")
+            ctl_latency = float(lat) if isinstance(lat, int | float) else None
+            break
     return Row(
         killed=master,
         promoted_node=replica,
@@ -366,8 +288,10 @@ def main() -> int:
     print(f"workdir {workdir}; down-after-milliseconds {args.down_after_ms}; n={args.n}",
           flush=True)
     stack.start()
-    ctl = Controller(stack, workdir / "controller.log", args.controller_arg)
-    taps = SentinelTaps(stack)
+    ctl = ControllerDaemon([str(a) for a in stack.sentinel_addrs], [str(stack.haproxy_socket)],
+                           workdir / "controller.log", args.controller_arg)
+    ctl.start()
+    taps = SentinelEvents(stack)
     writer = Writer(stack)
     rc = 0
     try:
@@ -391,15 +315,16 @@ def main() -> int:
             row.t_restart = time.monotonic()
             stack.start_node(master)  # back with its original config: a master until converted
             master, replica = replica, master
-    except (TimeoutError, OSError, RespError) as e:
+    except (WaitTimeout, TimeoutError, OSError, RespError) as e:
         print(f"stopped early: {e}", file=sys.stderr)
         rc = 1
     finally:
         writer.stop()
         taps.stop()
-        ctl_rc = ctl.stop()
+        ctl.stop()
+        ctl_rc = ctl.proc.exited()  # also the code of a daemon that exited by itself
         stack.stop()
-        problems = [ln for ln in ctl.lines() if ln.get("event") == "unexpected_error"]
+        problems = ctl.events("unexpected_error")
         if ctl_rc != 0 or problems:
             print(f"controller exit code {ctl_rc}, unexpected_error lines: {len(problems)}",
                   file=sys.stderr)

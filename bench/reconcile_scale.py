@@ -26,14 +26,10 @@ import tempfile
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from controller.haproxy import HAProxyClient
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 SIZES = (1, 10, 100, 1000)
 QUIET_PASSES = 20
 BASE_PORT = 10000
@@ -68,20 +64,8 @@ def haproxy_config(n: int, socket_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wait_haproxy(proc: subprocess.Popen[bytes], sock: Path, n: int) -> HAProxyClient:
-    """A client for the haproxy `proc` once its admin socket answers (30 s deadline)."""
-    from controller.haproxy import HAProxyClient  # imported late: RSS is measured per N
-
-    client = HAProxyClient(str(sock), timeout_s=10.0)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.info()
-            return client
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"haproxy did not start for N={n}") from None
-            time.sleep(0.05)
+#: How long a haproxy with N groups may take until its admin socket answers.
+HAPROXY_START_S = 30.0
 
 
 def group_replies(state: str, n: int) -> dict[str, dict[str, Any]]:
@@ -106,7 +90,7 @@ def group_replies(state: str, n: int) -> dict[str, dict[str, Any]]:
             masters.append(g["master"])
             addrs[f"g{i}"] = g["addr"]
             replicas[f"g{i}"] = g["replicas"]
-        info = dict(r["INFO sentinel"])
+        info = doc["info_text"][s_captured]  # raw text, as the reader reads `INFO sentinel`
         out[s] = {"info": info, "masters": masters, "addr": addrs, "replicas": replicas}
     return out
 
@@ -116,10 +100,12 @@ def one(n: int) -> dict[str, Any]:
     real_stderr = sys.stderr
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole child
     from controller import logs
+    from controller.haproxy import HAProxyClient
     from controller.loop import Controller
     from controller.model import SentinelView
     from controller.sentinel_parse import parse_pipeline
     from controller.settings import Settings
+    from lab.procs import ManagedProcess, start_haproxy
 
     logs.setup("json", "info")  # the daemon's own logging, into /dev/null
     rss_imports = rss_mb()
@@ -149,10 +135,10 @@ def one(n: int) -> dict[str, Any]:
     sock = tmp / "admin.sock"
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(haproxy_config(n, sock))
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp)
+    proc: ManagedProcess | None = None
     try:
-        client = wait_haproxy(proc, sock, n)
+        proc = start_haproxy(cfg, sock, tmp, timeout_s=HAPROXY_START_S)
+        client = HAProxyClient(str(sock), timeout_s=10.0)
         names = [f"g{i}" for i in range(n)]
         steady = group_replies("steady", n)
         switched = group_replies("switched", n)
@@ -198,12 +184,8 @@ def one(n: int) -> dict[str, Any]:
         print(f"N={n}: {e}", file=real_stderr)
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if proc is not None:
+            proc.stop(grace_s=10)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 

@@ -12,36 +12,27 @@ Everything it starts is stopped by PID at the end. Not a test: it prints what ha
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from controller.model import AdminState
+from lab.daemon import ControllerDaemon, clean_env
 from lab.localstack import Layout, LocalStack, render_haproxy_config
-from lab.procs import HAPROXY, stop_process
+from lab.procs import ManagedProcess, start_haproxy
+from lab.wait import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.05
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def wait(cond: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            if cond():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def main() -> int:
@@ -49,31 +40,24 @@ def main() -> int:
     layout = Layout.for_tests()
     stack = LocalStack(workdir / "stack", layout)
     stack.start()
-    daemon: subprocess.Popen[bytes] | None = None
-    rogue: subprocess.Popen[bytes] | None = None
-    log_path = workdir / "controller.log"
+    rogue: ManagedProcess | None = None
     seen = 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_HAPROXY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    sentinels = ",".join(f"{h}:{p}" for h, p in stack.sentinel_addrs)
-    targets = ["--sentinel", sentinels, "--haproxy-socket", str(stack.haproxy_socket)]
+    sentinels = [str(a) for a in stack.sentinel_addrs]
+    targets = ["--sentinel", ",".join(sentinels), "--haproxy-socket", str(stack.haproxy_socket)]
+    metrics = f"127.0.0.1:{layout.stats_port + 1}"
+    daemon = ControllerDaemon(sentinels, [str(stack.haproxy_socket)],
+                              workdir / "controller.log", metrics_address=metrics)
 
     def cli(*args: str) -> None:
         print(f"$ sentinel-haproxy {' '.join(args)}")
-        r = subprocess.run([sys.executable, "-m", "controller", *args, *targets], env=env,
-                           capture_output=True, text=True, timeout=60, check=False)
+        r = subprocess.run([sys.executable, "-m", "controller", *args, *targets],
+                           env=clean_env(), capture_output=True, text=True, timeout=60,
+                           check=False)
         print(r.stdout + r.stderr + f"(exit {r.returncode})\n")
-
-    def lines() -> list[dict[str, object]]:
-        out = []
-        for ln in log_path.read_text().split("\n")[:-1]:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(ln))
-        return out
 
     def section(title: str) -> None:
         nonlocal seen
-        new = lines()[seen:]
+        new = daemon.lines()[seen:]
         seen += len(new)
         print(f"==== {title} ({len(new)} log lines)")
         for obj in new:
@@ -81,88 +65,93 @@ def main() -> int:
         print()
 
     def has(event: str, **match: object) -> bool:
-        return any(o.get("event") == event and all(o.get(k) == v for k, v in match.items())
-                   for o in lines()[seen:])
+        return bool(daemon.events(event, seen, **match))
 
     def ready(backend: str, server: str) -> bool:
-        for row in stack.haproxy_command("show servers state").splitlines()[2:]:
-            c = row.split()
-            if len(c) > 6 and (c[1], c[3]) == (backend, server):
-                return int(c[6]) & ~0x04 == 0
-        return False
+        srv = stack.haproxy_state().backends.get(backend, {}).get(server)
+        return srv is not None and srv.admin is AdminState.READY
+
+    def settle(quiet_s: float, timeout_s: float = 30.0) -> None:
+        """Sample collection: until the daemon has logged nothing new for `quiet_s` (the late
+        lines of the step, so that they land in its section), bounded by `timeout_s`."""
+        lines, since = len(daemon.raw_lines()), time.monotonic()
+
+        def quiet() -> bool:
+            nonlocal lines, since
+            n = len(daemon.raw_lines())
+            if n != lines:
+                lines, since = n, time.monotonic()
+            return time.monotonic() - since >= quiet_s
+
+        wait_until(quiet, timeout_s, f"the daemon's log to be quiet for {quiet_s:g} s", POLL_S)
 
     try:
         print(f"layout: groups {layout.groups}, sentinels {sentinels}, "
               f"socket {stack.haproxy_socket}\n")
         cli("status")
         cli("reconcile", "--dry-run")
-        metrics = f"127.0.0.1:{layout.stats_port + 1}"
-        with open(log_path, "ab") as logf:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "controller", "run", "--log-format", "json",
-                 "--metrics-address", metrics, *targets],
-                env=env, stdout=logf, stderr=logf, start_new_session=True)
-        wait(lambda: ready("redis1_master", "redis1a"), 20, "initial apply")
-        wait(lambda: has("pass", trigger="sentinel_connected", commands=0), 10, "settle")
-        time.sleep(0.5)  # sample collection only: let the connect passes finish logging
+        daemon.start()
+        wait_until(lambda: ready("redis1_master", "redis1a"), 20, "initial apply", POLL_S)
+        wait_until(lambda: has("pass", trigger="sentinel_connected", commands=0), 10, "settle",
+                   POLL_S)
+        settle(0.5)  # the connect passes finish logging
         section("start-up")
         cli("status")
 
         print(f"---- {now()} SIGKILL redis1a (the master of redis1)\n")
         stack.kill_node("redis1a")
-        wait(lambda: ready("redis1_master", "redis1b"), 40, "failover applied")
-        wait(lambda: has("pass", commands=0, trigger="+switch-master") or has("replica_lost"),
-             20, "failover settled")
-        time.sleep(3)  # sample collection only: the late events of the failover
+        wait_until(lambda: ready("redis1_master", "redis1b"), 40, "failover applied", POLL_S)
+        wait_until(lambda: has("pass", commands=0, trigger="+switch-master")
+                   or has("replica_lost"), 20, "failover settled", POLL_S)
+        settle(3.0)  # the late events of the failover
         section("redis1a killed: failover")
 
         print(f"---- {now()} redis1a restarted from its original config (as a master)\n")
         stack.start_node("redis1a")
-        wait(lambda: ready("redis1_replicas", "redis1a"), 40, "old master back as replica")
-        time.sleep(0.5)
+        wait_until(lambda: ready("redis1_replicas", "redis1a"), 40,
+                   "old master back as replica", POLL_S)
+        settle(0.5)
         section("redis1a restarted: back as a replica")
 
         print(f"---- {now()} HAProxy restarted\n")
         stack.restart_haproxy()
-        wait(lambda: has("haproxy_restarted"), 10, "restart seen")
-        wait(lambda: ready("redis1_master", "redis1b"), 10, "re-applied")
-        time.sleep(0.3)
+        wait_until(lambda: has("haproxy_restarted"), 10, "restart seen", POLL_S)
+        wait_until(lambda: ready("redis1_master", "redis1b"), 10, "re-applied", POLL_S)
+        settle(0.3)
         section("HAProxy restarted")
 
         stack.haproxy_command("set server redis2_master/redis2a state maint")
-        wait(lambda: has("drift_corrected"), 10, "hand edit corrected")
-        time.sleep(0.3)
+        wait_until(lambda: has("drift_corrected"), 10, "hand edit corrected", POLL_S)
+        settle(0.3)
         section("hand edit: set server redis2_master/redis2a state maint")
 
         print(f"---- {now()} SIGKILL sentinels 1 and 2\n")
         stack.kill_sentinel(1)
         stack.kill_sentinel(2)
-        wait(lambda: has("undecided"), 10, "undecided")
-        time.sleep(0.5)
+        wait_until(lambda: has("undecided"), 10, "undecided", POLL_S)
+        settle(0.5)
         section("2 of 3 sentinels killed")
         cli("status")
         stack.start_sentinel(1)
         stack.start_sentinel(2)
-        wait(lambda: has("decided"), 20, "decided again")
-        time.sleep(1)
+        wait_until(lambda: has("decided"), 20, "decided again", POLL_S)
+        settle(1.0)
         section("sentinels back")
 
         # An HAProxy whose admin socket is only `level operator`: every state change refused.
         stack.stop_haproxy()
-        wait(lambda: has("haproxy_unreachable"), 10, "haproxy down seen")
+        wait_until(lambda: has("haproxy_unreachable"), 10, "haproxy down seen", POLL_S)
         cfg = workdir / "haproxy-operator.cfg"
         cfg.write_text(render_haproxy_config(layout, stack.haproxy_socket)
                        .replace("level admin", "level operator"))
-        rogue = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        wait(lambda: has("drift_remains"), 15, "refused commands")
-        time.sleep(0.3)
+        rogue = start_haproxy(cfg, stack.haproxy_socket, workdir, name="haproxy-operator")
+        wait_until(lambda: has("drift_remains"), 15, "refused commands", POLL_S)
+        settle(0.3)
         section("HAProxy restarted with `stats socket ... level operator`")
-        rogue.terminate()
-        rogue.wait(10)
+        rogue.stop(grace_s=10)
         rogue = None
         stack.start_haproxy()
-        wait(lambda: ready("redis1_master", "redis1b"), 15, "re-applied")
+        wait_until(lambda: ready("redis1_master", "redis1b"), 15, "re-applied", POLL_S)
         section("admin socket back")
 
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as r:
@@ -171,10 +160,12 @@ def main() -> int:
         print("\n".join(ln for ln in text.splitlines() if "sentinel_haproxy_" in ln))
         with urllib.request.urlopen(f"http://{metrics}/healthz", timeout=5) as r:
             print(f"\n==== /healthz: {r.status} {r.read().decode().strip()}")
+    except WaitTimeout as e:
+        raise SystemExit(str(e)) from None  # a message, not a traceback (everything is stopped)
     finally:
-        for p in (rogue, daemon):
-            if p is not None:
-                stop_process(p, grace_s=10)
+        if rogue is not None:
+            rogue.stop(grace_s=10)
+        daemon.stop(grace_s=10)
         stack.stop()
     return 0
 

@@ -8,9 +8,8 @@ can be held open through HAProxy.
 from __future__ import annotations
 
 import re
-import shutil
+import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,10 @@ import pytest
 from controller.haproxy import HAProxyClient, HAProxyError
 from controller.model import AdminState, Command
 from lab.localstack import free_port
-from lab.procs import stop_process
+from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 CONFIG = """\
 global
@@ -51,7 +48,7 @@ backend g_master
 
 @dataclass
 class HAProxy:
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
     sock: Path
     op_sock: Path
     fe_port: int
@@ -67,15 +64,13 @@ def haproxy(tmp_path: Path) -> Iterator[HAProxy]:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(CONFIG.format(sock=sock, op_sock=op_sock, fe_port=fe_port, port=port))
     listener = socket.create_server(("127.0.0.2", port))
-    with (tmp_path / "haproxy.log").open("wb") as log:
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc: ManagedProcess | None = None
     try:
-        wait_until(lambda: HAProxyClient(str(sock)).info().pid == proc.pid
-                   if sock.exists() else None, 10, "haproxy admin socket")
+        proc = start_haproxy(cfg, sock, tmp_path)  # waits until its admin socket answers
         yield HAProxy(proc, sock, op_sock, fe_port, listener)
     finally:
-        stop_process(proc, grace_s=5)
+        if proc is not None:
+            proc.stop(grace_s=5)
         listener.close()
 
 
@@ -169,7 +164,6 @@ def test_unreachable_socket_raises_naming_the_target(tmp_path: Path) -> None:
 def test_stopped_haproxy_raises_naming_the_target(haproxy: HAProxy) -> None:
     """After HAProxy exits, reading its state raises HAProxyError naming the socket."""
     client = HAProxyClient(str(haproxy.sock))
-    haproxy.proc.terminate()
-    haproxy.proc.wait(timeout=5)
+    haproxy.proc.kill(signal.SIGTERM, timeout_s=5)  # SIGTERM, then until it has exited
     with pytest.raises(HAProxyError, match=re.escape(str(haproxy.sock))):
         client.info()

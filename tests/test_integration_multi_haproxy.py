@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,10 @@ from pathlib import Path
 import pytest
 from itest_support import ControllerFactory
 
-from controller.haproxy import HAProxyClient, HAProxyError
+from controller.haproxy import HAProxyClient
 from controller.model import AdminState
 from lab.localstack import LocalStack, free_port, render_haproxy_config
-from lab.procs import HAPROXY, stop_process
+from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.integration
 @dataclasses.dataclass
 class ExtraHAProxy:
     client: HAProxyClient
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
 
 
 @pytest.fixture
@@ -56,23 +55,14 @@ def extra_haproxy(stack: LocalStack, *flags: str) -> Iterator[ExtraHAProxy]:
     sock = workdir / "admin.sock"
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(render_haproxy_config(layout, sock))
-    with (workdir / "haproxy.log").open("wb") as log:
-        proc = subprocess.Popen([HAPROXY, "-db", *flags, "-f", str(cfg)], stdout=log,
-                                stderr=log)
-    client = HAProxyClient(str(sock))
-
-    def answers() -> bool:
-        try:
-            client.info()
-        except HAProxyError:
-            return False
-        return True
-
+    proc: ManagedProcess | None = None
     try:
-        wait_until(answers, 10, "the second haproxy's admin socket")
-        yield ExtraHAProxy(client, proc)
+        # started and waited for: its admin socket answers (10 s)
+        proc = start_haproxy(cfg, sock, workdir, flags, name="haproxy2")
+        yield ExtraHAProxy(HAProxyClient(str(sock)), proc)
     finally:
-        stop_process(proc)
+        if proc is not None:
+            proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ import redis
 from itest_support import controller_for, ready, run_cli, start_stack
 
 from lab.localstack import Layout, LocalStack, free_port
-from lab.procs import REDIS_SERVER, stop_process
+from lab.procs import REDIS_SERVER, ManagedProcess
 from lab.wait import wait_until
 
 pytestmark = [
@@ -88,11 +88,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
             "-CAcreateserial", "-out", "client.crt", "-days", "2", cwd=d)
     stack = start_stack(lambda attempt: d / f"stack{attempt}",
                         lambda: Layout.for_tests(groups=("redis1",)))
-    proc = None
+    conf = d / "sentinel-tls.conf"
+    proc = ManagedProcess("sentinel-tls", [REDIS_SERVER, str(conf), "--sentinel"], d,
+                          d / "sentinel-tls.log")
     try:
         master = stack.nodes["redis1a"]
         port = free_port([TLS_HOST])
-        conf = d / "sentinel-tls.conf"
         conf.write_text("\n".join([
             "port 0", f"tls-port {port}", f"bind {TLS_HOST}", f"bind-source-addr {TLS_HOST}",
             f"tls-cert-file {d / 'sentinel.crt'}", f"tls-key-file {d / 'sentinel.key'}",
@@ -101,10 +102,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
             f"sentinel monitor redis1 {master.host} {master.port} 1",
             "sentinel down-after-milliseconds redis1 2000", "",
         ]))
-        with open(d / "sentinel-tls.log", "ab") as log:
-            proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=d,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        proc.start()
         client: Any = redis.Redis(host=TLS_HOST, port=port, ssl=True,
                                   ssl_ca_certs=str(d / "ca.crt"),
                                   ssl_certfile=str(d / "client.crt"),
@@ -113,7 +111,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
                                   socket_connect_timeout=1)  # redis-py: partly untyped
 
         def knows_replica() -> bool:
-            assert proc is not None and proc.poll() is None, (d / "sentinel-tls.log").read_text()
+            assert proc.alive(), proc.log_text()
             with contextlib.suppress(redis.RedisError):
                 m = client.execute_command("SENTINEL", "MASTER", "redis1")
                 fields = dict(m) if isinstance(m, dict) else dict(zip(m[::2], m[1::2], strict=True))
@@ -125,8 +123,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSSentinel]:
         yield TLSSentinel(stack, port, d / "ca.crt", d / "other-ca.crt", d / "client.crt",
                           d / "client.key")
     finally:
-        if proc is not None:
-            stop_process(proc)
+        proc.stop()
         stack.stop()
 
 

@@ -26,19 +26,18 @@ Usage: .venv/bin/python tests/data/capture_haproxy.py  (a second or two; stops w
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from controller.haproxy import HAProxyClient, HAProxyError
 from lab.localstack import free_port
-from lab.procs import stop_process
+from lab.procs import ManagedProcess, start_haproxy
+from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+POLL_S = 0.01
 STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 
 CONFIG = """\
@@ -72,28 +71,8 @@ backend g_replicas
 
 
 def command(sock: Path, line: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(sock))
-        s.sendall(line.encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
-
-
-def wait_for(what: str, cond: object, timeout_s: float = 10) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if cond():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    """One line on the admin socket, the raw reply (HAProxy's own client, 5 s deadline)."""
+    return HAProxyClient(str(sock), timeout_s=5).exchange(line)
 
 
 def main() -> int:
@@ -104,12 +83,10 @@ def main() -> int:
         cfg = Path(tmp) / "haproxy.cfg"
         cfg.write_text(CONFIG.format(sock=sock, fe_port=fe_port, port=port))
         listener = socket.create_server(("127.0.0.2", port))
-        log = (Path(tmp) / "haproxy.log").open("wb")
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc: ManagedProcess | None = None
         client = None
         try:
-            wait_for("admin socket", lambda: "Pid:" in command(sock, "show info"))
+            proc = start_haproxy(cfg, sock, Path(tmp))  # waits until its admin socket answers
             client = socket.create_connection(("127.0.0.1", fe_port), timeout=5)
             server_side, _ = listener.accept()  # haproxy connected n1 (balance first)
 
@@ -122,7 +99,8 @@ def main() -> int:
                         return cols[header.index("scur")] == "1"
                 return False
 
-            wait_for("a session on g_master/n1", n1_has_session)
+            wait_until(n1_has_session, 10, "a session on g_master/n1", POLL_S,
+                       not_yet=(HAProxyError,))
             setup = [
                 "set server g_master/n1 state maint",
                 "set server g_master/n2 state ready",
@@ -148,9 +126,9 @@ def main() -> int:
         finally:
             if client is not None:
                 client.close()
-            stop_process(proc, grace_s=5)
+            if proc is not None:
+                proc.stop(grace_s=5)
             listener.close()
-            log.close()
     return 0
 
 

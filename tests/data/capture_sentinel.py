@@ -40,6 +40,7 @@ import redis
 
 from lab import resp
 from lab.localstack import Layout, LocalStack
+from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
 GROUP = "redis1"
@@ -98,16 +99,19 @@ class Capture:
         }
 
     def wait(self, what: str, cond: Callable[[Snapshot], bool], timeout_s: float) -> Snapshot:
-        """Poll RESP2 snapshots until `cond` holds; return the snapshot where it first held."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            s = self.snap(2)
-            if cond(s):
-                print(f"  {what}: after {(time.monotonic() - self.t0):.3f} s", flush=True)
-                return s
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}: {json.dumps(s)[:2000]}")
-            time.sleep(POLL_S)
+        """Poll RESP2 snapshots (every POLL_S) until `cond` holds; return the snapshot where it
+        first held. Any exception ends the wait (a snapshot that cannot be read is a failure)."""
+        last: Snapshot = {}
+
+        def held() -> Snapshot | None:
+            nonlocal last
+            last = self.snap(2)
+            return last if cond(last) else None
+
+        s = wait_until(held, timeout_s, what, POLL_S, context=lambda: json.dumps(last)[:2000],
+                       not_yet=())
+        print(f"  {what}: after {(time.monotonic() - self.t0):.3f} s", flush=True)
+        return s
 
     def save(self, state: str, note: str, resp2: Snapshot, **extra: Any) -> None:
         resp3 = self.snap(3)  # right after the RESP2 snapshot that met the condition
