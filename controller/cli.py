@@ -24,6 +24,7 @@ from controller.haproxy import HAProxyClient
 from controller.loop import Controller, PassResult
 from controller.model import Address, Decision, HAProxyState, SentinelView
 from controller.plan import BackendTarget, targets
+from controller.redis_nodes import RedisNodes
 from controller.sentinel import Auth, EventWatcher, HintQueue, SentinelReader
 from controller.settings import Settings, SettingsError, load, require_targets
 
@@ -54,8 +55,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sentinel-tls-cert-file", metavar="FILE",
                    help="client certificate, for Sentinels with tls-auth-clients yes")
     g.add_argument("--sentinel-tls-key-file", metavar="FILE")
-    g.add_argument("--read-fallback-to-master", action="store_const", const=True, default=None,
-                   help="let the master serve the read port while no replica is healthy")
+    r = p.add_argument_group("redis nodes (ROLE of the replica being promoted)")
+    r.add_argument("--redis-username", metavar="USER")
+    r.add_argument("--redis-password", metavar="PASSWORD",
+                   help="prefer SENTINEL_HAPROXY_REDIS_PASSWORD or --redis-password-file")
+    r.add_argument("--redis-password-file", metavar="FILE")
+    r.add_argument("--redis-tls", action="store_const", const=True, default=None)
+    r.add_argument("--redis-tls-ca-file", metavar="FILE")
+    r.add_argument("--redis-tls-cert-file", metavar="FILE")
+    r.add_argument("--redis-tls-key-file", metavar="FILE")
+    pol = p.add_argument_group("policy")
+    pol.add_argument("--early-promotion", action=argparse.BooleanOptionalAction, default=None,
+                     help="writes go to the replica the failover leader promotes as soon as it "
+                     "answers ROLE master (default); --no-early-promotion waits for Sentinel's "
+                     "+promoted-slave")
+    pol.add_argument("--read-fallback-to-master", action=argparse.BooleanOptionalAction,
+                     default=None,
+                     help="the master serves the read port while no replica can (default on)")
+    pol.add_argument("--max-replica-link-down-s", type=float, metavar="S",
+                     help="a replica whose link to its master is down keeps serving reads this "
+                     "long (60)")
     g.add_argument("--min-sentinels", type=int, metavar="N",
                    help="Sentinels that must answer to act; default a majority")
     g.add_argument("--allow-remote-haproxy", action="store_const", const=True, default=None,
@@ -68,6 +87,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--sentinel-timeout-s", type=float, metavar="S")
     t.add_argument("--sentinel-ping-interval-s", type=float, metavar="S")
     t.add_argument("--sentinel-dead-after-s", type=float, metavar="S")
+    t.add_argument("--promotion-poll-interval-s", type=float, metavar="S",
+                   help="how often the replica being promoted is asked ROLE (0.005)")
     o = p.add_argument_group("output")
     o.add_argument("--log-format", choices=["auto", "json", "console"])
     o.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -87,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve /metrics and /healthz (off by default)")
     run.add_argument("--webhook-url", dest="webhook_urls", action="append", metavar="URL")
+    run.add_argument("--webhook-timeout-s", type=float, metavar="S", help="per POST (2)")
     st = sub.add_parser("status", help="each Sentinel's view beside HAProxy's, and the drift")
     _add_common(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -150,7 +172,12 @@ def cmd_run(s: Settings) -> int:
         notifier = WebhookNotifier(s.webhook_urls, s.webhook_timeout_s)
         notifier.start()
         on_change = notifier.notify
-    ctl = Controller(s, reader, haproxies, watchers, hints, on_change)
+    nodes = None
+    if s.early_promotion:
+        nodes = RedisNodes(Auth(s.redis_username or None, s.redis_secret(), s.redis_tls,
+                                s.redis_tls_ca_file or None, s.redis_tls_cert_file or None,
+                                s.redis_tls_key_file or None))
+    ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes)
     stop = threading.Event()
 
     received: list[str] = []
@@ -172,7 +199,8 @@ def cmd_run(s: Settings) -> int:
         server = serve(s.metrics_address, ctl, notifier)
     log.info("starting", version=__version__, sentinels=list(s.sentinels),
              haproxy=list(s.haproxy_sockets), masters=list(s.masters) or "all",
-             dry_run=s.dry_run, resync_interval_s=s.resync_interval_s)
+             dry_run=s.dry_run, resync_interval_s=s.resync_interval_s,
+             early_promotion=s.early_promotion, read_fallback_to_master=s.read_fallback_to_master)
     try:
         ctl.run(stop)
         log.info("stopping", signal=received[0] if received else None)
@@ -181,6 +209,8 @@ def cmd_run(s: Settings) -> int:
             server.shutdown()
         if notifier is not None:
             notifier.stop()
+        if nodes is not None:
+            nodes.close()
         reader.close()
     log.info("stopped")
     return EXIT_OK
@@ -212,7 +242,7 @@ def _servers_json(
         return None
     out = []
     for srv in servers.values():
-        want, why = t.wants_ready(srv) if t else (None, "undecided: left as is")
+        want, why = t.wants_ready(srv, servers.values()) if t else (None, "undecided: left as is")
         out.append({"server": srv.name, "addr": f"{srv.addr}:{srv.port}",
                     "state": srv.admin.value, "sessions": srv.sessions,
                     "want": None if want is None else ("ready" if want else "maint"),

@@ -1,38 +1,72 @@
 """Turn every Sentinel's answer into one verdict per master group. Pure: no I/O, no clock.
 
-Rules (facts B.3):
+Writes (facts B.3):
 - only Sentinels that answered and are not in TILT vote; fewer than `min_voters` -> undecided;
 - the highest config-epoch wins: it is the version of the master's address, so a lagging
   Sentinel never flips the state back, and the leader's fresh promotion (new epoch at once,
   facts B.2) is followed without waiting for the others; an epoch older than one already
   acted on is not followed unless every configured Sentinel agrees on it;
 - Sentinels at that epoch that name different addresses -> undecided (no guessing);
-- a replica is healthy when at least half of the Sentinels at that epoch say it is up and
-  replicating from the elected master (with two Sentinels left, one stale view must not
-  empty the read backend; the returning old master is seen as unhealthy by all of them);
 - a master Sentinel reports o_down, or whose failover has started (`failover_in_progress`,
   nothing promoted yet), is fenced: writes go nowhere until the new master is known. A live
   old master keeps acknowledging writes after its replica got `REPLICAOF NO ONE` until it is
   reconfigured (a manual `SENTINEL FAILOVER`: ~850 acked writes lost per failover, measured);
-  a short write outage is the price of losing none.
+- early promotion: the leader's chosen replica (flagged `promoted`) becomes the write master
+  as soon as the caller saw it answer ROLE master, up to ~1 s before the leader's own INFO
+  poll confirms it (`+promoted-slave`); the old master stays fenced. The moment the leader's
+  view no longer shows that choice (failover aborted, leader lost), the group is fenced again.
+
+Reads:
+- a replica STARTS serving reads when at least half of the Sentinels at the top epoch see it
+  up and replicating from the elected master (with two Sentinels left, one stale view must
+  not empty the read backend; the returning old master is seen as unhealthy by all of them);
+- a replica that already serves reads KEEPS serving them while it is up, a replica, and its
+  link has been down no longer than `max_link_down_ms`: while its master is dead or failing
+  over it still holds every write it received (and it is the node that will be promoted);
+- the master is the read fallback when no replica can serve; when it is o_down, the replica
+  the leader is promoting is (Sentinels that already saw it answer role master no longer
+  count it as a replica).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from controller.model import Address, Decision, MasterView, SentinelView
 
 
+@dataclass(frozen=True)
+class Rules:
+    """Policy settings that shape every verdict."""
+
+    max_link_down_ms: int = 60_000  # a serving replica's link may be down this long
+    early_promotion: bool = True  # follow the leader's promotion at ROLE master
+
+
+@dataclass(frozen=True)
+class History:
+    """What the caller acted on before, per group: verdicts are level-triggered, but two
+    rules look back (an epoch never goes back; a replica keeps serving while staleness is
+    bounded)."""
+
+    seen_epoch: int = -1  # highest config-epoch acted on
+    readers: frozenset[Address] = frozenset()  # replicas that served reads in the last verdict
+    promoted: Address | None = None  # the leader's choice, seen answering ROLE master
+
+
 def decide(
-    name: str, views: Sequence[SentinelView], min_voters: int, seen_epoch: int = -1
+    name: str,
+    views: Sequence[SentinelView],
+    min_voters: int,
+    history: History = History(),  # frozen: a shared default is safe
+    rules: Rules = Rules(),  # frozen: a shared default is safe
 ) -> Decision:
     """The verdict for master group `name` from all Sentinels' views.
 
-    `seen_epoch` is the highest config-epoch the caller has acted on for this group: an
-    answer older than that comes from lagging Sentinels (e.g. the leader that promoted died
-    before the others heard of it) and is not followed, unless every configured Sentinel
-    agrees on it (the group was reset or re-created: epochs start again).
+    `history.seen_epoch` protects against lagging Sentinels (e.g. the leader that promoted
+    died before the others heard of it): an older answer is not followed unless every
+    configured Sentinel agrees on it (the group was reset or re-created: epochs start again).
     """
     answers: list[MasterView] = [
         v.masters[name] for v in views if v.usable and name in v.masters
@@ -53,20 +87,31 @@ def decide(
     if len(addrs) != 1:
         shown = ", ".join(sorted(str(a) for a in addrs))
         return undecided(f"sentinels at epoch {top} disagree on the master: {shown}", top)
-    if top < seen_epoch and not (len(at_top) == len(views) == len(answers)):
+    if top < history.seen_epoch and not (len(at_top) == len(views) == len(answers)):
         return undecided(
-            f"sentinels report epoch {top}, older than epoch {seen_epoch} seen before", top
+            f"sentinels report epoch {top}, older than epoch {history.seen_epoch} seen before",
+            top,
         )
     master = addrs.pop()
-    replicas = _healthy_replicas(master, at_top)
     odown = any(a.odown for a in at_top)
     failing_over = any(a.failing_over for a in at_top)
+    promoting = _promoting(at_top)
     fenced = odown or failing_over
     reason = f"epoch {top} from {len(at_top)} of {len(answers)} sentinels"
     if odown:
         reason = f"master {master} is o_down (epoch {top})"
     elif failing_over:
         reason = f"failover of master {master} in progress (epoch {top})"
+    early = (
+        fenced and rules.early_promotion and promoting is not None
+        and promoting == history.promoted
+    )
+    if early:
+        assert promoting is not None
+        reason = (f"{promoting} answers ROLE master: the leader promotes it (old master "
+                  f"{master} {'o_down' if odown else 'being failed over'}, epoch {top})")
+        master, fenced = promoting, False
+    replicas = _readers(master, at_top, history.readers, rules.max_link_down_ms)
     return Decision(
         name=name,
         master=master,
@@ -75,14 +120,31 @@ def decide(
         fenced=fenced,
         reason=reason,
         voters=len(answers),
+        # An o_down master serves nothing; the replica being promoted holds every write.
+        fallback=promoting if odown and not early else master,
+        promoting=promoting,
+        early=early,
+        failover_timeout_ms=max(a.failover_timeout_ms for a in at_top),
     )
 
 
-def _healthy_replicas(master: Address, views: Sequence[MasterView]) -> frozenset[Address]:
+def _promoting(views: Sequence[MasterView]) -> Address | None:
+    """The replica the failover leader is promoting, when the views agree on one."""
+    chosen = {p for v in views if (p := v.promoting) is not None}
+    return chosen.pop() if len(chosen) == 1 else None
+
+
+def _readers(
+    master: Address, views: Sequence[MasterView], before: frozenset[Address],
+    max_link_down_ms: int,
+) -> frozenset[Address]:
     votes: dict[Address, int] = {}
     for view in views:
         for r in view.replicas:
-            if r.addr != master and r.healthy_for(master):
+            if r.addr == master:
+                continue
+            ok = r.healthy_for(master) or (r.addr in before and r.still_serves(max_link_down_ms))
+            if ok:
                 votes[r.addr] = votes.get(r.addr, 0) + 1
     need = (len(views) + 1) // 2  # at least half: 1 of 1, 1 of 2, 2 of 3, 2 of 4
     return frozenset(a for a, n in votes.items() if n >= need)

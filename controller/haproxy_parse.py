@@ -72,25 +72,27 @@ def parse_servers_state(text: str) -> dict[str, dict[str, ServerState]]:
     return out
 
 
-def parse_stat_sessions(text: str) -> dict[tuple[str, str], int]:
-    """`show stat` CSV -> (backend, server) -> current sessions (scur), servers only."""
+def parse_stat(text: str) -> dict[tuple[str, str], tuple[int, bool]]:
+    """`show stat` CSV -> (backend, server) -> (current sessions `scur`, `bck` backup server),
+    servers only."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith("# "):
         raise HAProxyReplyError(f"show stat: no CSV header in {text[:80]!r}")
     rows = csv.reader([lines[0][2:], *(ln for ln in lines[1:] if ln.strip())])
     header = next(rows)
     try:
-        ix_px, ix_sv, ix_scur = header.index("pxname"), header.index("svname"), header.index("scur")
+        ix = [header.index(k) for k in ("pxname", "svname", "scur", "bck")]
     except ValueError:
-        raise HAProxyReplyError("show stat: header lacks pxname/svname/scur") from None
-    out: dict[tuple[str, str], int] = {}
+        raise HAProxyReplyError("show stat: header lacks pxname/svname/scur/bck") from None
+    ix_px, ix_sv, ix_scur, ix_bck = ix
+    out: dict[tuple[str, str], tuple[int, bool]] = {}
     for row in rows:
-        if len(row) <= max(ix_px, ix_sv, ix_scur):
+        if len(row) <= max(ix):
             raise HAProxyReplyError(f"show stat: short row {','.join(row)[:120]!r}")
         if row[ix_sv] in ("FRONTEND", "BACKEND"):
             continue
         try:
-            out[(row[ix_px], row[ix_sv])] = int(row[ix_scur] or 0)
+            out[(row[ix_px], row[ix_sv])] = (int(row[ix_scur] or 0), row[ix_bck] == "1")
         except ValueError:
             raise HAProxyReplyError(f"show stat: scur {row[ix_scur]!r} is not a number") from None
     return out
@@ -105,12 +107,12 @@ def parse_state_batch(text: str) -> HAProxyState:
         raise HAProxyReplyError(f"state batch: expected 3 outputs in {text[:120]!r}") from None
     info = parse_info(info_txt)
     backends = parse_servers_state(servers_txt)
-    sessions = parse_stat_sessions(stat_txt)
+    stats = parse_stat(stat_txt)
     for be, servers in backends.items():
         for name, srv in servers.items():
-            n = sessions.get((be, name), 0)
-            if n:
-                servers[name] = replace(srv, sessions=n)
+            n, backup = stats.get((be, name), (0, False))
+            if n or backup:
+                servers[name] = replace(srv, sessions=n, backup=backup)
     return HAProxyState(info=info, backends=backends)
 
 

@@ -3,9 +3,11 @@
 A pass: read every Sentinel -> `decide` per group -> for each HAProxy read its state ->
 `plan` -> apply in one exchange -> read again and verify. Passes run on every hint (a
 Sentinel event, a (re)connect or loss of a Sentinel), when an HAProxy restarts, reloads or
-comes back, and every `resync_interval_s`. Events only shorten the wait; a missed event
-changes nothing. The loop never dies from a bug: it logs `unexpected_error` and goes on.
-Must not talk to Sentinel or HAProxy except through their adapters.
+comes back, when the replica a failover leader is promoting answers ROLE master (asked every
+`promotion_poll_interval_s` until then, at most for the group's failover timeout), and every
+`resync_interval_s`. Events only shorten the wait; a missed event changes nothing. The loop
+never dies from a bug: it logs `unexpected_error` and goes on.
+Must not talk to Sentinel, HAProxy or Redis nodes except through their adapters.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from typing import Protocol
 
 import structlog
 
-from controller.decide import decide
+from controller.decide import History, Rules, decide
 from controller.haproxy import CommandResult, HAProxyError
-from controller.model import Address, Command, Decision, HAProxyInfo, HAProxyState, SentinelView
+from controller.model import (
+    Address,
+    AdminState,
+    Command,
+    Decision,
+    HAProxyInfo,
+    HAProxyState,
+    SentinelView,
+)
 from controller.plan import BackendTarget, Note, Plan, plan, targets
+from controller.redis_nodes import NodeError
 from controller.sentinel import Hint, HintQueue
 from controller.sentinel_parse import FAILOVER_EVENTS
 from controller.settings import Settings
@@ -51,6 +62,14 @@ class HAProxyTarget(Protocol):
     def state(self) -> HAProxyState: ...
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
+
+
+class NodeRoles(Protocol):
+    """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`); errors: NodeError."""
+
+    def role(self, addr: Address) -> str: ...
+
+    def forget(self, keep: set[Address]) -> None: ...
 
 
 class Watcher(Protocol):
@@ -92,6 +111,16 @@ class HAProxyOutcome:
     drift_after: int = 0
 
 
+@dataclass
+class Promotion:
+    """A replica the failover leader is promoting, watched until it answers ROLE master."""
+
+    addr: Address
+    until: float  # monotonic: the group's failover timeout after it was first seen
+    is_master: bool = False
+    error: str = ""  # last ROLE failure, logged once
+
+
 @dataclass(frozen=True)
 class PassResult:
     trigger: str
@@ -110,11 +139,17 @@ class Controller:
         watchers: Sequence[Watcher] = (),
         hints: HintQueue | None = None,
         on_change: Callable[[str, dict[str, object]], None] | None = None,
+        nodes: NodeRoles | None = None,
     ) -> None:
         self.settings = settings
         self.reader = reader
         self.haproxies = list(haproxies)
         self.watchers = list(watchers)
+        self.nodes = nodes  # None: early promotion off (no Redis node is ever asked)
+        self.rules = Rules(
+            max_link_down_ms=int(settings.max_replica_link_down_s * 1000),
+            early_promotion=settings.early_promotion and nodes is not None,
+        )
         self.hints = hints or HintQueue()
         self.counters = Counters()
         self.on_change = on_change  # webhook/alert hook; must not block
@@ -122,24 +157,80 @@ class Controller:
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided
         self._notes: dict[str, set[Note]] = {}  # standing plan notes per HAProxy
         self._epochs: dict[str, int] = {}  # highest config-epoch acted on, per group
+        self._readers: dict[str, frozenset[Address]] = {}  # replicas serving reads, per group
+        self.promotions: dict[str, Promotion] = {}  # group -> replica being promoted
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
-        self._last_desired: frozenset[tuple[object, ...]] | None = None
+        # Per HAProxy, each server's admin state as this controller last saw it after a pass.
+        self._left: dict[str, dict[tuple[str, str], AdminState]] = {}
 
     # -- observing -----------------------------------------------------------------
     def observe(self) -> tuple[list[SentinelView], list[Decision]]:
         skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
         views = self.reader.read(skip=skip)
         n = self.settings.effective_min_sentinels
-        decisions = [
-            decide(name, views, n, self._epochs.get(name, -1))
-            for name in self.reader.master_names
-        ]
+        decisions = [decide(name, views, n, self._history(name), self.rules)
+                     for name in self.reader.master_names]
         for d in decisions:
             if d.master is not None:
                 self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
+                self._readers[d.name] = d.replicas
+            self._watch_promotion(d)
+        if self.nodes is not None:
+            self.nodes.forget({p.addr for p in self.promotions.values()})
         return views, decisions
+
+    def _history(self, name: str) -> History:
+        p = self.promotions.get(name)
+        confirmed = p is not None and p.is_master and time.monotonic() < p.until
+        return History(self._epochs.get(name, -1), self._readers.get(name, frozenset()),
+                       p.addr if p is not None and confirmed else None)
+
+    def _watch_promotion(self, d: Decision) -> None:
+        """Start watching the replica a leader promotes; stop when the verdict no longer
+        names it (promoted and confirmed, or the failover aborted: fenced again)."""
+        p = self.promotions.get(d.name)
+        if d.promoting is None or not self.rules.early_promotion:
+            if p is not None:
+                self.promotions.pop(d.name)
+                log.info("promotion_watch_ended", group=d.name, replica=str(p.addr),
+                         outcome="confirmed by Sentinel" if d.master == p.addr
+                         else "no longer promoted (failover aborted or leader lost)",
+                         **self._t())
+            return
+        if p is None or p.addr != d.promoting:
+            timeout_s = (d.failover_timeout_ms or 180_000) / 1000
+            self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s)
+            log.info("promotion_watch", group=d.name, replica=str(d.promoting),
+                     timeout_s=timeout_s, **self._t())
+
+    def poll_promotions(self) -> bool:
+        """Ask ROLE of every replica being promoted; True when one just became master."""
+        if self.nodes is None:
+            return False
+        now = time.monotonic()
+        changed = False
+        for group, p in self.promotions.items():
+            if p.is_master or now >= p.until:
+                continue
+            try:
+                role = self.nodes.role(p.addr)
+            except NodeError as e:
+                if str(e) != p.error:
+                    log.warning("role_check_failed", group=group, replica=str(p.addr),
+                                error=str(e))
+                p.error = str(e)
+                continue
+            if role == "master":
+                p.is_master = changed = True
+                log.info("promoted_replica_is_master", group=group, replica=str(p.addr),
+                         **self._t())
+        return changed
+
+    def promotions_pending(self) -> bool:
+        now = time.monotonic()
+        return any(not p.is_master and now < p.until for p in self.promotions.values())
 
     # -- one pass ------------------------------------------------------------------
     def reconcile(self, trigger: str, since: float | None = None, apply: bool = True) -> PassResult:
@@ -151,16 +242,9 @@ class Controller:
             decisions, self.settings.write_backend, self.settings.read_backend,
             self.settings.read_fallback_to_master,
         )
-        # What HAProxy should look like did not change since the last pass, and no HAProxy just
-        # (re)appeared: commands this pass needs correct a change made behind our back.
-        desired = frozenset((t.backend, t.role, t.decision.master, t.decision.replicas,
-                             t.decision.fenced) for t in wanted)
-        behind_our_back = desired == self._last_desired and trigger != "haproxy_changed"
-        self._last_desired = desired
         # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
         # first one's read-back.
-        applied = [self._reconcile_one(h, wanted, since, apply, behind_our_back)
-                   for h in self.haproxies]
+        applied = [self._reconcile_one(h, wanted, since, apply) for h in self.haproxies]
         outcomes = [self._verify(h, wanted, o) if o.results else o
                     for h, o in zip(self.haproxies, applied, strict=True)]
         duration_ms = (time.monotonic() - start) * 1000
@@ -177,19 +261,21 @@ class Controller:
         wanted: Sequence[BackendTarget],
         since: float,
         apply: bool,
-        behind_our_back: bool = False,
     ) -> HAProxyOutcome:
         try:
             state = h.state()
         except HAProxyError as e:
             self._haproxy_down(h.target, str(e))
             return HAProxyOutcome(h.target, None, Plan(), error=str(e))
-        if self._haproxy_seen(h.target, state.info):
-            behind_our_back = False  # new, restarted or back: its state is not a hand edit
+        # A server whose admin state is not what this controller left it in was changed by
+        # someone else (a new, restarted or returning HAProxy forgets what it was left in).
+        self._haproxy_seen(h.target, state.info)
+        edited = _admin_changes(self._left.get(h.target), state)
         p = plan(wanted, state)
         self._log_notes(h.target, p.notes)  # undecided notes: logged by _note_decisions
         if not p.commands:
             self.counters.drift[h.target] = 0
+            self._left[h.target] = _admin(state)
             return HAProxyOutcome(h.target, state, p)
         if not apply:
             for c in p.commands:
@@ -221,11 +307,14 @@ class Controller:
         if ok:
             self.counters.passes_with_changes += 1
             self.counters.last_event_to_applied_ms = latency_ms
-            if behind_our_back:
+            undone = [r.command for r in results
+                      if r.ok and (r.command.backend, r.command.server) in edited]
+            if undone:
                 self.counters.hand_edits_undone += 1
-                log.warning("drift_corrected", haproxy=h.target, commands=ok,
-                            detail="HAProxy changed while Sentinel did not (hand edit?)")
-                self._emit("drift_corrected", {"haproxy": h.target, "commands": ok})
+                log.warning("drift_corrected", haproxy=h.target, commands=len(undone),
+                            servers=sorted(f"{c.backend}/{c.server}" for c in undone),
+                            detail="HAProxy was changed by someone else (hand edit?): undone")
+                self._emit("drift_corrected", {"haproxy": h.target, "commands": len(undone)})
         return HAProxyOutcome(h.target, state, p, tuple(results))
 
     def _verify(
@@ -234,8 +323,11 @@ class Controller:
         """Read back and plan again; anything left is drift we could not fix."""
         drift_after = 0
         try:
-            drift_after = plan(wanted, h.state()).drift
+            state = h.state()
+            drift_after = plan(wanted, state).drift
+            self._left[h.target] = _admin(state)
         except HAProxyError as e:
+            self._left.pop(h.target, None)  # unknown: the next pass cannot call it a hand edit
             log.warning("verify_failed", haproxy=h.target, error=str(e))
         if drift_after:
             log.warning("drift_remains", haproxy=h.target, commands=drift_after)
@@ -270,7 +362,8 @@ class Controller:
             elif old.master != d.master:
                 self.counters.failovers_seen += 1
                 log.info("master_changed", group=d.name, **{"from": str(old.master)},
-                         to=str(d.master), epoch=d.epoch, trigger=trigger, **self._t())
+                         to=str(d.master), epoch=d.epoch, early=d.early, trigger=trigger,
+                         **self._t())
                 self._emit("failover", {"group": d.name, "from": str(old.master),
                                         "to": str(d.master), "epoch": d.epoch})
             else:
@@ -307,12 +400,20 @@ class Controller:
             log.exception("unexpected_error", where="on_change hook")
 
     def _haproxy_down(self, target: str, error: str) -> None:
+        self._left.pop(target, None)
         if self.counters.haproxy_up.get(target, True):
             log.error("haproxy_unreachable", haproxy=target, error=error)
         self.counters.haproxy_up[target] = False
 
     def _haproxy_seen(self, target: str, info: HAProxyInfo) -> bool:
-        """Record an HAProxy's identity; True when it is new (restart, reload, back)."""
+        """Record an HAProxy's identity; True when it is new (restart, reload, back): then
+        what this controller left in it is forgotten (its state is not a hand edit)."""
+        new = self._identity_changed(target, info)
+        if new:
+            self._left.pop(target, None)
+        return new
+
+    def _identity_changed(self, target: str, info: HAProxyInfo) -> bool:
         old = self._identity.get(target)
         was_down = not self.counters.haproxy_up.get(target, True)
         self.counters.haproxy_up[target] = True
@@ -403,11 +504,14 @@ class Controller:
         s = self.settings
         next_resync = time.monotonic()  # first pass at once
         next_probe = time.monotonic() + s.haproxy_poll_interval_s
+        next_role = 0.0
         while not stop.is_set():
             try:
                 now = time.monotonic()
-                wait = max(0.0, min(next_resync, next_probe) - now)
-                hints = self.hints.get(wait)
+                wake = min(next_resync, next_probe)
+                if self.promotions_pending():
+                    wake = min(wake, next_role)
+                hints = self.hints.get(max(0.0, wake - now))
                 trigger = ""
                 since: float | None = None
                 for h in hints:
@@ -418,6 +522,10 @@ class Controller:
                     self.hints.overflowed = False
                     trigger = trigger or "hint_overflow"
                 now = time.monotonic()
+                if not trigger and self.promotions_pending() and now >= next_role:
+                    next_role = now + s.promotion_poll_interval_s
+                    if self.poll_promotions():
+                        trigger, since = "role_master", time.monotonic()
                 if not trigger and now >= next_probe:
                     next_probe = now + s.haproxy_poll_interval_s
                     if self.probe_haproxies():
@@ -432,3 +540,18 @@ class Controller:
                 stop.wait(0.1)  # never spin on a persistent bug
         for w in self.watchers:
             w.stop()
+
+
+def _admin(state: HAProxyState) -> dict[tuple[str, str], AdminState]:
+    return {(be, name): srv.admin for be, servers in state.backends.items()
+            for name, srv in servers.items()}
+
+
+def _admin_changes(
+    left: dict[tuple[str, str], AdminState] | None, state: HAProxyState
+) -> set[tuple[str, str]]:
+    """Servers whose admin state differs from `left` (none when there is nothing to compare)."""
+    if left is None:
+        return set()
+    now = _admin(state)
+    return {k for k, v in now.items() if k in left and left[k] != v}

@@ -34,6 +34,9 @@ class Address:
         return cls(host, int(port))
 
 
+_DOWN_FLAGS = frozenset({"s_down", "o_down", "disconnected"})
+
+
 @dataclass(frozen=True)
 class ReplicaInfo:
     """One entry of `SENTINEL REPLICAS <master>`, reduced to what health needs."""
@@ -43,20 +46,28 @@ class ReplicaInfo:
     role_reported: str
     link_ok: bool
     master_addr: Address | None  # None when the replica reports `master-host:?`
+    link_down_ms: int = 0  # master-link-down-time: how long its link has been down (<0: never up)
 
     def healthy_for(self, master: Address) -> bool:
-        """True when this replica is up and really replicating from `master`.
+        """Up and really replicating from `master`: what a node needs to START serving reads.
 
         `flags` alone is not enough: an old master that comes back is listed as `slave`
-        without `s_down` while it still reports role master (facts B.1).
+        without `s_down` while it still reports role master (facts B.1), and right after
+        Sentinel converts it, its link is not up until it has resynced its data.
         """
-        bad = {"s_down", "o_down", "disconnected"}
         return (
-            not (self.flags & bad)
+            not (self.flags & _DOWN_FLAGS)
             and self.role_reported == "slave"
             and self.link_ok
             and self.master_addr == master
         )
+
+    def still_serves(self, max_link_down_ms: int) -> bool:
+        """Alive, a replica, and not staler than `max_link_down_ms`: what a node that already
+        serves reads needs to KEEP serving them. A broken link is staleness, not death: while
+        its master is down or failing over, a replica still holds every write it received."""
+        fresh = self.link_ok or 0 <= self.link_down_ms <= max_link_down_ms
+        return not (self.flags & _DOWN_FLAGS) and self.role_reported == "slave" and fresh
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,21 @@ class MasterView:
     flags: frozenset[str]  # flags of SENTINEL MASTER; they describe `master_entry_addr`
     master_entry_addr: Address  # ip/port of SENTINEL MASTER (old one on the leader mid-failover)
     replicas: tuple[ReplicaInfo, ...]
+    failover_state: str = ""  # the leader's failover step (`send_slaveof_noone`...), else ""
+    failover_timeout_ms: int = 180_000
+
+    @property
+    def promoting(self) -> Address | None:
+        """The replica this Sentinel, as failover leader, has chosen and is promoting, while
+        nothing is promoted yet (GET-MASTER-ADDR still names the old master).
+
+        The leader flags its choice `promoted` when it selects it, before `REPLICAOF NO ONE`
+        (facts: "a promotion, seen from every Sentinel every 10 ms").
+        """
+        if not self.failing_over:
+            return None
+        chosen = [r.addr for r in self.replicas if "promoted" in r.flags]
+        return chosen[0] if len(chosen) == 1 else None
 
     @property
     def odown(self) -> bool:
@@ -102,15 +128,19 @@ class SentinelView:
 
 @dataclass(frozen=True)
 class Decision:
-    """The Sentinels' verdict for one group: master and healthy replicas, or undecided."""
+    """The Sentinels' verdict for one group: who takes writes, who serves reads, or undecided."""
 
     name: str
     master: Address | None  # None: undecided, HAProxy keeps its state
     epoch: int = -1
-    replicas: frozenset[Address] = frozenset()
+    replicas: frozenset[Address] = frozenset()  # replicas that serve reads
     fenced: bool = False  # master o_down or being failed over: no server gets writes
     reason: str = ""  # why undecided / fenced, or the evidence used
     voters: int = 0  # sentinels whose answer was used
+    fallback: Address | None = None  # serves reads when no replica can: the master, if alive
+    promoting: Address | None = None  # the leader's chosen replica, not yet promoted
+    early: bool = False  # `master` is that replica, followed as soon as it answered ROLE master
+    failover_timeout_ms: int = 0  # Sentinel's failover-timeout for the group (bounds `promoting`)
 
 
 class AdminState(enum.Enum):
@@ -146,6 +176,7 @@ class ServerState:
     op_state: int  # 0 stopped, 1 starting, 2 running, 3 stopping
     sessions: int = 0  # scur
     fqdn: str = "-"
+    backup: bool = False  # a `backup` server: HAProxy uses it only while no other one is up
 
     def matches(self, node: Address) -> bool:
         """A server stands for a Redis node when address (or FQDN) and port agree."""

@@ -4,6 +4,11 @@
 with one HAProxy's actual state and returns Runtime API commands, each with its reason:
 every `maint` (and session shutdown) first, then every `ready`, so the old master is out
 before the new one is in when the batch runs as one exchange. No I/O, no clock.
+
+Write backend: exactly the master is ready. Read backend: the replicas that serve reads are
+ready; the read fallback (the master, see decide) is ready as the backend's `backup` server
+for it when the config has one (HAProxy then falls back by itself the moment the replicas
+are down, before Sentinel notices), or else as a normal server while no replica serves.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ class BackendTarget:
     decision: Decision
     read_fallback: bool = False  # read backend: the master serves reads when no replica can
 
-    def wants_ready(self, srv: ServerState) -> tuple[bool, str]:
+    def wants_ready(
+        self, srv: ServerState, peers: Iterable[ServerState] = ()
+    ) -> tuple[bool, str]:
+        """Should `srv` be ready, and why; `peers` are the backend's other servers."""
         d = self.decision
         assert d.master is not None  # targets() only builds targets for decided groups
         if srv.addr == "-":  # unresolved: `ready` would route to no address (facts A.1.1)
@@ -38,13 +46,20 @@ class BackendTarget:
             if srv.matches(d.master):
                 return True, f"elected master {d.master} ({d.reason})"
             return False, f"not the master (master is {d.master}, epoch {d.epoch})"
-        if srv.matches(d.master):
-            if self.read_fallback and not d.replicas and not d.fenced:
-                return True, f"master {d.master} serves reads: no healthy replica (fallback)"
-            return False, f"is the master {d.master}"
+        fallback = d.fallback if self.read_fallback else None
+        if srv.backup:
+            if fallback is not None and srv.matches(fallback):
+                return True, f"read fallback {fallback}, used by HAProxy while no replica is up"
+            return False, "not the read fallback"
         if any(srv.matches(r) for r in d.replicas):
-            return True, f"healthy replica of {d.master}"
-        return False, f"not a healthy replica of {d.master}"
+            return True, f"serves reads: replica of {d.master}"
+        if fallback is not None and srv.matches(fallback) and not d.replicas and not any(
+            p.backup and p.matches(fallback) for p in peers
+        ):
+            return True, f"{fallback} serves reads: no replica can (fallback)"
+        if srv.matches(d.master):
+            return False, f"is the master {d.master}"
+        return False, f"does not serve reads for {d.master}"
 
 
 @dataclass(frozen=True)
@@ -88,11 +103,15 @@ def targets(
 
 
 def plan(wanted: Sequence[BackendTarget], actual: HAProxyState) -> Plan:
-    outs: list[Command] = []
-    ins: list[Command] = []
+    """Commands in this order: write backends' outs (maint, sessions shut), their ins (ready):
+    a demoted master stops taking writes before the new one is in; then read backends' ins
+    before their outs, so that a read backend is never empty in between."""
+    write_outs: list[Command] = []
+    write_ins: list[Command] = []
+    read_ins: list[Command] = []
+    read_outs: list[Command] = []
     notes: list[Note] = []
-    # Write backends first: a demoted master must stop taking writes before anything else.
-    for t in sorted(wanted, key=lambda t: t.role != "write"):
+    for t in wanted:
         servers = actual.backends.get(t.backend)
         if servers is None:
             notes.append(Note("backend_missing", t.group, f"no backend {t.backend!r}", t.backend))
@@ -110,32 +129,24 @@ def plan(wanted: Sequence[BackendTarget], actual: HAProxyState) -> Plan:
                     t.backend,
                 )
             )
+        outs, ins = (write_outs, write_ins) if t.role == "write" else (read_outs, read_ins)
         for srv in servers.values():
-            ready, why = t.wants_ready(srv)
+            ready, why = t.wants_ready(srv, servers.values())
             ref = f"{srv.backend}/{srv.name}"
             if ready:
                 if srv.admin is not AdminState.READY:
-                    ins.append(
-                        Command(
-                            f"set server {ref} state ready", srv.backend, srv.name, why,
-                            srv.admin.value, "ready",
-                        )
-                    )
+                    ins.append(Command(f"set server {ref} state ready", srv.backend, srv.name,
+                                       why, srv.admin.value, "ready"))
                 continue
             if srv.admin is not AdminState.MAINT:
-                outs.append(
-                    Command(
-                        f"set server {ref} state maint", srv.backend, srv.name, why,
-                        srv.admin.value, "maint",
-                    )
-                )
-            # Writes on an established session to a non-master are lost writes: cut them,
-            # also when the server is already in maint (controller restarted, hand edit).
+                outs.append(Command(f"set server {ref} state maint", srv.backend, srv.name, why,
+                                    srv.admin.value, "maint"))
+            # Writes on an established session to a non-master are lost writes: cut them, also
+            # when the server is already in maint (controller restarted, hand edit). Reads are
+            # never cut: a connection to a node that left the read side (promoted, or stale)
+            # reads at worst stale data, as with any replica.
             if t.role == "write" and (srv.admin is not AdminState.MAINT or srv.sessions > 0):
-                outs.append(
-                    Command(
-                        f"shutdown sessions server {ref}", srv.backend, srv.name,
-                        f"{why}; close its {srv.sessions} session(s)", "", "sessions-closed",
-                    )
-                )
-    return Plan(tuple(outs + ins), tuple(notes))
+                outs.append(Command(f"shutdown sessions server {ref}", srv.backend, srv.name,
+                                    f"{why}; close its {srv.sessions} session(s)", "",
+                                    "sessions-closed"))
+    return Plan(tuple(write_outs + write_ins + read_ins + read_outs), tuple(notes))

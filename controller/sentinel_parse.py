@@ -44,8 +44,10 @@ def _port(raw: str, what: str) -> int:
     return port
 
 
-def _int(d: dict[str, str], key: str, what: str) -> int:
+def _int(d: dict[str, str], key: str, what: str, default: int | None = None) -> int:
     if key not in d:
+        if default is not None:
+            return default
         raise SentinelReplyError(f"{what}: field {key!r} missing")
     try:
         return int(d[key])
@@ -85,6 +87,7 @@ def parse_replica(raw: Any, what: str) -> ReplicaInfo:
         role_reported=d.get("role-reported", ""),
         link_ok=d.get("master-link-status") == "ok",
         master_addr=master,
+        link_down_ms=_int(d, "master-link-down-time", what, default=0),
     )
 
 
@@ -110,6 +113,8 @@ def parse_master_view(name: str, addr_raw: Any, master_raw: Any, replicas_raw: A
         flags=_flags(d["flags"]),
         master_entry_addr=Address(d["ip"], _port(d["port"], what)),
         replicas=replicas,
+        failover_state=d.get("failover-state", ""),
+        failover_timeout_ms=_int(d, "failover-timeout", what, default=180_000),
     )
 
 
@@ -179,6 +184,7 @@ RELEVANT_EVENTS = frozenset(
         "+failover-end-for-timeout",
         "+try-failover",  # the leader flags failover_in_progress: fence writes now
         "+elected-leader",
+        "+selected-slave",  # the leader chose the replica to promote: watch its ROLE
         "+failover-state-send-slaveof-noone",
         "+failover-state-wait-promotion",
         "+sdown",

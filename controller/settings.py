@@ -38,7 +38,18 @@ class Settings:
     sentinel_tls_ca_file: str = ""
     sentinel_tls_cert_file: str = ""  # client certificate, for `tls-auth-clients yes`
     sentinel_tls_key_file: str = ""
-    read_fallback_to_master: bool = False  # off: the read port refuses rather than hit the master
+    # Redis nodes themselves (only ROLE of the replica being promoted, for early_promotion).
+    redis_username: str = ""
+    redis_password: str = field(default="", repr=False)
+    redis_password_file: str = ""
+    redis_tls: bool = False
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    early_promotion: bool = True  # writes follow the promoted replica at ROLE master
+    promotion_poll_interval_s: float = 0.005  # ROLE of the replica being promoted, this often
+    read_fallback_to_master: bool = True  # the master serves reads while no replica can
+    max_replica_link_down_s: float = 60.0  # a serving replica may lag its master this long
     min_sentinels: int = 0  # 0: a majority of the configured Sentinels
     resync_interval_s: float = 5.0
     haproxy_poll_interval_s: float = 0.5
@@ -59,21 +70,28 @@ class Settings:
         return self.min_sentinels or (len(self.sentinels) // 2 + 1)
 
     def password(self) -> str | None:
-        if self.sentinel_password:
-            return self.sentinel_password
-        if self.sentinel_password_file:
-            try:
-                return Path(self.sentinel_password_file).read_text().strip() or None
-            except OSError as e:
-                raise SettingsError(
-                    f"sentinel_password_file: cannot read {self.sentinel_password_file!r}: "
-                    f"{e.strerror}"
-                ) from None
-        return None
+        """The Sentinel password, from the setting or its file."""
+        return _secret(self.sentinel_password, self.sentinel_password_file,
+                       "sentinel_password_file")
+
+    def redis_secret(self) -> str | None:
+        """The Redis nodes' password, from the setting or its file."""
+        return _secret(self.redis_password, self.redis_password_file, "redis_password_file")
+
+
+def _secret(value: str, path: str, key: str) -> str | None:
+    if value:
+        return value
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as e:
+            raise SettingsError(f"{key}: cannot read {path!r}: {e.strerror}") from None
+    return None
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-SECRET_KEYS = frozenset({"sentinel_password"})
+SECRET_KEYS = frozenset({"sentinel_password", "redis_password"})
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -155,7 +173,7 @@ def load(
 def validate(s: Settings) -> None:
     for key in ("resync_interval_s", "haproxy_poll_interval_s", "haproxy_timeout_s",
                 "sentinel_timeout_s", "sentinel_ping_interval_s", "sentinel_dead_after_s",
-                "webhook_timeout_s"):
+                "webhook_timeout_s", "promotion_poll_interval_s", "max_replica_link_down_s"):
         v = getattr(s, key)
         if not 0 < v <= 3600:
             raise SettingsError(f"{key}: {v} must be > 0 and <= 3600 seconds")
@@ -176,12 +194,14 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"{key}: {tpl!r} must contain {{master}}")
     if s.write_backend == s.read_backend:
         raise SettingsError("write_backend and read_backend must differ")
-    if bool(s.sentinel_tls_cert_file) != bool(s.sentinel_tls_key_file):
-        raise SettingsError(
-            "sentinel_tls_cert_file and sentinel_tls_key_file go together: give both or neither"
-        )
-    if s.sentinel_tls_cert_file and not s.sentinel_tls:
-        raise SettingsError("sentinel_tls_cert_file needs sentinel_tls")
+    for side in ("sentinel", "redis"):
+        cert, key = getattr(s, f"{side}_tls_cert_file"), getattr(s, f"{side}_tls_key_file")
+        if bool(cert) != bool(key):
+            raise SettingsError(
+                f"{side}_tls_cert_file and {side}_tls_key_file go together: give both or neither"
+            )
+        if cert and not getattr(s, f"{side}_tls"):
+            raise SettingsError(f"{side}_tls_cert_file needs {side}_tls")
     if s.log_format not in ("auto", "json", "console"):
         raise SettingsError(f"log_format: {s.log_format!r} must be auto, json or console")
     if s.log_level not in ("debug", "info", "warning", "error"):

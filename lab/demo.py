@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from lab.daemon import ControllerDaemon
 from lab.drill import DrillError, DrillRun, DrillSpec, run_drill
 from lab.localstack import Layout, LocalStack, StackActions
 from lab.measure import Recording, first_ok_on, format_timeline, summarize, timeline
-from lab.probes import Mark, event_is_for
+from lab.probes import Mark, ReadSample, event_is_for
 from lab.wait import WaitTimeout, wait_until
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -63,13 +64,22 @@ def run_demo(layout: Layout, workdir: Path, group: str, failover: bool = True,
 
 
 def print_map(stack: LocalStack, ctl: ControllerDaemon) -> None:
-    now = stack.routable()
+    state = stack.haproxy_state()
+
+    def routed(backend: str, backup: bool) -> str:
+        servers = state.backends.get(backend, {}).values()
+        names = [stack.node_named(f"{s.addr}:{s.port}") for s in servers
+                 if s.routable and s.backup == backup]
+        return ", ".join(f"{n} {stack.nodes[n].addr}" for n in names)
+
     say("\nport map (HAProxy on 127.0.0.1; where each port leads right now):")
     for g in stack.layout.groups:
-        w = ", ".join(f"{n} {stack.nodes[n].addr}" for n in now.get(stack.write_backend(g), []))
-        r = ", ".join(f"{n} {stack.nodes[n].addr}" for n in now.get(stack.read_backend(g), []))
+        w = routed(stack.write_backend(g), backup=False)
+        r = routed(stack.read_backend(g), backup=False)
+        fb = routed(stack.read_backend(g), backup=True)
         say(f"  {g}  write :{stack.write_port(g)} -> {w or 'nothing'}")
-        say(f"  {' ' * len(g)}  read  :{stack.read_port(g)} -> {r or 'nothing'} (roundrobin)")
+        say(f"  {' ' * len(g)}  read  :{stack.read_port(g)} -> {r or 'nothing'} (roundrobin)"
+            + (f"; if none is up: {fb}" if fb else ""))
     say(f"  stats page      http://127.0.0.1:{stack.layout.stats_port}/")
     say(f"  sentinels       {', '.join(str(a) for a in stack.sentinel_addrs)}")
     say(f"  haproxy socket  {stack.haproxy_socket}")
@@ -156,7 +166,7 @@ def print_failover(stack: LocalStack, rec: Recording, returned: dict[str, Any]) 
 
     def nm(addr: str | None) -> str:
         if addr is None:
-            return "?"
+            return "(failed)"
         node = stack.node_at(addr)
         return f"{node.name} ({addr})" if node else addr
 
@@ -174,11 +184,15 @@ def print_failover(stack: LocalStack, rec: Recording, returned: dict[str, Any]) 
         say("  NO failover happened within the drill (see the timeline)")
     say(f"  {r.writes_ok} writes acked, {r.writes_failed} failed; acknowledged writes lost: "
         f"{r.acked_lost} of {r.acked_checked} (read back from the final master)")
-    say(f"  reads: {r.reads_ok} ok, {r.read_errors} errors after the kill")
-    if r.read_errors:
-        say("  (a 2-node group has no healthy replica from +odown until the old master rejoins as")
-        say("   a replica: the read port refuses meanwhile; `run --read-fallback-to-master` lets")
-        say("   the master serve reads in that window)")
+    say("\nreads through the read port (where each read went, ms since the kill):")
+    for reader in sorted({s.reader for s in rec.reads}):
+        samples = [s for s in rec.reads if s.reader == reader]
+        kind = "new connection per read" if reader % 2 else "held connection"
+        ok = sum(1 for s in samples if s.ok and s.t >= rec.fault_t)
+        bad = sum(1 for s in samples if not s.ok and s.t >= rec.fault_t)
+        say(f"  reader {reader} ({kind}): {ok} ok, {bad} failed after the kill")
+        for node, t_from, t_to, n in read_route(samples, rec.fault_t):
+            say(f"    {t_from:+10.1f} .. {t_to:+10.1f} ms  {n:5d} reads  {nm(node)}")
     t_r = returned.get("restart_t")
     if t_r:
         say("\nold master back (restarted with its original config, role master):")
@@ -194,6 +208,24 @@ def print_failover(stack: LocalStack, rec: Recording, returned: dict[str, Any]) 
         wrong = [w for w in after_restart if w.node != rec.new_master]
         say(f"  writes after the restart: {len(after_restart)} acked, {len(wrong)} of them by "
             "a node other than the Sentinel master")
+
+
+def read_route(
+    samples: Sequence[ReadSample], fault_t: float
+) -> list[tuple[str | None, float, float, int]]:
+    """Consecutive reads answered by the same node (None: failed), as (node, first ms, last
+    ms, count) relative to the fault, from one second before it."""
+    out: list[tuple[str | None, float, float, int]] = []
+    for s in samples:
+        if s.t < fault_t - 1.0:
+            continue
+        node = s.node if s.ok else None
+        ms = (s.t - fault_t) * 1000
+        if out and out[-1][0] == node:
+            out[-1] = (node, out[-1][1], ms, out[-1][3] + 1)
+        else:
+            out.append((node, ms, ms, 1))
+    return out
 
 
 def keep_running(stack: LocalStack) -> None:

@@ -159,6 +159,9 @@ class Layout:
     first_sentinel_ip: int = 20
     haproxy_config: Path = HAPROXY_CONFIG  # or HAPROXY_CLASSIC_CONFIG
     sentinels: int = 3
+    #: Replicas per group: `<group>b`, `<group>c`... The shipped files name one (`b`); the
+    #: rendered HAProxy config repeats the `b` server lines for every further replica.
+    replicas: int = 1
     redis_config: Path = REDIS_CONFIG
     sentinel_config: Path = SENTINEL_CONFIG
     #: Non-empty: every node gets ``requirepass``/``masterauth`` and every sentinel
@@ -172,7 +175,9 @@ class Layout:
             raise ValueError(f"groups must be non-empty and unique: {self.groups}")
         if self.sentinels < 1:
             raise ValueError("at least one sentinel is needed")
-        last_node_ip = self.first_node_ip + 2 * len(self.groups) - 1
+        if not 1 <= self.replicas <= 24:
+            raise ValueError(f"replicas per group must be 1-24, not {self.replicas}")
+        last_node_ip = self.first_node_ip + (self.replicas + 1) * len(self.groups) - 1
         sentinel_ips = range(self.first_sentinel_ip, self.first_sentinel_ip + self.sentinels)
         if self.first_node_ip < 2 or last_node_ip > 254 or sentinel_ips[-1] > 254:
             raise ValueError("loopback addresses must stay within 127.0.0.2-127.0.0.254")
@@ -206,13 +211,15 @@ class Layout:
         )
 
     def nodes(self) -> dict[str, Node]:
-        """Every node, by name, in group order (``<group>a`` master, ``<group>b`` replica)."""
+        """Every node, by name, in group order (``<group>a`` master, ``<group>b``... replicas)."""
         out: dict[str, Node] = {}
+        per_group = self.replicas + 1
         for i, group in enumerate(self.groups):
-            roles: tuple[tuple[str, Role], ...] = (("a", "master"), ("b", "replica"))
-            for j, (suffix, role) in enumerate(roles):
-                host = f"127.0.0.{self.first_node_ip + 2 * i + j}"
-                out[group + suffix] = Node(group + suffix, group, host, self.redis_port, role)
+            for j in range(per_group):
+                role: Role = "master" if j == 0 else "replica"
+                name = group + "abcdefghijklmnopqrstuvwxyz"[j]
+                host = f"127.0.0.{self.first_node_ip + per_group * i + j}"
+                out[name] = Node(name, group, host, self.redis_port, role)
         return out
 
     def sentinel_hosts(self) -> list[str]:
@@ -272,7 +279,7 @@ def render_haproxy_config(
         group = _group_of_section(name) if kind in ("frontend", "backend") else None
         if group is not None and group not in layout.groups:
             continue
-        for line in lines:
+        for line in _with_extra_replicas(lines, layout, group):
             line = _render_haproxy_line(layout, nodes, kind, name, group, socket_path, line)
             out.append(line)
         if group is not None:
@@ -286,6 +293,22 @@ def render_haproxy_config(
                     f"{layout.haproxy_config}: no '{kind} {group}_{suffix}' section"
                 )
     return "\n".join(out) + "\n"
+
+
+def _with_extra_replicas(lines: list[str], layout: Layout, group: str | None) -> list[str]:
+    """`lines` with every server line of the group's first replica (`<group>b`) repeated for
+    each further replica (`<group>c`...)."""
+    if group is None or layout.replicas == 1:
+        return lines
+    first = f"{group}b"
+    extra = [group + "abcdefghijklmnopqrstuvwxyz"[j] for j in range(2, layout.replicas + 1)]
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        m = _SERVER_RE.match(line)
+        if m and m.group(2) == first:
+            out += [re.sub(rf"\b{first}\b", node, line) for node in extra]
+    return out
 
 
 def _render_haproxy_line(
@@ -491,7 +514,7 @@ class LocalStack:
         """Start nodes, sentinels and HAProxy; return when all are ready. Stops all on failure.
 
         Ready means: every replica has ``master_link_status:up``; every sentinel knows every
-        group with its initial master, ``num-slaves >= 1`` and ``num-other-sentinels ==
+        group with its initial master, ``num-slaves >= replicas`` and ``num-other-sentinels ==
         sentinels - 1``; HAProxy's admin socket answers ``show info`` with the started PID.
         """
         deadline = time.monotonic() + timeout_s
@@ -768,7 +791,8 @@ class LocalStack:
                 master = self.master_of(group)
                 if (m.get("ip"), m.get("port")) != (master.host, str(master.port)):
                     return False
-                if int(m.get("num-slaves", "0")) < 1 or m.get("num-other-sentinels") != want_others:
+                if (int(m.get("num-slaves", "0")) < self.layout.replicas
+                        or m.get("num-other-sentinels") != want_others):
                     return False
             return True
 

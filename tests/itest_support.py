@@ -137,11 +137,13 @@ def expected_state(
     stack: LocalStack,
     masters: Mapping[str, str],
     read_ready: Mapping[str, Iterable[str]] | None = None,
+    fallback: Mapping[str, str | None] | None = None,
 ) -> dict[str, dict[str, str]]:
     """The HAProxy state the controller should reach for ``masters`` (group -> node name).
 
     Write backend: exactly the master ready. Read backend: ``read_ready[group]`` ready
-    (default: every other node of the group), everything else maint.
+    (default: every other node of the group), the ``<node>-fallback`` backup server of
+    ``fallback[group]`` (default: the master) ready, everything else maint.
     """
     out: dict[str, dict[str, str]] = {}
     for group, master in masters.items():
@@ -149,8 +151,12 @@ def expected_state(
         readers = set(read_ready[group]) if read_ready and group in read_ready else (
             set(names) - {master}
         )
+        fb = fallback[group] if fallback and group in fallback else master
         out[stack.write_backend(group)] = {n: "ready" if n == master else "maint" for n in names}
-        out[stack.read_backend(group)] = {n: "ready" if n in readers else "maint" for n in names}
+        out[stack.read_backend(group)] = {
+            **{n: "ready" if n in readers else "maint" for n in names},
+            **{f"{n}-fallback": "ready" if n == fb else "maint" for n in names},
+        }
     return out
 
 

@@ -96,29 +96,50 @@ def test_rendered_haproxy_config_uses_local_addresses_and_ports(tmp_path: Path) 
     assert not any("redis1" in name or "redis3" in name for name in secs)
     nodes = layout.nodes()
     for servers in server_lines(text).values():
-        assert [(s[1], s[2]) for s in servers] == [
-            (n, f"{nodes[n].host}:{layout.redis_port}") for n in ("redis2a", "redis2b")
-        ]
+        for s in servers:
+            node = s[1].removesuffix("-fallback")
+            assert s[2] == f"{nodes[node].host}:{layout.redis_port}"
 
 
-def test_controller_config_servers_disabled_without_checks() -> None:
-    """Every server of the controller layout is `disabled`, shuts sessions down, has no check."""
+def test_controller_config_write_servers_disabled_without_checks() -> None:
+    """Every write server of the controller layout is `disabled`, shuts sessions down, and has
+    no check (only the controller decides who takes writes)."""
     text = HAPROXY_CONFIG.read_text()
     backends = server_lines(text)
     assert set(backends) == {f"backend {g}_{k}" for g in GROUPS for k in ("master", "replicas")}
-    for name, servers in backends.items():
-        group = name.split()[1].rsplit("_", 1)[0]
-        assert [(s[1], s[2]) for s in servers] == [
-            (f"{group}a", f"{group}a:6379"),
-            (f"{group}b", f"{group}b:6379"),
-        ]
+    for g in GROUPS:
+        servers = backends[f"backend {g}_master"]
+        assert [(s[1], s[2]) for s in servers] == [(f"{g}a", f"{g}a:6379"), (f"{g}b", f"{g}b:6379")]
         for s in servers:
             line = " ".join(s)
             assert "disabled" in s, line
             assert "on-marked-down shutdown-sessions" in line, line
             assert not {"check", "agent-check"} & set(s), line
     assert "tcp-check" not in text and "httpchk" not in text
-    assert "balance roundrobin" in sections(text)["backend redis1_replicas"]
+
+
+def test_controller_config_read_backends_fall_back_by_themselves() -> None:
+    """Each read backend lists every node once as a replica and once as the `backup` read
+    fallback, all `disabled` until the controller says; a dead server is taken out by plain
+    L4 checks and observed connection errors, and a failed connection is redispatched at once."""
+    secs = sections(HAPROXY_CONFIG.read_text())
+    for g in GROUPS:
+        body = secs[f"backend {g}_replicas"]
+        servers = [line.split() for line in body if line.startswith("server ")]
+        assert [(s[1], s[2], s[3:]) for s in servers] == [
+            (f"{g}a", f"{g}a:6379", []), (f"{g}b", f"{g}b:6379", []),
+            (f"{g}a-fallback", f"{g}a:6379", ["backup"]),
+            (f"{g}b-fallback", f"{g}b:6379", ["backup"]),
+        ]
+        (default,) = [line.split() for line in body if line.startswith("default-server ")]
+        for word in ("disabled", "check", "observe", "on-error"):
+            assert word in default, body
+        line = " ".join(default)
+        assert "observe layer4" in line and "on-error mark-down" in line
+        assert "shutdown-sessions" not in line, "readers are never cut"
+        for keyword in ("balance roundrobin", "retries 3", "option redispatch 1",
+                        "timeout connect 50ms"):
+            assert keyword in body, body
 
 
 def test_controller_config_frontends_socket_and_stats() -> None:

@@ -6,11 +6,12 @@ Rare or impossible cases are built from captured views with one field changed.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from captured import GROUP, A, B, load, master, node, views, with_master
 
-from controller.decide import decide
-from controller.model import SentinelView
+from controller.decide import History, Rules, decide
+from controller.model import Address, SentinelView
 
 
 def down(v: SentinelView, why: str = "ConnectionError: Error 111 connecting") -> SentinelView:
@@ -57,7 +58,7 @@ def test_lagging_sentinel_with_older_epoch_never_flips_back() -> None:
     steady, converted = views("steady"), views("converted")
     for lagging in (1, 2):  # one or two of three still report the old state
         vs = steady[:lagging] + converted[lagging:]
-        d = decide(GROUP, vs, 2, seen_epoch=1)
+        d = decide(GROUP, vs, 2, History(seen_epoch=1))
         assert (d.master, d.epoch) == (node(B), 1)
 
 
@@ -66,14 +67,14 @@ def test_only_lagging_sentinels_left_is_undecided_not_a_flip_back() -> None:
     vs = views("promoted")
     leader = load("promoted")["leader"]
     vs = [down(v) if v.sentinel == leader else v for v in vs]
-    d = decide(GROUP, vs, 2, seen_epoch=1)
+    d = decide(GROUP, vs, 2, History(seen_epoch=1))
     assert d.master is None
     assert "older than epoch 1" in d.reason
 
 
 def test_older_epoch_followed_when_every_sentinel_agrees() -> None:
     """Every configured Sentinel at one older epoch (group reset) is followed."""
-    d = decide(GROUP, views("steady"), 2, seen_epoch=5)
+    d = decide(GROUP, views("steady"), 2, History(seen_epoch=5))
     assert (d.master, d.epoch) == (node(A), 0)
 
 
@@ -183,3 +184,130 @@ def test_unusable_sentinel_error_is_carried_not_counted() -> None:
     d = decide(GROUP, vs, 3)
     assert d.master is None and vs[0].sentinel in d.reason
     assert decide(GROUP, vs, 2).master == node(B)
+
+
+# -- reads through a failover ----------------------------------------------------------
+
+SERVING = History(readers=frozenset({node(B)}))
+
+
+def stale(v: SentinelView, addr: Address, down_ms: int, **changes: Any) -> SentinelView:
+    """`v` with the replica at `addr` reporting its master link down for `down_ms`."""
+    reps = tuple(
+        dataclasses.replace(r, link_ok=False, link_down_ms=down_ms, **changes)
+        if r.addr == addr else r
+        for r in master(v).replicas
+    )
+    return with_master(v, replicas=reps)
+
+
+def test_master_down_keeps_the_replica_serving_reads() -> None:
+    """While the master is o_down the replica keeps serving reads; nothing else may read."""
+    d = decide(GROUP, views("master_down"), 2, SERVING)
+    assert d.fenced
+    assert d.replicas == frozenset({node(B)})
+    assert d.fallback is None, "an o_down master serves nothing, not even reads"
+
+
+def test_a_serving_replica_whose_link_broke_keeps_serving_until_the_limit() -> None:
+    """A replica that served reads keeps serving with its link down up to the staleness limit,
+    and leaves beyond it."""
+    rules = Rules(max_link_down_ms=5000)
+    vs = [stale(v, node(B), 4000) for v in views("master_down")]
+    assert decide(GROUP, vs, 2, SERVING, rules).replicas == frozenset({node(B)})
+    vs = [stale(v, node(B), 6000) for v in views("master_down")]
+    assert decide(GROUP, vs, 2, SERVING, rules).replicas == frozenset()
+
+
+def test_a_replica_with_a_broken_link_does_not_start_serving() -> None:
+    """A replica not serving before needs a working link to the elected master to start: a
+    node just converted and still resyncing (link down, data not yet replaced) stays out."""
+    vs = [stale(v, node(B), 0) for v in views("steady")]
+    assert decide(GROUP, vs, 2).replicas == frozenset()
+    assert decide(GROUP, vs, 2, SERVING).replicas == frozenset({node(B)})
+
+
+def test_link_down_time_unknown_is_not_fresh() -> None:
+    """A negative master-link-down-time (the link was never up) never counts as fresh."""
+    vs = [stale(v, node(B), -1000) for v in views("steady")]
+    assert decide(GROUP, vs, 2, SERVING).replicas == frozenset()
+
+
+def test_returning_old_master_never_serves_reads_even_if_it_did_before() -> None:
+    """The old master back with role master is out of the read side, whatever the history."""
+    d = decide(GROUP, views("old_master_returned"), 2,
+               History(seen_epoch=1, readers=frozenset({node(A)})))
+    assert node(A) not in d.replicas
+    assert d.fallback == node(B)
+
+
+def test_dead_serving_replica_leaves() -> None:
+    """A serving replica Sentinel sees s_down leaves the read side at once."""
+    d = decide(GROUP, views("replica_dead"), 2, SERVING)
+    assert d.replicas == frozenset()
+    assert d.fallback == node(A), "the live master is the read fallback"
+
+
+def test_after_promotion_the_new_master_is_the_read_fallback() -> None:
+    """At the leader's promotion the new master has no replica left (2-node group): it is the
+    read fallback, so reads go on."""
+    d = decide(GROUP, views("promoted"), 2, SERVING)
+    assert d.master == node(B) and d.replicas == frozenset()
+    assert d.fallback == node(B)
+
+
+# -- following the promotion early -----------------------------------------------------
+
+
+def selecting(state: str = "master_down") -> list[SentinelView]:
+    """The `state` views with the last Sentinel as a leader that chose B: its entry flagged
+    failover_in_progress, B flagged `promoted` (the window before +promoted-slave); every
+    Sentinel sees the master o_down by then."""
+    vs = [with_master(v, flags=master(v).flags | {"o_down"}) for v in views(state)]
+    leader = vs[-1]
+    m = master(leader)
+    reps = tuple(dataclasses.replace(r, flags=r.flags | {"promoted"}) if r.addr == node(B)
+                 else r for r in m.replicas)
+    vs[-1] = with_master(leader, flags=m.flags | {"failover_in_progress"}, replicas=reps,
+                         failover_state="wait_promotion")
+    return vs
+
+
+def test_leader_choice_is_named_while_writes_stay_fenced() -> None:
+    """With the leader promoting B and B not yet seen as master, writes stay fenced and the
+    verdict names B as the replica to watch."""
+    d = decide(GROUP, selecting(), 2, SERVING)
+    assert d.fenced and not d.early
+    assert d.promoting == node(B)
+    assert d.failover_timeout_ms == 10000, "the group's failover-timeout, as captured"
+
+
+def test_promoted_replica_takes_writes_once_it_answers_master() -> None:
+    """Once the caller saw B answer ROLE master, B is the write master (early), the old o_down
+    master stays out, and B is the read fallback."""
+    d = decide(GROUP, selecting(), 2, History(readers=frozenset({node(B)}), promoted=node(B)))
+    assert (d.master, d.fenced, d.early) == (node(B), False, True)
+    assert "answers ROLE master" in d.reason
+    assert d.fallback == node(B)
+    assert node(B) not in d.replicas
+
+
+def test_early_promotion_off_waits_for_sentinel() -> None:
+    """With early promotion off, B answering master changes nothing until Sentinel says so."""
+    d = decide(GROUP, selecting(), 2, History(promoted=node(B)), Rules(early_promotion=False))
+    assert d.fenced and d.master == node(A)
+
+
+def test_a_master_answer_from_another_node_is_not_followed() -> None:
+    """Only the replica the leader chose is followed: another node answering master is not."""
+    d = decide(GROUP, selecting(), 2, History(promoted=node(A)))
+    assert d.fenced and not d.early
+
+
+def test_leader_lost_before_confirming_fences_again() -> None:
+    """When the leader's view is gone (it died, or the failover was aborted), nobody names B:
+    the group is fenced again even though B answered master."""
+    vs = selecting()
+    vs[-1] = down(vs[-1])
+    d = decide(GROUP, vs, 2, History(promoted=node(B)))
+    assert d.fenced and d.promoting is None and d.master == node(A)

@@ -9,7 +9,7 @@ from controller.haproxy_parse import (
     HAProxyReplyError,
     parse_info,
     parse_servers_state,
-    parse_stat_sessions,
+    parse_stat,
     split_replies,
 )
 from controller.model import AdminState, admin_from_bits
@@ -146,19 +146,21 @@ def test_servers_state_bad_line_raises_with_the_line() -> None:
 
 
 def test_stat_sessions_per_server() -> None:
-    """`show stat -1 4 -1` gives scur per (backend, server): the maint server keeps its session."""
-    sessions = parse_stat_sessions(parts(BITS)[2])
-    assert sessions[("g_master", "n1")] == 1
-    assert sum(sessions.values()) == 1
-    assert len(sessions) == 9
+    """`show stat -1 4 -1` gives scur per (backend, server): the maint server keeps its
+    session; no server of that config is a backup one."""
+    stats = parse_stat(parts(BITS)[2])
+    assert stats[("g_master", "n1")] == (1, False)
+    assert sum(n for n, _ in stats.values()) == 1
+    assert len(stats) == 9
+    assert not any(b for _, b in stats.values())
 
 
 def test_stat_skips_frontend_and_backend_rows() -> None:
     """A full `show stat` (with FRONTEND/BACKEND rows carrying scur too) counts servers only."""
-    sessions = parse_stat_sessions(haproxy_text("haproxy_admin_bits_stat_all.txt"))
+    sessions = parse_stat(haproxy_text("haproxy_admin_bits_stat_all.txt"))
     assert ("g_write", "FRONTEND") not in sessions
     assert ("g_master", "BACKEND") not in sessions
-    assert sessions == parse_stat_sessions(parts(BITS)[2])
+    assert sessions == parse_stat(parts(BITS)[2])
 
 
 def test_stat_garbage_raises() -> None:
@@ -166,15 +168,15 @@ def test_stat_garbage_raises() -> None:
     stat = parts(BITS)[2]
     header, row = stat.splitlines()[:2]
     with pytest.raises(HAProxyReplyError, match="no CSV header"):
-        parse_stat_sessions("Unknown command\n")
-    with pytest.raises(HAProxyReplyError, match="lacks pxname/svname/scur"):
-        parse_stat_sessions(header.replace(",scur,", ",sxur,") + "\n" + row)
+        parse_stat("Unknown command\n")
+    with pytest.raises(HAProxyReplyError, match="lacks pxname/svname/scur/bck"):
+        parse_stat(header.replace(",scur,", ",sxur,") + "\n" + row)
     with pytest.raises(HAProxyReplyError, match="short row"):
-        parse_stat_sessions(header + "\ng_master,n1,0\n")
+        parse_stat(header + "\ng_master,n1,0\n")
     cols = row.split(",")
     cols[4] = "many"
     with pytest.raises(HAProxyReplyError, match="scur 'many' is not a number"):
-        parse_stat_sessions(header + "\n" + ",".join(cols))
+        parse_stat(header + "\n" + ",".join(cols))
 
 
 def test_state_batch_merges_sessions_into_servers() -> None:

@@ -87,7 +87,7 @@ def test_two_haproxies_both_get_the_master_and_both_follow_a_failover(
     first = HAProxyClient(str(stack.haproxy_socket))
     for client in (first, second_haproxy):
         wait_ready(client, "redis1_master", {"redis1a"}, 20)
-        wait_ready(client, "redis1_replicas", {"redis1b"}, 20)
+        wait_ready(client, "redis1_replicas", {"redis1b", "redis1a-fallback"}, 20)
     stack.kill_node("redis1a")
     for client in (first, second_haproxy):
         wait_ready(client, "redis1_master", {"redis1b"}, 30)
@@ -105,4 +105,4 @@ def test_master_worker_reload_is_noticed_and_the_state_reapplied(
     master_worker_haproxy.proc.send_signal(signal.SIGUSR2)
     wait_until(lambda: client.info().pid != old_pid, 20, "a new worker after SIGUSR2")
     wait_ready(client, "redis1_master", {"redis1a"}, 20)
-    wait_ready(client, "redis1_replicas", {"redis1b"}, 20)
+    wait_ready(client, "redis1_replicas", {"redis1b", "redis1a-fallback"}, 20)

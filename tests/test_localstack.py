@@ -65,9 +65,12 @@ def test_start_reports_initial_masters_maint_servers_and_stop_leaves_nothing(
         }
         for backend, servers in by_backend.items():
             group = backend.rsplit("_", 1)[0]
-            assert set(servers) == {group + "a", group + "b"}
+            nodes = {group + "a", group + "b"}
+            fallback = {n + "-fallback" for n in nodes} if backend.endswith("_replicas") else set()
+            assert set(servers) == nodes | fallback
             for name, row in servers.items():
-                assert row[4] == stack.nodes[name].host and row[4].startswith("127.0.0.")
+                node = stack.nodes[name.removesuffix("-fallback")]
+                assert row[4] == node.host and row[4].startswith("127.0.0.")
                 assert int(row[18]) == layout.redis_port  # srv_port
                 assert int(row[6]) & 0x01 and int(row[6]) & 0x04  # FMAINT | CMAINT (disabled)
         assert stack.role("redis2a") == "master" and stack.role("redis2b") == "slave"

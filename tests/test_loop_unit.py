@@ -150,6 +150,21 @@ def test_hand_edit_is_undone_and_reported_once(
     assert [k for k, _ in emitted] == ["drift_corrected"]
 
 
+def test_closing_a_leftover_session_after_a_fence_is_not_a_hand_edit(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy, emitted: Emitted
+) -> None:
+    """A session still open on the fenced old master is shut on the next pass without calling
+    it a hand edit: nobody changed an admin state."""
+    controller.reconcile("start")
+    sentinels.show("switched")
+    controller.reconcile("+switch-master")
+    haproxy.set_sessions(W, "redis1a", 1)  # a client that raced the shutdown
+    controller.reconcile("resync")
+    assert haproxy.applied[-1] == f"shutdown sessions server {W}/redis1a"
+    assert controller.counters.hand_edits_undone == 0
+    assert "drift_corrected" not in [k for k, _ in emitted]
+
+
 def test_refused_command_is_counted_and_left_as_drift(
     controller: Controller, haproxy: FakeHAProxy
 ) -> None:

@@ -11,8 +11,8 @@ import dataclasses
 
 from captured import GROUP, A, B, haproxy_state, node, views
 
-from controller.decide import decide
-from controller.model import Address, Decision, HAProxyState
+from controller.decide import History, decide
+from controller.model import Address, AdminState, Decision, HAProxyState
 from controller.plan import Plan, plan, targets
 
 WRITE, READ = "{master}_master", "{master}_replicas"
@@ -43,8 +43,8 @@ def ready_servers(actual: HAProxyState, backend: str) -> set[str]:
 FAILOVER = [
     "set server redis1_master/redis1a state maint",
     "shutdown sessions server redis1_master/redis1a",
-    "set server redis1_replicas/redis1b state maint",
     "set server redis1_master/redis1b state ready",
+    "set server redis1_replicas/redis1b state maint",
 ]
 
 
@@ -74,11 +74,13 @@ def test_plan_on_the_desired_state_is_empty() -> None:
 
 
 def test_failover_takes_the_old_master_out_before_the_new_one_in() -> None:
-    """After +switch-master: maint + shutdown sessions on the old master, then ready the new one."""
+    """After +switch-master: maint + shutdown sessions on the old master, then ready the new one;
+    read backend changes come after the write backend's."""
     p = run(verdict("switched"), haproxy_state(STEADY))
     assert texts(p) == FAILOVER
     ready_at = texts(p).index("set server redis1_master/redis1b state ready")
-    outs = [i for i, c in enumerate(p.commands) if c.after in ("maint", "sessions-closed")]
+    outs = [i for i, c in enumerate(p.commands)
+            if c.after in ("maint", "sessions-closed") and c.backend == "redis1_master"]
     assert max(outs) < ready_at
     assert p.commands[1].after == "sessions-closed"
 
@@ -219,3 +221,62 @@ def test_read_fallback_lets_the_master_serve_reads_only_while_no_replica_is_heal
     assert texts(plan(wanted, haproxy_state(SWITCHED))) == [
         "set server redis1_replicas/redis1a state ready"
     ]
+
+
+# -- read fallback through the backend's `backup` servers ------------------------------
+
+
+def with_fallback_servers(actual: HAProxyState) -> HAProxyState:
+    """`actual` with the shipped config's read fallback: every node once more in the read
+    backend as a `backup` server named `<node>-fallback`, config-disabled (maint)."""
+    read = dict(actual.backends["redis1_replicas"])
+    for name in ("redis1a", "redis1b"):
+        srv = read[name]
+        read[f"{name}-fallback"] = dataclasses.replace(
+            srv, name=f"{name}-fallback", backup=True, admin=AdminState.MAINT, sessions=0)
+    return HAProxyState(actual.info, {**actual.backends, "redis1_replicas": read})
+
+
+def fallback_plan(decision: Decision, actual: HAProxyState, fallback: bool = True) -> Plan:
+    wanted, _ = targets([decision], WRITE, READ, read_fallback=fallback)
+    return plan(wanted, actual)
+
+
+def test_master_is_armed_as_backup_reader_while_replicas_serve() -> None:
+    """Steady: the replica serves reads and the master's backup entry is ready too, so that
+    HAProxy falls back to it by itself the moment the replica is down."""
+    actual = with_fallback_servers(haproxy_state(STEADY))
+    p = fallback_plan(verdict("steady"), actual)
+    assert texts(p) == ["set server redis1_replicas/redis1a-fallback state ready"]
+    assert "read fallback" in p.commands[0].reason
+
+
+def test_o_down_master_is_disarmed_as_reader_and_the_replica_keeps_serving() -> None:
+    """Master o_down: its backup entry goes maint; the replica that served keeps serving."""
+    actual = with_fallback_servers(haproxy_state(STEADY))
+    armed = dataclasses.replace(actual.backends["redis1_replicas"]["redis1a-fallback"],
+                                admin=AdminState.READY)
+    actual.backends["redis1_replicas"]["redis1a-fallback"] = armed
+    d = decide(GROUP, views("master_down"), 2, History(readers=frozenset({node(B)})))
+    p = fallback_plan(d, actual)
+    assert "set server redis1_replicas/redis1a-fallback state maint" in texts(p)
+    assert not any("redis1_replicas/redis1b " in t for t in texts(p))
+
+
+def test_new_master_with_no_replica_reads_through_its_backup_entry() -> None:
+    """After a 2-node failover the new master serves reads through its backup entry, not as a
+    replica; the old master's entries stay out."""
+    actual = with_fallback_servers(haproxy_state(STEADY))
+    p = fallback_plan(verdict("old_master_returned"), actual)
+    assert "set server redis1_replicas/redis1b-fallback state ready" in texts(p)
+    assert "set server redis1_replicas/redis1b state maint" in texts(p)
+    assert not any(t.endswith("redis1a state ready") or "redis1a-fallback state ready" in t
+                   for t in texts(p))
+
+
+def test_fallback_off_keeps_every_backup_entry_out() -> None:
+    """With the read fallback off no backup entry is ever ready."""
+    actual = with_fallback_servers(haproxy_state(STEADY))
+    assert texts(fallback_plan(verdict("steady"), actual, fallback=False)) == []
+    p = fallback_plan(verdict("old_master_returned"), actual, fallback=False)
+    assert not any("fallback state ready" in t for t in texts(p))

@@ -178,3 +178,20 @@ def test_secret_never_in_repr_or_error_messages(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as e:
         load({}, {"SENTINEL_HAPROXY_SENTINEL_PASSWORD": SECRET}, cfg)
     assert SECRET not in str(e.value)
+
+
+def test_every_setting_has_a_flag_on_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each Settings field can be given as `--key-with-dashes` to `run` (one source of names;
+    list settings take the singular flag, e.g. `--sentinel`)."""
+    from dataclasses import fields
+
+    from controller.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    shown = capsys.readouterr().out
+    singular = {"sentinels": "sentinel", "haproxy_sockets": "haproxy_socket",
+                "masters": "master", "webhook_urls": "webhook_url"}
+    missing = [f.name for f in fields(Settings)
+               if f"--{singular.get(f.name, f.name).replace('_', '-')}" not in shown]
+    assert missing == []

@@ -1,0 +1,86 @@
+"""Redis node adapter: the only module that talks to Redis nodes themselves (not Sentinel).
+
+It asks one node its ROLE: the loop uses it to see the replica the failover leader promotes
+become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`).
+One kept connection per node (no pool, no retries: errors surface), short timeouts, the same
+password/ACL/TLS options as for Sentinel but their own settings (`redis_*`).
+Must not decide anything and must not change anything on a node: it only reads ROLE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from controller.model import Address
+from controller.sentinel import Auth, describe_error
+
+
+class NodeError(Exception):
+    """A node could not be asked, or answered something that is not a ROLE reply."""
+
+
+class RedisNodes:
+    """ROLE of Redis nodes, one kept connection each (dropped on any error)."""
+
+    def __init__(self, auth: Auth, timeout_s: float = 0.2) -> None:
+        self.auth = auth
+        self.timeout_s = timeout_s
+        self._conns: dict[Address, Any] = {}
+
+    def role(self, addr: Address) -> str:
+        """`master`, `slave` or `sentinel`, as the node says; NodeError naming the node.
+
+        A kept connection the node closed is replaced once, at once: Sentinel kills the
+        promoted replica's client connections together with `REPLICAOF NO ONE`."""
+        try:
+            try:
+                reply = self._ask(addr)
+            except redis.ConnectionError as e:
+                if isinstance(e, redis.TimeoutError) or addr not in self._conns:
+                    raise
+                self._drop(addr)
+                reply = self._ask(addr)
+        except redis.RedisError as e:
+            self._drop(addr)
+            raise NodeError(f"redis node {addr}: {describe_error(e)}") from None
+        if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
+            self._drop(addr)
+            raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
+        return reply[0]
+
+    def _ask(self, addr: Address) -> Any:
+        conn = self._conns.get(addr)
+        if conn is None:
+            conn = self._conns[addr] = self._connect(addr)
+        conn.send_command("ROLE", check_health=False)
+        return conn.read_response()
+
+    def forget(self, keep: set[Address]) -> None:
+        """Close the connections to every node not in `keep`."""
+        for addr in [a for a in self._conns if a not in keep]:
+            self._drop(addr)
+
+    def close(self) -> None:
+        self.forget(set())
+
+    def _drop(self, addr: Address) -> None:
+        conn = self._conns.pop(addr, None)
+        if conn is not None:
+            conn.disconnect()
+
+    def _connect(self, addr: Address) -> Any:
+        kwargs: dict[str, Any] = {}
+        cls: Any = redis.Connection
+        if self.auth.tls:
+            cls = redis.SSLConnection
+            kwargs.update(self.auth.tls_kwargs())
+        return cls(
+            host=addr.host, port=addr.port, username=self.auth.username,
+            password=self.auth.password, protocol=2, decode_responses=True,
+            socket_connect_timeout=self.timeout_s, socket_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0), client_name="sentinel-haproxy", **kwargs,
+        )
