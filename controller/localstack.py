@@ -243,10 +243,16 @@ _BIND_RE = re.compile(r"^(\s+bind\s+)\S*?:(\d+)(.*)$")
 _SOCKET_RE = re.compile(r"^(\s+stats\s+socket\s+)(\S+)(.*)$")
 _SERVER_RE = re.compile(r"^(\s+server\s+\S+\s+)(\S+?):(\d+)(.*)$")
 _GROUP_SECTION_RE = re.compile(r"^(.+)_(write|read|master|replicas)$")
+#: haproxy-redis-ha.cfg: one Sentinel-vote backend per node (``check_if_redis1a_is_master``).
+_NODE_CHECK_SECTION_RE = re.compile(r"^check_if_(.+)[a-z]_is_master$")
+#: Sentinel server lines name ``sentinel1``, ``sentinel2``... (1-based, compose names).
+_SENTINEL_HOST_RE = re.compile(r"^sentinel(\d+)$")
+#: ``tcp-check expect string redis1a\r\n``: an expected reply naming a node (its address).
+_EXPECT_RE = re.compile(r"^(\s+tcp-check\s+expect\s+string\s+)([^\s\\]+)(.*)$")
 
 
 def _group_of_section(name: str) -> str | None:
-    m = _GROUP_SECTION_RE.match(name)
+    m = _NODE_CHECK_SECTION_RE.match(name) or _GROUP_SECTION_RE.match(name)
     return m.group(1) if m else None
 
 
@@ -319,7 +325,17 @@ def _render_haproxy_line(
     m = _SOCKET_RE.match(line)
     if m:
         return f"{m.group(1)}{socket_path}{m.group(3)}"
+    m = _EXPECT_RE.match(line)
+    if m and m.group(2) in nodes:
+        return f"{m.group(1)}{nodes[m.group(2)].host}{m.group(3)}"
     m = _SERVER_RE.match(line)
+    s = _SENTINEL_HOST_RE.match(m.group(2)) if m else None
+    if m and s and int(m.group(3)) == SHIPPED_SENTINEL_PORT:
+        index = int(s.group(1)) - 1
+        if not 0 <= index < layout.sentinels:
+            raise LocalStackError(f"server line names a sentinel the layout does not have "
+                                  f"({layout.sentinels} sentinels): {line.strip()}")
+        return f"{m.group(1)}{layout.sentinel_hosts()[index]}:{layout.sentinel_port}{m.group(4)}"
     if m:
         host, port = m.group(2), int(m.group(3))
         node = nodes.get(host)
