@@ -70,14 +70,17 @@ class EventTap:
     """Every Sentinel's published events (`PSUBSCRIBE *`), stamped on receipt in ms since `t0`
     (the capture's clock), as [t_ms, channel, message]."""
 
-    def __init__(self, stack: LocalStack, t0: float) -> None:
-        self.t0 = t0
+    def __init__(self, stack: LocalStack) -> None:
+        self.t0 = time.monotonic()
         self.stop_event = threading.Event()
         self.events: dict[str, list[list[Any]]] = {}
         self.threads: list[threading.Thread] = []
         self.pubsubs: list[Any] = []
+        self.redis_clients: list[redis.Redis] = []
         for h, p in stack.sentinel_addrs:
+            # keep the client: a collected Redis closes its pool, the pubsub's connection too
             client = redis.Redis(host=h, port=p, decode_responses=True, socket_timeout=2)
+            self.redis_clients.append(client)
             ps = client.pubsub()  # type: ignore[no-untyped-call]
             ps.psubscribe("*")
             self.pubsubs.append(ps)
@@ -97,16 +100,22 @@ class EventTap:
     def first(self, sentinel: str, channel: str) -> float | None:
         return next((e[0] for e in list(self.events[sentinel]) if e[1] == channel), None)
 
-    def stop(self) -> None:
+    def __enter__(self) -> EventTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.stop_event.set()
         for th in self.threads:
             th.join(5)
         for ps in self.pubsubs:
             ps.close()
+        for c in self.redis_clients:
+            c.close()
 
 
 class Capture:
-    def __init__(self, stack: LocalStack, only: set[str] | None = None) -> None:
+    def __init__(self, stack: LocalStack, only: set[str] | None = None,
+                 t0: float | None = None) -> None:
         self.stack = stack
         self.only = only
         self.names = [f"{h}:{p}" for h, p in stack.sentinel_addrs]
@@ -119,7 +128,7 @@ class Capture:
             }
             for proto in (2, 3)
         }
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0
 
     def snap(self, proto: int) -> Snapshot:
         """Every sentinel's answers, one pipeline per sentinel (the reader's round trip)."""
@@ -245,171 +254,163 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = Layout.for_tests(groups=(GROUP,))
     with tempfile.TemporaryDirectory(prefix="capture-") as tmp, LocalStack(
         Path(tmp), layout
-    ) as stack:
-        cap = Capture(stack, only)
-        tap = EventTap(stack, cap.t0)
-        try:
-            walk(stack, cap, tap)
-        finally:
-            tap.stop()
+    ) as stack, EventTap(stack) as tap:
+        cap = Capture(stack, only, tap.t0)
+        a, b = stack.nodes[GROUP + "a"], stack.nodes[GROUP + "b"]
+        a_addr, b_addr = f"{a.host}:{a.port}", f"{b.host}:{b.port}"
+        print(f"stack up: {a.name}={a_addr} {b.name}={b_addr} sentinels={cap.names}")
+
+        cap.haproxy("initial")
+        cap.apply([f"set server {GROUP}_master/{a.name} state ready",
+                   f"set server {GROUP}_replicas/{b.name} state ready"])
+        cap.haproxy("steady")
+
+        def steady(s: Snapshot) -> bool:
+            return all(
+                addr_of(v) == a_addr and healthy(replica(v, b_addr), a_addr) for v in s.values()
+            )
+
+        s = cap.wait("steady", steady, 30)
+        unknown: dict[str, Any] = {}
+        for proto in (2, 3):
+            c = cap.clients[proto][cap.names[0]]
+            pipe = c.pipeline(transaction=False)
+            pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nosuch")
+            pipe.execute_command("SENTINEL", "REPLICAS", "nosuch")
+            addr_r, repl_r = pipe.execute(raise_on_error=False)
+            unknown[f"resp{proto}"] = {
+                "SENTINEL GET-MASTER-ADDR-BY-NAME nosuch": addr_r,
+                "SENTINEL REPLICAS nosuch (error)": str(repl_r),
+            }
+        cap.save("steady", f"Every node up: {a.name} master, {b.name} replica linked; epoch 0. "
+                 "'unknown_master' holds the replies for a name no sentinel monitors.", s,
+                 unknown_master=unknown)
+
+        # -- replica dead -------------------------------------------------------------------
+        stack.kill_node(b.name)
+        s = cap.wait("replica s_down on every sentinel", lambda s: all(
+            "s_down" in (replica(v, b_addr) or {}).get("flags", "") for v in s.values()), 30)
+        cap.save("replica_dead", f"{b.name} ({b_addr}) SIGKILLed; every sentinel lists it "
+                 "s_down,slave,disconnected; master unchanged.", s)
+        stack.start_node(b.name)
+        cap.wait("replica healthy again", steady, 60)
+
+        # -- failover -------------------------------------------------------------------------
+        t_kill = round((time.monotonic() - cap.t0) * 1000, 1)
+        stack.kill_node(a.name)
+        s = cap.wait("master o_down on a sentinel", lambda s: any(
+            "o_down" in master_entry(v)["flags"] for v in s.values()), 30)
+        flags = {n: master_entry(v)["flags"] for n, v in s.items()}
+        cap.save("master_down", f"{a.name} ({a_addr}) SIGKILLed; first snapshot (polled every "
+                 f"{POLL_S * 1000:g} ms) where a sentinel's SENTINEL MASTERS flags carry o_down. "
+                 f"Flags per sentinel: {flags}.", s)
+
+        def selected(s: Snapshot) -> bool:
+            return all(addr_of(v) == a_addr for v in s.values()) and any(
+                "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(",")
+                for v in s.values()
+            )
+
+        s_sel = cap.wait("leader's replica flagged promoted, address still the old master",
+                         selected, 30)
+        sel_resp3 = cap.snap(3)  # right after the RESP2 snapshot, as save() does
+        sel_info = cap.info_text()
+        sel_leader = next(n for n, v in s_sel.items()
+                          if "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(","))
+        sel_t = s_sel[sel_leader]["t_ms"]
+        sel_flags = (replica(s_sel[sel_leader], b_addr) or {}).get("flags")
+        sel_in_resp3 = selected(sel_resp3)
+
+        def promoted(s: Snapshot) -> bool:
+            return any(
+                addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}"
+                and "failover_in_progress" in master_entry(v)["flags"]
+                for v in s.values()
+            )
+
+        s = cap.wait("leader promoted (addr != entry ip, failover_in_progress)", promoted, 30)
+        leader = next(n for n, v in s.items()
+                      if addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}")
+        shown = {n: (addr_of(v), master_entry(v)["config-epoch"]) for n, v in s.items()}
+        deadline = time.monotonic() + 10
+        while tap.first(sel_leader, "+promoted-slave") is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no +promoted-slave from {sel_leader} within 10 s")
+            time.sleep(POLL_S)
+        t_noone = tap.first(sel_leader, "+failover-state-send-slaveof-noone")
+        t_promoted = tap.first(sel_leader, "+promoted-slave")
+        # The promoted flag itself shows the leader is past selecting the replica; the snapshot must
+        # also come before its +promoted-slave (both stamped on receipt, on the same clock).
+        if t_promoted is None or not sel_t < t_promoted:
+            raise RuntimeError(f"selected snapshot at {sel_t} ms is not before the leader's "
+                               f"+promoted-slave ({t_promoted} ms)")
+        until = t_promoted + 1
+        cap.save("selected", f"Leader {sel_leader} between its +failover-state-send-slaveof-noone "
+                 f"(t_ms {t_noone}) and its +promoted-slave (t_ms {t_promoted}): its SENTINEL "
+                 f"REPLICAS flags {b.name} ({b_addr}) '{sel_flags}' while every sentinel's "
+                 f"GET-MASTER-ADDR-BY-NAME still names {a.name} ({a_addr}); leader snapshot at "
+                 f"t_ms {sel_t}. resp3 taken right after resp2 "
+                 f"({'still' if sel_in_resp3 else 'NO LONGER'} in the window). 'events' = every "
+                 f"sentinel's events since the kill up to the leader's +promoted-slave, stamped "
+                 f"on receipt (same clock as t_ms). Polled every {POLL_S * 1000:g} ms.",
+                 s_sel, resp3=sel_resp3, info_text=sel_info, leader=sel_leader,
+                 events={n: [e for e in list(evs) if t_kill <= e[0] <= until]
+                         for n, evs in tap.events.items()})
+        cap.save("promoted", f"Right after the leader's +promoted-slave: leader {leader} answers "
+                 f"GET-MASTER-ADDR-BY-NAME {b_addr} while its SENTINEL MASTERS entry keeps "
+                 f"{a_addr} with failover_in_progress and the new config-epoch. (address, epoch) "
+                 f"per sentinel in resp2: {shown}. Polled every {POLL_S * 1000:g} ms.", s,
+                 leader=leader)
+
+        def switched(s: Snapshot) -> bool:
+            return all(
+                addr_of(v) == b_addr
+                and f"{master_entry(v)['ip']}:{master_entry(v)['port']}" == b_addr
+                and "failover_in_progress" not in master_entry(v)["flags"]
+                and "s_down" in (replica(v, a_addr) or {}).get("flags", "")
+                for v in s.values()
+            )
+
+        s = cap.wait("every sentinel switched, old master an s_down replica", switched, 30)
+        cap.save("switched", f"After +switch-master on every sentinel (failover ended): {b.name} "
+                 f"({b_addr}) master at epoch 1; dead {a.name} listed as an s_down replica.", s)
+        cap.apply([f"set server {GROUP}_master/{a.name} state maint",
+                   f"shutdown sessions server {GROUP}_master/{a.name}",
+                   f"set server {GROUP}_replicas/{b.name} state maint",
+                   f"set server {GROUP}_master/{b.name} state ready"])
+        cap.haproxy("switched")
+
+        # -- old master back as a master -----------------------------------------------------
+        stack.start_node(a.name)
+
+        def returned(s: Snapshot) -> bool:
+            for v in s.values():
+                r = replica(v, a_addr)
+                if r is None or r.get("role-reported") != "master" or "s_down" in r["flags"]:
+                    return False
+            return True
+
+        s = cap.wait("old master listed as replica reporting role master", returned, 10)
+        cap.save("old_master_returned", f"{a.name} restarted with its own config (no replicaof): "
+                 "every sentinel lists it as a replica (flags slave, no s_down) with role-reported "
+                 "master, master-link-status err, before +convert-to-slave.", s)
+
+        s = cap.wait("old master converted and linked", lambda s: all(
+            addr_of(v) == b_addr and healthy(replica(v, a_addr), b_addr) for v in s.values()), 40)
+        cap.save("converted", f"After +convert-to-slave: {a.name} a linked replica of {b.name}; "
+                 "steady at epoch 1.", s)
+
+        # -- TILT ----------------------------------------------------------------------------
+        stack.pause_sentinel(2)
+        time.sleep(3.0)  # the stimulus itself: TILT needs the timer to stall for > 2 s
+        stack.resume_sentinel(2)
+        s = cap.wait("sentinel2 in TILT", lambda s: str(
+            s[cap.names[2]]["INFO sentinel"]["sentinel_tilt"]) == "1", 10)
+        cap.save("tilt", f"sentinel2 ({cap.names[2]}) SIGSTOPped for 3 s then resumed: its INFO "
+                 "sentinel says sentinel_tilt:1 (for 30 s).", s)
+        for c in (*cap.clients[2].values(), *cap.clients[3].values()):
+            c.close()
     return 0
-
-
-def walk(stack: LocalStack, cap: Capture, tap: EventTap) -> None:
-    """Steady, replica dead, failover, old master back, TILT: save each state on the way."""
-    a, b = stack.nodes[GROUP + "a"], stack.nodes[GROUP + "b"]
-    a_addr, b_addr = f"{a.host}:{a.port}", f"{b.host}:{b.port}"
-    print(f"stack up: {a.name}={a_addr} {b.name}={b_addr} sentinels={cap.names}")
-
-    cap.haproxy("initial")
-    cap.apply([f"set server {GROUP}_master/{a.name} state ready",
-               f"set server {GROUP}_replicas/{b.name} state ready"])
-    cap.haproxy("steady")
-
-    def steady(s: Snapshot) -> bool:
-        return all(
-            addr_of(v) == a_addr and healthy(replica(v, b_addr), a_addr) for v in s.values()
-        )
-
-    s = cap.wait("steady", steady, 30)
-    unknown: dict[str, Any] = {}
-    for proto in (2, 3):
-        c = cap.clients[proto][cap.names[0]]
-        pipe = c.pipeline(transaction=False)
-        pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nosuch")
-        pipe.execute_command("SENTINEL", "REPLICAS", "nosuch")
-        addr_r, repl_r = pipe.execute(raise_on_error=False)
-        unknown[f"resp{proto}"] = {
-            "SENTINEL GET-MASTER-ADDR-BY-NAME nosuch": addr_r,
-            "SENTINEL REPLICAS nosuch (error)": str(repl_r),
-        }
-    cap.save("steady", f"Every node up: {a.name} master, {b.name} replica linked; epoch 0. "
-             "'unknown_master' holds the replies for a name no sentinel monitors.", s,
-             unknown_master=unknown)
-
-    # -- replica dead -------------------------------------------------------------------
-    stack.kill_node(b.name)
-    s = cap.wait("replica s_down on every sentinel", lambda s: all(
-        "s_down" in (replica(v, b_addr) or {}).get("flags", "") for v in s.values()), 30)
-    cap.save("replica_dead", f"{b.name} ({b_addr}) SIGKILLed; every sentinel lists it "
-             "s_down,slave,disconnected; master unchanged.", s)
-    stack.start_node(b.name)
-    cap.wait("replica healthy again", steady, 60)
-
-    # -- failover -------------------------------------------------------------------------
-    t_kill = round((time.monotonic() - cap.t0) * 1000, 1)
-    stack.kill_node(a.name)
-    s = cap.wait("master o_down on a sentinel", lambda s: any(
-        "o_down" in master_entry(v)["flags"] for v in s.values()), 30)
-    flags = {n: master_entry(v)["flags"] for n, v in s.items()}
-    cap.save("master_down", f"{a.name} ({a_addr}) SIGKILLed; first snapshot (polled every "
-             f"{POLL_S * 1000:g} ms) where a sentinel's SENTINEL MASTERS flags carry o_down. "
-             f"Flags per sentinel: {flags}.", s)
-
-    def selected(s: Snapshot) -> bool:
-        return all(addr_of(v) == a_addr for v in s.values()) and any(
-            "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(",")
-            for v in s.values()
-        )
-
-    s_sel = cap.wait("leader's replica flagged promoted, address still the old master",
-                     selected, 30)
-    sel_resp3 = cap.snap(3)  # right after the RESP2 snapshot, as save() does
-    sel_info = cap.info_text()
-    sel_leader = next(n for n, v in s_sel.items()
-                      if "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(","))
-    sel_t = s_sel[sel_leader]["t_ms"]
-    sel_in_resp3 = selected(sel_resp3)
-
-    def promoted(s: Snapshot) -> bool:
-        return any(
-            addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}"
-            and "failover_in_progress" in master_entry(v)["flags"]
-            for v in s.values()
-        )
-
-    s = cap.wait("leader promoted (addr != entry ip, failover_in_progress)", promoted, 30)
-    leader = next(n for n, v in s.items()
-                  if addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}")
-    shown = {n: (addr_of(v), master_entry(v)["config-epoch"]) for n, v in s.items()}
-    deadline = time.monotonic() + 10
-    while tap.first(sel_leader, "+promoted-slave") is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no +promoted-slave from {sel_leader} within 10 s")
-        time.sleep(POLL_S)
-    t_noone = tap.first(sel_leader, "+failover-state-send-slaveof-noone")
-    t_promoted = tap.first(sel_leader, "+promoted-slave")
-    # The promoted flag itself shows the leader is past selecting the replica; the snapshot must
-    # also come before its +promoted-slave (both stamped on receipt, on the same clock).
-    if t_promoted is None or not sel_t < t_promoted:
-        raise RuntimeError(f"selected snapshot at {sel_t} ms is not before the leader's "
-                           f"+promoted-slave ({t_promoted} ms)")
-    until = t_promoted + 1
-    cap.save("selected", f"Leader {sel_leader} between its +failover-state-send-slaveof-noone "
-             f"(t_ms {t_noone}) and its +promoted-slave (t_ms {t_promoted}): its SENTINEL "
-             f"REPLICAS flags {b.name} ({b_addr}) 'slave,promoted' while every sentinel's "
-             f"GET-MASTER-ADDR-BY-NAME still names {a.name} ({a_addr}); leader snapshot at "
-             f"t_ms {sel_t}. resp3 taken right after resp2 "
-             f"({'still' if sel_in_resp3 else 'NO LONGER'} in the window). 'events' = every "
-             f"sentinel's events since the kill up to the leader's +promoted-slave, stamped "
-             f"on receipt (same clock as t_ms). Polled every {POLL_S * 1000:g} ms.",
-             s_sel, resp3=sel_resp3, info_text=sel_info, leader=sel_leader,
-             events={n: [e for e in list(evs) if t_kill <= e[0] <= until]
-                     for n, evs in tap.events.items()})
-    cap.save("promoted", f"Right after the leader's +promoted-slave: leader {leader} answers "
-             f"GET-MASTER-ADDR-BY-NAME {b_addr} while its SENTINEL MASTERS entry keeps "
-             f"{a_addr} with failover_in_progress and the new config-epoch. (address, epoch) "
-             f"per sentinel in resp2: {shown}. Polled every {POLL_S * 1000:g} ms.", s,
-             leader=leader)
-
-    def switched(s: Snapshot) -> bool:
-        return all(
-            addr_of(v) == b_addr
-            and f"{master_entry(v)['ip']}:{master_entry(v)['port']}" == b_addr
-            and "failover_in_progress" not in master_entry(v)["flags"]
-            and "s_down" in (replica(v, a_addr) or {}).get("flags", "")
-            for v in s.values()
-        )
-
-    s = cap.wait("every sentinel switched, old master an s_down replica", switched, 30)
-    cap.save("switched", f"After +switch-master on every sentinel (failover ended): {b.name} "
-             f"({b_addr}) master at epoch 1; dead {a.name} listed as an s_down replica.", s)
-    cap.apply([f"set server {GROUP}_master/{a.name} state maint",
-               f"shutdown sessions server {GROUP}_master/{a.name}",
-               f"set server {GROUP}_replicas/{b.name} state maint",
-               f"set server {GROUP}_master/{b.name} state ready"])
-    cap.haproxy("switched")
-
-    # -- old master back as a master -----------------------------------------------------
-    stack.start_node(a.name)
-
-    def returned(s: Snapshot) -> bool:
-        for v in s.values():
-            r = replica(v, a_addr)
-            if r is None or r.get("role-reported") != "master" or "s_down" in r["flags"]:
-                return False
-        return True
-
-    s = cap.wait("old master listed as replica reporting role master", returned, 10)
-    cap.save("old_master_returned", f"{a.name} restarted with its own config (no replicaof): "
-             "every sentinel lists it as a replica (flags slave, no s_down) with role-reported "
-             "master, master-link-status err, before +convert-to-slave.", s)
-
-    s = cap.wait("old master converted and linked", lambda s: all(
-        addr_of(v) == b_addr and healthy(replica(v, a_addr), b_addr) for v in s.values()), 40)
-    cap.save("converted", f"After +convert-to-slave: {a.name} a linked replica of {b.name}; "
-             "steady at epoch 1.", s)
-
-    # -- TILT ----------------------------------------------------------------------------
-    stack.pause_sentinel(2)
-    time.sleep(3.0)  # the stimulus itself: TILT needs the timer to stall for > 2 s
-    stack.resume_sentinel(2)
-    s = cap.wait("sentinel2 in TILT", lambda s: str(
-        s[cap.names[2]]["INFO sentinel"]["sentinel_tilt"]) == "1", 10)
-    cap.save("tilt", f"sentinel2 ({cap.names[2]}) SIGSTOPped for 3 s then resumed: its INFO "
-             "sentinel says sentinel_tilt:1 (for 30 s).", s)
-    for c in (*cap.clients[2].values(), *cap.clients[3].values()):
-        c.close()
 
 
 if __name__ == "__main__":
