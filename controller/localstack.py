@@ -247,7 +247,7 @@ _GROUP_SECTION_RE = re.compile(r"^(.+)_(write|read|master|replicas)$")
 _NODE_CHECK_SECTION_RE = re.compile(r"^check_if_(.+)[a-z]_is_master$")
 #: Sentinel server lines name ``sentinel1``, ``sentinel2``... (1-based, compose names).
 _SENTINEL_HOST_RE = re.compile(r"^sentinel(\d+)$")
-#: ``tcp-check expect string redis1a\r\n``: an expected reply naming a node (its address).
+#: ``tcp-check expect string redis1a``: an expected reply naming a node (becomes its address).
 _EXPECT_RE = re.compile(r"^(\s+tcp-check\s+expect\s+string\s+)([^\s\\]+)(.*)$")
 
 
