@@ -90,8 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true",
                    help="really do it (without: print what would be done)")
     p.add_argument("--compare", action="store_true",
-                   help="start two local stacks (classic HAProxy vs controller) and run the "
-                   "scenarios on both side by side")
+                   help="start one local stack per setup (the classic role-check HAProxy, the "
+                   "redis-ha chart's HAProxy, the controller) and run the scenarios on all of "
+                   "them side by side")
+    p.add_argument("--setup", dest="setups", action="append", metavar="NAME",
+                   help="--compare: classic, redis-ha, controller (repeatable; default all)")
+    p.add_argument("--replicas", type=int, metavar="N", default=1,
+                   help="--compare: replicas per group (1: 2-node groups as in the reference "
+                   "layout; 2: 3-node groups)")
     p.add_argument("--repeat", type=int, metavar="N", default=1,
                    help="--compare: repetitions (median and worst)")
     p.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME",
@@ -228,15 +234,17 @@ def cmd_drill(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     scenarios = [x for v in args.scenarios or [] for x in v.split(",") if x] or list(
         SCENARIOS)
-    bad = [s for s in scenarios if s not in SCENARIOS]
-    if bad or args.repeat < 1:
-        print(f"sentinel-haproxy drill --compare: error: unknown scenario(s) {bad} (choose from "
-              f"{', '.join(SCENARIOS)}) or --repeat < 1", file=sys.stderr)
+    setups = [x for v in args.setups or [] for x in v.split(",") if x] or list(SETUPS)
+    bad = [s for s in scenarios if s not in SCENARIOS] + [s for s in setups if s not in SETUPS]
+    if bad or args.repeat < 1 or not 1 <= args.replicas <= 4:
+        print(f"sentinel-haproxy drill --compare: error: unknown scenario(s) or setup(s) {bad} "
+              f"(scenarios: {', '.join(SCENARIOS)}; setups: {', '.join(SETUPS)}), or --repeat "
+              "< 1, or --replicas not 1-4", file=sys.stderr)
         return EXIT_USAGE
     if not args.yes:
-        print("drill --compare would (add --yes to do it): start two local one-group stacks "
-              "(classic HAProxy health checks vs the controller) in a temp dir and run, "
-              f"{args.repeat} time(s), on both at once: ")
+        print(f"drill --compare would (add --yes to do it): start {len(setups)} local one-group "
+              f"stacks of {args.replicas + 1} nodes ({', '.join(setups)}) in a temp dir and run, "
+              f"{args.repeat} time(s), on all at once: ")
         for s in scenarios:
             print(f"  - {s}: {SCENARIOS[s]}")
         if args.controller_args:
@@ -246,16 +254,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-compare-"))
     try:
         results = run_compare(workdir, scenarios, args.repeat,
-                              controller_args=args.controller_args)
+                              controller_args=args.controller_args, setups=setups,
+                              replicas=args.replicas)
     except (DrillError, ProcessError, WaitTimeout, HAProxyError, OSError) as e:
         print(f"sentinel-haproxy drill --compare: failed: {e}\nlogs kept in {workdir}",
               file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted: both stacks stopped", file=sys.stderr)
+        print("interrupted: every stack stopped", file=sys.stderr)
         return 130
     reports = {
-        sc: {setup: [summarize(r[setup]) for r in runs] for setup in SETUPS}
+        sc: {setup: [summarize(r[setup]) for r in runs] for setup in setups}
         for sc, runs in results.items()
     }
     if args.json:
@@ -271,7 +280,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         for path in args.plot:
             try:
-                plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(path), SETUPS)
+                plot_compare({sc: runs[0] for sc, runs in results.items()}, Path(path), setups)
                 print(f"plot (first repetition) written to {path}", file=sys.stderr)
             except PlotUnavailable as e:
                 print(f"no plot: {e}", file=sys.stderr)

@@ -29,7 +29,14 @@ from controller.model import Address
 from lab import resp
 from lab.daemon import ControllerDaemon
 from lab.drill import DrillError, DrillRun, DrillSpec, run_drill
-from lab.localstack import HAPROXY_CLASSIC_CONFIG, Layout, LocalStack, StackActions
+from lab.localstack import (
+    HAPROXY_CLASSIC_CONFIG,
+    HAPROXY_CONFIG,
+    HAPROXY_REDIS_HA_CONFIG,
+    Layout,
+    LocalStack,
+    StackActions,
+)
 from lab.measure import METRICS, DrillReport, Recording, aggregate, fmt_num
 from lab.probes import Mark, current_master, event_is_for
 from lab.resp import RespError
@@ -42,7 +49,13 @@ SCENARIOS: dict[str, str] = {
     "hold": "connection held through the failover (SIGSTOP, SENTINEL FAILOVER, SIGCONT)",
     "replica": "SIGKILL of the replica, restarted 3 s later",
 }
-SETUPS = ("classic", "controller")
+#: Setups, in table order: the two HAProxy-only peers, then this project. classic: role health
+#: checks (haproxy/haproxy-classic.cfg); redis-ha: the redis-ha Helm chart's role checks plus
+#: Sentinel votes (haproxy/haproxy-redis-ha.cfg); controller: the shipped haproxy.cfg driven
+#: by the controller daemon.
+SETUPS = ("classic", "redis-ha", "controller")
+CONFIGS = {"classic": HAPROXY_CLASSIC_CONFIG, "redis-ha": HAPROXY_REDIS_HA_CONFIG,
+           "controller": HAPROXY_CONFIG}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -77,12 +90,12 @@ class CompareActions(StackActions):
             self.stack.redis_command(name, "REPLICAOF", "NO", "ONE")
 
 
-def layouts() -> dict[str, Layout]:
-    """Two one-group layouts on distinct loopback addresses and free ports."""
+def layouts(setups: Sequence[str] = SETUPS, replicas: int = 1) -> dict[str, Layout]:
+    """One-group layouts on distinct loopback addresses and free ports, one per setup."""
     return {
-        "classic": Layout.for_tests(groups=(GROUP,), haproxy_config=HAPROXY_CLASSIC_CONFIG,
-                                    first_node_ip=2, first_sentinel_ip=20),
-        "controller": Layout.for_tests(groups=(GROUP,), first_node_ip=40, first_sentinel_ip=60),
+        name: Layout.for_tests(groups=(GROUP,), haproxy_config=CONFIGS[name], replicas=replicas,
+                               first_node_ip=2 + 40 * i, first_sentinel_ip=30 + 40 * i)
+        for i, name in enumerate(setups)
     }
 
 
@@ -151,8 +164,8 @@ def run_scenario(setup: Setup, scenario: str) -> Recording:
 
 
 def restore(setup: Setup, timeout_s: float = 60.0) -> None:
-    """Bring a stack back to: both nodes up, one master, the other its linked replica, known
-    healthy to every Sentinel, HAProxy routing writes to the master and reads to the replica."""
+    """Bring a stack back to: every node up, one master, the others its linked replicas, known
+    healthy to every Sentinel, HAProxy routing writes to the master and reads to the replicas."""
     stack = setup.stack
     deadline = time.monotonic() + timeout_s
 
@@ -166,26 +179,28 @@ def restore(setup: Setup, timeout_s: float = 60.0) -> None:
     for name in stack.nodes:
         if stack.node_pid(name) is None:
             setup.actions().restart(str(stack.nodes[name].addr))
-    replica = next(n for n in stack.nodes if n != m_node.name)
-    replica_addr = str(stack.nodes[replica].addr)
+    replicas = sorted(n for n in stack.nodes if n != m_node.name)
 
     def healthy() -> bool:
-        info = resp.info_fields(stack.redis_command(replica, "INFO", "replication"))
-        if info.get("master_link_status") != "up" or info.get("master_host") != m_node.host:
-            return False
+        for replica in replicas:
+            info = resp.info_fields(stack.redis_command(replica, "INFO", "replication"))
+            if info.get("master_link_status") != "up" or info.get("master_host") != m_node.host:
+                return False
+        want = {str(stack.nodes[r].addr) for r in replicas}
         for i in range(len(stack.sentinel_addrs)):
             reply = stack.sentinel_command(i, "SENTINEL", "REPLICAS", GROUP)
             entries = [resp.field_pairs(e) for e in reply] if isinstance(reply, list) else []
-            if not any(d.get("name") == replica_addr and d.get("flags") == "slave"
-                       and d.get("role-reported") == "slave"
-                       and d.get("master-link-status") == "ok" for d in entries):
+            ok = {d.get("name") for d in entries if d.get("flags") == "slave"
+                  and d.get("role-reported") == "slave" and d.get("master-link-status") == "ok"}
+            if not want <= ok:
                 return False
         now = stack.routable()
-        return (now.get(stack.write_backend(GROUP)) == [m_node.name]
-                and now.get(stack.read_backend(GROUP)) == [replica])
+        readers = {n for n in now.get(stack.read_backend(GROUP), [])
+                   if not n.endswith("-fallback")}
+        return now.get(stack.write_backend(GROUP)) == [m_node.name] and readers == set(replicas)
 
-    wait_until(healthy, left(), f"{setup.name}: {replica} a healthy replica of {m_node.name} "
-               "and HAProxy routing accordingly", interval_s=0.1, not_yet=not_yet)
+    wait_until(healthy, left(), f"{setup.name}: {', '.join(replicas)} healthy replicas of "
+               f"{m_node.name} and HAProxy routing accordingly", interval_s=0.1, not_yet=not_yet)
 
 
 # --------------------------------------------------------------------------- running it all
@@ -194,47 +209,47 @@ def restore(setup: Setup, timeout_s: float = 60.0) -> None:
 def run_compare(
     workdir: Path, scenarios: Sequence[str], repeat: int,
     on_result: Callable[[str, int, dict[str, Recording]], None] | None = None,
-    controller_args: Sequence[str] = (),
+    controller_args: Sequence[str] = (), setups: Sequence[str] = SETUPS, replicas: int = 1,
 ) -> dict[str, list[dict[str, Recording]]]:
-    """Start both stacks, run every scenario `repeat` times on both at once, stop everything.
-
-    Returns scenario -> one {setup: Recording} per repetition."""
-    lays = layouts()
-    setups: list[Setup] = []
+    """Start one stack per setup, run every scenario `repeat` times on all at once, stop
+    everything. Returns scenario -> one {setup: Recording} per repetition."""
+    lays = layouts(setups, replicas)
+    running: list[Setup] = []
     results: dict[str, list[dict[str, Recording]]] = {s: [] for s in scenarios}
     try:
-        for name in SETUPS:
+        for name in setups:
             stack = LocalStack(workdir / name, lays[name])
-            setups.append(Setup(name, stack))
+            running.append(Setup(name, stack))
             stack.start()
             _say(f"started {name} stack in {workdir / name}")
-        ctl_setup = setups[1]
-        ctl = ControllerDaemon([str(a) for a in ctl_setup.stack.sentinel_addrs],
-                               [str(ctl_setup.stack.haproxy_socket)],
-                               workdir / "controller" / "controller.log", controller_args)
-        ctl_setup.ctl = ctl
-        ctl.start()
-        ctl.wait_in_sync((GROUP,))
-        for s in setups:
+            if name == "controller":
+                ctl = ControllerDaemon([str(a) for a in stack.sentinel_addrs],
+                                       [str(stack.haproxy_socket)],
+                                       workdir / "controller" / "controller.log",
+                                       controller_args)
+                running[-1].ctl = ctl
+                ctl.start()
+                ctl.wait_in_sync((GROUP,))
+        for s in running:
             restore(s)
         for i in range(repeat):
             for scenario in scenarios:
                 _say(f"[{i + 1}/{repeat}] {scenario}: {SCENARIOS[scenario]}")
-                recs = _both(setups, scenario)
+                recs = _all_at_once(running, scenario)
                 results[scenario].append(recs)
                 if on_result is not None:
                     on_result(scenario, i, recs)
-                for s in setups:
+                for s in running:
                     restore(s)
     finally:
-        for s in reversed(setups):
+        for s in reversed(running):
             if s.ctl is not None:
                 s.ctl.stop()
             s.stack.stop()
     return results
 
 
-def _both(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]:
+def _all_at_once(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]:
     out: dict[str, Recording] = {}
     errors: dict[str, BaseException] = {}
 
@@ -261,24 +276,24 @@ def _both(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]:
 
 
 def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
+    """One row per metric, one column per setup: median (worst); `*` marks the lowest median
+    (every metric is "bigger is worse")."""
+    setups = list(reports)
     n = len(next(iter(reports.values())))
     lines = [f"{scenario}: {SCENARIOS[scenario]}  ({n} run{'s' if n > 1 else ''}; "
-             "median (worst))",
-             f"  {'':<56}{'classic':>18}{'controller':>18}{'classic/ctl':>12}"]
+             "median (worst); * = lowest)",
+             f"  {'':<56}" + "".join(f"{s:>20}" for s in setups)]
     for key, label in METRICS:
-        cells = []
-        meds = []
-        for setup in SETUPS:
-            vals = [getattr(r, key) for r in reports[setup]]
-            med, worst = aggregate(vals)
+        meds: list[float | None] = []
+        cells: list[str] = []
+        for setup in setups:
+            med, worst = aggregate([getattr(r, key) for r in reports[setup]])
             meds.append(med)
-            cell = fmt_num(med, "-") if n == 1 else f"{fmt_num(med, '-')} ({fmt_num(worst, '-')})"
-            cells.append(cell)
-        ratio = ""
-        if meds[0] is not None and meds[1] is not None and meds[1] > 0 and meds[0] > 0:
-            r = meds[0] / meds[1]
-            ratio = f"{r:.1f}x" if r >= 1 else f"{r:.2g}x"
-        elif meds[0] is not None and meds[1] == 0 and meds[0] > 0:
-            ratio = "inf"
-        lines.append(f"  {label:<56}{cells[0]:>18}{cells[1]:>18}{ratio:>12}")
+            cells.append(fmt_num(med, "-") if n == 1
+                         else f"{fmt_num(med, '-')} ({fmt_num(worst, '-')})")
+        present = [m for m in meds if m is not None]
+        best = min(present) if present else None
+        marked = [c + (" *" if m is not None and m == best and len(present) > 1 else "  ")
+                  for c, m in zip(cells, meds, strict=True)]
+        lines.append(f"  {label:<56}" + "".join(f"{c:>20}" for c in marked))
     return "\n".join(lines)

@@ -52,6 +52,7 @@ from lab.wait import wait_until
 SHIPPED = Path(__file__).resolve().parent / "shipped-files"
 HAPROXY_CONFIG = SHIPPED / "haproxy" / "haproxy.cfg"
 HAPROXY_CLASSIC_CONFIG = SHIPPED / "haproxy" / "haproxy-classic.cfg"
+HAPROXY_REDIS_HA_CONFIG = SHIPPED / "haproxy" / "haproxy-redis-ha.cfg"  # the redis-ha chart's way
 REDIS_CONFIG = SHIPPED / "sentinel" / "redis.conf"
 SENTINEL_CONFIG = SHIPPED / "sentinel" / "sentinel.conf"
 
@@ -242,10 +243,16 @@ _BIND_RE = re.compile(r"^(\s+bind\s+)\S*?:(\d+)(.*)$")
 _SOCKET_RE = re.compile(r"^(\s+stats\s+socket\s+)(\S+)(.*)$")
 _SERVER_RE = re.compile(r"^(\s+server\s+\S+\s+)(\S+?):(\d+)(.*)$")
 _GROUP_SECTION_RE = re.compile(r"^(.+)_(write|read|master|replicas)$")
+#: haproxy-redis-ha.cfg: one Sentinel-vote backend per node (``check_if_redis1a_is_master``).
+_NODE_CHECK_SECTION_RE = re.compile(r"^check_if_(.+)[a-z]_is_master$")
+#: Sentinel server lines name ``sentinel1``, ``sentinel2``... (1-based, compose names).
+_SENTINEL_HOST_RE = re.compile(r"^sentinel(\d+)$")
+#: ``tcp-check expect string redis1a``: an expected reply naming a node (becomes its address).
+_EXPECT_RE = re.compile(r"^(\s+tcp-check\s+expect\s+string\s+)([^\s\\]+)(.*)$")
 
 
 def _group_of_section(name: str) -> str | None:
-    m = _GROUP_SECTION_RE.match(name)
+    m = _NODE_CHECK_SECTION_RE.match(name) or _GROUP_SECTION_RE.match(name)
     return m.group(1) if m else None
 
 
@@ -275,11 +282,11 @@ def render_haproxy_config(
             current.append(line)
     seen: set[tuple[str, str]] = set()
     out: list[str] = []
-    for kind, name, lines in sections:
+    for kind, name, lines in _with_extra_replicas(sections, layout):
         group = _group_of_section(name) if kind in ("frontend", "backend") else None
         if group is not None and group not in layout.groups:
             continue
-        for line in _with_extra_replicas(lines, layout, group):
+        for line in lines:
             line = _render_haproxy_line(layout, nodes, kind, name, group, socket_path, line)
             out.append(line)
         if group is not None:
@@ -295,19 +302,35 @@ def render_haproxy_config(
     return "\n".join(out) + "\n"
 
 
-def _with_extra_replicas(lines: list[str], layout: Layout, group: str | None) -> list[str]:
-    """`lines` with every server line of the group's first replica (`<group>b`) repeated for
-    each further replica (`<group>c`...)."""
-    if group is None or layout.replicas == 1:
-        return lines
-    first = f"{group}b"
-    extra = [group + "abcdefghijklmnopqrstuvwxyz"[j] for j in range(2, layout.replicas + 1)]
-    out: list[str] = []
-    for line in lines:
-        out.append(line)
-        m = _SERVER_RE.match(line)
-        if m and m.group(2) == first:
-            out += [re.sub(rf"\b{first}\b", node, line) for node in extra]
+def _with_extra_replicas(
+    sections: list[tuple[str, str, list[str]]], layout: Layout
+) -> list[tuple[str, str, list[str]]]:
+    """The shipped files name one replica per group (`<group>b`): for each further replica
+    (`<group>c`...), every section named after `<group>b` is repeated, and every other line
+    naming it (server lines, `use-server` rules) is repeated, with the new node's name."""
+    if layout.replicas == 1:
+        return sections
+    renames = [(re.compile(rf"(?<![A-Za-z0-9]){g}b(?![A-Za-z0-9])"),
+                [g + "abcdefghijklmnopqrstuvwxyz"[j] for j in range(2, layout.replicas + 1)])
+               for g in layout.groups]
+    out: list[tuple[str, str, list[str]]] = []
+    for kind, name, lines in sections:
+        hit = next(((rx, extra) for rx, extra in renames if rx.search(name)), None)
+        if hit is not None:
+            rx, extra = hit
+            out.append((kind, name, lines))
+            out += [(kind, rx.sub(node, name), [rx.sub(node, ln) for ln in lines])
+                    for node in extra]
+            continue
+        grown: list[str] = []
+        for line in lines:
+            grown.append(line)
+            if line.lstrip().startswith("#"):
+                continue
+            for rx, extra in renames:
+                if rx.search(line):
+                    grown += [rx.sub(node, line) for node in extra]
+        out.append((kind, name, grown))
     return out
 
 
@@ -334,7 +357,17 @@ def _render_haproxy_line(
     m = _SOCKET_RE.match(line)
     if m:
         return f"{m.group(1)}{socket_path}{m.group(3)}"
+    m = _EXPECT_RE.match(line)
+    if m and m.group(2) in nodes:
+        return f"{m.group(1)}{nodes[m.group(2)].host}{m.group(3)}"
     m = _SERVER_RE.match(line)
+    s = _SENTINEL_HOST_RE.match(m.group(2)) if m else None
+    if m and s and int(m.group(3)) == SHIPPED_SENTINEL_PORT:
+        index = int(s.group(1)) - 1
+        if not 0 <= index < layout.sentinels:
+            raise LocalStackError(f"server line names a sentinel the layout does not have "
+                                  f"({layout.sentinels} sentinels): {line.strip()}")
+        return f"{m.group(1)}{layout.sentinel_hosts()[index]}:{layout.sentinel_port}{m.group(4)}"
     if m:
         host, port = m.group(2), int(m.group(3))
         node = nodes.get(host)

@@ -24,6 +24,7 @@ STATES = (
     "steady",
     "replica_dead",
     "master_down",
+    "selected",
     "promoted",
     "switched",
     "old_master_returned",

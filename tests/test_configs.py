@@ -12,9 +12,11 @@ import pytest
 from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     HAPROXY_CONFIG,
+    HAPROXY_REDIS_HA_CONFIG,
     REDIS_CONFIG,
     SENTINEL_CONFIG,
     Layout,
+    LocalStackError,
     render_haproxy_config,
     render_redis_config,
     render_sentinel_config,
@@ -22,7 +24,9 @@ from lab.localstack import (
 from lab.procs import HAPROXY
 
 GROUPS = ("redis1", "redis2", "redis3")
-TEMPLATES = [HAPROXY_CONFIG, HAPROXY_CLASSIC_CONFIG]
+REDIS_HA_CONFIG = HAPROXY_REDIS_HA_CONFIG
+TEMPLATES = [HAPROXY_CONFIG, HAPROXY_CLASSIC_CONFIG, REDIS_HA_CONFIG]
+IDS = ["ctl", "classic", "redis-ha"]
 
 
 def _no_network_prefix() -> list[str]:
@@ -65,7 +69,7 @@ def server_lines(text: str) -> dict[str, list[list[str]]]:
     }
 
 
-@pytest.mark.parametrize("template", TEMPLATES, ids=["ctl", "classic"])
+@pytest.mark.parametrize("template", TEMPLATES, ids=IDS)
 def test_substituted_haproxy_config_passes_check(tmp_path: Path, template: Path) -> None:
     """The HAProxy config rendered for local processes passes `haproxy -c`."""
     layout = Layout.for_tests(haproxy_config=template)
@@ -76,7 +80,7 @@ def test_substituted_haproxy_config_passes_check(tmp_path: Path, template: Path)
     assert "could not resolve" not in res.stderr
 
 
-@pytest.mark.parametrize("template", TEMPLATES, ids=["ctl", "classic"])
+@pytest.mark.parametrize("template", TEMPLATES, ids=IDS)
 def test_shipped_haproxy_config_passes_check_as_is(template: Path) -> None:
     """The shipped HAProxy config passes `haproxy -c` even where container names don't resolve."""
     res = haproxy_check(template, offline=True)
@@ -170,6 +174,63 @@ def test_classic_config_role_checks() -> None:
         for s in servers:
             assert "check inter 1s fall 2 rise 2" in " ".join(s)
             assert "disabled" not in s
+
+
+def test_redis_ha_config_checks_role_and_sentinel_votes() -> None:
+    """The redis-ha layout pins writes to a node passing role:master that 2 Sentinels name."""
+    text = REDIS_HA_CONFIG.read_text()
+    secs = sections(text)
+    backends = server_lines(text)
+    assert "charts/redis-ha/templates/_configs.tpl" in text  # the header names its source
+    for i, g in enumerate(GROUPS):
+        assert secs[f"frontend {g}_write"] == [f"bind :{5000 + 2 * i}",
+                                               f"default_backend {g}_master"]
+        assert secs[f"frontend {g}_read"] == [f"bind :{5001 + 2 * i}",
+                                              f"default_backend {g}_replicas"]
+        for node in (f"{g}a", f"{g}b"):
+            name = f"backend check_if_{node}_is_master"
+            body = secs[name]
+            assert f"tcp-check send SENTINEL\\ get-master-addr-by-name\\ {g}\\r\\n" in body
+            assert f"tcp-check expect string {node}" in body
+            assert [s[1:] for s in backends[name]] == [
+                [f"sentinel{k}", f"sentinel{k}:26379", "check", "inter", "1s", "init-addr",
+                 "last,libc,none"] for k in (1, 2, 3)
+            ]
+            assert (f"use-server {node} if {{ srv_is_up({node}) }} "
+                    f"{{ nbsrv(check_if_{node}_is_master) ge 2 }}") in secs[f"backend {g}_master"]
+        for kind, role in (("master", "master"), ("replicas", "slave")):
+            body = secs[f"backend {g}_{kind}"]
+            assert "timeout check 2s" in body and f"tcp-check expect string role:{role}" in body
+            assert [(s[1], s[2]) for s in backends[f"backend {g}_{kind}"]] == [
+                (f"{g}a", f"{g}a:6379"), (f"{g}b", f"{g}b:6379")]
+            for s in backends[f"backend {g}_{kind}"]:
+                assert "check inter 1s fall 1 rise 1" in " ".join(s)
+        assert not any(line.startswith("use-server") for line in secs[f"backend {g}_replicas"])
+
+
+def test_rendered_redis_ha_config_points_checks_at_local_sentinels_and_nodes(
+    tmp_path: Path,
+) -> None:
+    """Rendering the redis-ha layout rewrites Sentinel servers and the node named in each vote."""
+    layout = Layout.for_tests(groups=("redis2",), haproxy_config=REDIS_HA_CONFIG)
+    text = render_haproxy_config(layout, tmp_path / "admin.sock")
+    secs = sections(text)
+    nodes = layout.nodes()
+    assert not any("redis1" in name or "redis3" in name for name in secs)
+    sentinels = [f"{h}:{layout.sentinel_port}" for h in layout.sentinel_hosts()]
+    for node in ("redis2a", "redis2b"):
+        name = f"backend check_if_{node}_is_master"
+        assert f"tcp-check expect string {nodes[node].host}" in secs[name]
+        assert [(s[1], s[2]) for s in server_lines(text)[name]] == [
+            (f"sentinel{k + 1}", addr) for k, addr in enumerate(sentinels)]
+    for kind in ("master", "replicas"):
+        assert [(s[1], s[2]) for s in server_lines(text)[f"backend redis2_{kind}"]] == [
+            (n, f"{nodes[n].host}:{layout.redis_port}") for n in ("redis2a", "redis2b")]
+    assert "tcp-check expect string role:master" in secs["backend redis2_master"]
+    with pytest.raises(LocalStackError, match="sentinel3"):
+        render_haproxy_config(
+            Layout(groups=("redis1",), sentinels=2, haproxy_config=REDIS_HA_CONFIG),
+            tmp_path / "admin.sock")
 
 
 def test_sentinel_conf_monitors_three_groups_with_safe_timing() -> None:

@@ -111,6 +111,22 @@ def test_steady_state_values() -> None:
         assert r.healthy_for(node(A))
 
 
+def test_selected_leader_flags_replica_promoted_while_every_sentinel_names_old_master() -> None:
+    """Selected: mid-failover the leader lists the chosen replica `promoted`, yet every Sentinel
+    (leader included) still names the old master, whose entry the leader flags failing over."""
+    doc = load("selected")
+    old, new = (Address(h, int(p)) for h, _, p in
+                (str(doc["nodes"][n]).rpartition(":") for n in (A, B)))
+    for v in views("selected"):
+        m = master(v)
+        assert (m.addr, m.master_entry_addr, m.epoch) == (old, old, 0)
+        (r,) = m.replicas
+        assert r.addr == new
+        is_leader = v.sentinel == doc["leader"]
+        assert ("promoted" in r.flags) == is_leader
+        assert m.failing_over == is_leader
+
+
 def test_dead_replica_is_s_down_and_not_healthy() -> None:
     """A SIGKILLed replica is listed s_down/disconnected and is not healthy for its master."""
     for v in views("replica_dead"):

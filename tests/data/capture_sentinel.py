@@ -8,6 +8,12 @@ protocol=2 (flat field lists) and once with protocol=3 (maps):
     steady               every node up, epoch 0 (also: replies for an unknown master name)
     replica_dead         redis1b SIGKILLed, every sentinel lists it s_down
     master_down          redis1a SIGKILLed, first snapshot where a sentinel flags it o_down
+    selected             first snapshot in the leader's window between its
+                         +failover-state-send-slaveof-noone and its +promoted-slave: its
+                         SENTINEL REPLICAS flags the chosen replica `promoted` while every
+                         GET-MASTER-ADDR-BY-NAME still names the old master; `events` holds every
+                         Sentinel's published events of the failover, stamped on receipt, to
+                         show the snapshot lies inside that window
     promoted             first snapshot where the leader's GET-MASTER-ADDR-BY-NAME names the
                          promoted replica while its SENTINEL MASTERS entry keeps the old ip with
                          failover_in_progress and the new config-epoch (others still lag)
@@ -22,16 +28,21 @@ HAProxy (the stack's, the shipped layout): state batch (`show info; show servers
 -1 4 -1`) at start (every server config-disabled), after the steady state was applied by hand and
 after the failover was applied by hand.
 
-Usage: .venv/bin/python tests/data/capture_sentinel.py  (about a minute; stops all it starts)
+Usage: .venv/bin/python tests/data/capture_sentinel.py [--only STATE,...]
+(about a minute; stops all it starts). `--only` walks the same path but writes only the named
+files (states above; `haproxy_initial`, `haproxy_steady`, `haproxy_switched` for the HAProxy
+ones): a file captured alone comes from another stack, with other ports, than the rest.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,9 +68,59 @@ def fields(raw: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
 
 
-class Capture:
+class EventTap:
+    """Every Sentinel's published events (`PSUBSCRIBE *`), stamped on receipt in ms since `t0`
+    (the capture's clock), as [t_ms, channel, message]."""
+
     def __init__(self, stack: LocalStack) -> None:
+        self.t0 = time.monotonic()
+        self.stop_event = threading.Event()
+        self.events: dict[str, list[list[Any]]] = {}
+        self.threads: list[threading.Thread] = []
+        self.pubsubs: list[Any] = []
+        self.redis_clients: list[redis.Redis] = []
+        for a in stack.sentinel_addrs:
+            # keep the client: a collected Redis closes its pool, the pubsub's connection too
+            client = redis.Redis(host=a.host, port=a.port, decode_responses=True,
+                                 socket_timeout=2)
+            self.redis_clients.append(client)
+            ps = client.pubsub()  # type: ignore[no-untyped-call]
+            ps.psubscribe("*")
+            self.pubsubs.append(ps)
+            self.events[str(a)] = []
+            self.threads.append(threading.Thread(
+                target=self._run, args=(ps, self.events[str(a)]), daemon=True))
+        for th in self.threads:
+            th.start()
+
+    def _run(self, ps: Any, out: list[list[Any]]) -> None:
+        while not self.stop_event.is_set():
+            msg = ps.get_message(timeout=0.05)
+            if msg and msg.get("type") == "pmessage":
+                out.append([round((time.monotonic() - self.t0) * 1000, 1), msg["channel"],
+                            msg["data"]])
+
+    def first(self, sentinel: str, channel: str) -> float | None:
+        return next((e[0] for e in list(self.events[sentinel]) if e[1] == channel), None)
+
+    def __enter__(self) -> EventTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for th in self.threads:
+            th.join(5)
+        for ps in self.pubsubs:
+            ps.close()
+        for c in self.redis_clients:
+            c.close()
+
+
+class Capture:
+    def __init__(self, stack: LocalStack, only: set[str] | None = None,
+                 t0: float | None = None) -> None:
         self.stack = stack
+        self.only = only
         self.names = [str(a) for a in stack.sentinel_addrs]
         self.clients: dict[int, dict[str, Any]] = {
             proto: {
@@ -71,7 +132,7 @@ class Capture:
             }
             for proto in (2, 3)
         }
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0
 
     def snap(self, proto: int) -> Snapshot:
         """Every sentinel's answers, one pipeline per sentinel (the reader's round trip)."""
@@ -113,8 +174,13 @@ class Capture:
         print(f"  {what}: after {(time.monotonic() - self.t0):.3f} s", flush=True)
         return s
 
-    def save(self, state: str, note: str, resp2: Snapshot, **extra: Any) -> None:
-        resp3 = self.snap(3)  # right after the RESP2 snapshot that met the condition
+    def save(self, state: str, note: str, resp2: Snapshot, *, resp3: Snapshot | None = None,
+             info_text: dict[str, str] | None = None, **extra: Any) -> None:
+        """Write sentinel_<state>.json; `resp3`/`info_text` default to taking them now."""
+        if self.only is not None and state not in self.only:
+            return
+        if resp3 is None:
+            resp3 = self.snap(3)  # right after the RESP2 snapshot that met the condition
         nodes = {n.name: f"{n.host}:{n.port}" for n in self.stack.nodes.values()}
         doc = {
             "state": state,
@@ -137,7 +203,7 @@ class Capture:
             **extra,
             "resp2": resp2,
             "resp3": resp3,
-            "info_text": self.info_text(),
+            "info_text": self.info_text() if info_text is None else info_text,
         }
         path = DATA / f"sentinel_{state}.json"
         path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
@@ -145,6 +211,8 @@ class Capture:
 
     def haproxy(self, name: str) -> None:
         """Save the state batch reply of the stack's HAProxy (notes: tests/data/README.md)."""
+        if self.only is not None and f"haproxy_{name}" not in self.only:
+            return
         reply = self.stack.haproxy_command(STATE_BATCH)
         path = DATA / f"haproxy_localstack_{name}.txt"
         path.write_text(reply)
@@ -184,12 +252,16 @@ def healthy(r: dict[str, str] | None, master: str) -> bool:
     )
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the captured Sentinel/HAProxy replies")
+    parser.add_argument("--only", help="comma-separated states to write (default: all)")
+    args = parser.parse_args(argv)
+    only = {s for s in args.only.split(",") if s} if args.only else None
     layout = Layout.for_tests(groups=(GROUP,))
     with tempfile.TemporaryDirectory(prefix="capture-") as tmp, LocalStack(
         Path(tmp), layout
-    ) as stack:
-        cap = Capture(stack)
+    ) as stack, EventTap(stack) as tap:
+        cap = Capture(stack, only, tap.t0)
         a, b = stack.nodes[GROUP + "a"], stack.nodes[GROUP + "b"]
         a_addr, b_addr = f"{a.host}:{a.port}", f"{b.host}:{b.port}"
         print(f"stack up: {a.name}={a_addr} {b.name}={b_addr} sentinels={cap.names}")
@@ -230,6 +302,7 @@ def main() -> int:
         cap.wait("replica healthy again", steady, 60)
 
         # -- failover -------------------------------------------------------------------------
+        t_kill = round((time.monotonic() - cap.t0) * 1000, 1)
         stack.kill_node(a.name)
         s = cap.wait("master o_down on a sentinel", lambda s: any(
             "o_down" in master_entry(v)["flags"] for v in s.values()), 30)
@@ -237,6 +310,22 @@ def main() -> int:
         cap.save("master_down", f"{a.name} ({a_addr}) SIGKILLed; first snapshot (polled every "
                  f"{POLL_S * 1000:g} ms) where a sentinel's SENTINEL MASTERS flags carry o_down. "
                  f"Flags per sentinel: {flags}.", s)
+
+        def selected(s: Snapshot) -> bool:
+            return all(addr_of(v) == a_addr for v in s.values()) and any(
+                "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(",")
+                for v in s.values()
+            )
+
+        s_sel = cap.wait("leader's replica flagged promoted, address still the old master",
+                         selected, 30)
+        sel_resp3 = cap.snap(3)  # right after the RESP2 snapshot, as save() does
+        sel_info = cap.info_text()
+        sel_leader = next(n for n, v in s_sel.items()
+                          if "promoted" in (replica(v, b_addr) or {}).get("flags", "").split(","))
+        sel_t = s_sel[sel_leader]["t_ms"]
+        sel_flags = (replica(s_sel[sel_leader], b_addr) or {}).get("flags")
+        sel_in_resp3 = selected(sel_resp3)
 
         def promoted(s: Snapshot) -> bool:
             return any(
@@ -249,6 +338,30 @@ def main() -> int:
         leader = next(n for n, v in s.items()
                       if addr_of(v) != f"{master_entry(v)['ip']}:{master_entry(v)['port']}")
         shown = {n: (addr_of(v), master_entry(v)["config-epoch"]) for n, v in s.items()}
+        deadline = time.monotonic() + 10
+        while tap.first(sel_leader, "+promoted-slave") is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no +promoted-slave from {sel_leader} within 10 s")
+            time.sleep(POLL_S)
+        t_noone = tap.first(sel_leader, "+failover-state-send-slaveof-noone")
+        t_promoted = tap.first(sel_leader, "+promoted-slave")
+        # The promoted flag itself shows the leader is past selecting the replica; the snapshot must
+        # also come before its +promoted-slave (both stamped on receipt, on the same clock).
+        if t_promoted is None or not sel_t < t_promoted:
+            raise RuntimeError(f"selected snapshot at {sel_t} ms is not before the leader's "
+                               f"+promoted-slave ({t_promoted} ms)")
+        until = t_promoted + 1
+        cap.save("selected", f"Leader {sel_leader} between its +failover-state-send-slaveof-noone "
+                 f"(t_ms {t_noone}) and its +promoted-slave (t_ms {t_promoted}): its SENTINEL "
+                 f"REPLICAS flags {b.name} ({b_addr}) '{sel_flags}' while every sentinel's "
+                 f"GET-MASTER-ADDR-BY-NAME still names {a.name} ({a_addr}); leader snapshot at "
+                 f"t_ms {sel_t}. resp3 taken right after resp2 "
+                 f"({'still' if sel_in_resp3 else 'NO LONGER'} in the window). 'events' = every "
+                 f"sentinel's events since the kill up to the leader's +promoted-slave, stamped "
+                 f"on receipt (same clock as t_ms). Polled every {POLL_S * 1000:g} ms.",
+                 s_sel, resp3=sel_resp3, info_text=sel_info, leader=sel_leader,
+                 events={n: [e for e in list(evs) if t_kill <= e[0] <= until]
+                         for n, evs in tap.events.items()})
         cap.save("promoted", f"Right after the leader's +promoted-slave: leader {leader} answers "
                  f"GET-MASTER-ADDR-BY-NAME {b_addr} while its SENTINEL MASTERS entry keeps "
                  f"{a_addr} with failover_in_progress and the new config-epoch. (address, epoch) "
