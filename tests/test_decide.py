@@ -311,3 +311,25 @@ def test_leader_lost_before_confirming_fences_again() -> None:
     vs[-1] = down(vs[-1])
     d = decide(GROUP, vs, 2, History(promoted=node(B)))
     assert d.fenced and d.promoting is None and d.master == node(A)
+
+
+def selected(name: str) -> Address:
+    """A node of the `selected` capture (its own stack, so its own ports)."""
+    host, port = str(load("selected")["nodes"][name]).rsplit(":", 1)
+    return Address(host, int(port))
+
+
+def test_captured_selection_window_fences_and_names_the_chosen_replica() -> None:
+    """Real replies between the leader's `send_slaveof_noone` and its `+promoted-slave`: the
+    old master is o_down and fenced; the leader's `promoted` flag names the replica to watch;
+    that replica keeps serving reads meanwhile."""
+    d = decide(GROUP, views("selected"), 2, History(readers=frozenset({selected(B)})))
+    assert d.fenced and d.master == selected(A)
+    assert d.promoting == selected(B)
+    assert d.replicas == frozenset({selected(B)})
+
+
+def test_captured_selection_followed_as_soon_as_the_replica_answers_master() -> None:
+    """Same real replies, once the chosen replica answered ROLE master: it takes writes."""
+    d = decide(GROUP, views("selected"), 2, History(promoted=selected(B)))
+    assert (d.master, d.fenced, d.early) == (selected(B), False, True)
