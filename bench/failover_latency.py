@@ -9,13 +9,16 @@ Meanwhile:
 - a writer thread sends `SET bench:counter <i>` through the write frontend about every 1 ms;
   each connection first asks `CONFIG GET bind`, so every acknowledged write is tagged with
   the node that acknowledged it (a session through HAProxy stays on one server).
+- a thread asks the replica ROLE every 1 ms on its own connection, and stamps the first
+  `master` answer: the moment the new master exists.
 Per failover it reports, in ms after the SIGKILL: first `+sdown`/`+odown` of the master,
-the leader's `+promoted-slave`, the first `+switch-master` (any sentinel), the controller's
-`ready` of the new master (its log, wall clock) and the first write acknowledged by the new
-master; then promoted->ack and first switch->ack (negative: the write landed before any
-`+switch-master` was published). After each failover the old master is restarted with its
-original config (it comes back as a master and Sentinel converts it ~10 s later) and the
-script waits for a healthy state before the next kill.
+the replica's first ROLE master, the leader's `+promoted-slave`, the first `+switch-master`
+(any sentinel), the controller's `ready` of the new master (its log, wall clock) and the
+first write acknowledged by the new master; then role->ack, promoted->ack and first
+switch->ack (negative: the write landed before any `+switch-master` was published). After
+each failover the old master is restarted with its original config (it comes back as a
+master and Sentinel converts it ~10 s later) and the script waits for a healthy state before
+the next kill.
 
 Usage: .venv/bin/python bench/failover_latency.py [-n 10] [--down-after-ms 2000]
 Prints a table, then the median and worst of each latency. Stops every process it started.
@@ -209,6 +212,7 @@ class Row:
     sdown: float | None
     odown: float | None
     promoted: float | None
+    role_master: float | None  # the replica's first ROLE master answer (polled every 1 ms)
     first_switch: float | None
     ctl_ready: float | None  # from the controller's log (wall clock)
     ctl_latency_ms: float | None  # the controller's own hint->applied
@@ -228,10 +232,33 @@ def one_failover(
     stack: LocalStack, ctl: ControllerDaemon, taps: SentinelEvents, writer: Writer,
     master: str, replica: str, timeout_s: float,
 ) -> tuple[Row, float]:
+    new = stack.nodes[replica]
+    role_master: list[float] = []
+    done = threading.Event()
+
+    def watch_role() -> None:
+        """ROLE of the replica every 1 ms, on one kept connection (reopened on error)."""
+        conn: RespConn | None = None
+        while not done.is_set():
+            try:
+                conn = conn or RespConn(new.addr, 0.5)
+                reply = conn.command("ROLE")
+                if isinstance(reply, list) and reply and reply[0] == "master":
+                    role_master.append(time.monotonic())
+                    break
+            except (OSError, RespError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+            done.wait(0.001)
+        if conn is not None:
+            conn.close()
+
+    watcher = threading.Thread(target=watch_role, name="role-watch", daemon=True)
+    watcher.start()
     t0 = time.monotonic()
     wall0 = time.time()
     stack.kill_node(master)
-    new = stack.nodes[replica]
     want_tail = f"{new.host} {new.port}"
     wait_until(lambda: writer.first_ack_by(replica, t0) is not None, timeout_s,
                f"a write acknowledged by {replica}")
@@ -241,6 +268,8 @@ def one_failover(
         == set(range(stack.layout.sentinels)),
         timeout_s, "+switch-master from every sentinel",
     )
+    done.set()
+    watcher.join(5)
     ev = taps.since(t0)
     master_txt = f"master {GROUP} "
     ctl_ready: float | None = None
@@ -259,6 +288,7 @@ def one_failover(
         sdown=first(ev, "+sdown", lambda e: e.text.startswith(master_txt)),
         odown=first(ev, "+odown", lambda e: e.text.startswith(master_txt)),
         promoted=first(ev, "+promoted-slave", lambda e: f"{new.host} {new.port} @" in e.text),
+        role_master=role_master[0] if role_master else None,
         first_switch=first(ev, "+switch-master", lambda e: e.text.endswith(want_tail)),
         ctl_ready=ctl_ready,
         ctl_latency_ms=ctl_latency,
@@ -344,15 +374,20 @@ def report(rows: list[tuple[Row, float]], writer: Writer) -> None:
     print("ctl ready = controller's `state ready` of the new master (its log, wall clock);")
     print("ctl lat = the controller's own latency_ms (hint received -> command applied)")
     print("old acks = writes acknowledged by the restarted old master until converted (want 0)")
-    head = (f"{'#':>2} {'killed':<8}{'new':<8}{'+sdown':>8}{'+odown':>8}{'promoted':>9}"
-            f"{'1st sw':>8}{'ctl rdy':>8}{'ctl lat':>8}{'1st ack':>8}{'prom>ack':>9}"
-            f"{'sw>ack':>8}{'old acks':>9}")
+    print("role = the new master's first ROLE master answer (asked every 1 ms)")
+    head = (f"{'#':>2} {'killed':<8}{'new':<8}{'+sdown':>8}{'+odown':>8}{'role':>8}"
+            f"{'promoted':>9}{'1st sw':>8}{'ctl rdy':>8}{'ctl lat':>8}{'1st ack':>8}"
+            f"{'role>ack':>9}{'prom>ack':>9}{'sw>ack':>8}{'old acks':>9}")
     print(head)
+    role_ack: list[float] = []
     prom_ack: list[float] = []
     sw_ack: list[float] = []
     kill_ack: list[float] = []
     for k, (r, t0) in enumerate(rows, 1):
         pa = r.delta(r.promoted, r.first_ack)
+        ra = r.delta(r.role_master, r.first_ack)
+        if ra is not None:
+            role_ack.append(ra * 1000)
         sa = r.delta(r.first_switch, r.first_ack)
         ka = r.delta(t0, r.first_ack)
         if pa is not None:
@@ -363,13 +398,16 @@ def report(rows: list[tuple[Row, float]], writer: Writer) -> None:
             kill_ack.append(ka * 1000)
         lat = "-" if r.ctl_latency_ms is None else f"{r.ctl_latency_ms:.1f}"
         print(f"{k:>2} {r.killed:<8}{r.promoted_node:<8}{ms(t0, r.sdown):>8}{ms(t0, r.odown):>8}"
+              f"{ms(t0, r.role_master):>8}"
               f"{ms(t0, r.promoted):>9}{ms(t0, r.first_switch):>8}{ms(t0, r.ctl_ready):>8}"
               f"{lat:>8}{ms(t0, r.first_ack):>8}"
+              f"{'-' if ra is None else f'{ra * 1000:.1f}':>9}"
               f"{'-' if pa is None else f'{pa * 1000:.1f}':>9}"
               f"{'-' if sa is None else f'{sa * 1000:.1f}':>8}"
               f"{'-' if r.old_acks_after_restart is None else r.old_acks_after_restart:>9}")
     print()
-    for name, xs in (("leader's +promoted-slave -> first ack by new master", prom_ack),
+    for name, xs in (("new master answers ROLE master -> first ack by it", role_ack),
+                     ("leader's +promoted-slave -> first ack by new master", prom_ack),
                      ("first +switch-master -> first ack by new master", sw_ack),
                      ("SIGKILL -> first ack by new master", kill_ack)):
         if xs:
