@@ -119,6 +119,9 @@ def test_controller_config_write_servers_disabled_without_checks() -> None:
             assert "disabled" in s, line
             assert "on-marked-down shutdown-sessions" in line, line
             assert not {"check", "agent-check"} & set(s), line
+        body = sections(text)[f"backend {g}_master"]
+        for keyword in ("retries 10", "option redispatch 1", "timeout connect 100ms"):
+            assert keyword in body, body
     assert "tcp-check" not in text and "httpchk" not in text
 
 
