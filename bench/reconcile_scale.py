@@ -122,6 +122,9 @@ def one(n: int) -> dict[str, Any]:
         def master_names(self) -> list[str]:
             return list(self.names)
 
+        def discover(self) -> list[Any]:
+            return []
+
         def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
             views = []
             for s, r in self.replies.items():

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /metrics and /healthz (off by default)")
     run.add_argument("--webhook-url", dest="webhook_urls", action="append", metavar="URL")
     run.add_argument("--webhook-timeout-s", type=float, metavar="S", help="per POST (2)")
+    run.add_argument("--unhealthy-after-s", type=float, metavar="S",
+                     help="/healthz 503 when commands are refused or a group is undecided "
+                     "this long (30)")
     st = sub.add_parser("status", help="each Sentinel's view beside HAProxy's, and the drift")
     _add_common(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -159,11 +162,6 @@ def cmd_run(s: Settings) -> int:
     sys.setswitchinterval(0.0005)
     reader, haproxies, auth = wire(s)
     hints = HintQueue()
-    watchers = [
-        EventWatcher(a, auth, hints.put, s.sentinel_ping_interval_s, s.sentinel_dead_after_s,
-                     s.sentinel_timeout_s)
-        for a in reader.sentinels
-    ]
     on_change = None
     notifier = None
     if s.webhook_urls:
@@ -177,7 +175,12 @@ def cmd_run(s: Settings) -> int:
         nodes = RedisNodes(Auth(s.redis_username or None, s.redis_secret(), s.redis_tls,
                                 s.redis_tls_ca_file or None, s.redis_tls_cert_file or None,
                                 s.redis_tls_key_file or None))
-    ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes)
+    def new_watcher(addr: Address) -> EventWatcher:
+        return EventWatcher(addr, auth, hints.put, s.sentinel_ping_interval_s,
+                            s.sentinel_dead_after_s, s.sentinel_timeout_s)
+
+    watchers = [new_watcher(a) for a in reader.sentinels]
+    ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes, new_watcher)
     stop = threading.Event()
 
     received: list[str] = []
@@ -217,7 +220,8 @@ def cmd_run(s: Settings) -> int:
 
 
 def _view_json(v: SentinelView, name: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"sentinel": v.sentinel, "error": v.error, "tilt": v.tilt}
+    out: dict[str, Any] = {"sentinel": v.sentinel, "myid": v.myid or None, "error": v.error,
+                           "problem": v.problem or None, "tilt": v.tilt}
     m = v.masters.get(name)
     if m is not None:
         out.update(
@@ -230,7 +234,8 @@ def _view_json(v: SentinelView, name: str) -> dict[str, Any]:
             ],
         )
     elif v.error is None:
-        out["error"] = "does not monitor this master"
+        out["error"] = (f"bad reply for {name}: {v.group_errors[name]}" if name in v.group_errors
+                        else f"does not monitor {name}")
     return out
 
 
@@ -268,6 +273,10 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
                 {"command": c.text, "reason": c.reason}
                 for c in o.plan.commands if c.backend in backends
             ]
+            entry["config_problems"] = [
+                {"problem": n.event, "detail": n.detail}
+                for n in o.plan.notes if n.group == d.name
+            ]
             hx.append(entry)
         groups.append({
             "group": d.name,
@@ -275,7 +284,8 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
             "sentinels": [_view_json(v, d.name) for v in result.views],
             "haproxy": hx,
         })
-    sentinels = [{"sentinel": v.sentinel, "error": v.error, "tilt": v.tilt} for v in result.views]
+    sentinels = [{"sentinel": v.sentinel, "myid": v.myid or None, "error": v.error,
+                  "problem": v.problem or None, "tilt": v.tilt} for v in result.views]
     return {"groups": groups, "sentinels": sentinels}
 
 
@@ -290,9 +300,13 @@ def _exit_code(result: PassResult, applied: bool) -> int:
         return EXIT_UNDECIDED
     if not result.decisions:
         return EXIT_UNDECIDED
+    if any(n.event in ("backend_missing", "master_not_in_backend")
+           for o in result.haproxies for n in o.plan.notes):
+        return EXIT_DRIFT  # HAProxy cannot follow: its config lacks what Sentinel needs
     if applied:
         failed = any(not r.ok for o in result.haproxies for r in o.results)
-        return EXIT_DRIFT if failed or any(o.drift_after for o in result.haproxies) else EXIT_OK
+        unsure = any(o.drift_after is None or o.drift_after for o in result.haproxies)
+        return EXIT_DRIFT if failed or unsure else EXIT_OK
     return EXIT_DRIFT if any(o.plan.commands for o in result.haproxies) else EXIT_OK
 
 
@@ -336,6 +350,8 @@ def print_status(report: dict[str, Any], out: Any = sys.stdout) -> None:
                           f"sessions={sv['sessions']}{mark}", file=out)
             for c in h["drift"]:
                 print(f"    DRIFT: {c['command']}  # {c['reason']}", file=out)
+            for n in h.get("config_problems", []):
+                print(f"    CONFIG: {n['problem']}: {n['detail']}", file=out)
         print(file=out)
 
 
@@ -343,6 +359,7 @@ def cmd_status(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
         ctl = Controller(s, reader, haproxies)
+        ctl.prime()
         result = ctl.reconcile("status", apply=False)
     finally:
         reader.close()
@@ -354,7 +371,10 @@ def cmd_status(s: Settings, as_json: bool) -> int:
         print()
     else:
         print_status(report)
-        print({EXIT_OK: "in sync", EXIT_DRIFT: "DRIFT: run `reconcile` or wait for the daemon",
+        missing = any(h.get("config_problems") for g in report["groups"] for h in g["haproxy"])
+        print({EXIT_OK: "in sync",
+               EXIT_DRIFT: "HAProxy's config lacks what Sentinel needs (see CONFIG above)"
+               if missing else "DRIFT: run `reconcile` or wait for the daemon",
                EXIT_UNDECIDED: "UNDECIDED or unreachable: HAProxy left as is"}[code])
     return code
 
@@ -363,6 +383,7 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
         ctl = Controller(s, reader, haproxies)
+        ctl.prime()
         result = ctl.reconcile("cli", apply=not s.dry_run)
     finally:
         reader.close()

@@ -1,7 +1,11 @@
 """Turn every Sentinel's answer into one verdict per master group. Pure: no I/O, no clock.
 
 Writes (facts B.3):
-- only Sentinels that answered and are not in TILT vote; fewer than `min_voters` -> undecided;
+- only Sentinels that answered and are not in TILT vote, one vote per Sentinel (by its own
+  ID, whatever address or alias it was listed at); fewer than a majority of the group's
+  Sentinels (as they report: num-other-sentinels + 1; or `min_voters` when the operator set
+  it) -> undecided, with each missing Sentinel's reason (unreachable, in TILT, not a
+  Sentinel, does not monitor the group, bad reply);
 - the highest config-epoch wins: it is the version of the master's address, so a lagging
   Sentinel never flips the state back, and the leader's fresh promotion (new epoch at once,
   facts B.2) is followed without waiting for the others; an epoch older than one already
@@ -58,28 +62,34 @@ class History:
 def decide(
     name: str,
     views: Sequence[SentinelView],
-    min_voters: int,
+    min_voters: int | None = None,
     history: History = History(),  # frozen: a shared default is safe
     rules: Rules = Rules(),  # frozen: a shared default is safe
 ) -> Decision:
     """The verdict for master group `name` from all Sentinels' views.
 
-    `history.seen_epoch` protects against lagging Sentinels (e.g. the leader that promoted
-    died before the others heard of it): an older answer is not followed unless every
-    configured Sentinel agrees on it (the group was reset or re-created: epochs start again).
+    `min_voters` None: a majority of the group's Sentinels must answer. `history.seen_epoch`
+    protects against lagging Sentinels (e.g. the leader that promoted died before the others
+    heard of it): an older answer is not followed unless every Sentinel agrees on it (the
+    group was reset or re-created: epochs start again).
     """
-    answers: list[MasterView] = [
-        v.masters[name] for v in views if v.usable and name in v.masters
-    ]
-    skipped = [v.sentinel for v in views if not v.usable or name not in v.masters]
+    by_id: dict[str, MasterView] = {}
+    for v in views:
+        if v.usable and name in v.masters:
+            by_id.setdefault(v.identity, v.masters[name])
+    answers = list(by_id.values())
+    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
+            else len({v.identity for v in views}))
+    need = min_voters or size // 2 + 1
 
     def undecided(reason: str, epoch: int = -1) -> Decision:
         return Decision(name=name, master=None, epoch=epoch, reason=reason, voters=len(answers))
 
-    if len(answers) < min_voters:
-        why = f"{len(answers)} of {len(views)} sentinels answered, need {min_voters}"
-        if skipped:
-            why += f" (no answer: {', '.join(skipped)})"
+    if len(answers) < need:
+        why = f"{len(answers)} of {size} sentinels answered, need {need}"
+        missing = _why_missing(name, views, set(by_id))
+        if missing:
+            why += f" ({missing})"
         return undecided(why)
     top = max(a.epoch for a in answers)
     at_top = [a for a in answers if a.epoch == top]
@@ -87,7 +97,7 @@ def decide(
     if len(addrs) != 1:
         shown = ", ".join(sorted(str(a) for a in addrs))
         return undecided(f"sentinels at epoch {top} disagree on the master: {shown}", top)
-    if top < history.seen_epoch and not (len(at_top) == len(views) == len(answers)):
+    if top < history.seen_epoch and not (len(at_top) == len(answers) >= size):
         return undecided(
             f"sentinels report epoch {top}, older than epoch {history.seen_epoch} seen before",
             top,
@@ -126,6 +136,25 @@ def decide(
         early=early,
         failover_timeout_ms=max(a.failover_timeout_ms for a in at_top),
     )
+
+
+def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) -> str:
+    """`unreachable: A; in TILT: B; ...` for the Sentinels whose vote is missing."""
+    kinds: dict[str, list[str]] = {}
+    for v in views:
+        if v.identity in counted:
+            continue
+        if v.error is not None:
+            kind = {"not_sentinel": "not a Sentinel", "auth": "refused our credentials",
+                    "bad_reply": "bad reply"}.get(v.problem, "unreachable")
+        elif v.tilt:
+            kind = "in TILT"
+        elif name in v.group_errors:
+            kind = f"bad reply for {name}"
+        else:
+            kind = f"does not monitor {name}"
+        kinds.setdefault(kind, []).append(v.sentinel)
+    return "; ".join(f"{k}: {', '.join(vs)}" for k, vs in kinds.items())
 
 
 def _promoting(views: Sequence[MasterView]) -> Address | None:

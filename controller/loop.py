@@ -51,6 +51,8 @@ class SentinelSource(Protocol):
 
     def read(self, skip: Collection[str] = ()) -> list[SentinelView]: ...
 
+    def discover(self) -> list[Address]: ...
+
 
 class HAProxyTarget(Protocol):
     """What the loop needs from one HAProxy (`haproxy.HAProxyClient`); errors: HAProxyError."""
@@ -97,8 +99,12 @@ class Counters:
     last_event_to_applied_ms: float | None = None
     last_pass_ok: float = 0.0  # monotonic time of the last pass that read enough Sentinels
     haproxy_up: dict[str, bool] = field(default_factory=dict)
-    drift: dict[str, int] = field(default_factory=dict)  # per HAProxy, after the last pass
+    # Per HAProxy, commands still needed after the last pass; None: unknown (read-back failed).
+    drift: dict[str, int | None] = field(default_factory=dict)
     undecided: set[str] = field(default_factory=set)
+    undecided_since: dict[str, float] = field(default_factory=dict)  # group -> monotonic
+    # HAProxy -> monotonic time since which its passes refuse commands or leave drift
+    failing_since: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class HAProxyOutcome:
     plan: Plan
     results: tuple[CommandResult, ...] = ()
     error: str = ""
-    drift_after: int = 0
+    drift_after: int | None = 0  # None: the read-back failed, the drift is unknown
 
 
 @dataclass
@@ -140,12 +146,14 @@ class Controller:
         hints: HintQueue | None = None,
         on_change: Callable[[str, dict[str, object]], None] | None = None,
         nodes: NodeRoles | None = None,
+        new_watcher: Callable[[Address], Watcher] | None = None,
     ) -> None:
         self.settings = settings
         self.reader = reader
         self.haproxies = list(haproxies)
         self.watchers = list(watchers)
         self.nodes = nodes  # None: early promotion off (no Redis node is ever asked)
+        self.new_watcher = new_watcher  # for Sentinels found by discovery
         self.rules = Rules(
             max_link_down_ms=int(settings.max_replica_link_down_s * 1000),
             early_promotion=settings.early_promotion and nodes is not None,
@@ -159,6 +167,9 @@ class Controller:
         self._epochs: dict[str, int] = {}  # highest config-epoch acted on, per group
         self._readers: dict[str, frozenset[Address]] = {}  # replicas serving reads, per group
         self.promotions: dict[str, Promotion] = {}  # group -> replica being promoted
+        self.sentinel_states: dict[str, str] = {}  # address -> ok, tilt, unreachable, ...
+        self.write_servers: dict[tuple[str, str], str] = {}  # (haproxy, group) -> ready servers
+        self._duplicates: set[frozenset[str]] = set()  # address sets already reported
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
@@ -169,7 +180,8 @@ class Controller:
     def observe(self) -> tuple[list[SentinelView], list[Decision]]:
         skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
         views = self.reader.read(skip=skip)
-        n = self.settings.effective_min_sentinels
+        self._note_sentinels(views)
+        n = self.settings.min_sentinels or None  # None: a majority of the group's Sentinels
         decisions = [decide(name, views, n, self._history(name), self.rules)
                      for name in self.reader.master_names]
         for d in decisions:
@@ -180,6 +192,55 @@ class Controller:
         if self.nodes is not None:
             self.nodes.forget({p.addr for p in self.promotions.values()})
         return views, decisions
+
+    def prime(self) -> None:
+        """Before the first pass: learn the Sentinels' IDs and find the ones not configured,
+        so that the first verdict already counts every Sentinel of the group."""
+        self.reader.read()
+        self.discover()
+
+    def discover(self) -> None:
+        """Find the group's other Sentinels (one configured Sentinel is enough to start);
+        read them from the next pass on and watch their events."""
+        for addr in self.reader.discover():
+            log.info("sentinel_discovered", sentinel=str(addr))
+            if self.new_watcher is not None:
+                w = self.new_watcher(addr)
+                self.watchers.append(w)
+                w.start()
+
+    def _note_sentinels(self, views: Sequence[SentinelView]) -> None:
+        """One line when a Sentinel's state changes (ok, tilt, unreachable, auth, not a
+        Sentinel, bad reply), and once for a Sentinel listed under several addresses."""
+        for v in views:
+            state = v.problem or ("unreachable" if v.error else "tilt" if v.tilt else "ok")
+            before = self.sentinel_states.get(v.sentinel)
+            self.sentinel_states[v.sentinel] = state
+            if state == before:
+                continue
+            if state == "ok":
+                if before is not None:
+                    log.info("sentinel_usable", sentinel=v.sentinel, was=before)
+            else:
+                log.warning("sentinel_unusable", sentinel=v.sentinel, state=state,
+                            error=v.error or "TILT mode: its state is not trusted", **self._t())
+        by_id: dict[str, list[str]] = {}
+        for v in views:
+            if v.myid:
+                by_id.setdefault(v.myid, []).append(v.sentinel)
+        for myid, addrs in by_id.items():
+            key = frozenset(addrs)
+            if len(addrs) > 1 and key not in self._duplicates:
+                self._duplicates.add(key)
+                log.warning("sentinel_duplicate", myid=myid, sentinels=sorted(addrs),
+                            detail="one Sentinel listed several times: it has one vote")
+
+    def verdicts(self) -> dict[str, Decision]:
+        """The last verdict per group (decided or not): for metrics and status."""
+        out = dict(self._decisions)
+        for group, reason in self._undecided.items():
+            out[group] = Decision(name=group, master=None, reason=reason)
+        return out
 
     def _history(self, name: str) -> History:
         p = self.promotions.get(name)
@@ -248,6 +309,12 @@ class Controller:
         outcomes = [self._verify(h, wanted, o) if o.results else o
                     for h, o in zip(self.haproxies, applied, strict=True)]
         duration_ms = (time.monotonic() - start) * 1000
+        for o in outcomes:
+            troubled = o.drift_after != 0 or any(not r.ok for r in o.results)
+            if troubled and not o.error:
+                self.counters.failing_since.setdefault(o.target, time.monotonic())
+            elif not troubled:
+                self.counters.failing_since.pop(o.target, None)
         self.counters.passes += 1
         if any(v.usable for v in views):
             self.counters.last_pass_ok = time.monotonic()
@@ -275,7 +342,7 @@ class Controller:
         self._log_notes(h.target, p.notes)  # undecided notes: logged by _note_decisions
         if not p.commands:
             self.counters.drift[h.target] = 0
-            self._left[h.target] = _admin(state)
+            self._left_in(h.target, state, wanted)
             return HAProxyOutcome(h.target, state, p)
         if not apply:
             for c in p.commands:
@@ -321,11 +388,11 @@ class Controller:
         self, h: HAProxyTarget, wanted: Sequence[BackendTarget], o: HAProxyOutcome
     ) -> HAProxyOutcome:
         """Read back and plan again; anything left is drift we could not fix."""
-        drift_after = 0
+        drift_after: int | None = None
         try:
             state = h.state()
             drift_after = plan(wanted, state).drift
-            self._left[h.target] = _admin(state)
+            self._left_in(h.target, state, wanted)
         except HAProxyError as e:
             self._left.pop(h.target, None)  # unknown: the next pass cannot call it a hand edit
             log.warning("verify_failed", haproxy=h.target, error=str(e))
@@ -377,6 +444,12 @@ class Controller:
                 log.warning("master_fenced", group=d.name, reason=d.reason, **self._t())
             self._decisions[d.name] = d
         self.counters.undecided = set(self._undecided)
+        now = time.monotonic()
+        for group in self._undecided:
+            self.counters.undecided_since.setdefault(group, now)
+        for group in list(self.counters.undecided_since):
+            if group not in self._undecided:
+                del self.counters.undecided_since[group]
 
     def _log_notes(self, target: str, notes: Sequence[Note]) -> None:
         """Log a config problem (backend missing, master not in backend) when it appears and
@@ -398,6 +471,16 @@ class Controller:
             self.on_change(kind, data)
         except Exception:  # an alert hook must never break the control path
             log.exception("unexpected_error", where="on_change hook")
+
+    def _left_in(self, target: str, state: HAProxyState, wanted: Sequence[BackendTarget]) -> None:
+        """Remember the state a pass left an HAProxy in: admin states (hand-edit detection)
+        and, per group, the server it routes writes to (the fleet view in metrics)."""
+        self._left[target] = _admin(state)
+        for t in wanted:
+            if t.role == "write":
+                servers = state.backends.get(t.backend, {})
+                self.write_servers[(target, t.group)] = ",".join(
+                    sorted(n for n, srv in servers.items() if srv.admin is AdminState.READY))
 
     def _haproxy_down(self, target: str, error: str) -> None:
         self._left.pop(target, None)
@@ -434,9 +517,10 @@ class Controller:
         commands = sum(len(o.results) for o in r.haproxies)
         failed = sum(1 for o in r.haproxies for x in o.results if not x.ok)
         undecided = [d.name for d in r.decisions if d.master is None]
-        drift_after = sum(o.drift_after for o in r.haproxies)
+        drift_after = sum(o.drift_after or 0 for o in r.haproxies)
+        unverified = sum(1 for o in r.haproxies if o.drift_after is None)
         errors = [o.target for o in r.haproxies if o.error]
-        quiet = not (commands or undecided or drift_after or errors)
+        quiet = not (commands or undecided or drift_after or unverified or errors)
         fields = dict(
             trigger=r.trigger,
             duration_ms=round(r.duration_ms, 2),
@@ -447,6 +531,7 @@ class Controller:
             commands=commands,
             failed=failed,
             drift_after=drift_after,
+            unverified=unverified,
             haproxy_errors=len(errors),
         )
         # Quiet periodic passes are debug: an idle cluster should not fill the log.
@@ -501,6 +586,10 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         for w in self.watchers:
             w.start()
+        try:
+            self.prime()
+        except Exception:
+            log.exception("unexpected_error", where="prime")
         s = self.settings
         next_resync = time.monotonic()  # first pass at once
         next_probe = time.monotonic() + s.haproxy_poll_interval_s
@@ -518,8 +607,7 @@ class Controller:
                     if self._note_hint(h) and not trigger:
                         trigger = h.event.channel if h.event else f"sentinel_{h.kind}"
                         since = h.received
-                if self.hints.overflowed:
-                    self.hints.overflowed = False
+                if self.hints.take_overflow():
                     trigger = trigger or "hint_overflow"
                 now = time.monotonic()
                 if not trigger and self.promotions_pending() and now >= next_role:
@@ -535,6 +623,8 @@ class Controller:
                 if trigger:
                     self.reconcile(trigger, since=since, apply=not s.dry_run)
                     next_resync = time.monotonic() + s.resync_interval_s
+                    if trigger in ("resync", "sentinel_connected"):
+                        self.discover()  # after the pass: it needs the Sentinels' IDs
             except Exception:
                 log.exception("unexpected_error", where="loop")
                 stop.wait(0.1)  # never spin on a persistent bug

@@ -6,6 +6,7 @@ Must not change state or call Sentinel/HAProxy: it only reads `Controller.counte
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,10 +53,39 @@ class _Collector(Collector):
             ):
                 yield CounterMetricFamily(f"sentinel_haproxy_{name}", doc, value=value)
         drift = GaugeMetricFamily("sentinel_haproxy_drift", "Commands still needed after the "
-                                  "last pass", labels=["haproxy"])
+                                  "last pass (NaN: the read-back failed, unknown)",
+                                  labels=["haproxy"])
         for target, n in sorted(c.drift.items()):
-            drift.add_metric([target], n)
+            drift.add_metric([target], math.nan if n is None else n)
         yield drift
+        state = GaugeMetricFamily("sentinel_haproxy_sentinel_state", "1 for each Sentinel's "
+                                  "current state: ok, tilt, unreachable, auth, not_sentinel, "
+                                  "bad_reply", labels=["sentinel", "state"])
+        for sentinel, st in sorted(self.ctl.sentinel_states.items()):
+            state.add_metric([sentinel, st], 1)
+        yield state
+        master = GaugeMetricFamily("sentinel_haproxy_group_master", "The master this instance "
+                                   "follows per group (1), with its config-epoch as value of "
+                                   "sentinel_haproxy_group_epoch", labels=["group", "master"])
+        epoch = GaugeMetricFamily("sentinel_haproxy_group_epoch", "Config-epoch of the master "
+                                  "this instance follows", labels=["group"])
+        fenced = GaugeMetricFamily("sentinel_haproxy_group_writable", "1 when the group has a "
+                                   "master that takes writes (not fenced, not undecided)",
+                                   labels=["group"])
+        for group, d in sorted(self.ctl.verdicts().items()):
+            if d.master is not None:
+                master.add_metric([group, str(d.master)], 1)
+                epoch.add_metric([group], d.epoch)
+            fenced.add_metric([group], 1 if d.master is not None and not d.fenced else 0)
+        yield master
+        yield epoch
+        yield fenced
+        writer = GaugeMetricFamily("sentinel_haproxy_write_server", "Servers ready in a "
+                                   "group's write backend on each HAProxy, as this instance "
+                                   "left it (1)", labels=["haproxy", "group", "server"])
+        for (target, group), servers in sorted(self.ctl.write_servers.items()):
+            writer.add_metric([target, group, servers or "none"], 1)
+        yield writer
         up = GaugeMetricFamily("sentinel_haproxy_haproxy_up", "HAProxy socket reachable",
                                labels=["haproxy"])
         for target, ok in sorted(c.haproxy_up.items()):
@@ -75,14 +105,24 @@ class _Collector(Collector):
 
 
 def health(ctl: Controller) -> tuple[bool, str]:
-    """Healthy when at least one Sentinel and every HAProxy was reachable recently."""
+    """Healthy when a Sentinel and every HAProxy were reachable recently, no HAProxy has been
+    refusing commands (or leaving drift) and no group has been undecided for longer than
+    `unhealthy_after_s`."""
     c = ctl.counters
+    now = time.monotonic()
     horizon = 3 * ctl.settings.resync_interval_s + 5
-    if not c.last_pass_ok or time.monotonic() - c.last_pass_ok > horizon:
+    if not c.last_pass_ok or now - c.last_pass_ok > horizon:
         return False, "no Sentinel reachable"
     down = [t for t, ok in c.haproxy_up.items() if not ok]
     if down or not c.haproxy_up:
         return False, "HAProxy unreachable: " + ", ".join(down or ["not yet seen"])
+    grace = ctl.settings.unhealthy_after_s
+    failing = sorted(t for t, since in c.failing_since.items() if now - since > grace)
+    if failing:
+        return False, "HAProxy refuses commands or keeps drift: " + ", ".join(failing)
+    stuck = sorted(g for g, since in c.undecided_since.items() if now - since > grace)
+    if stuck:
+        return False, "undecided: " + ", ".join(stuck)
     return True, "ok"
 
 

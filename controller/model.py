@@ -80,6 +80,7 @@ class MasterView:
     flags: frozenset[str]  # flags of SENTINEL MASTER; they describe `master_entry_addr`
     master_entry_addr: Address  # ip/port of SENTINEL MASTER (old one on the leader mid-failover)
     replicas: tuple[ReplicaInfo, ...]
+    other_sentinels: int = 0  # num-other-sentinels: the group has other_sentinels + 1 Sentinels
     failover_state: str = ""  # the leader's failover step (`send_slaveof_noone`...), else ""
     failover_timeout_ms: int = 180_000
 
@@ -116,14 +117,22 @@ class MasterView:
 class SentinelView:
     """One Sentinel's answer for all groups, or why it could not be used."""
 
-    sentinel: str  # "host:port" as configured
+    sentinel: str  # "host:port" as configured (or as discovered)
     masters: dict[str, MasterView] = field(default_factory=dict)
-    error: str | None = None  # unreachable, auth failure, bad reply...
+    error: str | None = None  # why it could not be asked, or its reply could not be used
     tilt: bool = False
+    myid: str = ""  # SENTINEL MYID: one Sentinel, one vote, whatever address it was listed at
+    problem: str = ""  # kind of `error`: unreachable, auth, not_sentinel, bad_reply
+    group_errors: dict[str, str] = field(default_factory=dict)  # group -> its bad reply
 
     @property
     def usable(self) -> bool:
         return self.error is None and not self.tilt
+
+    @property
+    def identity(self) -> str:
+        """The Sentinel's own ID when known, else the address it was asked at."""
+        return self.myid or self.sentinel
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,12 @@ from redis.retry import Retry
 
 from controller.model import Address, SentinelView
 from controller.sentinel_parse import (
+    NotASentinelError,
     SentinelEvent,
     SentinelReplyError,
     parse_event,
     parse_pipeline,
+    parse_sentinels,
     pipeline_commands,
 )
 
@@ -79,6 +81,20 @@ def _client(addr: Address, auth: Auth, timeout_s: float, sock_timeout: float | N
     )
 
 
+def problem_of(e: BaseException) -> str:
+    """What kind of trouble an error from a Sentinel is: `auth`, `unreachable`, `not_sentinel`
+    (the peer is a plain Redis) or `bad_reply`."""
+    text = str(e)
+    if isinstance(e, NotASentinelError) or "unknown command" in text:
+        return "not_sentinel"
+    if (isinstance(e, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text
+            or "Authentication required" in text or "invalid user" in text):
+        return "auth"
+    if isinstance(e, redis.ConnectionError | OSError):
+        return "unreachable"
+    return "bad_reply"
+
+
 def describe_error(e: BaseException) -> str:
     """A short, secret-free description of a connection or reply error."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -115,6 +131,7 @@ class SentinelReader:
         self.timeout_s = timeout_s
         self._conns = {str(s): _connection(s, auth, timeout_s) for s in self.sentinels}
         self._known: list[str] = list(masters)
+        self._ids: dict[str, str] = {}  # address -> SENTINEL MYID, once it answered
 
     def close(self) -> None:
         for c in self._conns.values():
@@ -143,6 +160,45 @@ class SentinelReader:
                 views = self._read_all(seen, skip)
         return [v.view for v in views]
 
+    def discover(self) -> list[Address]:
+        """Ask every Sentinel that answered before for the other Sentinels of every known group
+        (`SENTINEL SENTINELS`); add the ones not known yet (by their ID, whatever address they
+        were listed at) and return their addresses. Errors leave things as they are."""
+        names = list(self._known)
+        if not names:
+            return []
+        known_ids = set(self._ids.values())
+        found: dict[str, Address] = {}
+        for key, conn in self._conns.items():
+            if key not in self._ids:
+                continue
+            try:
+                conn.send_packed_command(
+                    conn.pack_commands([("SENTINEL", "SENTINELS", n) for n in names]),
+                    check_health=False)
+                replies = _read_replies(conn, len(names))
+            except redis.RedisError:
+                conn.disconnect()
+                continue
+            for name, reply in zip(names, replies, strict=True):
+                if isinstance(reply, Exception):
+                    continue  # it does not monitor this group
+                try:
+                    others = parse_sentinels(reply, f"SENTINEL SENTINELS {name}")
+                except SentinelReplyError:
+                    continue
+                for addr, runid in others:
+                    if runid not in known_ids and runid not in found:
+                        found[runid] = addr
+        added: list[Address] = []
+        for addr in found.values():
+            if str(addr) in self._conns:
+                continue
+            self.sentinels.append(addr)
+            self._conns[str(addr)] = _connection(addr, self.auth, self.timeout_s)
+            added.append(addr)
+        return added
+
     def _read_all(self, names: list[str], skip: Collection[str]) -> list[_Reply]:
         cmds = pipeline_commands(names)
         out: dict[str, _Reply] = {}
@@ -150,7 +206,7 @@ class SentinelReader:
         for addr in self.sentinels:
             key = str(addr)
             if key in skip:
-                out[key] = _Reply(SentinelView(sentinel=key, error="event connection down"))
+                out[key] = self._failed(key, "event connection down", "unreachable")
                 continue
             conn = self._conns[key]
             try:
@@ -158,7 +214,7 @@ class SentinelReader:
                 sent.append(key)
             except redis.RedisError as e:
                 conn.disconnect()
-                out[key] = _Reply(SentinelView(sentinel=key, error=describe_error(e)))
+                out[key] = self._failed(key, describe_error(e), problem_of(e))
         for key in sent:
             conn = self._conns[key]
             try:
@@ -174,19 +230,29 @@ class SentinelReader:
                     replies = _read_replies(conn, len(cmds))
             except redis.RedisError as e:  # timeout, reset: the stream is unusable
                 conn.disconnect()
-                out[key] = _Reply(SentinelView(sentinel=key, error=describe_error(e)))
+                out[key] = self._failed(key, describe_error(e), problem_of(e))
                 continue
             try:
                 out[key] = self._build(key, names, replies)
             except SentinelReplyError as e:
-                out[key] = _Reply(SentinelView(sentinel=key, error=f"bad reply: {e}"))
+                problem = problem_of(e)
+                why = "not a Sentinel" if problem == "not_sentinel" else "bad reply"
+                out[key] = self._failed(key, f"{why}: {e}", problem)
         return [out[str(a)] for a in self.sentinels]
 
+    def _failed(self, key: str, error: str, problem: str) -> _Reply:
+        """A Sentinel that could not be used; it keeps the ID it answered with before."""
+        return _Reply(SentinelView(sentinel=key, error=error, problem=problem,
+                                   myid=self._ids.get(key, "")))
+
     def _build(self, key: str, names: list[str], replies: list[Any]) -> _Reply:
-        for r in replies[:2]:
+        for r in replies[:3]:
             if isinstance(r, Exception):
+                if problem_of(r) == "not_sentinel":
+                    raise NotASentinelError(describe_error(r))
                 raise SentinelReplyError(describe_error(r))
         view, monitored = parse_pipeline(key, names, replies)
+        self._ids[key] = view.myid
         return _Reply(view, monitored)
 
 
@@ -287,6 +353,11 @@ class EventWatcher:
                 self._session()
                 backoff = 0.05
             except Exception as e:  # any failure: drop the connection, report, retry
+                if not isinstance(e, redis.RedisError | OSError | SentinelReplyError):
+                    # Not the network, not the peer: a bug. Say so with its traceback; the
+                    # watcher goes on (its Sentinel keeps its vote through the reader).
+                    log.exception("unexpected_error", where="event watcher",
+                                  sentinel=str(self.addr))
                 err = describe_error(e)
                 if self.connected or err != self.last_error:
                     self._hint("disconnected", detail=err)
@@ -353,13 +424,21 @@ class HintQueue:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self._q: queue.Queue[Hint] = queue.Queue(maxsize)
-        self.overflowed = False
+        self._overflowed = False
+        self._lock = threading.Lock()  # the flag is set by watchers, taken by the loop
 
     def put(self, hint: Hint) -> None:
         try:
             self._q.put_nowait(hint)
         except queue.Full:
-            self.overflowed = True
+            with self._lock:
+                self._overflowed = True
+
+    def take_overflow(self) -> bool:
+        """Whether hints were dropped since the last call (and clear it, atomically)."""
+        with self._lock:
+            was, self._overflowed = self._overflowed, False
+        return was
 
     def get(self, timeout_s: float) -> list[Hint]:
         """Wait up to `timeout_s` for a hint, then take every hint that is waiting."""

@@ -18,6 +18,10 @@ class SentinelReplyError(ValueError):
     """A Sentinel reply or event that does not have the expected shape."""
 
 
+class NotASentinelError(SentinelReplyError):
+    """The peer answers like a Redis server, not like a Sentinel (no `SENTINEL` command)."""
+
+
 def _fields(raw: Any, what: str) -> dict[str, str]:
     """A RESP2 flat list `[k1, v1, k2, v2...]` as a str->str dict."""
     if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
@@ -113,6 +117,7 @@ def parse_master_view(name: str, addr_raw: Any, master_raw: Any, replicas_raw: A
         flags=_flags(d["flags"]),
         master_entry_addr=Address(d["ip"], _port(d["port"], what)),
         replicas=replicas,
+        other_sentinels=_int(d, "num-other-sentinels", what, default=0),
         failover_state=d.get("failover-state", ""),
         failover_timeout_ms=_int(d, "failover-timeout", what, default=180_000),
     )
@@ -140,12 +145,13 @@ def parse_tilt(raw: Any) -> bool:
     for line in raw.splitlines():
         if line.startswith("sentinel_tilt:"):
             return line.split(":", 1)[1].strip() == "1"
-    raise SentinelReplyError("INFO sentinel: no sentinel_tilt field (not a Sentinel?)")
+    raise NotASentinelError("INFO sentinel has no sentinel_tilt field")
 
 
 def pipeline_commands(names: Sequence[str]) -> list[tuple[str, ...]]:
     """The commands one pass sends each Sentinel, in the order `parse_pipeline` reads them."""
-    cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS")]
+    cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS"),
+                                   ("SENTINEL", "MYID")]
     for m in names:
         cmds.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m))
         cmds.append(("SENTINEL", "REPLICAS", m))
@@ -157,22 +163,47 @@ def parse_pipeline(
 ) -> tuple[SentinelView, frozenset[str]]:
     """One Sentinel's replies to `pipeline_commands(names)`: its view of the groups `names`,
     and the names of every group it monitors. A refused command is an Exception in
-    `replies`; one for a group this Sentinel does not monitor just leaves the group out.
+    `replies`; one for a group this Sentinel does not monitor just leaves the group out, and
+    a group whose replies do not parse costs only that group (`group_errors`).
     """
-    for r in replies[:2]:
+    if len(replies) != 3 + 2 * len(names):
+        raise SentinelReplyError(f"expected {3 + 2 * len(names)} replies, got {len(replies)}")
+    for r in replies[:3]:
         if isinstance(r, Exception):
             raise SentinelReplyError(f"{type(r).__name__}: {r}")
     tilt = parse_tilt(replies[0])
     all_names = parse_master_names(replies[1])
+    myid = _scalar(replies[2])
+    if not myid or len(myid) > 64 or not myid.isalnum():
+        raise SentinelReplyError(f"SENTINEL MYID: not an ID: {myid!r:.80}")
     entries = dict(zip(all_names, replies[1], strict=True))
     masters: dict[str, MasterView] = {}
+    errors: dict[str, str] = {}
     for i, m in enumerate(names):
-        addr_r, repl_r = replies[2 + 2 * i], replies[3 + 2 * i]
+        addr_r, repl_r = replies[3 + 2 * i], replies[4 + 2 * i]
         if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
             continue  # this Sentinel does not monitor m: it simply has no vote for it
-        masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
-    view = SentinelView(sentinel=sentinel, masters=masters, tilt=tilt)
+        try:
+            masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
+        except SentinelReplyError as e:
+            errors[m] = str(e)
+    view = SentinelView(sentinel=sentinel, masters=masters, tilt=tilt, myid=myid,
+                        group_errors=errors)
     return view, frozenset(all_names)
+
+
+def parse_sentinels(raw: Any, what: str) -> list[tuple[Address, str]]:
+    """`SENTINEL SENTINELS <group>`: the other Sentinels of the group, (address, run id)."""
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+        raise SentinelReplyError(f"{what}: expected a list")
+    out: list[tuple[Address, str]] = []
+    for i, entry in enumerate(raw):
+        d = _fields(entry, f"{what} entry #{i}")
+        for key in ("ip", "port", "runid"):
+            if key not in d:
+                raise SentinelReplyError(f"{what} entry #{i}: field {key!r} missing")
+        out.append((Address(d["ip"], _port(d["port"], what)), d["runid"]))
+    return out
 
 
 # Events that may change the desired state; everything else (votes, hello...) is noise.

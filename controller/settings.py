@@ -50,7 +50,7 @@ class Settings:
     promotion_poll_interval_s: float = 0.005  # ROLE of the replica being promoted, this often
     read_fallback_to_master: bool = True  # the master serves reads while no replica can
     max_replica_link_down_s: float = 60.0  # a serving replica may lag its master this long
-    min_sentinels: int = 0  # 0: a majority of the configured Sentinels
+    min_sentinels: int = 0  # 0: a majority of the group's Sentinels (as they report)
     resync_interval_s: float = 5.0
     haproxy_poll_interval_s: float = 0.5
     haproxy_timeout_s: float = 2.0
@@ -62,12 +62,9 @@ class Settings:
     dry_run: bool = False
     allow_remote_haproxy: bool = False
     metrics_address: str = ""  # HOST:PORT for /metrics and /healthz; empty: off
+    unhealthy_after_s: float = 30.0  # /healthz turns 503 when a problem lasts this long
     webhook_urls: tuple[str, ...] = ()
     webhook_timeout_s: float = 2.0
-
-    @property
-    def effective_min_sentinels(self) -> int:
-        return self.min_sentinels or (len(self.sentinels) // 2 + 1)
 
     def password(self) -> str | None:
         """The Sentinel password, from the setting or its file."""
@@ -173,7 +170,8 @@ def load(
 def validate(s: Settings) -> None:
     for key in ("resync_interval_s", "haproxy_poll_interval_s", "haproxy_timeout_s",
                 "sentinel_timeout_s", "sentinel_ping_interval_s", "sentinel_dead_after_s",
-                "webhook_timeout_s", "promotion_poll_interval_s", "max_replica_link_down_s"):
+                "webhook_timeout_s", "promotion_poll_interval_s", "max_replica_link_down_s",
+                "unhealthy_after_s"):
         v = getattr(s, key)
         if not 0 < v <= 3600:
             raise SettingsError(f"{key}: {v} must be > 0 and <= 3600 seconds")
@@ -206,11 +204,9 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"log_format: {s.log_format!r} must be auto, json or console")
     if s.log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"log_level: {s.log_level!r} must be debug, info, warning or error")
-    if s.min_sentinels < 0 or (s.sentinels and s.min_sentinels > len(s.sentinels)):
-        raise SettingsError(
-            f"min_sentinels: {s.min_sentinels} must be between 0 and the number of sentinels "
-            f"({len(s.sentinels)})"
-        )
+    if not 0 <= s.min_sentinels <= 99:
+        raise SettingsError(f"min_sentinels: {s.min_sentinels} must be between 0 (a majority "
+                            "of the group's Sentinels) and 99")
     try:
         for x in s.sentinels:
             Address.parse(x, "sentinels:")

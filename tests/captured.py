@@ -62,6 +62,7 @@ def pipeline_replies(state: str, sentinel: str) -> list[Any]:
     return [
         doc["info_text"][sentinel],
         replies["SENTINEL MASTERS"],
+        replies["SENTINEL MYID"],
         replies[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
         replies[f"SENTINEL REPLICAS {GROUP}"],
     ]

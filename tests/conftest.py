@@ -8,7 +8,7 @@ and HAProxy's server states are printed (pytest shows them with the failure).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,11 @@ def make_controller(
     procs: list[tuple[LocalStack, ControllerDaemon]] = []
 
     def make(stack: LocalStack, *extra_args: str, wait: bool = True,
-             resync_interval_s: float = 1.0) -> ControllerDaemon:
+             resync_interval_s: float = 1.0,
+             sentinels: Sequence[str] | None = None) -> ControllerDaemon:
         proc = controller_for(
-            stack, tmp_path / f"controller{len(procs)}.log", resync_interval_s, extra_args
+            stack, tmp_path / f"controller{len(procs)}.log", resync_interval_s, extra_args,
+            sentinels=sentinels,
         )
         procs.append((stack, proc))
         proc.start()

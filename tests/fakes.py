@@ -16,7 +16,14 @@ from collections.abc import Collection, Sequence
 from captured import GROUP, haproxy_state, views
 
 from controller.haproxy import CommandResult, HAProxyError
-from controller.model import AdminState, Command, HAProxyInfo, HAProxyState, SentinelView
+from controller.model import (
+    Address,
+    AdminState,
+    Command,
+    HAProxyInfo,
+    HAProxyState,
+    SentinelView,
+)
 
 
 class FakeSentinels:
@@ -31,6 +38,9 @@ class FakeSentinels:
     @property
     def master_names(self) -> list[str]:
         return [GROUP]
+
+    def discover(self) -> list[Address]:
+        return []
 
     def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
         return [SentinelView(v.sentinel, error="event connection down") if v.sentinel in skip

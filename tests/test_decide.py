@@ -333,3 +333,52 @@ def test_captured_selection_followed_as_soon_as_the_replica_answers_master() -> 
     """Same real replies, once the chosen replica answered ROLE master: it takes writes."""
     d = decide(GROUP, views("selected"), 2, History(promoted=selected(B)))
     assert (d.master, d.fenced, d.early) == (selected(B), False, True)
+
+
+# -- one vote per Sentinel -------------------------------------------------------------
+
+
+def alias(v: SentinelView, address: str) -> SentinelView:
+    """The same Sentinel (same ID) listed once more, at another address."""
+    return dataclasses.replace(v, sentinel=address)
+
+
+def test_a_sentinel_listed_twice_votes_once() -> None:
+    """`A A B` with B dead and A stale: A's two entries are one vote, 1 of 3 is no majority,
+    so the stale answer is not followed."""
+    s1 = views("steady")[0]
+    s2 = views("switched")[1]
+    d = decide(GROUP, [s1, alias(s1, "alias-of-s1:1"), down(s2)], None, History(seen_epoch=0))
+    assert d.master is None
+    assert "1 of 3 sentinels answered, need 2" in d.reason
+    assert "unreachable" in d.reason
+
+
+def test_duplicates_do_not_inflate_the_majority() -> None:
+    """`A A B C` with A dead: B and C are a majority of the group's 3 Sentinels."""
+    vs = views("switched")
+    d = decide(GROUP, [down(vs[0]), down(alias(vs[0], "alias:1")), vs[1], vs[2]])
+    assert d.master == node(B), d.reason
+
+
+def test_group_size_comes_from_the_sentinels_themselves() -> None:
+    """One configured Sentinel knows 2 others: alone it is 1 of 3, not a majority; with a
+    second (discovered) one it is."""
+    vs = views("steady")
+    assert decide(GROUP, vs[:1]).master is None
+    assert decide(GROUP, vs[:2]).master == node(A)
+
+
+def test_missing_votes_are_named_by_reason() -> None:
+    """Each Sentinel whose vote is missing is named with its own reason: TILT, not a
+    Sentinel, not monitoring the group; never a plain 'no answer'."""
+    vs = views("steady")
+    tilted = dataclasses.replace(vs[0], tilt=True)
+    redis = SentinelView(vs[1].sentinel, error="not a Sentinel: unknown command 'SENTINEL'",
+                         problem="not_sentinel")
+    other = dataclasses.replace(vs[2], masters={})
+    d = decide(GROUP, [tilted, redis, other], None)
+    assert d.master is None
+    assert f"in TILT: {vs[0].sentinel}" in d.reason
+    assert f"not a Sentinel: {vs[1].sentinel}" in d.reason
+    assert f"does not monitor {GROUP}: {vs[2].sentinel}" in d.reason

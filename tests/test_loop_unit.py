@@ -49,7 +49,9 @@ def admin(h: FakeHAProxy) -> dict[str, dict[str, str]]:
             for b, servers in h.state().backends.items()}
 
 
-STEADY = {W: {"redis1a": "ready", "redis1b": "maint"}, R: {"redis1a": "maint", "redis1b": "ready"}}
+STEADY = {W: {"redis1a": "ready", "redis1b": "maint"},
+          R: {"redis1a": "maint", "redis1b": "ready",
+              "redis1a-fallback": "ready", "redis1b-fallback": "maint"}}
 
 
 # -- whole passes ----------------------------------------------------------------------
@@ -177,9 +179,9 @@ def test_refused_command_is_counted_and_left_as_drift(
     haproxy.apply = refuse_ready  # type: ignore[method-assign]  # a refusing HAProxy, one test
     result = controller.reconcile("start")
     (o,) = result.haproxies
-    assert [r.output for r in o.results if not r.ok] == ["Permission denied"] * 2
-    assert controller.counters.commands_failed == 2
-    assert o.drift_after == 2
+    assert [r.output for r in o.results if not r.ok] == ["Permission denied"] * 3
+    assert controller.counters.commands_failed == 3
+    assert o.drift_after == 3
 
 
 # -- bookkeeping -----------------------------------------------------------------------

@@ -211,16 +211,23 @@ def test_unresolved_server_is_never_set_ready() -> None:
 def test_read_fallback_lets_the_master_serve_reads_only_while_no_replica_is_healthy() -> None:
     """With read_fallback_to_master, the master joins the read backend only when no replica is
     healthy, and leaves it again when one is."""
+    state = without_fallback_servers(haproxy_state(SWITCHED))  # a config without backups
     switched = verdict("old_master_returned")  # new master, no healthy replica
     wanted, _ = targets([switched], WRITE, READ, read_fallback=True)
-    p = plan(wanted, haproxy_state(SWITCHED))
+    p = plan(wanted, state)
     assert texts(p) == ["set server redis1_replicas/redis1b state ready"]
     assert "fallback" in p.commands[0].reason
     healthy = verdict("converted")  # the old master is a healthy replica again
     wanted, _ = targets([healthy], WRITE, READ, read_fallback=True)
-    assert texts(plan(wanted, haproxy_state(SWITCHED))) == [
-        "set server redis1_replicas/redis1a state ready"
-    ]
+    assert texts(plan(wanted, state)) == ["set server redis1_replicas/redis1a state ready"]
+
+
+def without_fallback_servers(actual: HAProxyState) -> HAProxyState:
+    """`actual` without the read backend's `backup` servers (a config that has none)."""
+    return HAProxyState(actual.info, {
+        be: {n: s for n, s in servers.items() if not s.backup}
+        for be, servers in actual.backends.items()
+    })
 
 
 # -- read fallback through the backend's `backup` servers ------------------------------

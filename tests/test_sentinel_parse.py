@@ -14,6 +14,7 @@ from captured import (
     load,
     master,
     node,
+    pipeline_replies,
     raw,
     views,
 )
@@ -73,27 +74,21 @@ def test_pipeline_commands_and_parse_pipeline_agree_on_order() -> None:
     """The reader's pipeline asks INFO, MASTERS, then address and replicas per group, and the
     parser reads the replies in that order; the monitored names come with the view."""
     assert pipeline_commands([GROUP]) == [
-        ("INFO", "sentinel"), ("SENTINEL", "MASTERS"),
+        ("INFO", "sentinel"), ("SENTINEL", "MASTERS"), ("SENTINEL", "MYID"),
         ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP), ("SENTINEL", "REPLICAS", GROUP),
     ]
-    doc = load("steady")
-    r = raw("steady")[FIRST]
-    replies_ = [doc["info_text"][FIRST], r["SENTINEL MASTERS"],
-                r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"], r[f"SENTINEL REPLICAS {GROUP}"]]
-    view, monitored = parse_pipeline(FIRST, [GROUP], replies_)
+    view, monitored = parse_pipeline(FIRST, [GROUP], pipeline_replies("steady", FIRST))
     assert monitored == frozenset({GROUP})
     assert master(view).addr == node(A)
+    assert view.myid == raw("steady")[FIRST]["SENTINEL MYID"] and len(view.myid) == 40
+    assert master(view).other_sentinels == 2
 
 
 def test_parse_pipeline_leaves_out_a_group_the_sentinel_refuses() -> None:
     """A group whose commands the Sentinel refused (it does not monitor it) has no view, and
     the other groups still parse."""
-    doc = load("steady")
-    r = raw("steady")[FIRST]
     refused = ValueError("ERR No such master with that name")
-    replies_ = [doc["info_text"][FIRST], r["SENTINEL MASTERS"],
-                r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"], r[f"SENTINEL REPLICAS {GROUP}"],
-                None, refused]
+    replies_ = [*pipeline_replies("steady", FIRST), None, refused]
     view, _ = parse_pipeline(FIRST, [GROUP, "nosuch"], replies_)
     assert set(view.masters) == {GROUP}
 

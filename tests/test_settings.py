@@ -97,7 +97,7 @@ def test_bad_file_value_names_setting_and_file(tmp_path: Path) -> None:
         ({"resync_interval_s": 0}, r"resync_interval_s: 0.0 must be > 0"),
         ({"log_level": "loud"}, r"log_level: 'loud' must be"),
         ({"log_format": "xml"}, r"log_format: 'xml' must be"),
-        ({"sentinels": ["a:1"], "min_sentinels": 2}, r"min_sentinels: 2 must be between 0 and"),
+        ({"sentinels": ["a:1"], "min_sentinels": -1}, r"min_sentinels: -1 must be between 0"),
         ({"masters": ["bad name"]}, r"masters: 'bad name' is not a valid master name"),
         ({"sentinel_ping_interval_s": 2.0}, r"sentinel_dead_after_s must be longer"),
         ({"nosuch": 1}, r"unknown setting 'nosuch'"),
@@ -156,13 +156,6 @@ def test_remote_tcp_socket_refused_unless_allowed(tmp_path: Path) -> None:
         "tcp:192.0.2.10:9999",
     )
     assert load({"haproxy_sockets": ["tcp:127.0.0.1:9999"]}, {}).haproxy_sockets
-
-
-def test_effective_min_sentinels_is_a_majority_by_default() -> None:
-    """min_sentinels 0 means a majority of the configured Sentinels."""
-    assert load({"sentinels": "a:1,b:1,c:1"}, {}).effective_min_sentinels == 2
-    assert load({"sentinels": "a:1,b:1,c:1,d:1"}, {}).effective_min_sentinels == 3
-    assert load({"sentinels": "a:1,b:1,c:1", "min_sentinels": 3}, {}).effective_min_sentinels == 3
 
 
 def test_secret_never_in_repr_or_error_messages(tmp_path: Path) -> None:

@@ -141,15 +141,19 @@ class Capture:
             pipe = c.pipeline(transaction=False)
             pipe.execute_command("INFO", "sentinel")
             pipe.execute_command("SENTINEL", "MASTERS")
+            pipe.execute_command("SENTINEL", "MYID")
             pipe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP)
             pipe.execute_command("SENTINEL", "REPLICAS", GROUP)
-            info, masters, addr, replicas = pipe.execute()
+            pipe.execute_command("SENTINEL", "SENTINELS", GROUP)
+            info, masters, myid, addr, replicas, others = pipe.execute()
             out[name] = {
                 "t_ms": round((time.monotonic() - self.t0) * 1000, 1),
                 "INFO sentinel": info,
                 "SENTINEL MASTERS": masters,
+                "SENTINEL MYID": myid,
                 f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}": addr,
                 f"SENTINEL REPLICAS {GROUP}": replicas,
+                f"SENTINEL SENTINELS {GROUP}": others,
             }
         return out
 
@@ -193,9 +197,10 @@ class Capture:
                 "redis_py": redis.__version__,
                 "how": "tests/data/capture_sentinel.py: redis.Redis(host, port, protocol=2|3, "
                 "decode_responses=True).pipeline(transaction=False) per sentinel with "
-                "execute_command('INFO','sentinel'), ('SENTINEL','MASTERS'), "
+                "execute_command('INFO','sentinel'), ('SENTINEL','MASTERS'), ('SENTINEL','MYID'), "
                 f"('SENTINEL','GET-MASTER-ADDR-BY-NAME','{GROUP}'), ('SENTINEL','REPLICAS',"
-                f"'{GROUP}'); t_ms = ms since the stack was up; resp3 taken right after resp2",
+                f"'{GROUP}'), ('SENTINEL','SENTINELS','{GROUP}'); t_ms = ms since the stack was "
+                "up; resp3 taken right after resp2",
             },
             "group": GROUP,
             "nodes": nodes,
