@@ -72,6 +72,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     pol.add_argument("--read-fallback-to-master", action=argparse.BooleanOptionalAction,
                      default=None,
                      help="the master serves the read port while no replica can (default on)")
+    pol.add_argument("--write-lease", action=argparse.BooleanOptionalAction, default=None,
+                     help="HAProxy refuses new write connections once the controller has not "
+                     "heard from a majority of Sentinels for write_lease_ttl_s (default on)")
+    pol.add_argument("--write-lease-ttl-s", type=float, metavar="S",
+                     help="lease TTL; 0: half the groups' shortest down-after-milliseconds, at "
+                     "least 1 s (default 0)")
+    pol.add_argument("--write-lease-map", metavar="FILE",
+                     help="the HAProxy map that holds the lease, by file name or path "
+                     "(lease.map)")
     pol.add_argument("--max-replica-link-down-s", type=float, metavar="S",
                      help="a replica whose link to its master is down keeps serving reads this "
                      "long (60)")

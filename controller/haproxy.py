@@ -18,6 +18,7 @@ from controller.haproxy_parse import (
     STATE_BATCH,
     HAProxyReplyError,
     parse_info,
+    parse_maps,
     parse_state_batch,
     split_replies,
 )
@@ -98,6 +99,27 @@ class HAProxyClient:
             return parse_info(text)
         except HAProxyReplyError as e:
             raise HAProxyError(self.target, str(e), "show info") from None
+
+    def maps(self) -> list[str]:
+        """The files of every map HAProxy loaded (`show map`)."""
+        text = self.exchange("show map")
+        try:
+            return [f for _, f in parse_maps(text)]
+        except HAProxyReplyError as e:
+            raise HAProxyError(self.target, str(e), "show map") from None
+
+    def set_map(self, file: str, key: str, value: str) -> None:
+        """Set `key` in map `file` to `value`, adding the entry when it is not there yet."""
+        for verb in ("set", "add"):
+            cmd = f"{verb} map {file} {key} {value}"
+            if ";" in cmd or "\n" in cmd:
+                raise HAProxyError(self.target, "map command contains ';' or a newline", cmd)
+            out = self.exchange(cmd).strip()
+            if not out:
+                return
+            if verb == "set" and out.startswith("entry not found"):
+                continue
+            raise HAProxyError(self.target, f"refused: {out}", cmd)
 
     def state(self) -> HAProxyState:
         """Identity, admin states and session counts, in one exchange."""

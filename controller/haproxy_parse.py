@@ -116,6 +116,19 @@ def parse_state_batch(text: str) -> HAProxyState:
     return HAProxyState(info=info, backends=backends)
 
 
+def parse_maps(text: str) -> list[tuple[int, str]]:
+    """`show map`: (id, file) of every map HAProxy loaded."""
+    out: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        ident, _, rest = line.partition(" ")
+        if not ident.isdigit() or not rest.startswith("(") or ")" not in rest:
+            raise HAProxyReplyError(f"show map: unexpected line {line[:120]!r}")
+        out.append((int(ident), rest[1:rest.index(")")]))
+    return out
+
+
 def split_replies(text: str, count: int) -> list[str]:
     """Split the reply of `count` `;`-joined commands into one output per command.
 

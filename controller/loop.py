@@ -21,6 +21,7 @@ from typing import Protocol
 
 import structlog
 
+from controller import lease
 from controller.decide import History, Rules, decide
 from controller.haproxy import CommandResult, HAProxyError
 from controller.model import (
@@ -65,6 +66,10 @@ class HAProxyTarget(Protocol):
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
 
+    def maps(self) -> list[str]: ...
+
+    def set_map(self, file: str, key: str, value: str) -> None: ...
+
 
 class NodeRoles(Protocol):
     """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`); errors: NodeError."""
@@ -80,6 +85,7 @@ class Watcher(Protocol):
     addr: Address
     connected: bool
     last_error: str
+    last_pong: float  # time.monotonic() of its last pong
 
     def start(self) -> None: ...
 
@@ -169,6 +175,15 @@ class Controller:
         self.promotions: dict[str, Promotion] = {}  # group -> replica being promoted
         self.sentinel_states: dict[str, str] = {}  # address -> ok, tilt, unreachable, ...
         self.write_servers: dict[tuple[str, str], str] = {}  # (haproxy, group) -> ready servers
+        # The write lease (controller/lease.py): valid until (monotonic); one TTL of grace
+        # from the start, so that a restarted controller does not fence working writes.
+        self.lease_ttl_s = lease.ttl_for([], settings.write_lease_ttl_s)
+        self.lease_until: float | None = time.monotonic() + self.lease_ttl_s
+        self._lease_expired_logged = False
+        self._lease_maps: dict[str, str | None] = {}  # HAProxy -> its lease map, when known
+        self._members = 0  # Sentinels of the groups, as they report (num-other-sentinels + 1)
+        self._push_lease_now = True
+        self._down_after_ms: list[int] = []
         self._duplicates: set[frozenset[str]] = set()  # address sets already reported
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
@@ -181,6 +196,11 @@ class Controller:
         skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
         views = self.reader.read(skip=skip)
         self._note_sentinels(views)
+        groups = [m for v in views if v.usable for m in v.masters.values()]
+        if groups:
+            self._members = max(m.other_sentinels + 1 for m in groups)
+            self._down_after_ms = [m.down_after_ms for m in groups if m.down_after_ms > 0]
+            self.lease_ttl_s = lease.ttl_for(self._down_after_ms, self.settings.write_lease_ttl_s)
         n = self.settings.min_sentinels or None  # None: a majority of the group's Sentinels
         decisions = [decide(name, views, n, self._history(name), self.rules)
                      for name in self.reader.master_names]
@@ -242,6 +262,72 @@ class Controller:
             out[group] = Decision(name=group, master=None, reason=reason)
         return out
 
+    # -- the write lease ---------------------------------------------------------------
+    def renew_lease(self) -> bool:
+        """Push the lease to every HAProxy that has the lease map; True when it just expired
+        or came back (the caller then runs a pass: it fences, or unfences, the writes)."""
+        now = time.monotonic()
+        if self.settings.write_lease:
+            pongs = [w.last_pong for w in self.watchers if w.connected]
+            members = self._members or len(self.watchers)
+            until = lease.valid_until(pongs, members, self.lease_ttl_s)
+            if until is not None and (self.lease_until is None or until > self.lease_until):
+                self.lease_until = until
+            value_ms = (time.time() + ((self.lease_until or now) - now)) * 1000
+        else:
+            value_ms = (time.time() + 10 * 365 * 86400) * 1000  # off: never expires
+        for h in self.haproxies:
+            self._push_lease(h, str(int(value_ms)))
+        expired = self.lease_expired()
+        changed = expired != self._lease_expired_logged
+        if expired and changed:
+            log.warning("write_lease_expired", ttl_s=self.lease_ttl_s,
+                        detail="no majority of Sentinels heard: new writes refused by HAProxy, "
+                        "write backends fenced", **self._t())
+        elif changed:
+            log.info("write_lease_renewed", ttl_s=self.lease_ttl_s)
+        self._lease_expired_logged = expired
+        return changed
+
+    def lease_expired(self) -> bool:
+        return (self.settings.write_lease
+                and (self.lease_until is None or time.monotonic() > self.lease_until))
+
+    def _push_lease(self, h: HAProxyTarget, value_ms: str) -> None:
+        if h.target not in self._lease_maps:
+            try:
+                wanted = self.settings.write_lease_map
+                found = [f for f in h.maps()
+                         if f == wanted or f.rsplit("/", 1)[-1] == wanted.rsplit("/", 1)[-1]]
+            except HAProxyError as e:
+                self._haproxy_down(h.target, str(e))
+                return
+            self._lease_maps[h.target] = found[0] if found else None
+            if not found and self.settings.write_lease:
+                log.error("write_lease_map_missing", haproxy=h.target,
+                          map=self.settings.write_lease_map,
+                          detail="this HAProxy does not check the write lease: new writes are "
+                          "not refused when the controller is gone (see the runbook)")
+        file = self._lease_maps.get(h.target)
+        if file is None:
+            return
+        try:
+            h.set_map(file, "lease", value_ms)
+        except HAProxyError as e:
+            self._lease_maps.pop(h.target, None)  # look it up again next time
+            self._haproxy_down(h.target, str(e))
+
+    def _fenced_by_lease(self, decisions: Sequence[Decision]) -> list[Decision]:
+        """With the lease expired every group's writes are fenced, also an undecided group's
+        (its last decided verdict, fenced): the controller cannot vouch for any master."""
+        why = ("write lease expired: no majority of Sentinels heard for "
+               f"{self.lease_ttl_s:g} s")
+        out = []
+        for d in decisions:
+            base = d if d.master is not None else self._decisions.get(d.name)
+            out.append(dataclasses.replace(base, fenced=True, reason=why) if base else d)
+        return out
+
     def _history(self, name: str) -> History:
         p = self.promotions.get(name)
         confirmed = p is not None and p.is_master and time.monotonic() < p.until
@@ -299,8 +385,9 @@ class Controller:
         since = since or start
         views, decisions = self.observe()
         self._note_decisions(decisions, trigger)
+        routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
-            decisions, self.settings.write_backend, self.settings.read_backend,
+            routed, self.settings.write_backend, self.settings.read_backend,
             self.settings.read_fallback_to_master,
         )
         # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
@@ -494,6 +581,8 @@ class Controller:
         new = self._identity_changed(target, info)
         if new:
             self._left.pop(target, None)
+            self._lease_maps.pop(target, None)  # a new process: find its map, push the lease
+            self._push_lease_now = True
         return new
 
     def _identity_changed(self, target: str, info: HAProxyInfo) -> bool:
@@ -594,10 +683,12 @@ class Controller:
         next_resync = time.monotonic()  # first pass at once
         next_probe = time.monotonic() + s.haproxy_poll_interval_s
         next_role = 0.0
+        next_lease = 0.0
         while not stop.is_set():
             try:
                 now = time.monotonic()
-                wake = min(next_resync, next_probe)
+                renew_every = min(0.25, self.lease_ttl_s / 4)
+                wake = min(next_resync, next_probe, next_lease)
                 if self.promotions_pending():
                     wake = min(wake, next_role)
                 hints = self.hints.get(max(0.0, wake - now))
@@ -610,6 +701,11 @@ class Controller:
                 if self.hints.take_overflow():
                     trigger = trigger or "hint_overflow"
                 now = time.monotonic()
+                if now >= next_lease or self._push_lease_now:
+                    self._push_lease_now = False
+                    next_lease = now + renew_every
+                    if self.renew_lease():
+                        trigger = trigger or "write_lease"
                 if not trigger and self.promotions_pending() and now >= next_role:
                     next_role = now + s.promotion_poll_interval_s
                     if self.poll_promotions():

@@ -81,6 +81,7 @@ class MasterView:
     master_entry_addr: Address  # ip/port of SENTINEL MASTER (old one on the leader mid-failover)
     replicas: tuple[ReplicaInfo, ...]
     other_sentinels: int = 0  # num-other-sentinels: the group has other_sentinels + 1 Sentinels
+    down_after_ms: int = 0  # down-after-milliseconds: how long before it calls a node down
     failover_state: str = ""  # the leader's failover step (`send_slaveof_noone`...), else ""
     failover_timeout_ms: int = 180_000
 

@@ -331,6 +331,7 @@ class EventWatcher:
         self.max_backoff_s = max_backoff_s
         self.connected = False
         self.last_error = ""
+        self.last_pong = 0.0  # time.monotonic() of the last pong: the Sentinel is alive
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"sentinel-watch-{addr}", daemon=True
@@ -405,7 +406,7 @@ class EventWatcher:
                 continue
             kind = msg.get("type")
             if kind == "pong":
-                last_pong = time.monotonic()
+                last_pong = self.last_pong = time.monotonic()
             elif kind == "pmessage":
                 channel = msg.get("channel")
                 if channel == "__sentinel__:hello":

@@ -118,6 +118,7 @@ def parse_master_view(name: str, addr_raw: Any, master_raw: Any, replicas_raw: A
         master_entry_addr=Address(d["ip"], _port(d["port"], what)),
         replicas=replicas,
         other_sentinels=_int(d, "num-other-sentinels", what, default=0),
+        down_after_ms=_int(d, "down-after-milliseconds", what, default=0),
         failover_state=d.get("failover-state", ""),
         failover_timeout_ms=_int(d, "failover-timeout", what, default=180_000),
     )

@@ -49,6 +49,9 @@ class Settings:
     early_promotion: bool = True  # writes follow the promoted replica at ROLE master
     promotion_poll_interval_s: float = 0.005  # ROLE of the replica being promoted, this often
     read_fallback_to_master: bool = True  # the master serves reads while no replica can
+    write_lease: bool = True  # HAProxy takes new writes only while the controller vouches
+    write_lease_ttl_s: float = 0.0  # 0: half the groups' shortest down-after, at least 1 s
+    write_lease_map: str = "lease.map"  # the HAProxy map (file name or path) holding it
     max_replica_link_down_s: float = 60.0  # a serving replica may lag its master this long
     min_sentinels: int = 0  # 0: a majority of the group's Sentinels (as they report)
     resync_interval_s: float = 5.0
@@ -175,6 +178,15 @@ def validate(s: Settings) -> None:
         v = getattr(s, key)
         if not 0 < v <= 3600:
             raise SettingsError(f"{key}: {v} must be > 0 and <= 3600 seconds")
+    if not 0 <= s.write_lease_ttl_s <= 3600:
+        raise SettingsError(f"write_lease_ttl_s: {s.write_lease_ttl_s} must be 0 (auto) to 3600")
+    if s.write_lease and 0 < s.write_lease_ttl_s <= s.sentinel_ping_interval_s:
+        raise SettingsError(
+            f"write_lease_ttl_s ({s.write_lease_ttl_s}) must be longer than "
+            f"sentinel_ping_interval_s ({s.sentinel_ping_interval_s}): the lease is renewed on "
+            "the Sentinels' pongs")
+    if not s.write_lease_map or any(c.isspace() or c == ";" for c in s.write_lease_map):
+        raise SettingsError(f"write_lease_map: {s.write_lease_map!r} is not a map file name")
     if s.sentinel_dead_after_s <= s.sentinel_ping_interval_s:
         raise SettingsError(
             "sentinel_dead_after_s must be longer than sentinel_ping_interval_s "

@@ -302,6 +302,15 @@ def render_haproxy_config(
     return "\n".join(out) + "\n"
 
 
+def write_haproxy_config(layout: Layout, socket_path: Path, config_path: Path) -> None:
+    """The rendered config at `config_path`, and the map files shipped beside the template
+    (lease.map: the config names them relative to itself, `default-path config`)."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(render_haproxy_config(layout, socket_path))
+    for shipped in layout.haproxy_config.parent.glob("*.map"):
+        shutil.copyfile(shipped, config_path.parent / shipped.name)
+
+
 def _with_extra_replicas(
     sections: list[tuple[str, str, list[str]]], layout: Layout
 ) -> list[tuple[str, str, list[str]]]:
@@ -767,10 +776,7 @@ class LocalStack:
         proc.start()
 
     def _write_haproxy_config(self) -> None:
-        self.haproxy_config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.haproxy_config_path.write_text(
-            render_haproxy_config(self.layout, self.haproxy_socket)
-        )
+        write_haproxy_config(self.layout, self.haproxy_socket, self.haproxy_config_path)
 
     def _check_haproxy_config(self) -> None:
         res = subprocess.run(

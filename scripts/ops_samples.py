@@ -23,7 +23,7 @@ from pathlib import Path
 
 from controller.model import AdminState
 from lab.daemon import ControllerDaemon, clean_env
-from lab.localstack import Layout, LocalStack, render_haproxy_config
+from lab.localstack import Layout, LocalStack, write_haproxy_config
 from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import WaitTimeout, wait_until
 
@@ -142,8 +142,8 @@ def main() -> int:
         stack.stop_haproxy()
         wait_until(lambda: has("haproxy_unreachable"), 10, "haproxy down seen", POLL_S)
         cfg = workdir / "haproxy-operator.cfg"
-        cfg.write_text(render_haproxy_config(layout, stack.haproxy_socket)
-                       .replace("level admin", "level operator"))
+        write_haproxy_config(layout, stack.haproxy_socket, cfg)
+        cfg.write_text(cfg.read_text().replace("level admin", "level operator"))
         rogue = start_haproxy(cfg, stack.haproxy_socket, workdir, name="haproxy-operator")
         wait_until(lambda: has("drift_remains"), 15, "refused commands", POLL_S)
         settle(0.3)

@@ -57,6 +57,8 @@ class FakeHAProxy:
         self.state_: HAProxyState = haproxy_state(capture)
         self.applied: list[str] = []
         self.down = False
+        self.map_files: list[str] = []  # maps this HAProxy loaded (e.g. a lease.map)
+        self.map_entries: dict[tuple[str, str], str] = {}
 
     def restart(self) -> None:
         """A restarted HAProxy: config state again, new Pid and start time."""
@@ -82,6 +84,16 @@ class FakeHAProxy:
             info=self.state_.info,
             backends={b: dict(s) for b, s in self.state_.backends.items()},
         )
+
+    def maps(self) -> list[str]:
+        if self.down:
+            raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        return list(self.map_files)
+
+    def set_map(self, file: str, key: str, value: str) -> None:
+        if file not in self.map_files:
+            raise HAProxyError(self.target, "refused: Unknown map identifier.")
+        self.map_entries[(file, key)] = value
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]:
         return [CommandResult(c, self.apply(c.text)) for c in commands]

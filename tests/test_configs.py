@@ -20,6 +20,7 @@ from lab.localstack import (
     render_haproxy_config,
     render_redis_config,
     render_sentinel_config,
+    write_haproxy_config,
 )
 from lab.procs import HAPROXY
 
@@ -74,7 +75,7 @@ def test_substituted_haproxy_config_passes_check(tmp_path: Path, template: Path)
     """The HAProxy config rendered for local processes passes `haproxy -c`."""
     layout = Layout.for_tests(haproxy_config=template)
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render_haproxy_config(layout, tmp_path / "admin.sock"))
+    write_haproxy_config(layout, tmp_path / "admin.sock", cfg)
     res = haproxy_check(cfg)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "could not resolve" not in res.stderr
@@ -154,7 +155,13 @@ def test_controller_config_frontends_socket_and_stats() -> None:
     secs = sections(HAPROXY_CONFIG.read_text())
     for i, g in enumerate(GROUPS):
         write, read = secs[f"frontend {g}_write"], secs[f"frontend {g}_read"]
-        assert write == [f"bind :{5000 + 2 * i}", f"default_backend {g}_master"]
+        assert write == [
+            f"bind :{5000 + 2 * i}",
+            "tcp-request connection set-var(sess.now_ms) date(0,ms)",
+            "tcp-request connection reject if { str(lease),map_str_int(lease.map,0),"
+            "sub(sess.now_ms) -m int le 0 }",
+            f"default_backend {g}_master",
+        ], "the write lease guards every write frontend"
         assert read == [f"bind :{5001 + 2 * i}", f"default_backend {g}_replicas"]
     assert "stats socket /var/run/haproxy/admin.sock mode 660 level admin" in secs["global"]
     assert "stats timeout 30s" in secs["global"]

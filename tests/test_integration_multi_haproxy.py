@@ -19,7 +19,7 @@ from itest_support import ControllerFactory
 
 from controller.haproxy import HAProxyClient
 from controller.model import AdminState
-from lab.localstack import LocalStack, free_port, render_haproxy_config
+from lab.localstack import LocalStack, free_port, write_haproxy_config
 from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import wait_until
 
@@ -54,7 +54,7 @@ def extra_haproxy(stack: LocalStack, *flags: str) -> Iterator[ExtraHAProxy]:
     workdir = Path(tempfile.mkdtemp(prefix="shx2-"))  # short: unix socket paths are limited
     sock = workdir / "admin.sock"
     cfg = workdir / "haproxy.cfg"
-    cfg.write_text(render_haproxy_config(layout, sock))
+    write_haproxy_config(layout, sock, cfg)
     proc: ManagedProcess | None = None
     try:
         # started and waited for: its admin socket answers (10 s)
