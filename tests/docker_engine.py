@@ -127,9 +127,9 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     """The Debian mirror apt uses here (its sources), for debootstrap."""
-    sources = Path("/etc/apt/sources.list.d")
+    sources = apt_dir / "sources.list.d"
     texts = [p.read_text() for p in sorted(sources.glob("*.sources"))] if sources.is_dir() else []
     for text in texts:  # deb822: a stanza with URIs and a Suites line naming the release
         for stanza in text.split("\n\n"):
@@ -137,7 +137,7 @@ def debian_mirror() -> str:
             suites = re.search(r"^Suites:(.*)$", stanza, re.M)
             if uris and suites and SUITE in suites.group(1).split():
                 return uris.group(1)
-    lists = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list"))]
+    lists = [apt_dir / "sources.list", *sorted(sources.glob("*.list"))]
     for p in lists:
         if p.exists():
             m = re.search(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{SUITE}\s", p.read_text(), re.M)
