@@ -49,6 +49,9 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CACHE_ENV = "SENTINEL_HAPROXY_DOCKER_CACHE"
 DEFAULT_CACHE = Path("/var/cache/sentinel-haproxy-tests")
 CACHE_FORMAT = "1"  # bump to invalidate every cached archive
+WORKDIR_PARENT = Path(tempfile.gettempdir())
+WORKDIR_PREFIX = "shx-docker-"
+GLOBAL_RUN_DIRS = (Path("/run/docker"), Path("/run/containerd"))
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGES = {"dockerd": "docker.io", "docker": "docker.io", "docker-compose": "docker-compose",
             "debootstrap": "debootstrap"}
@@ -168,17 +171,18 @@ class Engine:
     """One private dockerd; :meth:`start`, then :meth:`docker` / :meth:`compose`, then
     :meth:`stop` (by PID) and :meth:`remove` (its directories)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path | None = None) -> None:
         # Short path: containerd's unix sockets live under the exec root (108-byte limit).
-        self.workdir = Path(tempfile.mkdtemp(prefix="shx-docker-"))
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX,
+                                                        dir=WORKDIR_PARENT))
         self.data_root = self.workdir / "data"
         self.exec_root = self.workdir / "exec"
         self.socket = self.workdir / "docker.sock"
         self.pidfile = self.workdir / "docker.pid"
         self.log_path = self.workdir / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # dockerd's PID (ours, or a stale one's: see reap_stale)
         self.env = client_env({"DOCKER_HOST": f"unix://{self.socket}"})
-        self._made_global_dirs: list[Path] = []
 
     # ------------------------------------------------------------------ life cycle
 
@@ -187,11 +191,6 @@ class Engine:
         dockerd = tool("dockerd")
         if dockerd is None:
             raise EngineUnavailable("dockerd not found (Debian package docker.io)")
-        # Directories dockerd/containerd create outside their roots: removed again if we made
-        # them and they are empty when we stop.
-        for d in (Path("/run/docker"), Path("/run/containerd")):
-            if not d.exists():
-                self._made_global_dirs.append(d)
         config = self.workdir / "daemon.json"
         # The trust key would otherwise be written to /etc/docker/key.json.
         config.write_text(json.dumps({"deprecated-key-path": str(self.workdir / "key.json")}))
@@ -210,6 +209,7 @@ class Engine:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env,
                                          start_new_session=True)
+        self.pid = self.proc.pid
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -224,48 +224,81 @@ class Engine:
         except WaitTimeout as e:
             raise EngineUnavailable(f"{e}\n{_tail(self.log_path)}") from None
 
+    def running(self) -> bool:
+        """Whether dockerd is alive (our own child is reaped when it has exited)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and _alive(self.pid)
+
+    @classmethod
+    def reap_stale(cls) -> list[str]:
+        """Stop and remove engines a crashed earlier run left behind: a work directory whose
+        pidfile names a live dockerd started on that directory. Call it holding the lock
+        (:func:`exclusive`): then no other run's engine can be live."""
+        out = []
+        for d in sorted(WORKDIR_PARENT.glob(WORKDIR_PREFIX + "*")):
+            stale = cls(d)
+            try:
+                pid = int(stale.pidfile.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                pid, cmdline = 0, b""
+            if pid and _alive(pid) and str(stale.data_root).encode() in cmdline:
+                stale.pid = pid
+                out.append(f"stopped dockerd {pid} left running by an earlier run in {d}")
+                out += stale.stop()
+            out += stale.remove()
+        return out
+
     def descendants(self) -> list[int]:
         """PIDs of dockerd's child processes (containerd, docker-proxy) and of processes that
         name this engine's directories (containerd shims, re-parented away from dockerd)."""
-        if self.proc is None:
+        if self.pid is None:
             return []
         parents: dict[int, int] = {}
         named: set[int] = set()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in _pids():
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
             if str(self.workdir).encode() in cmdline:
-                named.add(int(entry))
+                named.add(pid)
         out = set(named)
-        frontier = {self.proc.pid}
+        frontier = {self.pid}
         while frontier:
             children = {pid for pid, ppid in parents.items() if ppid in frontier} - out
             out |= children
             frontier = children
-        out.discard(self.proc.pid)
+        out.discard(self.pid)
         return sorted(out)
 
     def stop(self, timeout_s: float = 40) -> list[str]:
-        """SIGTERM dockerd by PID and wait; SIGKILL it (and what it started) if it does not
-        stop in time. Returns the problems seen (empty when it stopped cleanly)."""
+        """Remove what is left in the engine (containers, networks, volumes: a problem when
+        there is any), SIGTERM dockerd by PID and wait, SIGKILL it (and what it started) if it
+        does not stop in time. Returns the problems seen (empty when all was clean)."""
         problems: list[str] = []
-        if self.proc is None:
+        pid = self.pid
+        if pid is None:
             return problems
+        if self.running() and self.answers():
+            # Networks outlive a stopped dockerd (their bridge stays on the host, with its
+            # subnet's route): remove what is left through the API first.
+            left = self.leftovers()
+            if left:
+                problems.append(f"still there when the engine stopped (removed): {left}")
+                problems += self.clear()
         children = self.descendants()
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+        if self.running():
+            os.kill(pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                problems.append(f"dockerd {self.proc.pid} ignored SIGTERM for {timeout_s} s")
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                wait_for(lambda: not self.running(), timeout_s, f"dockerd {pid} to exit")
+            except WaitTimeout:
+                problems.append(f"dockerd {pid} ignored SIGTERM for {timeout_s} s: killed")
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not self.running(), 10, f"dockerd {pid} to die")
 
         def gone() -> bool:
             return not [p for p in children if _alive(p)]
@@ -273,11 +306,11 @@ class Engine:
         try:
             wait_for(gone, 15, "dockerd's children to exit", interval_s=0.1)
         except WaitTimeout:
-            for pid in children:
-                if _alive(pid):
-                    problems.append(f"pid {pid} ({_comm(pid)}) outlived dockerd: killed")
+            for child in children:
+                if _alive(child):
+                    problems.append(f"pid {child} ({_comm(child)}) outlived dockerd: killed")
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(child, signal.SIGKILL)
         return problems
 
     def remove(self) -> list[str]:
@@ -293,12 +326,15 @@ class Engine:
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.workdir.exists():
             problems.append(f"could not remove {self.workdir}")
-        for d in reversed(self._made_global_dirs):  # e.g. /run/docker/plugins, /run/containerd/s
-            for sub in sorted(d.glob("**/*"), key=lambda p: len(str(p)), reverse=True):
+        # dockerd and containerd also make /run/docker/plugins and /run/containerd/s (fixed
+        # paths). Once no engine runs on the machine, empty ones are nobody's: removed.
+        if not [pid for pid in _pids() if _comm(pid) in ("dockerd", "containerd")]:
+            for d in GLOBAL_RUN_DIRS:
+                for sub in sorted(d.glob("**/*"), key=lambda p: len(str(p)), reverse=True):
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()  # empty directories only
                 with contextlib.suppress(OSError):
-                    sub.rmdir()  # empty directories only
-            with contextlib.suppress(OSError):
-                d.rmdir()
+                    d.rmdir()
         return problems
 
     # ------------------------------------------------------------------ clients
@@ -335,6 +371,31 @@ class Engine:
                                  timeout=timeout_s, check=False)
         assert res.returncode == 0, f"docker build {tag} failed:\n{_tail(log, 40)}"
 
+    def answers(self) -> bool:
+        return self.docker("version", check=False, timeout_s=10).returncode == 0
+
+    def clear(self) -> list[str]:
+        """Remove every container (with its anonymous volumes), user-defined network and
+        volume of this engine. Returns what failed."""
+        problems = []
+        containers = self.docker("ps", "-aq").stdout.split()
+        if containers:
+            res = self.docker("rm", "-f", "-v", *containers, check=False, timeout_s=120)
+            if res.returncode:
+                problems.append(f"docker rm: {res.stderr.strip()}")
+        nets = [n for n in self.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+                if n not in ("host", "none", "bridge")]
+        if nets:
+            res = self.docker("network", "rm", *nets, check=False)
+            if res.returncode:
+                problems.append(f"docker network rm: {res.stderr.strip()}")
+        volumes = self.docker("volume", "ls", "-q").stdout.split()
+        if volumes:
+            res = self.docker("volume", "rm", "-f", *volumes, check=False)
+            if res.returncode:
+                problems.append(f"docker volume rm: {res.stderr.strip()}")
+        return problems
+
     def leftovers(self) -> list[str]:
         """Every container, volume and user-defined network this engine still has."""
         out = [f"container {c}" for c in self.docker("ps", "-aq").stdout.split()]
@@ -353,6 +414,10 @@ def _run(cmd: list[str], env: Mapping[str, str], timeout_s: float, check: bool,
         raise AssertionError(f"{' '.join(cmd[:4])}... exited {res.returncode}:\n"
                              f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
 
 def _alive(pid: int) -> bool:

@@ -63,6 +63,8 @@ def engine() -> Iterator[Engine]:
         pytest.skip("no private Docker engine here: " + "; ".join(why))
     cache = cache_dir()
     with exclusive(cache / "engine.lock", timeout_s=900):
+        for note in Engine.reap_stale():
+            print(f"\n{note}")
         eng = Engine()
         problems: list[str] = []
         try:

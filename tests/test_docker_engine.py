@@ -26,10 +26,11 @@ def test_missing_prerequisites_names_root_and_the_packages(
 
 
 def test_a_dockerd_that_exits_makes_the_engine_unavailable(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A dockerd that dies at start raises EngineUnavailable (a skip) quoting its exit code;
     the engine's directory is removed afterwards."""
+    monkeypatch.setattr(docker_engine, "WORKDIR_PARENT", tmp_path)  # not where runs look
     real_tool = docker_engine.tool
     monkeypatch.setattr(docker_engine, "tool",
                         lambda name: "/bin/false" if name == "dockerd" else real_tool(name))
@@ -76,3 +77,20 @@ def test_env_file_is_a_copy_of_the_example_with_generated_passwords(tmp_path: Pa
         ln for ln in ENV_EXAMPLE.read_text().splitlines() if ln.startswith("#")]
     assert env.stat().st_mode & 0o077 == 0
     assert repo_env.exists() == had_repo_env
+
+
+def test_reap_stale_removes_dead_engines_directories(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A work directory left by a crashed run whose dockerd is gone is removed; a directory
+    whose pidfile names a live process that is not a dockerd on it is left running."""
+    monkeypatch.setattr(docker_engine, "WORKDIR_PARENT", tmp_path)
+    dead = tmp_path / "shx-docker-dead"
+    (dead / "data").mkdir(parents=True)
+    (dead / "docker.pid").write_text("999999999\n")
+    other = tmp_path / "shx-docker-other"
+    other.mkdir()
+    (other / "docker.pid").write_text(f"{os.getpid()}\n")  # this pytest: not a dockerd
+    notes = Engine.reap_stale()
+    assert notes == []
+    assert not dead.exists() and not other.exists()
