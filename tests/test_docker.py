@@ -62,7 +62,7 @@ def engine() -> Iterator[Engine]:
     if why:
         pytest.skip("no private Docker engine here: " + "; ".join(why))
     cache = cache_dir()
-    with exclusive(cache / "engine.lock", timeout_s=900):
+    with exclusive(cache / "engine.lock", timeout_s=300):
         for note in Engine.reap_stale():
             print(f"\n{note}")
         eng = Engine()
