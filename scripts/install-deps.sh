@@ -1,7 +1,9 @@
 #!/bin/sh
 # Install what `make test` and `make demo` need on a Debian machine, only when missing:
 # haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv; best effort:
-# docker-compose (only validates compose/docker-compose.yml offline; tests skip without it).
+# docker-compose, docker.io and debootstrap (tests/test_compose.py validates the compose file
+# with docker-compose; tests/test_docker.py runs it on a private dockerd with images built from
+# a debootstrap'd Debian; those tests skip, saying why, without them).
 # Services are NOT started by the packages (a policy-rc.d denies it while installing):
 # tests and the demo start their own processes on loopback.
 set -eu
@@ -13,6 +15,10 @@ command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 optional=""
 command -v docker-compose >/dev/null 2>&1 || optional="docker-compose"
+PATH="$PATH:/usr/sbin:/sbin"
+command -v dockerd >/dev/null 2>&1 || optional="$optional docker.io"
+command -v debootstrap >/dev/null 2>&1 || optional="$optional debootstrap"
+optional=${optional# }
 [ -z "$need$optional" ] && exit 0
 echo "installing:$need${optional:+ (optional: $optional)}"
 SUDO=""
@@ -33,6 +39,9 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -q --no-install-recommends $need >/dev/null
 fi
 if [ -n "$optional" ]; then
-    $SUDO apt-get install -y -q --no-install-recommends $optional >/dev/null \
-        || echo "could not install $optional: its checks will be skipped"
+    # One by one: a package that cannot be installed only skips its own tests.
+    for pkg in $optional; do
+        $SUDO apt-get install -y -q --no-install-recommends "$pkg" >/dev/null \
+            || echo "could not install $pkg: the tests that need it will be skipped"
+    done
 fi

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -98,7 +99,8 @@ def test_compose_parses_and_has_the_reference_services() -> None:
 
 
 def test_redis_nodes_use_the_shipped_config_and_b_replicates_a() -> None:
-    """Each node runs sentinel/redis.conf; b replicates a; every node has a password."""
+    """Each node runs sentinel/redis.conf; b replicates a by a's static IP; every node has a
+    password."""
     svc = services()
     for name in NODES:
         s = svc[name]
@@ -109,8 +111,12 @@ def test_redis_nodes_use_the_shipped_config_and_b_replicates_a() -> None:
         for flag in ("--requirepass", "--masterauth"):
             assert flag in cmd and "REDIS_PASSWORD" in cmd[cmd.index(flag) + 1], (name, flag)
         if name.endswith("b"):
+            # By address, not by name: a replica reports its master as given (`master_host`),
+            # and the controller (like Sentinel) knows masters by IP; a name also made the
+            # replica block on DNS while its master's container was down (tests/test_docker.py).
             i = cmd.index("--replicaof")
-            assert cmd[i + 1 : i + 3] == [name[:-1] + "a", "6379"], name
+            a_ip = svc[name[:-1] + "a"]["networks"]["redis"]["ipv4_address"]
+            assert cmd[i + 1 : i + 3] == [a_ip, "6379"], name
         else:
             assert "--replicaof" not in cmd, name
 
@@ -141,7 +147,10 @@ def test_sentinel_entrypoint_appends_requirepass_and_auth_pass_once(tmp_path: Pa
     script = str(COMPOSE_DIR / "sentinel-entrypoint.sh")
     out = subprocess.run(["sh", script, "cat", str(conf)], env=env, capture_output=True,
                          text=True, timeout=30, check=True).stdout
-    assert out.startswith((ROOT / "sentinel" / "sentinel.conf").read_text())
+    shipped = (ROOT / "sentinel" / "sentinel.conf").read_text()
+    # Hostnames that do not resolve here (redis1a...) stay as they are.
+    if not any(_resolves(h) for h in re.findall(r"^sentinel monitor \S+ (\S+)", shipped, re.M)):
+        assert out.startswith(shipped)
     assert "\nrequirepass spw1\n" in out
     for g in GROUPS:
         assert f"\nsentinel auth-pass {g} rpw2\n" in out
@@ -151,6 +160,37 @@ def test_sentinel_entrypoint_appends_requirepass_and_auth_pass_once(tmp_path: Pa
     out2 = subprocess.run(["sh", script, "cat", str(conf)], env=env, capture_output=True,
                           text=True, timeout=30, check=True).stdout
     assert out2.count("requirepass") == 1 and out2.endswith("# rewritten by sentinel\n")
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, socket.AF_INET)
+    except OSError:
+        return False
+    return True
+
+
+def test_sentinel_entrypoint_pins_monitored_hostnames_to_addresses(tmp_path: Path) -> None:
+    """A `sentinel monitor` hostname that resolves is written as its IPv4 address (Sentinel
+    re-resolves names on every reconnect to a dead master); IPs and unknown names stay."""
+    src = tmp_path / "in.conf"
+    src.write_text("port 26379\n"
+                   "sentinel monitor g1 localhost 6379 2\n"
+                   "sentinel monitor g2 no-such-host.invalid 6379 2\n"
+                   "sentinel monitor g3 10.1.2.3 6379 2\n"
+                   "sentinel down-after-milliseconds g1 2000\n")
+    conf = tmp_path / "sentinel.conf"
+    env = {**os.environ, "SENTINEL_CONF_SRC": str(src), "SENTINEL_CONF": str(conf),
+           "SENTINEL_PASSWORD": "spw1", "REDIS_PASSWORD": "rpw2"}
+    out = subprocess.run(["sh", str(COMPOSE_DIR / "sentinel-entrypoint.sh"), "cat", str(conf)],
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = out.splitlines()
+    assert lines[:5] == ["port 26379",
+                         "sentinel monitor g1 127.0.0.1 6379 2",
+                         "sentinel monitor g2 no-such-host.invalid 6379 2",
+                         "sentinel monitor g3 10.1.2.3 6379 2",
+                         "sentinel down-after-milliseconds g1 2000"]
+    assert {f"sentinel auth-pass {g} rpw2" for g in ("g1", "g2", "g3")} <= set(lines)
 
 
 def test_haproxy_uses_the_shipped_config_and_publishes_frontends_and_stats() -> None:

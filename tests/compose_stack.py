@@ -1,0 +1,237 @@
+"""The shipped compose/docker-compose.yml on a private engine (tests/docker_engine.py), driven
+the way a user drives it: docker-compose up/exec/down with a throwaway project name, redis-cli
+and HTTP on the published host ports, docker kill/start of a container. Plus a writer thread
+that SETs through the write port and remembers which keys were acknowledged, and direct
+connections to a node on its bridge IP (to watch one node, e.g. a returning old master).
+
+What it must not do: change the compose files or write compose/.env (the env file is a copy of
+compose/.env.example with generated passwords, in the engine's temp directory), wait without a
+deadline, or leave the stack up (the test fixture always calls :meth:`ComposeStack.down`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+from docker_engine import Engine
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "compose" / ".env.example"
+HOST = "127.0.0.1"
+
+
+def compose_services() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    svc = data["services"]
+    assert isinstance(svc, dict)
+    return svc
+
+
+def published_ports() -> list[int]:
+    """Host ports the compose file publishes (every service)."""
+    out: list[int] = []
+    for s in compose_services().values():
+        for spec in s.get("ports", []):
+            lo, _, hi = str(spec).split(":")[0].partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    return sorted(out)
+
+
+def ports_in_use(ports: list[int]) -> list[int]:
+    """Ports a listener already holds on this host (docker-proxy could not bind them)."""
+    busy = []
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """`INFO` reply -> {field: value} (section headers and blank lines dropped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def write_env_file(path: Path) -> dict[str, str]:
+    """compose/.env.example with each `change-me...` value replaced by a generated password,
+    written to ``path`` (mode 600). Returns the values."""
+    values: dict[str, str] = {}
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line)
+        if m and m.group(2).startswith("change-me"):
+            values[m.group(1)] = secrets.token_hex(16)  # [A-Za-z0-9], as the example asks
+            line = f"{m.group(1)}={values[m.group(1)]}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return values
+
+
+class ComposeStack:
+    """One project of the shipped compose file on ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.project = f"shxtest{os.getpid()}"
+        self.env_file = engine.workdir / "compose.env"
+        env = write_env_file(self.env_file)
+        self.redis_password = env["REDIS_PASSWORD"]
+        self.sentinel_password = env["SENTINEL_PASSWORD"]
+        self.is_down = False
+        self._ips: dict[str, str] = {}
+
+    def compose(self, *args: str, timeout_s: float = 180,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.engine.compose(COMPOSE_FILE, self.project, self.env_file, *args,
+                                   timeout_s=timeout_s, check=check)
+
+    def up(self) -> None:
+        # --no-build: the image was built by the test from the shipped Dockerfile with
+        # `docker build --network host` (this daemon has no default bridge for a build to use;
+        # compose 1.29 cannot be told otherwise without editing the compose file).
+        self.compose("up", "-d", "--no-build", timeout_s=300)
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        res = self.compose("down", "-v", "--remove-orphans", timeout_s=300, check=False)
+        self.is_down = res.returncode == 0
+        return res
+
+    def container(self, service: str) -> str:
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        assert cid, f"no container for {service}"
+        return cid
+
+    def inspect(self, service: str, fmt: str) -> str:
+        return self.engine.docker("inspect", "-f", fmt, self.container(service)).stdout.strip()
+
+    def ip(self, service: str) -> str:
+        """The service's address on the compose network (static in the compose file, so kept
+        across a restart; asked once)."""
+        if service not in self._ips:
+            ip = self.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+            assert re.fullmatch(r"[0-9.]+", ip), f"{service}: no IP ({ip!r})"
+            self._ips[service] = ip
+        return self._ips[service]
+
+    def health(self, service: str) -> str:
+        return self.inspect(service, "{{if .State.Health}}{{.State.Health.Status}}{{end}}")
+
+    def network_ids(self) -> list[str]:
+        return self.engine.docker(
+            "network", "ls", "-q", "--no-trunc", "--filter",
+            f"label=com.docker.compose.project={self.project}").stdout.split()
+
+    def exec(self, service: str, *cmd: str,
+             timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        # -T: no TTY (the test has none; a user at a terminal leaves it out).
+        return self.compose("exec", "-T", service, *cmd, timeout_s=timeout_s, check=False)
+
+    def logs(self, tail: int = 60) -> str:
+        res = self.compose("logs", "--no-color", "--tail", str(tail), check=False)
+        return res.stdout + res.stderr
+
+    # ------------------------------------------------------------------ as a client
+
+    def redis_cli(self, port: int, *args: str) -> str:
+        """`redis-cli -p PORT ARGS` on the host (password in REDISCLI_AUTH, not argv)."""
+        exe = shutil.which("redis-cli")
+        assert exe is not None, "redis-cli (Debian package redis-tools) is not installed"
+        res = subprocess.run([exe, "-h", HOST, "-p", str(port), *args], capture_output=True,
+                             text=True, timeout=15, check=False,
+                             env={**os.environ, "REDISCLI_AUTH": self.redis_password})
+        return (res.stdout + res.stderr).strip()
+
+    def http_get(self, port: int, path: str = "/") -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
+            return int(r.status), r.read().decode(errors="replace")
+
+    def node(self, service: str) -> Any:
+        """A client of one node on its bridge IP (the host is on the compose network's
+        bridge, so no published port is needed)."""
+        return redis.Redis(host=self.ip(service), port=6379, password=self.redis_password,
+                           decode_responses=True, socket_timeout=2, socket_connect_timeout=2,
+                           retry=Retry(NoBackoff(), 0))
+
+    def sentinel(self, service: str) -> Any:
+        return redis.Redis(host=self.ip(service), port=26379, password=self.sentinel_password,
+                           decode_responses=True, socket_timeout=2, socket_connect_timeout=2,
+                           retry=Retry(NoBackoff(), 0))
+
+
+class Writer(threading.Thread):
+    """SETs `w:<n>` = `<n>` through the write port until stopped (or ``max_s`` passed);
+    ``acked`` holds (key, monotonic time) of each reply OK. Errors reconnect, are counted
+    and are not acks. Paced (``pause_s``) to keep the 2-core machine responsive."""
+
+    def __init__(self, port: int, password: str, max_s: float = 180,
+                 pause_s: float = 0.002) -> None:
+        super().__init__(daemon=True, name=f"writer:{port}")
+        self.port = port
+        self.password = password
+        self.deadline = time.monotonic() + max_s
+        self.pause_s = pause_s
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.acked: list[tuple[str, float]] = []
+        self.errors = 0
+        self.last_error = ""
+
+    def acks_after(self, t: float, until: float = float("inf")) -> int:
+        with self.lock:
+            return sum(1 for _, at in self.acked if t < at <= until)
+
+    def run(self) -> None:
+        client: Any = None
+        n = 0
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            if client is None:
+                client = redis.Redis(host=HOST, port=self.port, password=self.password,
+                                     socket_timeout=1, socket_connect_timeout=1,
+                                     retry=Retry(NoBackoff(), 0))
+            key = f"w:{n}"
+            n += 1
+            try:
+                ok = client.set(key, str(n - 1))
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                self.errors += 1
+                self.last_error = repr(e)
+                client.close()
+                client = None
+                self.stop_event.wait(0.02)
+                continue
+            if ok is True:
+                with self.lock:
+                    self.acked.append((key, time.monotonic()))
+            self.stop_event.wait(self.pause_s)
+        if client is not None:
+            client.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)
+        assert not self.is_alive(), "the writer thread did not stop"
