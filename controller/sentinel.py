@@ -132,6 +132,7 @@ class SentinelReader:
         self._conns = {str(s): _connection(s, auth, timeout_s) for s in self.sentinels}
         self._known: list[str] = list(masters)
         self._ids: dict[str, str] = {}  # address -> SENTINEL MYID, once it answered
+        self._myid_denied: set[str] = set()
 
     def close(self) -> None:
         for c in self._conns.values():
@@ -246,13 +247,22 @@ class SentinelReader:
                                    myid=self._ids.get(key, "")))
 
     def _build(self, key: str, names: list[str], replies: list[Any]) -> _Reply:
+        if isinstance(replies[2], redis.ResponseError) and "permission" in str(replies[2]):
+            # An ACL user made for an older version: count this Sentinel by its address.
+            if key not in self._myid_denied:
+                self._myid_denied.add(key)
+                log.warning("sentinel_myid_denied", sentinel=key,
+                            detail="allow +sentinel|myid +sentinel|sentinels for the ACL user: "
+                            "without its ID a Sentinel listed twice would vote twice")
+            replies = [*replies[:2], None, *replies[3:]]
         for r in replies[:3]:
             if isinstance(r, Exception):
                 if problem_of(r) == "not_sentinel":
                     raise NotASentinelError(describe_error(r))
                 raise SentinelReplyError(describe_error(r))
         view, monitored = parse_pipeline(key, names, replies)
-        self._ids[key] = view.myid
+        if view.myid:
+            self._ids[key] = view.myid
         return _Reply(view, monitored)
 
 

@@ -174,8 +174,8 @@ def parse_pipeline(
             raise SentinelReplyError(f"{type(r).__name__}: {r}")
     tilt = parse_tilt(replies[0])
     all_names = parse_master_names(replies[1])
-    myid = _scalar(replies[2])
-    if not myid or len(myid) > 64 or not myid.isalnum():
+    myid = "" if replies[2] is None else _scalar(replies[2])  # None: not allowed to ask
+    if replies[2] is not None and (not myid or len(myid) > 64 or not myid.isalnum()):
         raise SentinelReplyError(f"SENTINEL MYID: not an ID: {myid!r:.80}")
     entries = dict(zip(all_names, replies[1], strict=True))
     masters: dict[str, MasterView] = {}

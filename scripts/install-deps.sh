@@ -3,7 +3,8 @@
 # haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv; best effort:
 # docker-compose, docker.io and debootstrap (tests/test_compose.py validates the compose file
 # with docker-compose; tests/test_docker.py runs it on a private dockerd with images built from
-# a debootstrap'd Debian; those tests skip, saying why, without them).
+# a debootstrap'd Debian; those tests skip, saying why, without them), prometheus (promtool
+# checks the alert rules) and iptables (the partition drills).
 # Services are NOT started by the packages (a policy-rc.d denies it while installing):
 # tests and the demo start their own processes on loopback.
 set -eu
@@ -18,6 +19,10 @@ command -v docker-compose >/dev/null 2>&1 || optional="docker-compose"
 PATH="$PATH:/usr/sbin:/sbin"
 command -v dockerd >/dev/null 2>&1 || optional="$optional docker.io"
 command -v debootstrap >/dev/null 2>&1 || optional="$optional debootstrap"
+# promtool (Debian's prometheus package) checks deploy/prometheus-alerts.yaml
+command -v promtool >/dev/null 2>&1 || optional="$optional prometheus"
+# iptables and ip (netns) for the partition drills
+command -v iptables >/dev/null 2>&1 || optional="$optional iptables"
 optional=${optional# }
 [ -z "$need$optional" ] && exit 0
 echo "installing:$need${optional:+ (optional: $optional)}"

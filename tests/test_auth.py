@@ -30,7 +30,7 @@ ACL_USER, ACL_PW = "sentinel-haproxy", "apw-2d77c9"
 # The least a controller needs on a Sentinel: reads, pub/sub on every channel, its own name.
 ACL_RULES = ("on", f">{ACL_PW}", "resetchannels", "&*", "-@all", "+ping", "+info",
              "+client|setname", "+sentinel|masters", "+sentinel|get-master-addr-by-name",
-             "+sentinel|replicas", "+psubscribe")
+             "+sentinel|replicas", "+sentinel|myid", "+sentinel|sentinels", "+psubscribe")
 SECRETS = (REDIS_PW, SENTINEL_PW, WRONG_PW, ACL_PW)
 
 

@@ -66,10 +66,12 @@ def test_status_and_reconcile_exit_codes_against_live_stack(stack: LocalStack) -
 
 
 def test_two_sentinels_down_is_undecided_and_haproxy_kept(
-    stack: LocalStack, controller: ControllerDaemon
+    stack: LocalStack, make_controller: ControllerFactory
 ) -> None:
-    """With 2 of 3 sentinels stopped the daemon logs `undecided` and issues no HAProxy
-    command, and carries on once they are back."""
+    """With the write lease off and 2 of 3 sentinels stopped the daemon logs `undecided` and
+    issues no HAProxy command, and carries on once they are back (with the lease on, the
+    writes are fenced instead: tests/test_integration_lease.py)."""
+    controller = make_controller(stack, "--no-write-lease")
     before = servers_state(stack)
     mark = controller.mark()
     stack.kill_sentinel(1)

@@ -182,7 +182,8 @@ def test_daemon_posts_drift_corrected_on_hand_edit_and_failover_on_master_death(
     """The daemon posts drift_corrected when someone edits HAProxy by hand (not at start-up),
     and a Slack-compatible failover message when the master dies."""
     log = tmp_path / "daemon.log"
-    with controller_for(stack, log, extra_args=["--webhook-url", server.url]) as d:
+    with controller_for(stack, log, extra_args=["--webhook-url", server.url,
+                                                "--log-level", "debug"]) as d:
         wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
         d.wait_event("pass", commands=0)  # a quiet pass after the initial one
         assert server.kinds() == []  # applying the initial state is not a hand edit
