@@ -97,9 +97,10 @@ class _Client(threading.Thread):
     """
 
     def __init__(self, name: str, addr: Address, stop: threading.Event, interval_s: float,
-                 timeout_s: float, reconnect_each: bool) -> None:
+                 timeout_s: float, reconnect_each: bool, password: str | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.addr = addr
+        self.password = password  # AUTH first on each connection (a password-protected Redis)
         self.stop_event = stop
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -126,7 +127,7 @@ class _Client(threading.Thread):
                 ok, error = False, ""
                 try:
                     if conn is None:
-                        conn = RespConn(self.addr, self.timeout_s)
+                        conn = RespConn(self.addr, self.timeout_s, self.password)
                         info, reply = conn.pipeline(("CLIENT", "INFO"), self.request(seq))
                         node = laddr_of(info)
                     else:
@@ -134,7 +135,7 @@ class _Client(threading.Thread):
                     ok = self.accepted(reply)
                     if not ok:
                         error = short_error(reply)
-                except (OSError, ConnectionError, ValueError) as e:
+                except (OSError, ConnectionError, ValueError, RespError) as e:
                     error = short_error(e) or type(e).__name__
                 self.record(seq, sent, ok, node, error)
                 if conn is not None and (not ok or self.reconnect_each):
@@ -159,9 +160,10 @@ class Writer(_Client):
         interval_s: float = 0.002,
         timeout_s: float = 1.0,
         reconnect_each: bool = False,
+        password: str | None = None,
     ) -> None:
         super().__init__(f"writer-{writer_id}", addr, stop, interval_s, timeout_s,
-                         reconnect_each)
+                         reconnect_each, password)
         self.prefix = prefix
         self.writer_id = writer_id
         self.samples: list[WriteSample] = []
@@ -180,8 +182,9 @@ class Writer(_Client):
             WriteSample(time.time(), sent, self.writer_id, seq, self.key(seq), ok, node, error)
         )
 
-    def acked(self) -> list[WriteSample]:
-        return [w for w in self.samples if w.ok]
+    def acked(self, since: float = 0.0, until: float = float("inf")) -> list[WriteSample]:
+        """Acknowledged writes, those whose reply came in (since, until] (wall clock)."""
+        return [w for w in self.samples if w.ok and since < w.t <= until]
 
 
 class Reader(_Client):

@@ -17,8 +17,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -64,16 +62,6 @@ def ports_in_use(ports: list[int]) -> list[int]:
             except OSError:
                 busy.append(port)
     return busy
-
-
-def parse_info(text: str) -> dict[str, str]:
-    """`INFO` reply -> {field: value} (section headers and blank lines dropped)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 def write_env_file(path: Path) -> dict[str, str]:
@@ -181,57 +169,3 @@ class ComposeStack:
         return redis.Redis(host=self.ip(service), port=26379, password=self.sentinel_password,
                            decode_responses=True, socket_timeout=2, socket_connect_timeout=2,
                            retry=Retry(NoBackoff(), 0))
-
-
-class Writer(threading.Thread):
-    """SETs `w:<n>` = `<n>` through the write port until stopped (or ``max_s`` passed);
-    ``acked`` holds (key, monotonic time) of each reply OK. Errors reconnect, are counted
-    and are not acks. Paced (``pause_s``) to keep the 2-core machine responsive."""
-
-    def __init__(self, port: int, password: str, max_s: float = 180,
-                 pause_s: float = 0.002) -> None:
-        super().__init__(daemon=True, name=f"writer:{port}")
-        self.port = port
-        self.password = password
-        self.deadline = time.monotonic() + max_s
-        self.pause_s = pause_s
-        self.stop_event = threading.Event()
-        self.lock = threading.Lock()
-        self.acked: list[tuple[str, float]] = []
-        self.errors = 0
-        self.last_error = ""
-
-    def acks_after(self, t: float, until: float = float("inf")) -> int:
-        with self.lock:
-            return sum(1 for _, at in self.acked if t < at <= until)
-
-    def run(self) -> None:
-        client: Any = None
-        n = 0
-        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
-            if client is None:
-                client = redis.Redis(host=HOST, port=self.port, password=self.password,
-                                     socket_timeout=1, socket_connect_timeout=1,
-                                     retry=Retry(NoBackoff(), 0))
-            key = f"w:{n}"
-            n += 1
-            try:
-                ok = client.set(key, str(n - 1))
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-                self.errors += 1
-                self.last_error = repr(e)
-                client.close()
-                client = None
-                self.stop_event.wait(0.02)
-                continue
-            if ok is True:
-                with self.lock:
-                    self.acked.append((key, time.monotonic()))
-            self.stop_event.wait(self.pause_s)
-        if client is not None:
-            client.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(10)
-        assert not self.is_alive(), "the writer thread did not stop"

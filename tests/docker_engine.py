@@ -29,10 +29,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
+
+from lab.wait import WaitTimeout, wait_until
 
 T = TypeVar("T")
 
@@ -61,25 +62,14 @@ class EngineUnavailable(Exception):
     """This machine cannot run a private Docker engine; the message says why (for a skip)."""
 
 
-class WaitTimeout(AssertionError):
-    """A bounded wait ran out; the message names what it waited for."""
+#: What counts as "not yet" while waiting on docker: a command failing, a socket refusing.
+DOCKER_NOT_YET = (OSError, subprocess.SubprocessError, ValueError, KeyError)
 
 
 def wait_for(cond: Callable[[], T | None], timeout_s: float, what: str,
              interval_s: float = 0.1) -> T:
-    """Poll ``cond`` until it returns a truthy value (returned) or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
-            last = f" (last error: {e!r})"
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout_s} s waiting for {what}{last}")
-        time.sleep(interval_s)
+    """The lab's one bounded wait (lab.wait.wait_until), with docker's "not yet" errors."""
+    return wait_until(cond, timeout_s, what, interval_s, not_yet=DOCKER_NOT_YET)
 
 
 def tool(name: str) -> str | None:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import itertools
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,23 +30,26 @@ from typing import Any
 import pytest
 import redis
 from compose_stack import (
+    HOST,
     ComposeStack,
-    Writer,
     compose_services,
-    parse_info,
     ports_in_use,
     published_ports,
 )
 from docker_engine import (
     Engine,
     EngineUnavailable,
-    WaitTimeout,
     cache_dir,
     ensure_standins,
     exclusive,
     missing_prerequisites,
     wait_for,
 )
+
+from controller.model import Address
+from lab.probes import Writer, WriteSample
+from lab.resp import info_fields
+from lab.wait import WaitTimeout
 
 pytestmark = pytest.mark.docker
 
@@ -198,40 +202,44 @@ def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeSta
         assert run_id_behind(stack, write_port) == node_info(stack, old)["run_id"]
         new_run_id = node_info(stack, new)["run_id"]
 
-        writer = Writer(write_port, pw)
+        stop = threading.Event()
+        writer = Writer(Address(HOST, write_port), "w", 0, stop, interval_s=0.002, password=pw)
         writer.start()
         try:
-            wait_for(lambda: len(writer.acked) >= 200, 30, "200 writes acknowledged")
-            t_kill = time.monotonic()
+            wait_for(lambda: len(writer.acked()) >= 200, 30, "200 writes acknowledged")
+            t_kill = time.time()
             stack.engine.docker("kill", stack.container(old))
             wait_for(lambda: run_id_behind(stack, write_port) == new_run_id, 60,
                      f"the write port to reach {new} as master")
-            wait_for(lambda: writer.acks_after(t_kill) >= 100, 30,
+            wait_for(lambda: len(writer.acked(t_kill)) >= 100, 30,
                      "writes acknowledged again after the kill")
-            t_back = time.monotonic()
+            t_back = time.time()
 
             stack.engine.docker("start", stack.container(old))
             samples = watch_returning_master(stack, old, new_ip, timeout_s=60)
-            wait_for(lambda: writer.acks_after(time.monotonic() - 0.5) >= 20, 30,
+            wait_for(lambda: len(writer.acked(time.time() - 0.5)) >= 20, 30,
                      "writes acknowledged after the old master rejoined")
         finally:
-            writer.stop()
+            stop.set()
+            writer.join(10)
 
         as_master = [s for s in samples if s["role"] == "master"]
         wrote = [s for s in as_master if "cmdstat_set" in s or s.get("db0")]
         assert not wrote, f"the returning old master executed client writes: {wrote[:3]}"
         if as_master:  # it came back as a master (its own config) until Sentinel converted it
             window = (as_master[0]["t"], samples[-1]["t"])
-            assert writer.acks_after(*window) > 0, "no write was attempted in its master window"
+            assert writer.acked(*window), "no write was attempted in its master window"
 
         final = sentinel_master(stack, "redis1")
         assert final == (new_ip, 6379), final
-        missing = unreadable_keys(stack, new, [k for k, _ in writer.acked])
-        assert not missing, (f"{len(missing)} of {len(writer.acked)} acknowledged writes lost, "
+        acked = writer.acked()
+        missing = unreadable_keys(stack, new, acked)
+        assert not missing, (f"{len(missing)} of {len(acked)} acknowledged writes lost, "
                              f"e.g. {missing[:5]}")
-        outage = longest_gap(writer.acked, t_kill, t_back)
+        outage = longest_gap([w.t for w in acked], t_kill, t_back)
         master_s = samples[-1]["t"] - as_master[0]["t"] if as_master else 0.0
-        print(f"\nfailover: {len(writer.acked)} writes acked, {writer.errors} errors, 0 lost; "
+        errors = len(writer.samples) - len(acked)
+        print(f"\nfailover: {len(acked)} writes acked, {errors} errors, 0 lost; "
               f"write outage {outage:.2f} s; old master {old_ip} back as master for "
               f"{master_s:.1f} s ({len(as_master)} samples), executed no write")
 
@@ -291,7 +299,7 @@ def node_info(stack: ComposeStack, service: str, section: str = "server") -> dic
 def run_id_behind(stack: ComposeStack, port: int) -> str | None:
     """run_id of the node a new connection to ``port`` reaches (None when it is refused)."""
     out = stack.redis_cli(port, "INFO", "server")
-    return parse_info(out).get("run_id")
+    return info_fields(out).get("run_id")
 
 
 def watch_returning_master(stack: ComposeStack, service: str, master_ip: str,
@@ -306,7 +314,7 @@ def watch_returning_master(stack: ComposeStack, service: str, master_ip: str,
             info = node_info(stack, service, "all")
         except redis.RedisError:  # not listening yet
             return False
-        sample: dict[str, Any] = {"t": time.monotonic(), "role": info.get("role")}
+        sample: dict[str, Any] = {"t": time.time(), "role": info.get("role")}
         if "cmdstat_set" in info:
             sample["cmdstat_set"] = info["cmdstat_set"]
         if "db0" in info:
@@ -338,22 +346,22 @@ def sentinel_master(stack: ComposeStack, group: str) -> tuple[str, int]:
     return seen.pop()
 
 
-def unreadable_keys(stack: ComposeStack, service: str, keys: list[str]) -> list[str]:
-    """Keys of the writer (`w:<n>` = `<n>`) whose value is not on ``service``."""
+def unreadable_keys(stack: ComposeStack, service: str, acked: list[WriteSample]) -> list[str]:
+    """Keys of acknowledged writes whose value is not on ``service``."""
     client = stack.node(service)
     missing = []
     try:
-        for i in range(0, len(keys), 1000):
-            chunk = keys[i:i + 1000]
-            for key, value in zip(chunk, client.mget(chunk), strict=True):
-                if value != key[2:]:
-                    missing.append(key)
+        for i in range(0, len(acked), 1000):
+            chunk = acked[i:i + 1000]
+            for w, value in zip(chunk, client.mget([w.key for w in chunk]), strict=True):
+                if value != str(w.seq):
+                    missing.append(w.key)
     finally:
         client.close()
     return missing
 
 
-def longest_gap(acked: list[tuple[str, float]], start: float, end: float) -> float:
+def longest_gap(acked_at: list[float], start: float, end: float) -> float:
     """Longest time without an acknowledgement between ``start`` and ``end``."""
-    times = [start, *(at for _, at in acked if start < at < end), end]
+    times = [start, *(at for at in acked_at if start < at < end), end]
     return max(b - a for a, b in itertools.pairwise(times))
