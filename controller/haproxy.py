@@ -33,9 +33,11 @@ _MAX_LINE_BYTES = 12 * 1024
 class HAProxyError(Exception):
     """An HAProxy could not be reached, or answered something we cannot use."""
 
-    def __init__(self, target: str, message: str, command: str = "") -> None:
+    def __init__(self, target: str, message: str, command: str = "",
+                 refused: bool = False) -> None:
         self.target = target
         self.command = command
+        self.refused = refused  # HAProxy answered, and said no (as opposed to unreachable)
         where = f" (command: {command!r})" if command else ""
         super().__init__(f"haproxy {target}: {message}{where}")
 
@@ -119,7 +121,7 @@ class HAProxyClient:
                 return
             if verb == "set" and out.startswith("entry not found"):
                 continue
-            raise HAProxyError(self.target, f"refused: {out}", cmd)
+            raise HAProxyError(self.target, f"refused: {out}", cmd, refused=True)
 
     def state(self) -> HAProxyState:
         """Identity, admin states and session counts, in one exchange."""

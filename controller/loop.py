@@ -183,6 +183,7 @@ class Controller:
         self._lease_maps: dict[str, str | None] = {}  # HAProxy -> its lease map, when known
         self._members = 0  # Sentinels of the groups, as they report (num-other-sentinels + 1)
         self._push_lease_now = True
+        self._lease_refused: dict[str, str] = {}  # HAProxy -> last refusal, logged once
         self._down_after_ms: list[int] = []
         self._duplicates: set[frozenset[str]] = set()  # address sets already reported
         self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
@@ -315,7 +316,16 @@ class Controller:
             h.set_map(file, "lease", value_ms)
         except HAProxyError as e:
             self._lease_maps.pop(h.target, None)  # look it up again next time
-            self._haproxy_down(h.target, str(e))
+            if not e.refused:
+                self._haproxy_down(h.target, str(e))
+            elif self._lease_refused.get(h.target) != str(e):
+                self.counters.commands_failed += 1
+                self.counters.failing_since.setdefault(h.target, time.monotonic())
+                log.error("command_failed", haproxy=h.target, command=e.command,
+                          reply=str(e), reason="renew the write lease")
+            self._lease_refused[h.target] = str(e) if e.refused else ""
+            return
+        self._lease_refused.pop(h.target, None)
 
     def _fenced_by_lease(self, decisions: Sequence[Decision]) -> list[Decision]:
         """With the lease expired every group's writes are fenced, also an undecided group's

@@ -292,13 +292,14 @@ def render_haproxy_config(
         if group is not None:
             seen.add((kind, name))
     out.extend(pending)
+    settings = Settings()  # the backends the controller looks for, by its default templates
     for group in layout.groups:
-        for kind, suffix in (("frontend", "write"), ("frontend", "read"), ("backend", "master"),
-                             ("backend", "replicas")):
-            if (kind, f"{group}_{suffix}") not in seen:
-                raise LocalStackError(
-                    f"{layout.haproxy_config}: no '{kind} {group}_{suffix}' section"
-                )
+        needed = [("frontend", f"{group}_write"), ("frontend", f"{group}_read"),
+                  ("backend", settings.write_backend.format(master=group)),
+                  ("backend", settings.read_backend.format(master=group))]
+        for kind, name in needed:
+            if (kind, name) not in seen:
+                raise LocalStackError(f"{layout.haproxy_config}: no '{kind} {name}' section")
     return "\n".join(out) + "\n"
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from itest_support import REPO_ROOT, controller_for, ready
+from itest_support import REPO_ROOT, controller_for, ready, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.daemon import clean_env
 from lab.localstack import LocalStack, free_port
+from lab.procs import start_haproxy
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,34 @@ def test_health_is_503_when_no_sentinel_answers(stack: LocalStack, tmp_path: Pat
         assert set(m["sentinel_haproxy_sentinel_connected"].values()) == {0}
     assert d.returncode == 0, d.tail()
     assert not d.problems(), d.problems()
+
+
+def test_health_is_503_when_haproxy_refuses_commands(stack: LocalStack, tmp_path: Path) -> None:
+    """HAProxy restarted with its admin socket at `level operator` refuses every state change:
+    /healthz turns 503 after `unhealthy_after_s`, naming the socket, and the drift metric is
+    above 0 (it stayed green before)."""
+    address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
+    base = f"http://{address}"
+    with controller_for(stack, tmp_path / "daemon.log", metrics_address=address,
+                        extra_args=["--unhealthy-after-s", "1"]) as d:
+        wait_until(lambda: healthz(base) == 200, 20, "/healthz 200")
+        cfg = stack.haproxy_config_path
+        stack.stop_haproxy()
+        cfg.write_text(cfg.read_text().replace("level admin", "level operator"))
+        proc = start_haproxy(cfg, stack.haproxy_socket, tmp_path / "operator", name="operator")
+        try:
+            wait_until(lambda: healthz(base) == 503 and "refuses commands" in requests.get(
+                base + "/healthz", timeout=5).text, 20, "/healthz 503 on refused commands")
+            sock = str(stack.haproxy_socket)
+            assert scrape(base)["sentinel_haproxy_drift"][(("haproxy", sock),)] > 0
+        finally:
+            proc.stop()
+    assert not d.problems(), d.problems()
+
+
+def test_status_fails_when_haproxy_has_no_backend_for_a_group(stack: LocalStack) -> None:
+    """`status` against a config without the group's write backend exits 1 and names it."""
+    res = run_cli(stack, "status", "--write-backend", "{master}_nosuch")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "CONFIG: backend_missing: no backend 'redis1_nosuch'" in res.stdout
+    assert "HAProxy's config lacks what Sentinel needs" in res.stdout
