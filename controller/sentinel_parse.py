@@ -159,6 +159,8 @@ def parse_pipeline(
     and the names of every group it monitors. A refused command is an Exception in
     `replies`; one for a group this Sentinel does not monitor just leaves the group out.
     """
+    if len(replies) != 2 + 2 * len(names):
+        raise SentinelReplyError(f"expected {2 + 2 * len(names)} replies, got {len(replies)}")
     for r in replies[:2]:
         if isinstance(r, Exception):
             raise SentinelReplyError(f"{type(r).__name__}: {r}")
