@@ -78,8 +78,11 @@ def parse_stat(text: str) -> dict[tuple[str, str], tuple[int, bool]]:
     lines = text.splitlines()
     if not lines or not lines[0].startswith("# "):
         raise HAProxyReplyError(f"show stat: no CSV header in {text[:80]!r}")
-    rows = csv.reader([lines[0][2:], *(ln for ln in lines[1:] if ln.strip())])
-    header = next(rows)
+    try:  # csv refuses a field over its size limit (128 KiB): garbage, not a crash
+        rows = list(csv.reader([lines[0][2:], *(ln for ln in lines[1:] if ln.strip())]))
+    except csv.Error as e:
+        raise HAProxyReplyError(f"show stat: bad CSV ({e})") from None
+    header = rows.pop(0) if rows else []
     try:
         ix = [header.index(k) for k in ("pxname", "svname", "scur", "bck")]
     except ValueError:

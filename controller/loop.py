@@ -357,7 +357,9 @@ class Controller:
                          **self._t())
             return
         if p is None or p.addr != d.promoting:
-            timeout_s = (d.failover_timeout_ms or 180_000) / 1000
+            # failover-timeout is a 64-bit number in Redis: garbage beyond that would
+            # overflow the float and make every pass raise.
+            timeout_s = (min(max(d.failover_timeout_ms, -(2**63)), 2**63) or 180_000) / 1000
             self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s)
             log.info("promotion_watch", group=d.name, replica=str(d.promoting),
                      timeout_s=timeout_s, **self._t())

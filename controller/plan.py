@@ -130,8 +130,13 @@ def plan(wanted: Sequence[BackendTarget], actual: HAProxyState) -> Plan:
                 )
             )
         outs, ins = (write_outs, write_ins) if t.role == "write" else (read_outs, read_ins)
+        # One writer, even when two servers have the master's address: the one already ready.
+        able = [s for s in servers.values() if t.role == "write" and t.wants_ready(s)[0]]
+        writer = next((s for s in able if s.admin is AdminState.READY), able[0] if able else None)
         for srv in servers.values():
             ready, why = t.wants_ready(srv, servers.values())
+            if ready and t.role == "write" and writer is not None and srv is not writer:
+                ready, why = False, f"{writer.backend}/{writer.name} is the master {d.master}"
             ref = f"{srv.backend}/{srv.name}"
             if ready:
                 if srv.admin is not AdminState.READY:

@@ -179,6 +179,14 @@ def test_stat_garbage_raises() -> None:
         parse_stat(header + "\n" + ",".join(cols))
 
 
+def test_stat_field_over_the_csv_size_limit_raises() -> None:
+    """A CSV field longer than the csv module accepts (128 KiB) is refused as a bad reply, not
+    a csv.Error the adapter does not catch (found by tests/test_properties_parse.py)."""
+    header, row = parts(BITS)[2].splitlines()[:2]
+    with pytest.raises(HAProxyReplyError, match=r"bad CSV.*field larger than field limit"):
+        parse_stat(header + "\n" + row.replace(",", "," + "9" * 131_073 + ",", 1))
+
+
 def test_state_batch_merges_sessions_into_servers() -> None:
     """A whole state batch parses into servers carrying their session counts."""
     state = haproxy_state(BITS)

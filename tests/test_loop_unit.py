@@ -7,12 +7,12 @@ exactly the code the daemon runs, from observe to verify.
 from __future__ import annotations
 
 import pytest
-from captured import GROUP, A, B, node, views
+from captured import GROUP, A, B, node, views, with_master
 from fakes import FakeHAProxy, FakeSentinels
 
 from controller.decide import decide
 from controller.loop import Controller
-from controller.model import AdminState, Decision, HAProxyInfo, SentinelView
+from controller.model import Address, AdminState, Decision, HAProxyInfo, SentinelView
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
@@ -222,6 +222,33 @@ def test_undecided_is_emitted_once_and_compared_with_the_last_verdict(
     assert [k for k, _ in emitted] == ["undecided", "failover"]
     assert controller.counters.failovers_seen == 1
     assert controller.counters.undecided == set()
+
+
+class PromotedNodes:
+    """Redis nodes that all answer ROLE master."""
+
+    def role(self, addr: Address) -> str:
+        return "master"
+
+    def forget(self, keep: set[Address]) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("timeout_ms", "watched"), [(10**400, True), (-(10**400), False)])
+def test_a_failover_timeout_too_big_for_a_float_does_not_break_the_pass(
+    sentinels: FakeSentinels, haproxy: FakeHAProxy, timeout_ms: int, watched: bool
+) -> None:
+    """A Sentinel reporting a failover-timeout of 400 digits (parsed fine) while its leader
+    promotes a replica: the pass watches the replica (until the past, if negative) instead of
+    raising OverflowError (found by tests/test_properties_loop.py)."""
+    sentinels.show("selected")
+    sentinels.views = [with_master(v, failover_timeout_ms=timeout_ms) for v in sentinels.views]
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,))
+    controller = Controller(settings, sentinels, [haproxy], nodes=PromotedNodes())
+    (d,) = controller.reconcile("+selected-slave").decisions
+    assert d.fenced and d.promoting is not None
+    assert controller.promotions[GROUP].addr == d.promoting
+    assert controller.poll_promotions() is watched
 
 
 def hint(channel: str, text: str, received: float = 100.0) -> Hint:

@@ -201,6 +201,33 @@ def test_fqdn_server_matches_a_master_named_by_hostname() -> None:
     assert run(bits_decision("127.0.0.1"), haproxy_state(BITS)).notes == (), "by address too"
 
 
+def twin_of_master(admin: AdminState) -> HAProxyState:
+    """The steady capture with a second write server `twin` at the master's address."""
+    state = haproxy_state(STEADY)
+    write = state.backends["redis1_master"]
+    write["twin"] = dataclasses.replace(write["redis1a"], name="twin", admin=admin)
+    return state
+
+
+def test_two_servers_with_the_master_address_never_both_take_writes() -> None:
+    """Two write servers for one node (a config mistake): only one is ready, the one already
+    ready; the other goes to maint with its sessions shut (found by
+    tests/test_properties_plan.py: both were set ready)."""
+    p = run(verdict("steady"), twin_of_master(AdminState.DRAIN))
+    assert texts(p) == [
+        "set server redis1_master/twin state maint",
+        "shutdown sessions server redis1_master/twin",
+    ]
+    assert "redis1_master/redis1a is the master" in p.commands[0].reason
+    fresh = haproxy_state(INITIAL)  # both in maint: the first one is made ready, only
+    write = fresh.backends["redis1_master"]
+    write["twin"] = dataclasses.replace(write["redis1a"], name="twin")
+    assert [c.text for c in run(verdict("steady"), fresh).commands if c.after == "ready"] == [
+        "set server redis1_master/redis1a state ready",
+        "set server redis1_replicas/redis1b state ready",
+    ]
+
+
 def test_unresolved_server_is_never_set_ready() -> None:
     """A server without an address (`-`, RMAINT) is not made ready even if its FQDN is named."""
     p = run(bits_decision("redis-gone.invalid"), haproxy_state(BITS))

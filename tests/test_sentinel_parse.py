@@ -93,6 +93,15 @@ def test_parse_pipeline_leaves_out_a_group_the_sentinel_refuses() -> None:
     assert set(view.masters) == {GROUP}
 
 
+@pytest.mark.parametrize("keep", [0, 1, 4, 6])
+def test_parse_pipeline_with_too_few_or_too_many_replies_raises(keep: int) -> None:
+    """Replies cut short (or one too many) for the groups asked are refused with both counts,
+    not an IndexError (found by tests/test_properties_parse.py)."""
+    replies_ = [*pipeline_replies("steady", FIRST), None]
+    with pytest.raises(SentinelReplyError, match=f"expected 5 replies, got {keep}"):
+        parse_pipeline(FIRST, [GROUP], replies_[:keep])
+
+
 def test_steady_state_values() -> None:
     """Steady: the first master at epoch 0, flags just `master`, its replica healthy."""
     for v in views("steady"):
