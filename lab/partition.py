@@ -376,6 +376,7 @@ def run_in_namespace(
                              + (f":\n{tail}" if tail else ""))
     doc: dict[str, Any] = json.loads(lines[-1])
     doc["workdir"] = str(work)
+    doc["netns"] = ns.name
     return doc
 
 

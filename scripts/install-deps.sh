@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what `make test` and `make demo` need on a Debian machine, only when missing:
-# haproxy, redis-server, redis-sentinel (Debian packages) and python3-venv; best effort:
-# docker-compose (only validates compose/docker-compose.yml offline; tests skip without it).
+# haproxy, redis-server, redis-sentinel, iproute2 and iptables (partition drills), Debian
+# packages, and python3-venv; best effort: docker-compose (only validates
+# compose/docker-compose.yml offline; tests skip without it).
 # Services are NOT started by the packages (a policy-rc.d denies it while installing):
 # tests and the demo start their own processes on loopback.
 set -eu
@@ -10,6 +11,9 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need ha
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v redis-sentinel >/dev/null 2>&1 || need="$need redis-sentinel"
 command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
+# Partition drills (lab/partition.py): network namespaces and iptables inside them.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need="$need iproute2"
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need="$need iptables"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 optional=""
 command -v docker-compose >/dev/null 2>&1 || optional="docker-compose"
