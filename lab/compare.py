@@ -12,6 +12,8 @@ on both at once, with the same writers, readers and fault:
 - replica: SIGKILL of the replica, restarted 3 s later (read errors).
 Between scenarios both stacks are brought back to "two nodes, one master, one linked replica,
 HAProxy routing accordingly" (not measured). `--repeat N` gives the median and the worst.
+lab.partition runs its network partitions on the same stacks (`started`, `all_at_once`,
+`restore`).
 Must stop both stacks and the controller on exit, Ctrl-C or error.
 """
 
@@ -148,7 +150,7 @@ def _old_master_returns(setup: Setup, run: DrillRun) -> None:
 
 
 def wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
-                     tail_s: float) -> None:
+                    tail_s: float) -> None:
     """Until a Sentinel converts `addr` to a replica (bounded), then `tail_s` more."""
 
     def is_it(m: Mark) -> bool:

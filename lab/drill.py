@@ -2,8 +2,9 @@
 
 It writes through the HAProxy write frontend (SET with increasing counters, every ack stamped
 with the Redis node that gave it), reads through the read frontend, subscribes to every
-Sentinel, injects one fault (kill / pause / failover / hold / replica-kill), waits until writes
-land on the new master, then reads every acknowledged key back from the final master. The
+Sentinel, injects one fault (kill / pause / failover / hold / replica-kill, or a `Fault` given
+by the caller, such as lab.partition's network partitions, healed after `pause_s`), waits until
+writes land on the new master, then reads every acknowledged key back from the final master. The
 numbers come from lab.measure; the command line is lab.cli.
 Must not do anything destructive unless asked (lab.cli prints the plan without --yes), and
 must leave the stack as it found it except for the fault it was asked for and its own keys.
