@@ -81,9 +81,8 @@ _PROBE = textwrap.dedent("""
 
 
 def test_firewall_cuts_and_heals_a_link_inside_the_namespace_only(netns: None) -> None:
-    """Inside the namespace a cut drops 127.0.0.2 <-> 127.0.0.3 (connect times out) while
-    127.0.0.2 -> 127.0.0.4 still works; the heal restores it and removes the chain; the
-    caller's own firewall rules are untouched."""
+    """A cut inside the namespace drops 127.0.0.2 <-> 127.0.0.3 but not 127.0.0.2 -> 127.0.0.4,
+    the heal restores it and removes its chain, and the caller's firewall stays untouched."""
     before = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True)
     with Namespace() as ns:
         res = ns.run([sys.executable, "-c", _PROBE, ns.name, str(own_namespace_inode())], 30.0)
@@ -148,10 +147,9 @@ def test_c_one_sentinel_cut_off_changes_nothing(drills: dict[str, Any]) -> None:
 def test_a_controller_follows_the_failover_and_fences_the_cut_off_master(
     drills: dict[str, Any],
 ) -> None:
-    """(a): Sentinel fails over to the replica; the controller takes the old master out of the
-    write routing during the cut, and no write is acked by it afterwards (so no new connection
-    reached it); only writes it acked before that are lost. The classic recipe, which keeps
-    the old master in its write backend, loses more."""
+    """(a): the controller follows Sentinel's failover, fences the cut-off old master during the
+    cut and no later write (one writer opens a new connection per write) is acked by it, so
+    only what it acked before the fence is lost, less than with the classic recipe."""
     r = _run(drills, "a", "controller")
     assert r["failed_over"] and r["new_master"] != r["old_master"]
     assert r["out_ms"] is not None and r["out_ms"] < r["cut_ms"]
@@ -165,9 +163,8 @@ def test_a_controller_follows_the_failover_and_fences_the_cut_off_master(
 
 
 def test_b_minority_side_numbers(drills: dict[str, Any]) -> None:
-    """(b), without a write lease: the majority fails over; after the heal the controller moves
-    writes to the new master and fences the old one, which acks nothing after that; every lost
-    write was acked by the old master before it was out (the numbers are printed)."""
+    """(b) without a write lease: after the heal the controller moves writes to the new master
+    and fences the old one, whose earlier acks are the only ones lost (numbers printed)."""
     r = _run(drills, "b", "controller")
     assert r["failed_over"]
     assert r["heal_to_write_ms"] is not None

@@ -57,8 +57,8 @@ def test_unknown_scenario_or_master_is_refused() -> None:
 
 
 def test_a_cut_becomes_one_chain_of_drop_rules_both_ways_and_is_removed_whole() -> None:
-    """Every pair is dropped in both directions in the cut's own chain, jumped to first from
-    OUTPUT; healing removes the jump and the chain."""
+    """Every pair is dropped both ways in the cut's own chain, jumped to first from OUTPUT, and
+    healing removes the jump and the chain."""
     cut = Cut("shx-x-a", frozenset({"127.0.0.2"}), frozenset({"127.0.0.3", "127.0.0.30"}))
     add = cut.add_rules().splitlines()
     assert add[:2] == ["*filter", ":shx-x-a - [0:0]"]
@@ -86,8 +86,8 @@ def test_cut_refuses_bad_names_addresses_and_overlapping_sides(
 
 
 def test_firewall_refuses_the_namespace_this_test_runs_in() -> None:
-    """Outside a namespace of the lab (here: the test's own), nothing is cut: the refusal is
-    given before any iptables command runs."""
+    """Outside a namespace of the lab (here: the test's own) the firewall refuses before any
+    iptables command runs."""
     assert Firewall.refusal(None) is not None
     reason = Firewall.refusal("shx-part-1-abc", own_namespace_inode())
     assert reason is not None and "refusing" in reason
@@ -100,9 +100,9 @@ def _w(seq: int, t: float, ok: bool, node: str | None, writer: int = 1) -> Write
 
 
 def test_partition_numbers_from_a_synthetic_recording() -> None:
-    """The old master acks for 2 s after the cut, leaves HAProxy's write routing at +2 s; the
-    new master acks from +3 s; the cut heals at +6 s: out, lost window, acks after the cut,
-    none after the fence, heal -> first write, HAProxy changes counted after the cut."""
+    """A synthetic cut (old master acking until +1.9 s, out at +2 s, heal at +6 s) gives the
+    expected out time, lost window, acks after the cut and the fence, heal -> write and
+    HAProxy changes."""
     ws = [_w(1, T0 - 0.5, True, OLD), _w(2, T0 + 0.1, True, OLD), _w(3, T0 + 1.9, True, OLD),
           _w(4, T0 + 2.5, False, OLD), _w(5, T0 + 3.0, True, NEW), _w(6, T0 + 6.2, True, NEW)]
     readback = {"k:1:1": "1", "k:1:5": "5", "k:1:6": "6"}  # what the old master acked is gone
@@ -136,8 +136,8 @@ def test_partition_table_reads_dict_reports() -> None:
 
 
 def test_observer_addresses_and_redis_directives_in_rendered_configs(tmp_path: Path) -> None:
-    """With observer aliases each sentinel binds 127.1.0.N beside 127.0.0.N; every node's
-    redis.conf ends with the extra directives; without them nothing changes."""
+    """With observer aliases each sentinel also binds 127.1.0.N and every node's redis.conf
+    ends with the extra directives, and without them the configs are as before."""
     layout = Layout(groups=("redis1",), observer_aliases=True,
                     redis_directives=("min-replicas-to-write 1", "min-replicas-max-lag 10"))
     assert layout.observer_hosts() == ["127.1.0.20", "127.1.0.21", "127.1.0.22"]
@@ -158,8 +158,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_partition_command_checks_its_arguments_and_asks_for_yes() -> None:
-    """An unknown scenario is a usage error; without --yes the plan is printed and nothing
-    runs (exit 2)."""
+    """An unknown scenario is a usage error, and without --yes only the plan is printed
+    (exit 2)."""
     res = _cli("--partition", "d")
     assert res.returncode == 2 and "unknown scenario" in res.stderr
     res = _cli("--partition", "a,c", "--compare", "--setup", "classic,controller",
