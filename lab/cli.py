@@ -1,4 +1,5 @@
-"""The lab's command line: `sentinel-haproxy demo` and `sentinel-haproxy drill [--compare]`.
+"""The lab's command line: `sentinel-haproxy demo` and `sentinel-haproxy drill [--compare]
+[--partition a|b|c]`.
 
 The daemon's CLI (controller.cli) hands these commands their argv unparsed; everything about
 them (flags, help, exit codes) is here. Exit codes: 0 done, 1 failed, 2 bad usage (or, without
@@ -28,6 +29,10 @@ from lab.demo import run_demo, say
 from lab.drill import METHODS, DrillError, DrillSpec, PidActions, plan_text, run_drill
 from lab.localstack import Layout, PortInUseError
 from lab.measure import format_report, format_timeline, summarize, timeline
+from lab.netns import NetnsError, unavailable_reason
+from lab.partition import CUT_S, PartitionError, reports_of, run_in_namespace
+from lab.partition import METRICS as PARTITION_METRICS
+from lab.partition import SCENARIOS as PARTITIONS
 from lab.probes import current_master
 from lab.procs import ProcessError
 from lab.wait import WaitTimeout
@@ -109,8 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--compare: where the stacks run (default a temp dir)")
     p.add_argument("--controller-arg", dest="controller_args", action="append", default=[],
                    metavar="ARG",
-                   help="--compare: extra argument for the controller daemon, e.g. "
-                   "--controller-arg=--read-fallback-to-master (repeatable)")
+                   help="--compare, --partition: extra argument for the controller daemon, "
+                   "e.g. --controller-arg=--read-fallback-to-master (repeatable)")
+    p.add_argument("--partition", dest="partitions", action="append", metavar="a|b|c",
+                   help="network partition drill(s), in a network namespace made for them "
+                   "(root): " + "; ".join(f"{k}: {v}" for k, v in PARTITIONS.items())
+                   + ". The controller alone, or with --compare every setup (or --setup) "
+                   "side by side. Repeatable or comma-separated")
+    p.add_argument("--cut-s", type=float, metavar="S", default=CUT_S,
+                   help=f"--partition: how long each cut lasts (default {CUT_S:g})")
+    p.add_argument("--redis-directive", dest="redis_directives", action="append", default=[],
+                   metavar="LINE",
+                   help="--partition: an extra redis.conf line for every node, e.g. "
+                   "--redis-directive 'min-replicas-to-write 1' (repeatable)")
     p.set_defaults(func=cmd_drill)
     return parser
 
@@ -177,6 +193,8 @@ def _split(values: Sequence[str] | None) -> list[str]:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
+    if args.partitions:
+        return cmd_partition(args)
     if args.compare:
         return cmd_compare(args)
     try:
@@ -288,3 +306,54 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if temp:
         shutil.rmtree(workdir, ignore_errors=True)
     return EXIT_OK
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    scenarios = _split(args.partitions)
+    setups = _split(args.setups) or (list(SETUPS) if args.compare else ["controller"])
+    bad = [s for s in scenarios if s not in PARTITIONS] + [s for s in setups if s not in SETUPS]
+    if bad or args.repeat < 1 or not 1 <= args.replicas <= 4 or args.cut_s <= 0:
+        print(f"sentinel-haproxy drill --partition: error: unknown scenario(s) or setup(s) "
+              f"{bad} (scenarios: {', '.join(PARTITIONS)}; setups: {', '.join(SETUPS)}), or "
+              "--repeat < 1, --replicas not 1-4, or --cut-s <= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.yes:
+        print(f"drill --partition would (add --yes to do it): make a network namespace, start "
+              f"{len(setups)} local one-group stacks of {args.replicas + 1} nodes "
+              f"({', '.join(setups)}) inside it and run, {args.repeat} time(s), on all at "
+              f"once, each cut lasting {args.cut_s:g} s:")
+        for s in scenarios:
+            print(f"  - {s}: {PARTITIONS[s]}")
+        if args.controller_args:
+            print(f"  (controller run with: {' '.join(args.controller_args)})")
+        if args.redis_directives:
+            print(f"  (every node's redis.conf also has: {'; '.join(args.redis_directives)})")
+        return EXIT_USAGE
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"sentinel-haproxy drill --partition: cannot run here: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    temp = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-partition-"))
+    try:
+        doc = run_in_namespace(scenarios, setups, args.repeat, args.cut_s, args.replicas,
+                               args.controller_args, args.redis_directives, workdir)
+    except (PartitionError, NetnsError, OSError, ValueError) as e:
+        print(f"sentinel-haproxy drill --partition: failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: the namespace and everything in it are gone", file=sys.stderr)
+        return 130
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        for sc in scenarios:
+            print(table(sc, reports_of(doc, sc), PARTITIONS[sc], PARTITION_METRICS))
+            print()
+        if doc["controller_problems"]:
+            print("controller problems:\n  " + "\n  ".join(doc["controller_problems"]))
+        print(f"({doc['seconds']:.0f} s inside the namespace)", file=sys.stderr)
+    if temp and not doc["controller_problems"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return EXIT_FAILED if doc["controller_problems"] else EXIT_OK

@@ -12,6 +12,8 @@ on both at once, with the same writers, readers and fault:
 - replica: SIGKILL of the replica, restarted 3 s later (read errors).
 Between scenarios both stacks are brought back to "two nodes, one master, one linked replica,
 HAProxy routing accordingly" (not measured). `--repeat N` gives the median and the worst.
+lab.partition runs its network partitions on the same stacks (`started`, `all_at_once`,
+`restore`).
 Must stop both stacks and the controller on exit, Ctrl-C or error.
 """
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from controller.haproxy import HAProxyError
 from controller.model import Address
 from lab import resp
 from lab.daemon import ControllerDaemon
-from lab.drill import DrillError, DrillRun, DrillSpec, run_drill
+from lab.drill import DrillError, DrillRun, DrillSpec, Fault, run_drill
 from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     HAPROXY_CONFIG,
@@ -37,7 +40,7 @@ from lab.localstack import (
     LocalStack,
     StackActions,
 )
-from lab.measure import METRICS, DrillReport, Recording, aggregate, fmt_num
+from lab.measure import METRICS, Recording, aggregate, fmt_num
 from lab.probes import Mark, current_master, event_is_for
 from lab.resp import RespError
 from lab.wait import wait_until
@@ -90,11 +93,14 @@ class CompareActions(StackActions):
             self.stack.redis_command(name, "REPLICAOF", "NO", "ONE")
 
 
-def layouts(setups: Sequence[str] = SETUPS, replicas: int = 1) -> dict[str, Layout]:
-    """One-group layouts on distinct loopback addresses and free ports, one per setup."""
+def layouts(setups: Sequence[str] = SETUPS, replicas: int = 1,
+            **overrides: object) -> dict[str, Layout]:
+    """One-group layouts on distinct loopback addresses and free ports, one per setup
+    (`overrides`: other Layout fields, the same for every setup)."""
     return {
         name: Layout.for_tests(groups=(GROUP,), haproxy_config=CONFIGS[name], replicas=replicas,
-                               first_node_ip=2 + 40 * i, first_sentinel_ip=30 + 40 * i)
+                               first_node_ip=2 + 40 * i, first_sentinel_ip=30 + 40 * i,
+                               **overrides)
         for i, name in enumerate(setups)
     }
 
@@ -131,7 +137,7 @@ def after_for(setup: Setup, scenario: str) -> Callable[[DrillRun], None] | None:
     if scenario == "return":
         return lambda run: _old_master_returns(setup, run)
     if scenario == "hold":
-        return lambda run: _wait_conversion(run, run.old_master, time.time(), 20.0, 3.0)
+        return lambda run: wait_conversion(run, run.old_master, time.time(), 20.0, 3.0)
     return None
 
 
@@ -140,11 +146,11 @@ def _old_master_returns(setup: Setup, run: DrillRun) -> None:
     setup.actions().restart_as_master(run.old_master)
     t = time.time()
     run.mark("drill", f"old master {run.old_master} restarted (role master)")
-    _wait_conversion(run, run.old_master, t, 25.0, 5.0)
+    wait_conversion(run, run.old_master, t, 25.0, 5.0)
 
 
-def _wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
-                     tail_s: float) -> None:
+def wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
+                    tail_s: float) -> None:
     """Until a Sentinel converts `addr` to a replica (bounded), then `tail_s` more."""
 
     def is_it(m: Mark) -> bool:
@@ -155,8 +161,13 @@ def _wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
 
 
 def run_scenario(setup: Setup, scenario: str) -> Recording:
-    spec = spec_for(setup, scenario)
-    rec = run_drill(spec, setup.actions(), after=after_for(setup, scenario))
+    return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario))
+
+
+def run_measured(setup: Setup, spec: DrillSpec, after: Callable[[DrillRun], None] | None = None,
+                 fault: Fault | None = None) -> Recording:
+    """One drill on `setup`, with the controller's actions (if it has one) in its marks."""
+    rec = run_drill(spec, setup.actions(), after=after, fault=fault)
     if setup.ctl is not None:
         extra = setup.ctl.marks(rec.fault_t - 0.5, rec.end_t)
         rec = replace(rec, marks=tuple(sorted((*rec.marks, *extra), key=lambda m: m.t)))
@@ -206,16 +217,16 @@ def restore(setup: Setup, timeout_s: float = 60.0) -> None:
 # --------------------------------------------------------------------------- running it all
 
 
-def run_compare(
-    workdir: Path, scenarios: Sequence[str], repeat: int,
-    on_result: Callable[[str, int, dict[str, Recording]], None] | None = None,
-    controller_args: Sequence[str] = (), setups: Sequence[str] = SETUPS, replicas: int = 1,
-) -> dict[str, list[dict[str, Recording]]]:
-    """Start one stack per setup, run every scenario `repeat` times on all at once, stop
-    everything. Returns scenario -> one {setup: Recording} per repetition."""
-    lays = layouts(setups, replicas)
+@contextmanager
+def started(
+    workdir: Path, setups: Sequence[str] = SETUPS, replicas: int = 1,
+    controller_args: Sequence[str] = (), **layout_overrides: object,
+) -> Iterator[list[Setup]]:
+    """One stack per setup (and the controller daemon for `controller`), started and restored
+    to a healthy state; every process is stopped on exit (the Setups keep their daemon, whose
+    `problems()` can be read afterwards)."""
+    lays = layouts(setups, replicas, **layout_overrides)
     running: list[Setup] = []
-    results: dict[str, list[dict[str, Recording]]] = {s: [] for s in scenarios}
     try:
         for name in setups:
             stack = LocalStack(workdir / name, lays[name])
@@ -232,30 +243,45 @@ def run_compare(
                 ctl.wait_in_sync((GROUP,))
         for s in running:
             restore(s)
-        for i in range(repeat):
-            for scenario in scenarios:
-                _say(f"[{i + 1}/{repeat}] {scenario}: {SCENARIOS[scenario]}")
-                recs = _all_at_once(running, scenario)
-                results[scenario].append(recs)
-                if on_result is not None:
-                    on_result(scenario, i, recs)
-                for s in running:
-                    restore(s)
+        yield running
     finally:
         for s in reversed(running):
             if s.ctl is not None:
                 s.ctl.stop()
             s.stack.stop()
+
+
+def run_compare(
+    workdir: Path, scenarios: Sequence[str], repeat: int,
+    on_result: Callable[[str, int, dict[str, Recording]], None] | None = None,
+    controller_args: Sequence[str] = (), setups: Sequence[str] = SETUPS, replicas: int = 1,
+) -> dict[str, list[dict[str, Recording]]]:
+    """Start one stack per setup, run every scenario `repeat` times on all at once, stop
+    everything. Returns scenario -> one {setup: Recording} per repetition."""
+    results: dict[str, list[dict[str, Recording]]] = {s: [] for s in scenarios}
+    with started(workdir, setups, replicas, controller_args) as running:
+        for i in range(repeat):
+            for scenario in scenarios:
+                _say(f"[{i + 1}/{repeat}] {scenario}: {SCENARIOS[scenario]}")
+                recs = all_at_once(running, scenario)
+                results[scenario].append(recs)
+                if on_result is not None:
+                    on_result(scenario, i, recs)
+                for s in running:
+                    restore(s)
     return results
 
 
-def _all_at_once(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]:
+def all_at_once(setups: Sequence[Setup], scenario: str,
+                run_one: Callable[[Setup, str], Recording] = run_scenario,
+                ) -> dict[str, Recording]:
+    """`run_one(setup, scenario)` on every setup at once (one thread each), bounded."""
     out: dict[str, Recording] = {}
     errors: dict[str, BaseException] = {}
 
     def one(s: Setup) -> None:
         try:
-            out[s.name] = run_scenario(s, scenario)
+            out[s.name] = run_one(s, scenario)
         except BaseException as e:  # reported below, in the caller's thread
             errors[s.name] = e
 
@@ -275,19 +301,20 @@ def _all_at_once(setups: Sequence[Setup], scenario: str) -> dict[str, Recording]
 # --------------------------------------------------------------------------- output
 
 
-def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
-    """One row per metric, one column per setup: median (worst); `*` marks the lowest median
-    (every metric is "bigger is worse")."""
+def table(scenario: str, reports: Mapping[str, Sequence[object]], title: str | None = None,
+          metrics: Sequence[tuple[str, str]] = METRICS) -> str:
+    """One row per metric (attributes, or keys of dict reports), one column per setup: median
+    (worst); `*` marks the lowest median (every metric is "bigger is worse")."""
     setups = list(reports)
     n = len(next(iter(reports.values())))
-    lines = [f"{scenario}: {SCENARIOS[scenario]}  ({n} run{'s' if n > 1 else ''}; "
+    lines = [f"{scenario}: {title or SCENARIOS[scenario]}  ({n} run{'s' if n > 1 else ''}; "
              "median (worst); * = lowest)",
              f"  {'':<56}" + "".join(f"{s:>20}" for s in setups)]
-    for key, label in METRICS:
+    for key, label in metrics:
         meds: list[float | None] = []
         cells: list[str] = []
         for setup in setups:
-            med, worst = aggregate([getattr(r, key) for r in reports[setup]])
+            med, worst = aggregate([_metric(r, key) for r in reports[setup]])
             meds.append(med)
             cells.append(fmt_num(med, "-") if n == 1
                          else f"{fmt_num(med, '-')} ({fmt_num(worst, '-')})")
@@ -297,3 +324,8 @@ def table(scenario: str, reports: dict[str, list[DrillReport]]) -> str:
                   for c, m in zip(cells, meds, strict=True)]
         lines.append(f"  {label:<56}" + "".join(f"{c:>20}" for c in marked))
     return "\n".join(lines)
+
+
+def _metric(report: object, key: str) -> float | None:
+    value = report.get(key) if isinstance(report, Mapping) else getattr(report, key)
+    return None if value is None else float(value)

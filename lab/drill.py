@@ -2,8 +2,9 @@
 
 It writes through the HAProxy write frontend (SET with increasing counters, every ack stamped
 with the Redis node that gave it), reads through the read frontend, subscribes to every
-Sentinel, injects one fault (kill / pause / failover / hold / replica-kill), waits until writes
-land on the new master, then reads every acknowledged key back from the final master. The
+Sentinel, injects one fault (kill / pause / failover / hold / replica-kill, or a `Fault` given
+by the caller, such as lab.partition's network partitions, healed after `pause_s`), waits until
+writes land on the new master, then reads every acknowledged key back from the final master. The
 numbers come from lab.measure; the command line is lab.cli.
 Must not do anything destructive unless asked (lab.cli prints the plan without --yes), and
 must leave the stack as it found it except for the fault it was asked for and its own keys.
@@ -41,6 +42,17 @@ METHODS = ("kill", "pause", "failover", "hold", "replica-kill")
 
 class DrillError(RuntimeError):
     """The drill could not run or could not finish (the message says what to check)."""
+
+
+class Fault(Protocol):
+    """A fault that is not a signal to one node, e.g. a network partition (lab.partition).
+
+    `inject` is called at the drill's fault time, `heal` `DrillSpec.pause_s` later (and, if
+    the drill ends first, when it ends); each returns the text of its timeline mark.
+    """
+
+    def inject(self, run: DrillRun) -> str: ...
+    def heal(self) -> str: ...
 
 
 class Actions(Protocol):
@@ -134,6 +146,7 @@ class DrillRun:
     fault_t: float = 0.0
     new_master: str | None = None
     extra_marks: list[Mark] = field(default_factory=list)
+    heal_t: float | None = None  # when a `Fault` was healed
 
     def mark(self, kind: str, text: str) -> None:
         self.extra_marks.append(Mark(time.time(), kind, "drill", text))
@@ -239,15 +252,21 @@ def run_drill(
     actions: Actions,
     after: Callable[[DrillRun], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    fault: Fault | None = None,
 ) -> Recording:
-    """Run one drill and return what it recorded (see the module doc)."""
+    """Run one drill and return what it recorded (see the module doc).
+
+    With a `fault`, it replaces the method's action (`spec.method` is then only its label): it
+    is injected at the fault time and healed `spec.pause_s` later, and the drill waits until
+    writes are acked by the master the Sentinels name after the heal (a new one or the same).
+    """
     say = progress or (lambda _msg: None)
     prefix = spec.prefix or f"drill:{uuid.uuid4().hex[:8]}"
     old = current_master(spec.sentinels, spec.master)
     if old is None:
         raise DrillError(f"no majority of {len(spec.sentinels)} sentinel(s) names a master for "
                          f"{spec.master!r}")
-    if spec.method != "replica-kill":
+    if fault is not None or spec.method != "replica-kill":
         wait_replica_in_sync(spec, old)
     recorder = EventRecorder(spec.sentinels)
     if not recorder.start():
@@ -272,6 +291,7 @@ def run_drill(
     for t in threads:
         t.start()
     paused: str | None = None
+    unhealed: Fault | None = None
     target = old
     try:
         def acked_by_old() -> bool:
@@ -283,11 +303,14 @@ def run_drill(
             raise DrillError(f"writes through {spec.write} are not acked by the master "
                              f"{old} before the fault: is HAProxy routing to it?") from None
         time.sleep(spec.warmup_s)
-        if spec.method == "replica-kill":
+        if fault is None and spec.method == "replica-kill":
             target = pick_replica(spec, old)
         run.fault_t = time.time()
         say(f"fault: {spec.method} {target}")
-        if spec.method == "kill":
+        if fault is not None:
+            unhealed = fault
+            run.mark("fault", fault.inject(run))
+        elif spec.method == "kill":
             actions.kill(target)
             run.mark("fault", f"SIGKILL master {target}")
         elif spec.method in ("pause", "hold"):
@@ -305,7 +328,10 @@ def run_drill(
             run.mark("fault", f"SIGKILL replica {target}")
         else:
             raise DrillError(f"unknown method {spec.method!r}")
-        if spec.method == "replica-kill":
+        if fault is not None:
+            _fault_phase(spec, fault, run, writers, say)
+            unhealed = None if run.heal_t is not None else fault
+        elif spec.method == "replica-kill":
             _replica_phase(spec, actions, run, readers, target, say)
         else:
             paused = _failover_phase(spec, actions, run, writers, paused, say)
@@ -316,6 +342,8 @@ def run_drill(
         stop.set()
         if paused is not None:
             actions.resume(paused)
+        if unhealed is not None:
+            run.mark("drill", unhealed.heal())
         for t in threads:
             t.join(max(5.0, spec.write_timeout_s + 1))
         recorder.stop()
@@ -337,7 +365,7 @@ def run_drill(
         new_master=final, writes=writes,
         reads=tuple(sorted((r for rd in readers for r in rd.samples), key=lambda r: r.t)),
         marks=tuple(sorted(marks, key=lambda m: m.t)), readback=readback, setup=spec.setup,
-        target=target, end_t=end_t,
+        target=target, end_t=end_t, heal_t=run.heal_t,
     )
 
 
@@ -383,6 +411,35 @@ def _failover_phase(
         time.sleep(0.01)
     say(f"no write acked by a new master within {spec.duration_s} s")
     return paused
+
+
+def _fault_phase(
+    spec: DrillSpec, fault: Fault, run: DrillRun, writers: Sequence[Writer],
+    say: Callable[[str], None],
+) -> None:
+    """Heal `fault` `pause_s` after it was injected, then wait (bounded by `duration_s` from
+    the fault) until a write sent after the heal is acked by the master the Sentinel majority
+    names (`run.new_master` is set when that is another node than the old master)."""
+    deadline = time.monotonic() + spec.duration_s
+    next_poll = 0.0
+    master: str | None = None
+    while time.monotonic() < deadline:
+        if run.heal_t is None and time.time() >= run.fault_t + spec.pause_s:
+            run.mark("drill", fault.heal())
+            run.heal_t = time.time()
+            say("healed")
+        if time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + 0.05
+            master = current_master(spec.sentinels, spec.master) or master
+            if master is not None and master != run.old_master:
+                run.new_master = master
+        if run.heal_t is not None and master is not None and any(
+                w.ok and w.node == master and w.sent >= run.heal_t
+                for wr in writers for w in wr.samples[-50:]):
+            say(f"writes acked by {master} after the heal")
+            return
+        time.sleep(0.01)
+    say(f"no write acked by the Sentinels' master after the heal within {spec.duration_s} s")
 
 
 def _replica_phase(

@@ -170,6 +170,13 @@ class Layout:
     redis_password: str = field(default="", repr=False)
     #: Non-empty: every sentinel gets ``requirepass`` (shared: sentinels use it with each other).
     sentinel_password: str = field(default="", repr=False)
+    #: Extra lines for every node's redis.conf (e.g. ``min-replicas-to-write 1``), appended
+    #: after the shipped file's (the shipped file itself is not changed).
+    redis_directives: tuple[str, ...] = ()
+    #: Every sentinel also listens on an observer address (:meth:`observer_host`: 127.1.0.N for
+    #: 127.0.0.N) that only the lab's instruments use: a partition drill cuts links between
+    #: 127.0.0.x addresses, and the drill's own view of Sentinel must survive its cuts.
+    observer_aliases: bool = False
 
     def __post_init__(self) -> None:
         if not self.groups or len(set(self.groups)) != len(self.groups):
@@ -184,6 +191,9 @@ class Layout:
             raise ValueError("loopback addresses must stay within 127.0.0.2-127.0.0.254")
         if set(range(self.first_node_ip, last_node_ip + 1)) & set(sentinel_ips):
             raise ValueError("node and sentinel loopback addresses overlap")
+        if any("\n" in line or not line.strip() for line in self.redis_directives):
+            raise ValueError(f"redis_directives must be non-empty single lines: "
+                             f"{self.redis_directives}")
 
     @classmethod
     def for_tests(cls, **overrides: object) -> Layout:
@@ -196,7 +206,8 @@ class Layout:
         taken: set[int] = set()
         redis_port = free_port(node_hosts)
         taken.add(redis_port)
-        sentinel_port = free_port(base.sentinel_hosts(), exclude=frozenset(taken))
+        sentinel_port = free_port(base.sentinel_hosts() + base.observer_hosts(),
+                                  exclude=frozenset(taken))
         taken.add(sentinel_port)
         first_frontend = free_port(
             ["127.0.0.1"], count=2 * len(base.groups), exclude=frozenset(taken)
@@ -225,6 +236,17 @@ class Layout:
 
     def sentinel_hosts(self) -> list[str]:
         return [f"127.0.0.{self.first_sentinel_ip + i}" for i in range(self.sentinels)]
+
+    def observer_host(self, host: str) -> str:
+        """The observer address of a sentinel at ``host`` (127.0.0.N -> 127.1.0.N)."""
+        if not host.startswith("127.0.0."):
+            raise ValueError(f"not a 127.0.0.x address: {host}")
+        return "127.1.0." + host.rsplit(".", 1)[1]
+
+    def observer_hosts(self) -> list[str]:
+        """The sentinels' observer addresses (none without ``observer_aliases``)."""
+        return [self.observer_host(h) for h in self.sentinel_hosts()] if self.observer_aliases \
+            else []
 
     def write_port(self, group: str) -> int:
         return self.first_frontend_port + 2 * self.groups.index(group)
@@ -413,6 +435,7 @@ def render_redis_config(layout: Layout, node: Node, node_dir: Path) -> str:
             if layout.redis_password
             else ""
         )
+        + "".join(f"{line}\n" for line in layout.redis_directives)
     )
 
 
@@ -460,7 +483,7 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
     out += [
         "",
         "# ---- added by controller/localstack.py for a local process ----",
-        f"bind {host}",
+        f"bind {host}" + (f" {layout.observer_host(host)}" if layout.observer_aliases else ""),
         # Connections to masters/replicas/other sentinels leave from this sentinel's address, so
         # the address it announces in its hellos is its own (all sentinels share one port).
         f"bind-source-addr {host}",
@@ -491,6 +514,11 @@ class LocalStack:
         self.sentinel_addrs: list[Address] = [
             Address(h, self.layout.sentinel_port) for h in self.layout.sentinel_hosts()
         ]
+        #: Where the lab's instruments reach the sentinels: their observer addresses when the
+        #: layout has them (never cut by a partition drill), else their own.
+        self.observer_sentinel_addrs: list[Address] = [
+            Address(h, self.layout.sentinel_port) for h in self.layout.observer_hosts()
+        ] or list(self.sentinel_addrs)
         hdir = self.workdir / "haproxy"
         self._socket_tmpdir: Path | None = None
         sock = hdir / "admin.sock"
@@ -546,6 +574,8 @@ class LocalStack:
             check_port_free(node.host, node.port, f"redis node {node.name}")
         for i, a in enumerate(self.sentinel_addrs):
             check_port_free(a.host, a.port, f"sentinel{i}")
+        for i, h in enumerate(self.layout.observer_hosts()):
+            check_port_free(h, self.layout.sentinel_port, f"sentinel{i} (observer address)")
         for group in self.layout.groups:
             check_port_free("127.0.0.1", self.write_port(group), f"haproxy {group}_write")
             check_port_free("127.0.0.1", self.read_port(group), f"haproxy {group}_read")

@@ -30,6 +30,7 @@ class Recording:
     setup: str = ""
     target: str = ""  # the node the fault hit
     end_t: float = 0.0
+    heal_t: float | None = None  # when a fault that lasts (a network partition) was healed
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,24 @@ def lost_writes(
 ) -> tuple[int, int]:
     """(checked, lost): acked writes whose key is missing or holds another value on the final
     master. A key not in `readback` counts as lost (it was not found)."""
-    checked = lost = 0
-    for w in writes:
-        if not w.ok:
-            continue
-        checked += 1
-        if readback.get(w.key) != str(w.seq):
-            lost += 1
-    return checked, lost
+    acked = [w for w in writes if w.ok]
+    return len(acked), len(lost_acks(acked, readback))
+
+
+def lost_acks(
+    writes: Iterable[WriteSample], readback: Mapping[str, str | None]
+) -> list[WriteSample]:
+    """The acked writes whose key is missing or holds another value on the final master."""
+    return [w for w in writes if w.ok and readback.get(w.key) != str(w.seq)]
+
+
+def routing_change(marks: Iterable[Mark], ref: str, routable: bool, after: float) -> float | None:
+    """Time of the first HAProxy mark at or after `after` saying that server `ref`
+    (`backend/server`) became routable (`routable`) or stopped being routable."""
+    want = "UP" if routable else "DOWN"
+    ts = [m.t for m in marks
+          if m.kind == "haproxy" and m.source == ref and m.text == want and m.t >= after]
+    return min(ts) if ts else None
 
 
 def surviving(
