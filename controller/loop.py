@@ -34,6 +34,7 @@ from controller.model import (
 )
 from controller.plan import BackendTarget, Note, Plan, plan, targets
 from controller.redis_nodes import NodeError
+from controller.roster import Roster
 from controller.sentinel import Hint, HintQueue
 from controller.sentinel_parse import FAILOVER_EVENTS
 from controller.settings import Settings
@@ -140,8 +141,10 @@ class Controller:
         hints: HintQueue | None = None,
         on_change: Callable[[str, dict[str, object]], None] | None = None,
         nodes: NodeRoles | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.settings = settings
+        self.roster = roster  # None: addresses used as Sentinel gives them, no re-checks
         self.reader = reader
         self.haproxies = list(haproxies)
         self.watchers = list(watchers)
@@ -169,9 +172,14 @@ class Controller:
     def observe(self) -> tuple[list[SentinelView], list[Decision]]:
         skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
         views = self.reader.read(skip=skip)
+        if self.roster is not None:
+            views = self.roster.normalize(views)
         n = self.settings.effective_min_sentinels
         decisions = [decide(name, views, n, self._history(name), self.rules)
                      for name in self.reader.master_names]
+        if self.roster is not None:
+            decisions = [self.roster.adjust(d, views, self._readers.get(d.name, frozenset()))
+                         for d in decisions]
         for d in decisions:
             if d.master is not None:
                 self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
@@ -240,7 +248,7 @@ class Controller:
         self._note_decisions(decisions, trigger)
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
             decisions, self.settings.write_backend, self.settings.read_backend,
-            self.settings.read_fallback_to_master,
+            self.settings.read_fallback_to_master, self.settings.slot_prefix,
         )
         # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
         # first one's read-back.
@@ -511,10 +519,14 @@ class Controller:
                 wake = min(next_resync, next_probe)
                 if self.promotions_pending():
                     wake = min(wake, next_role)
+                if self.roster is not None:
+                    wake = min(wake, self.roster.next_due())
                 hints = self.hints.get(max(0.0, wake - now))
                 trigger = ""
                 since: float | None = None
                 for h in hints:
+                    if self.roster is not None:
+                        self.roster.hint(h)
                     if self._note_hint(h) and not trigger:
                         trigger = h.event.channel if h.event else f"sentinel_{h.kind}"
                         since = h.received
@@ -530,6 +542,8 @@ class Controller:
                     next_probe = now + s.haproxy_poll_interval_s
                     if self.probe_haproxies():
                         trigger = "haproxy_changed"
+                if not trigger and self.roster is not None:
+                    trigger = self.roster.due()
                 if not trigger and now >= next_resync:
                     trigger = "resync"
                 if trigger:

@@ -1,7 +1,9 @@
 """Redis node adapter: the only module that talks to Redis nodes themselves (not Sentinel).
 
 It asks one node its ROLE: the loop uses it to see the replica the failover leader promotes
-become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`).
+become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`),
+and the roster to hear from a replica the Sentinels forgot (`SENTINEL RESET`) whether it
+still replicates from the master.
 One kept connection per node (no pool, no retries: errors surface), short timeouts, the same
 password/ACL/TLS options as for Sentinel but their own settings (`redis_*`).
 Must not decide anything and must not change anything on a node: it only reads ROLE.
@@ -36,6 +38,9 @@ class RedisNodes:
 
         A kept connection the node closed is replaced once, at once: Sentinel kills the
         promoted replica's client connections together with `REPLICAOF NO ONE`."""
+        return str(self._role_reply(addr)[0])
+
+    def _role_reply(self, addr: Address) -> list[Any]:
         try:
             try:
                 reply = self._ask(addr)
@@ -50,7 +55,18 @@ class RedisNodes:
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
             self._drop(addr)
             raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
-        return reply[0]
+        return reply
+
+    def replica_of(self, addr: Address) -> Address | None:
+        """The master a replica is linked to (ROLE `slave`, state `connected`), else None;
+        NodeError naming the node when it cannot be asked."""
+        reply = self._role_reply(addr)
+        if reply[0] != "slave" or len(reply) < 4 or reply[3] != "connected":
+            return None
+        try:
+            return Address(str(reply[1]), int(reply[2]))
+        except (TypeError, ValueError):
+            raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}") from None
 
     def _ask(self, addr: Address) -> Any:
         conn = self._conns.get(addr)
