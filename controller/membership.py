@@ -72,7 +72,7 @@ class Membership:
                 readers.add(addr)
                 why.append(f"{addr}: healthy for the {len(votes)} of {len(top)} sentinels that "
                            "list it (the others have not discovered it yet)")
-        same_master = self._master.get(d.name) == master
+        same_master = self._master.get(d.name, master) == master
         self._master[d.name] = master
         for addr in sorted(before - everywhere - {master}):
             key = (d.name, addr)

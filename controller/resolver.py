@@ -135,7 +135,7 @@ class Resolver:
         self._clock = clock
         self._cache: dict[str, tuple[float, Resolution]] = {}  # name -> (expiry, answer)
         self._pending: dict[str, concurrent.futures.Future[Resolution]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a done future runs its callback in the caller
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "resolver")
         self.lookups = 0  # answers obtained (cache misses), for tests and metrics
 

@@ -113,7 +113,8 @@ def assign(
                 slot = max(victims, key=lambda s: rank[holds[s.name]])
                 evicted = holds.pop(slot.name)
                 taken.discard(evicted)
-                left_out.append(evicted)
+                if rank[evicted] < rank[n]:  # already passed: report it here
+                    left_out.append(evicted)
         if slot is None:
             left_out.append(n)
             continue
