@@ -238,8 +238,10 @@ def _empty(s: ServerState, why: str) -> list[Command]:
     if s.admin is not AdminState.MAINT:
         out.append(Command(f"set server {ref} state maint", s.backend, s.name, why,
                            s.admin.value, "maint"))
-    out.append(Command(f"shutdown sessions server {ref}", s.backend, s.name,
-                       f"{why}; close its {s.sessions} session(s)", "", "sessions-closed"))
+    # A slot that was in maint without sessions when read cannot have got one since.
+    if s.admin is not AdminState.MAINT or s.sessions > 0:
+        out.append(Command(f"shutdown sessions server {ref}", s.backend, s.name,
+                           f"{why}; close its {s.sessions} session(s)", "", "sessions-closed"))
     return out
 
 

@@ -35,16 +35,14 @@ def addr_cmd(backend: str, slot: str, a: Address) -> str:
 
 
 def test_first_pass_fills_slots_then_readies_the_master_and_the_replica() -> None:
-    """From the placeholders: each node gets a slot (sessions shut, then the address), and
-    only then are the master (write), the replica (read) and the fallback (backup) ready."""
+    """From the placeholders: each node gets a slot (its address), and only then are the
+    master (write), the replica (read) and the fallback (backup) ready."""
     p = planned(verdict("steady"), haproxy_state("haproxy_slots_initial.txt"))
     cmds = texts(p)
-    assert cmds == [
-        f"shutdown sessions server {W}/slot1", addr_cmd(W, "slot1", node(A)),
-        f"shutdown sessions server {W}/slot2", addr_cmd(W, "slot2", node(B)),
-        f"shutdown sessions server {R}/slot1", addr_cmd(R, "slot1", node(B)),
-        f"shutdown sessions server {R}/slot2", addr_cmd(R, "slot2", node(A)),
-        f"shutdown sessions server {R}/slot-fallback1", addr_cmd(R, "slot-fallback1", node(A)),
+    assert cmds == [  # slots in maint without sessions: only the address changes
+        addr_cmd(W, "slot1", node(A)), addr_cmd(W, "slot2", node(B)),
+        addr_cmd(R, "slot1", node(B)), addr_cmd(R, "slot2", node(A)),
+        addr_cmd(R, "slot-fallback1", node(A)),
         f"set server {W}/slot1 state ready",
         f"set server {R}/slot1 state ready",
         f"set server {R}/slot-fallback1 state ready",
