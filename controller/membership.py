@@ -11,8 +11,9 @@ changes"):
   healthy (up, role slave, linked to the elected master), serves reads too: nobody has seen
   anything wrong with it, and the ones who see it agree it is fine;
 - `SENTINEL RESET <group>` makes every Sentinel forget every replica until it rediscovers them
-  (5.7 s measured; up to the 10 s INFO period). A replica that served reads and that no
-  Sentinel lists any more keeps serving for `absent_grace_ms`, as long as the master is the
+  (5.7 s measured; up to the 10 s INFO period), and lists it again before its first INFO
+  reply (no master host yet). A replica that served reads and that no Sentinel lists with
+  anything known keeps serving for `absent_grace_ms`, as long as the master is the
   same and the node itself still says it is a replica linked to that master (`confirmed`,
   when the caller can ask it ROLE). A node removed with a reset (stopped, detached) is not
   confirmed, or not rediscovered within the grace: it leaves the read backend.
@@ -26,9 +27,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from controller.model import Address, Decision, MasterView, SentinelView
+from controller.model import Address, Decision, MasterView, ReplicaInfo, SentinelView
 
 Confirm = Callable[[Address, Address], bool]  # (replica, master) -> it says it replicates
+
+
+def _fresh(r: ReplicaInfo) -> bool:
+    """Listed but nothing known yet: just (re)discovered, its first INFO not in (no master
+    host, not down, not reporting master). Such an entry says nothing against the replica."""
+    return (r.master_addr is None and not (r.flags & {"s_down", "o_down"})
+            and r.role_reported != "master")
 
 
 def _top_views(d: Decision, views: Sequence[SentinelView]) -> list[MasterView]:
@@ -63,18 +71,20 @@ class Membership:
             for r in m.replicas:
                 if r.addr != master:
                     listed.setdefault(r.addr, []).append(r.healthy_for(master))
-        everywhere = {r.addr for v in views if v.usable and d.name in v.masters
-                      for r in v.masters[d.name].replicas}
+        entries = [r for v in views if v.usable and d.name in v.masters
+                   for r in v.masters[d.name].replicas]
+        everywhere = {r.addr for r in entries}
+        known = {r.addr for r in entries if not _fresh(r)}  # listed with something known
         readers = set(d.replicas)
         why: list[str] = []
         for addr, votes in sorted(listed.items()):
             if addr not in readers and all(votes) and len(votes) < (len(top) + 1) // 2:
                 readers.add(addr)
                 why.append(f"{addr}: healthy for the {len(votes)} of {len(top)} sentinels that "
-                           "list it (the others have not discovered it yet)")
+                           "list it (the others do not list it yet)")
         same_master = self._master.get(d.name, master) == master
         self._master[d.name] = master
-        for addr in sorted(before - everywhere - {master}):
+        for addr in sorted(before - known - readers - {master}):
             key = (d.name, addr)
             since = self._absent_since.setdefault(key, now_ms)
             if not same_master or now_ms - since > self.absent_grace_ms:
@@ -82,10 +92,10 @@ class Membership:
             if confirmed is not None and not confirmed(addr, master):
                 continue
             readers.add(addr)
-            why.append(f"{addr}: no sentinel lists it (reset?) for {(now_ms - since) / 1000:.1f}"
+            why.append(f"{addr}: no sentinel knows it (reset?) for {(now_ms - since) / 1000:.1f}"
                        f" s; kept up to {self.absent_grace_ms / 1000:.0f} s"
                        + (", it says it replicates from the master" if confirmed else ""))
-        absent = before - everywhere
+        absent = before - known
         for key in [k for k in self._absent_since if k[0] == d.name and k[1] not in absent]:
             del self._absent_since[key]
         nodes = {master} | everywhere | readers

@@ -45,7 +45,7 @@ def test_after_a_reset_a_serving_replica_keeps_serving_within_the_grace() -> Non
     vs = without_replicas(views("steady"), {0, 1, 2})
     d = decide(GROUP, vs, 2)
     kept, why = m.adjust(d, vs, frozenset({node(B)}), now_ms=1_000.0)
-    assert kept.replicas == {node(B)} and "no sentinel lists it" in why[0]
+    assert kept.replicas == {node(B)} and "no sentinel knows it" in why[0]
     kept, _ = m.adjust(d, vs, frozenset({node(B)}), now_ms=20_999.0)
     assert kept.replicas == {node(B)}
     gone, _ = m.adjust(d, vs, frozenset({node(B)}), now_ms=21_001.0)
@@ -99,3 +99,19 @@ def test_undecided_verdicts_pass_through() -> None:
     d = dataclasses.replace(decide(GROUP, views("steady"), 2), master=None)
     assert Membership().adjust(d, views("steady"), frozenset(), 0.0) == (d, [])
     assert master(views("steady")[0]).addr == node(A)
+
+
+def test_a_replica_listed_again_before_its_first_info_is_still_kept() -> None:
+    """Rediscovered after the reset but not polled yet (no master host, link err): that entry
+    says nothing against it, so the replica that served keeps serving."""
+    steady = views("steady")
+    fresh = [with_master(v, replicas=tuple(
+        dataclasses.replace(r, master_addr=None, link_ok=False) for r in master(v).replicas))
+        for v in steady]
+    d = decide(GROUP, fresh, 2)
+    assert node(B) not in d.replicas
+    kept, _ = Membership().adjust(d, fresh, frozenset({node(B)}), 0.0)
+    assert kept.replicas == {node(B)}
+    dead = views("replica_dead")  # listed s_down: that is news, it leaves
+    out, _ = Membership().adjust(decide(GROUP, dead, 2), dead, frozenset({node(B)}), 0.0)
+    assert node(B) not in out.replicas
