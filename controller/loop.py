@@ -100,6 +100,8 @@ class Counters:
     haproxy_up: dict[str, bool] = field(default_factory=dict)
     drift: dict[str, int] = field(default_factory=dict)  # per HAProxy, after the last pass
     undecided: set[str] = field(default_factory=set)
+    # (haproxy, group, backend) -> nodes that have no server slot (plan note slots_exhausted)
+    nodes_without_slot: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -398,6 +400,10 @@ class Controller:
             log.info("resolved", problem=note.event, group=note.group, backend=note.backend,
                      haproxy=target)
         self._notes[target] = current
+        slots = self.counters.nodes_without_slot
+        for key in [k for k in slots if k[0] == target]:
+            del slots[key]
+        slots.update({(target, n.group, n.backend): n.count for n in current if n.count})
 
     def _emit(self, kind: str, data: dict[str, object]) -> None:
         if self.on_change is None:

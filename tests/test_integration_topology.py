@@ -20,14 +20,19 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
+import requests
 from itest_support import ControllerFactory, StackFactory, wait_sentinels_agree
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.haproxy import HAProxyError
+from controller.haproxy_config import Layout as ConfigLayout
+from controller.haproxy_config import render
 from controller.model import Address
-from lab.localstack import HAPROXY_SLOTS_CONFIG, LocalStack
+from lab.localstack import HAPROXY_SLOTS_CONFIG, LocalStack, free_port
 from lab.probes import EventRecorder, Mark, Writer, read_back
 from lab.resp import RespConn, RespError
 from lab.wait import wait_until
@@ -139,10 +144,8 @@ def test_sentinel_reset_removes_the_gone_replica_and_keeps_the_healthy_one(
 
     def sample() -> None:
         while not stop.is_set():
-            try:
+            with suppress(HAProxyError):
                 samples.append((time.monotonic(), ready(stack, R)))
-            except HAProxyError:
-                pass
             stop.wait(0.01)
 
     poller = threading.Thread(target=sample, daemon=True)
@@ -260,3 +263,31 @@ def test_ipv6_stack_routes_and_fails_over(
                "writes reach redis1b over IPv6", not_yet=NOT_YET)
     with RespConn(stack.write_frontend(G), 2.0) as c:
         assert c.command("GET", "v6") == "ok"
+
+
+def test_more_nodes_than_slots_is_one_log_line_and_a_metric_naming_the_group(
+    make_stack: StackFactory, make_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    """Three nodes, two slots per backend (a config generated with slots_per_backend 2): the
+    master and the two serving replicas are routed, one `slots_exhausted` line per backend
+    names the group and the node left out, and the metric counts it per group and backend."""
+    cfg = tmp_path / "two-slots.cfg"
+    cfg.write_text(render([G], ConfigLayout(slots=2)))
+    stack = make_stack(groups=(G,), replicas=2, haproxy_config=cfg)
+    a, b, c = (stack.nodes[n].addr for n in ("redis1a", "redis1b", "redis1c"))
+    address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
+    ctl = make_controller(stack, "--metrics-address", address, "--log-level", "debug",
+                          wait=False)  # debug: quiet passes are logged too
+    wait_routes(stack, {a}, {b, c})
+    assert ready(stack, R, backup=True) == {a}
+    line = ctl.wait_event("slots_exhausted", backend=W)
+    assert G in line["detail"] and str(c) in line["detail"]
+    passes = len(ctl.events("pass"))
+    wait_until(lambda: len(ctl.events("pass")) >= passes + 3, 20, "three more passes")
+    assert len(ctl.events("slots_exhausted", backend=W)) == 1
+    assert len(ctl.events("slots_exhausted", backend=R)) == 1
+    r = requests.get(f"http://{address}/metrics", timeout=5)
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    got = {(s.labels["group"], s.labels["backend"]): s.value
+           for s in families["sentinel_haproxy_nodes_without_slot"].samples}
+    assert got == {(G, W): 1.0, (G, R): 1.0}
