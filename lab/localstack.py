@@ -812,7 +812,7 @@ class LocalStack:
                 return p
         raise KeyError(name)
 
-    def _start_node_proc(self, name: str, replicaof: Node | None | bool = True) -> None:
+    def _start_node_proc(self, name: str, replicaof: Node | bool | None = True) -> None:
         """Start node `name`; `replicaof`: True = as its layout says (a replica of the
         group's first master), a Node = a replica of that one, None/False = a master."""
         node = self.nodes[name]
