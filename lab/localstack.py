@@ -508,7 +508,8 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
         'logfile ""',
         "daemonize no",
     ]
-    if layout.hostnames:
+    if layout.hostnames and not any(ln.split() == ["sentinel", "announce-hostnames", "yes"]
+                                    for ln in out):
         out.append("sentinel announce-hostnames yes")
     if layout.sentinel_password:
         out.append(f"requirepass {layout.sentinel_password}")
