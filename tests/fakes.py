@@ -33,13 +33,14 @@ class FakeSentinels:
 
     def __init__(self, state: str = "steady") -> None:
         self.views: list[SentinelView] = views(state)
+        self.names: list[str] = [GROUP]  # the groups the Sentinels monitor
 
     def show(self, state: str) -> None:
         self.views = views(state)
 
     @property
     def master_names(self) -> list[str]:
-        return [GROUP]
+        return list(self.names)
 
     def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
         return [SentinelView(v.sentinel, error="event connection down") if v.sentinel in skip

@@ -90,6 +90,27 @@ def writers(stack: LocalStack) -> Iterator[list[Writer]]:
             w.join(5)
 
 
+@contextmanager
+def write_slots(stack: LocalStack) -> Iterator[list[set[Address]]]:
+    """Samples, every 5 ms, of the ready write slots' addresses (one set per sample)."""
+    seen: list[set[Address]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with suppress(HAProxyError):
+                seen.append(ready(stack, W))
+            stop.wait(0.005)
+
+    t = threading.Thread(target=sample, name="write-slots", daemon=True)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join(5)
+
+
 def lost(stack: LocalStack, node: str, ws: list[Writer]) -> list[str]:
     """Acknowledged keys missing on `node` (read directly, not through HAProxy)."""
     keys = [s.key for w in ws for s in w.acked()]
@@ -215,7 +236,7 @@ def test_new_master_restarting_on_another_address_is_followed_without_losing_wri
     wait_routes(stack, {a}, {b})
     pid = stack.haproxy_pid
     config = hashlib.sha256(stack.haproxy_config_path.read_bytes()).hexdigest()
-    with writers(stack) as ws:
+    with writers(stack) as ws, write_slots(stack) as seen:
         stack.sentinel_command(0, "SENTINEL", "FAILOVER", G)
         wait_sentinels_agree(stack, G, "redis1b", timeout_s=40)
         wait_until(lambda: behind(stack, stack.write_frontend(G)) == b, 20,
@@ -234,6 +255,7 @@ def test_new_master_restarting_on_another_address_is_followed_without_losing_wri
         n = sum(len(w.acked()) for w in ws)
         wait_until(lambda: sum(len(w.acked()) for w in ws) > n + 100, 20, "more acked writes")
     assert ready(stack, W) == {moved}
+    assert seen and max(len(s) for s in seen) == 1, "two write slots ready at once"
     missing = lost(stack, "redis1b", ws)
     acked = sum(len(w.acked()) for w in ws)
     print(f"acknowledged writes: {acked}, lost: {len(missing)}")

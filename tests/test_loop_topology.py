@@ -10,6 +10,7 @@ import time
 import pytest
 from captured import GROUP, A, B, node, views, with_master
 from fakes import FakeHAProxy, FakeSentinels
+from structlog.testing import capture_logs
 
 from controller.loop import Controller
 from controller.model import Address, SentinelView
@@ -145,3 +146,22 @@ def test_plus_slave_schedules_quick_rechecks() -> None:
 
     wait_until(two_rechecks, 5, "two re-check passes due", 0.005)
     assert seen == ["recheck", "recheck"]
+
+
+def test_a_group_haproxy_has_no_backend_for_is_said_once_with_the_command() -> None:
+    """Sentinel monitors a group HAProxy has no backend for: one error line per backend, with
+    the command that prints the lines to add, not one per pass."""
+    import dataclasses
+
+    s = FakeSentinels("steady")
+    s.views = [dataclasses.replace(v, masters={"redis9": v.masters[GROUP]}) for v in s.views]
+    s.names = ["redis9"]
+    ctl = Controller(Settings(sentinels=SENTINELS), s, [FakeHAProxy("haproxy_slots_initial.txt")],
+                     roster=Roster(Resolver(lookup=Names())))
+    with capture_logs() as logs:
+        for _ in range(3):
+            ctl.reconcile("resync")
+    missing = [e for e in logs if e["event"] == "backend_missing"]
+    assert [e["backend"] for e in missing] == ["redis9_master", "redis9_replicas"]
+    assert all("sentinel-haproxy config --master redis9 --sections-only" in e["detail"]
+               for e in missing)
