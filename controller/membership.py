@@ -66,38 +66,45 @@ class Membership:
             return d, []
         master = d.master
         top = _top_views(d, views)
-        listed: dict[Address, list[bool]] = {}
+        readers = set(d.replicas)
+        why: list[str] = []
+        # Listed by fewer Sentinels than decide needs, healthy for every one that lists it.
+        # (A steady group has every replica listed by all: nothing to look at.)
+        counts: dict[Address, int] = {}
         for m in top:
             for r in m.replicas:
-                if r.addr != master:
-                    listed.setdefault(r.addr, []).append(r.healthy_for(master))
+                counts[r.addr] = counts.get(r.addr, 0) + 1
+        need = (len(top) + 1) // 2
+        for addr in sorted(a for a, n in counts.items()
+                           if n < need and a not in readers and a != master):
+            entries_of = [r for m in top for r in m.replicas if r.addr == addr]
+            if all(r.healthy_for(master) for r in entries_of):
+                readers.add(addr)
+                why.append(f"{addr}: healthy for the {len(entries_of)} of {len(top)} sentinels "
+                           "that list it (the others do not list it yet)")
         entries = [r for v in views if v.usable and d.name in v.masters
                    for r in v.masters[d.name].replicas]
         everywhere = {r.addr for r in entries}
-        known = {r.addr for r in entries if not _fresh(r)}  # listed with something known
-        readers = set(d.replicas)
-        why: list[str] = []
-        for addr, votes in sorted(listed.items()):
-            if addr not in readers and all(votes) and len(votes) < (len(top) + 1) // 2:
-                readers.add(addr)
-                why.append(f"{addr}: healthy for the {len(votes)} of {len(top)} sentinels that "
-                           "list it (the others do not list it yet)")
         same_master = self._master.get(d.name, master) == master
         self._master[d.name] = master
-        for addr in sorted(before - known - readers - {master}):
-            key = (d.name, addr)
-            since = self._absent_since.setdefault(key, now_ms)
-            if not same_master or now_ms - since > self.absent_grace_ms:
-                continue
-            if confirmed is not None and not confirmed(addr, master):
-                continue
-            readers.add(addr)
-            why.append(f"{addr}: no sentinel knows it (reset?) for {(now_ms - since) / 1000:.1f}"
-                       f" s; kept up to {self.absent_grace_ms / 1000:.0f} s"
-                       + (", it says it replicates from the master" if confirmed else ""))
-        absent = before - known
-        for key in [k for k in self._absent_since if k[0] == d.name and k[1] not in absent]:
-            del self._absent_since[key]
+        pending = before - readers - {master}
+        if pending or self._absent_since:
+            known = {r.addr for r in entries if not _fresh(r)}  # listed with something known
+            for addr in sorted(pending - known):
+                key = (d.name, addr)
+                since = self._absent_since.setdefault(key, now_ms)
+                if not same_master or now_ms - since > self.absent_grace_ms:
+                    continue
+                if confirmed is not None and not confirmed(addr, master):
+                    continue
+                readers.add(addr)
+                why.append(f"{addr}: no sentinel knows it (reset?) for "
+                           f"{(now_ms - since) / 1000:.1f} s; kept up to "
+                           f"{self.absent_grace_ms / 1000:.0f} s"
+                           + (", it says it replicates from the master" if confirmed else ""))
+            absent = before - known
+            for key in [k for k in self._absent_since if k[0] == d.name and k[1] not in absent]:
+                del self._absent_since[key]
         nodes = {master} | everywhere | readers
         if d.fallback is not None:
             nodes.add(d.fallback)

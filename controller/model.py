@@ -7,6 +7,7 @@ never sees raw text. Nothing here does I/O.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class Address:
         return cls(host, int(port))
 
 
+@functools.lru_cache(maxsize=8192)  # every pass asks for the same few thousand hosts
 def normal_ip(host: str) -> str | None:
     """`host` as HAProxy prints an IP (compressed IPv6, no brackets), None if not an IP."""
     try:

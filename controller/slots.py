@@ -25,6 +25,7 @@ fixed server in the backend needs no slot.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from controller.model import Address, AdminState, ServerState
 PLACEHOLDER = Address("127.0.0.1", 1)  # the address slots are declared with
 
 
+@functools.lru_cache(maxsize=16)
 def slot_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(prefix)}(?:-fallback)?(\d+)")
 

@@ -52,9 +52,7 @@ def identities(
     addrs = set(addrs)
     chosen: dict[Address, Address] = {}  # named address -> its IP identity
     problems: dict[Address, str] = {}
-    for a in sorted(addrs):
-        if normal_ip(a.host) is not None:
-            continue
+    for a in sorted(x for x in addrs if normal_ip(x.host) is None):
         r = resolved.get(a.host)
         if r is None or not r.ok:
             problems[a] = f"{a.host} {r.error if r is not None else 'was not resolved'}"
@@ -90,6 +88,8 @@ def canonical_views(
     views: Sequence[SentinelView], ident: Mapping[Address, Address]
 ) -> list[SentinelView]:
     """The views with every node address replaced by its identity."""
+    if all(k == v for k, v in ident.items()):  # IP addresses only, already normal: as is
+        return list(views)
 
     def a(x: Address) -> Address:
         return ident.get(x, x)
