@@ -21,6 +21,21 @@ from controller.model import Address
 from controller.sentinel import Auth, describe_error
 
 
+def linked_master(reply: list[Any]) -> Address | None:
+    """A ROLE reply -> the master a replica is linked to, None unless it is a replica whose
+    link is up (`["slave", host, port, "connected", offset]`; `connect`/`connecting`/`sync`
+    while it is not). ValueError on a reply of another shape."""
+    if not reply or not isinstance(reply[0], str):
+        raise ValueError(f"unexpected ROLE reply {reply!r:.80}")
+    if reply[0] != "slave":
+        return None
+    try:
+        host, port, state = str(reply[1]), int(reply[2]), str(reply[3])
+    except (IndexError, TypeError, ValueError):
+        raise ValueError(f"unexpected ROLE reply {reply!r:.80}") from None
+    return Address(host, port) if state == "connected" else None
+
+
 class NodeError(Exception):
     """A node could not be asked, or answered something that is not a ROLE reply."""
 
@@ -60,13 +75,10 @@ class RedisNodes:
     def replica_of(self, addr: Address) -> Address | None:
         """The master a replica is linked to (ROLE `slave`, state `connected`), else None;
         NodeError naming the node when it cannot be asked."""
-        reply = self._role_reply(addr)
-        if reply[0] != "slave" or len(reply) < 4 or reply[3] != "connected":
-            return None
         try:
-            return Address(str(reply[1]), int(reply[2]))
-        except (TypeError, ValueError):
-            raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}") from None
+            return linked_master(self._role_reply(addr))
+        except ValueError as e:
+            raise NodeError(f"redis node {addr}: {e}") from None
 
     def _ask(self, addr: Address) -> Any:
         conn = self._conns.get(addr)

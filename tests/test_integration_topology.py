@@ -313,3 +313,28 @@ def test_more_nodes_than_slots_is_one_log_line_and_a_metric_naming_the_group(
     got = {(s.labels["group"], s.labels["backend"]): s.value
            for s in families["sentinel_haproxy_nodes_without_slot"].samples}
     assert got == {(G, W): 1.0, (G, R): 1.0}
+
+
+def test_slot_assignment_survives_a_controller_restart(
+    make_stack: StackFactory, make_controller: ControllerFactory
+) -> None:
+    """A restarted controller reads the assignment back from HAProxy (which slot has which
+    address): it re-addresses no slot and changes nothing."""
+    stack = slots_stack(make_stack)
+    a, b = stack.nodes["redis1a"].addr, stack.nodes["redis1b"].addr
+    ctl = make_controller(stack, wait=False)
+    wait_routes(stack, {a}, {b})
+
+    def slots() -> dict[tuple[str, str], Address]:
+        return {(be, s.name): Address(s.addr, s.port)
+                for be, servers in stack.haproxy_state().backends.items()
+                for s in servers.values()}
+
+    before = slots()
+    ctl.stop()
+    mark = ctl.mark()
+    ctl.start()
+    ctl.wait_event("master_known", since=mark)
+    ctl.wait_event("pass", since=mark)
+    assert slots() == before
+    assert ctl.events("server_state_changed", since=mark) == []
