@@ -25,8 +25,8 @@ DATA = Path(__file__).resolve().parent
 
 
 def role(port: int, host: str) -> Any:
-    c = redis.Connection(host=host, port=port, protocol=2, decode_responses=True,
-                         socket_timeout=2)
+    cls: Any = redis.Connection  # redis-py's connection class is untyped
+    c = cls(host=host, port=port, protocol=2, decode_responses=True, socket_timeout=2)
     try:
         c.send_command("ROLE")
         return c.read_response()
@@ -60,7 +60,7 @@ def main() -> int:
             procs[0].stop()
 
             def unlinked() -> bool:
-                return role(port, hosts[1])[3] != "connected"
+                return bool(role(port, hosts[1])[3] != "connected")
 
             wait_until(unlinked, 10, "replica link down", not_yet=(redis.RedisError, OSError))
             doc["replica_master_down"] = role(port, hosts[1])
