@@ -337,6 +337,7 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
 def _decision_json(d: Decision) -> dict[str, Any]:
     return {"master": str(d.master) if d.master else None, "epoch": d.epoch,
             "replicas": sorted(str(r) for r in d.replicas), "fenced": d.fenced,
+            "nodes": sorted(str(n) for n in d.nodes),
             "reason": d.reason, "voters": d.voters}
 
 
@@ -397,8 +398,10 @@ def print_status(report: dict[str, Any], out: Any = sys.stdout) -> None:
 def cmd_status(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
-        ctl = Controller(s, reader, haproxies, roster=roster_for(s))
+        roster = roster_for(s)
+        ctl = Controller(s, reader, haproxies, roster=roster)
         result = ctl.reconcile("status", apply=False)
+        roster.resolver.close()
     finally:
         reader.close()
     report = status_report(s, result)
@@ -417,8 +420,10 @@ def cmd_status(s: Settings, as_json: bool) -> int:
 def cmd_reconcile(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
-        ctl = Controller(s, reader, haproxies, roster=roster_for(s))
+        roster = roster_for(s)
+        ctl = Controller(s, reader, haproxies, roster=roster)
         result = ctl.reconcile("cli", apply=not s.dry_run)
+        roster.resolver.close()
     finally:
         reader.close()
     lines: list[dict[str, Any]] = []

@@ -4,7 +4,8 @@ A pass: read every Sentinel -> `decide` per group -> for each HAProxy read its s
 `plan` -> apply in one exchange -> read again and verify. Passes run on every hint (a
 Sentinel event, a (re)connect or loss of a Sentinel), when an HAProxy restarts, reloads or
 comes back, when the replica a failover leader is promoting answers ROLE master (asked every
-`promotion_poll_interval_s` until then, at most for the group's failover timeout), and every
+`promotion_poll_interval_s` until then, at most for the group's failover timeout), when the
+roster asks for one (re-checks after `+slave`, a node's name resolving elsewhere), and every
 `resync_interval_s`. Events only shorten the wait; a missed event changes nothing. The loop
 never dies from a bug: it logs `unexpected_error` and goes on.
 Must not talk to Sentinel, HAProxy or Redis nodes except through their adapters.
