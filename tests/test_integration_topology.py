@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from itest_support import ControllerFactory, StackFactory, wait_sentinels_agree
+from itest_support import ControllerFactory, StackFactory, run_cli, wait_sentinels_agree
 from prometheus_client.parser import text_string_to_metric_families
+from test_configs import haproxy_check
 
 from controller.haproxy import HAProxyError
 from controller.haproxy_config import Layout as ConfigLayout
@@ -338,3 +339,20 @@ def test_slot_assignment_survives_a_controller_restart(
     ctl.wait_event("pass", since=mark)
     assert slots() == before
     assert ctl.events("server_state_changed", since=mark) == []
+
+
+def test_config_command_reads_the_groups_from_sentinel_and_haproxy_accepts_it(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    """`sentinel-haproxy config --sentinel ...` against real Sentinels prints a config with
+    every group they monitor, in name order from port 5000, that `haproxy -c` accepts."""
+    stack = make_stack(groups=("redis1", "redis2", "redis3"))
+    res = run_cli(stack, "config", "--admin-socket", str(tmp_path / "admin.sock"))
+    assert res.returncode == 0, res.stderr
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(res.stdout)
+    for i, g in enumerate(("redis1", "redis2", "redis3")):
+        assert f"frontend {g}_write\n    bind :{5000 + 2 * i}\n" in res.stdout
+        assert f"backend {g}_replicas\n" in res.stdout
+    check = haproxy_check(cfg)
+    assert check.returncode == 0, check.stdout + check.stderr
