@@ -100,6 +100,7 @@ def one(n: int) -> dict[str, Any]:
     real_stderr = sys.stderr
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole child
     from controller import logs
+    from controller.cli import roster_for
     from controller.haproxy import HAProxyClient
     from controller.loop import Controller
     from controller.model import SentinelView
@@ -148,7 +149,7 @@ def one(n: int) -> dict[str, Any]:
         rss_fixtures = rss_mb()
         settings = Settings(sentinels=SENTINELS, haproxy_sockets=(str(sock),))
         reader = CapturedReader(steady, names)
-        ctl = Controller(settings, reader, [client])
+        ctl = Controller(settings, reader, [client], roster=roster_for(settings))  # as `run`
 
         def timed(trigger: str) -> tuple[float, int]:
             t = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Command line: `run` (the daemon), `status`, `reconcile`; `demo` and `drill` are handed on.
+"""Command line: `run` (the daemon), `status`, `reconcile`, `config` (a generated haproxy.cfg);
+`demo` and `drill` are handed on.
 
 Parses flags into Settings (defaults < file < env < flags), wires adapters to the loop and
 prints human or JSON output. Exit codes: 0 fine, 1 drift or failed commands, 2 bad usage or
@@ -15,16 +16,19 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from controller import __version__, logs
+from controller import __version__, haproxy_config, logs
 from controller.haproxy import HAProxyClient
 from controller.loop import Controller, PassResult
 from controller.model import Address, Decision, HAProxyState, SentinelView
 from controller.plan import BackendTarget, targets
 from controller.redis_nodes import RedisNodes
+from controller.resolver import FAMILIES, Resolver
+from controller.roster import Roster
 from controller.sentinel import Auth, EventWatcher, HintQueue, SentinelReader
 from controller.settings import Settings, SettingsError, load, require_targets
 
@@ -98,6 +102,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--sentinel-dead-after-s", type=float, metavar="S")
     t.add_argument("--promotion-poll-interval-s", type=float, metavar="S",
                    help="how often the replica being promoted is asked ROLE (0.005)")
+    tp = p.add_argument_group("topology: slots, names, re-checks")
+    tp.add_argument("--slot-prefix", metavar="NAME",
+                    help="servers NAME<n> and NAME-fallback<n> are slots (slot)")
+    tp.add_argument("--resolve-family", choices=FAMILIES,
+                    help="addresses a hostname may resolve to, in order of preference (any)")
+    tp.add_argument("--resolver-hosts-file", metavar="FILE",
+                    help="hosts-format file asked before DNS for node names")
+    tp.add_argument("--resolve-cache-s", type=float, metavar="S", help="(1)")
+    tp.add_argument("--resolve-timeout-s", type=float, metavar="S", help="(1)")
+    tp.add_argument("--resolve-interval-s", type=float, metavar="S",
+                    help="names in use are re-resolved this often (1)")
+    tp.add_argument("--replica-absent-grace-s", type=float, metavar="S",
+                    help="a serving replica no Sentinel lists (SENTINEL RESET) keeps serving "
+                    "this long while it says it replicates (20)")
+    tp.add_argument("--recheck-interval-s", type=float, metavar="S",
+                    help="after +slave: a pass this often... (0.1)")
+    tp.add_argument("--recheck-window-s", type=float, metavar="S", help="...for this long (2)")
+    g = p.add_argument_group("generated config (`config`; the settings file may pin them)")
+    g.add_argument("--slots-per-backend", type=int, metavar="N",
+                   help="server slots per backend: one per node of the group, plus room (8)")
+    g.add_argument("--fallback-slots", type=int, metavar="N",
+                   help="backup slots per read backend, for the read fallback (2)")
+    g.add_argument("--first-frontend-port", type=int, metavar="PORT",
+                   help="first group's write port; read = +1, next group +2 (5000)")
+    g.add_argument("--stats-port", type=int, metavar="PORT", help="stats page; 0: none (9000)")
+    g.add_argument("--bind-address", metavar="ADDR", help="frontends bind it (default: all)")
+    g.add_argument("--admin-socket", metavar="PATH",
+                   help="the stats socket line (/var/run/haproxy/admin.sock)")
+    g.add_argument("--group-ports", action="append", metavar="GROUP=WRITE:READ",
+                   help="pin a group's ports; repeat")
+    g.add_argument("--group-slots", action="append", metavar="GROUP=N",
+                   help="slots for one group's backends; repeat")
     o = p.add_argument_group("output")
     o.add_argument("--log-format", choices=["auto", "json", "console"])
     o.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -129,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--dry-run", action="store_const", const=True, default=None,
                     help="print the commands only")
     rc.add_argument("--json", action="store_true")
+    cf = sub.add_parser("config", help="print a complete, slot-based haproxy.cfg for every "
+                        "group the Sentinels monitor (or the --master groups)")
+    _add_common(cf)
+    g = cf.add_argument_group("output of config")
+    g.add_argument("--sections-only", action="store_true",
+                   help="only the frontend/backend sections: the lines to add to a config")
+    g.add_argument("--output", "-o", metavar="FILE", help="write there instead of stdout")
     for name, text in LAB_COMMANDS.items():
         sub.add_parser(name, help=text)  # never parsed here: main() hands the lab its argv
     return parser
@@ -142,7 +185,7 @@ LAB_COMMANDS = {
 }
 
 
-_NOT_SETTINGS = {"command", "config_file", "json"}
+_NOT_SETTINGS = {"command", "config_file", "json", "sections_only", "output"}
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -164,6 +207,14 @@ def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
     return reader, haproxies, auth
 
 
+def roster_for(s: Settings, nodes: RedisNodes | None = None) -> Roster:
+    """Names resolved, partial replica lists filled in, re-check passes (controller.roster)."""
+    resolver = Resolver(s.resolve_cache_s, s.resolve_timeout_s, s.resolve_family,
+                        s.resolver_hosts_file)
+    return Roster(resolver, nodes, s.replica_absent_grace_s, s.recheck_interval_s,
+                  s.recheck_window_s, s.resolve_interval_s)
+
+
 def cmd_run(s: Settings) -> int:
     # Watcher threads hand hints to the loop under the GIL; the default 5 ms switch interval
     # showed up as the tail of event -> applied (bench/RESULTS.md). A process-wide setting,
@@ -180,16 +231,21 @@ def cmd_run(s: Settings) -> int:
         notifier.start()
         on_change = notifier.notify
     nodes = None
+    redis_auth = Auth(s.redis_username or None, s.redis_secret(), s.redis_tls,
+                      s.redis_tls_ca_file or None, s.redis_tls_cert_file or None,
+                      s.redis_tls_key_file or None)
     if s.early_promotion:
-        nodes = RedisNodes(Auth(s.redis_username or None, s.redis_secret(), s.redis_tls,
-                                s.redis_tls_ca_file or None, s.redis_tls_cert_file or None,
-                                s.redis_tls_key_file or None))
+        nodes = RedisNodes(redis_auth)
+    probe = RedisNodes(redis_auth)  # ROLE of replicas the Sentinels forgot (roster)
+    roster = roster_for(s, probe)
+
     def new_watcher(addr: Address) -> EventWatcher:
         return EventWatcher(addr, auth, hints.put, s.sentinel_ping_interval_s,
                             s.sentinel_dead_after_s, s.sentinel_timeout_s)
 
     watchers = [new_watcher(a) for a in reader.sentinels]
-    ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes, new_watcher)
+    ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes, new_watcher,
+                     roster)
     stop = threading.Event()
 
     received: list[str] = []
@@ -223,6 +279,8 @@ def cmd_run(s: Settings) -> int:
             notifier.stop()
         if nodes is not None:
             nodes.close()
+        probe.close()
+        roster.resolver.close()
         reader.close()
     log.info("stopped")
     return EXIT_OK
@@ -266,7 +324,7 @@ def _servers_json(
 
 def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
     wanted, _ = targets(result.decisions, s.write_backend, s.read_backend,
-                        s.read_fallback_to_master)
+                        s.read_fallback_to_master, s.slot_prefix)
     by_backend = {t.backend: t for t in wanted}
     groups = []
     for d in result.decisions:
@@ -301,6 +359,7 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
 def _decision_json(d: Decision) -> dict[str, Any]:
     return {"master": str(d.master) if d.master else None, "epoch": d.epoch,
             "replicas": sorted(str(r) for r in d.replicas), "fenced": d.fenced,
+            "nodes": sorted(str(n) for n in d.nodes),
             "reason": d.reason, "voters": d.voters}
 
 
@@ -367,9 +426,11 @@ def print_status(report: dict[str, Any], out: Any = sys.stdout) -> None:
 def cmd_status(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
-        ctl = Controller(s, reader, haproxies)
+        roster = roster_for(s)
+        ctl = Controller(s, reader, haproxies, roster=roster)
         ctl.prime()
         result = ctl.reconcile("status", apply=False)
+        roster.resolver.close()
     finally:
         reader.close()
     report = status_report(s, result)
@@ -391,9 +452,11 @@ def cmd_status(s: Settings, as_json: bool) -> int:
 def cmd_reconcile(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
-        ctl = Controller(s, reader, haproxies)
+        roster = roster_for(s)
+        ctl = Controller(s, reader, haproxies, roster=roster)
         ctl.prime()
         result = ctl.reconcile("cli", apply=not s.dry_run)
+        roster.resolver.close()
     finally:
         reader.close()
     lines: list[dict[str, Any]] = []
@@ -432,6 +495,63 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
     return code
 
 
+def layout_of(s: Settings) -> haproxy_config.Layout:
+    return haproxy_config.Layout(
+        write_backend=s.write_backend, read_backend=s.read_backend, slot_prefix=s.slot_prefix,
+        slots=s.slots_per_backend, fallback_slots=s.fallback_slots,
+        first_port=s.first_frontend_port, stats_port=s.stats_port, bind_address=s.bind_address,
+        admin_socket=s.admin_socket, fixed_ports=s.fixed_ports(), group_slots=s.slots_for(),
+        lease_map=s.write_lease_map if s.write_lease else "",
+    )
+
+
+def cmd_config(s: Settings, sections_only: bool, output: str | None) -> int:
+    """Print (or write) the generated haproxy.cfg: groups from the Sentinels, or `masters`."""
+    groups = set(s.masters)
+    if s.sentinels:
+        try:
+            addrs = [Address.parse(x, "sentinel address") for x in s.sentinels]
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        auth = Auth(s.sentinel_username or None, s.password(), s.sentinel_tls,
+                    s.sentinel_tls_ca_file or None, s.sentinel_tls_cert_file or None,
+                    s.sentinel_tls_key_file or None)
+        reader = SentinelReader(addrs, auth, (), s.sentinel_timeout_s)
+        try:
+            views = reader.read()
+        finally:
+            reader.close()
+        if not any(v.error is None for v in views):
+            for v in views:
+                print(f"sentinel-haproxy: sentinel {v.sentinel}: {v.error}", file=sys.stderr)
+            if not groups:
+                print("sentinel-haproxy: no Sentinel answered and no --master given",
+                      file=sys.stderr)
+                return EXIT_UNDECIDED
+        groups |= set(reader.master_names)
+    elif not groups:
+        raise SettingsError("config: give --sentinel HOST:PORT (groups from Sentinel) or "
+                            "--master NAME for each group")
+    try:
+        text = haproxy_config.render(groups, layout_of(s), only=s.masters,
+                                     sections_only=sections_only, version=__version__)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+        lease_map = Path(output).parent / s.write_lease_map
+        if s.write_lease and not sections_only and not lease_map.exists():
+            # HAProxy refuses a config whose map file is missing; an empty one refuses writes
+            # until the controller's first lease.
+            lease_map.write_text(haproxy_config.LEASE_MAP_TEXT)
+            print(f"sentinel-haproxy: wrote {lease_map} (the write lease map, empty)",
+                  file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LAB_COMMANDS:
@@ -442,12 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         s = settings_from(args)
-        quiet_cli = args.command in ("status", "reconcile")
+        quiet_cli = args.command in ("status", "reconcile", "config")
         logs.setup(s.log_format, "warning" if quiet_cli and s.log_level == "info" else s.log_level)
         if args.command == "run":
             return cmd_run(s)
         if args.command == "status":
             return cmd_status(s, args.json)
+        if args.command == "config":
+            return cmd_config(s, args.sections_only, args.output)
         return cmd_reconcile(s, args.json)
     except SettingsError as e:
         print(f"sentinel-haproxy: error: {e}", file=sys.stderr)

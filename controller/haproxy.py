@@ -20,6 +20,7 @@ from controller.haproxy_parse import (
     parse_info,
     parse_maps,
     parse_state_batch,
+    set_addr_ok,
     split_replies,
 )
 from controller.model import Address, Command, HAProxyInfo, HAProxyState
@@ -45,10 +46,12 @@ class HAProxyError(Exception):
 @dataclass(frozen=True)
 class CommandResult:
     command: Command
-    output: str  # empty on success
+    output: str  # empty on success, except `set server ... addr` (see set_addr_ok)
 
     @property
     def ok(self) -> bool:
+        if self.command.expect == "addr":
+            return set_addr_ok(self.output)
         return self.output == ""
 
 

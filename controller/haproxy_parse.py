@@ -7,6 +7,7 @@ Columns are found by header name, never by position (facts A.1.2). Every functio
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import replace
 
 from controller.model import HAProxyInfo, HAProxyState, ServerState, admin_from_bits
@@ -155,3 +156,23 @@ def split_replies(text: str, count: int) -> list[str]:
             f"expected {count} replies, got {len(outputs)} in {text[:200]!r}"
         )
     return outputs
+
+
+# `set server B/S addr IP port P` (facts A.1): one line naming what changed, by whom.
+_ADDR_OK = re.compile(
+    r"(?:IP changed from '[^']*' to '[^']*'|no need to change the addr)"
+    r"(?:, (?:port changed from '\d+' to '\d+'|no need to change the port))?"
+    r" by 'stats socket command'"
+)
+
+
+def set_addr_ok(output: str) -> bool:
+    """Whether the output of one `set server B/S addr ...` says the address is in place.
+
+    Unlike state changes, success is NOT an empty reply: `IP changed from '127.0.0.1' to
+    '127.0.0.5', port changed from '1' to '6379' by 'stats socket command'`, or `no need to
+    change the addr...` when it already was. Errors: `Invalid addr ...`, `No such server.`,
+    `Update for the current server address family is only supported through configuration
+    file ...` (an `init-addr none` slot), `Permission denied`...
+    """
+    return _ADDR_OK.fullmatch(output.strip()) is not None

@@ -4,7 +4,8 @@ A pass: read every Sentinel -> `decide` per group -> for each HAProxy read its s
 `plan` -> apply in one exchange -> read again and verify. Passes run on every hint (a
 Sentinel event, a (re)connect or loss of a Sentinel), when an HAProxy restarts, reloads or
 comes back, when the replica a failover leader is promoting answers ROLE master (asked every
-`promotion_poll_interval_s` until then, at most for the group's failover timeout), and every
+`promotion_poll_interval_s` until then, at most for the group's failover timeout), when the
+roster asks for one (re-checks after `+slave`, a node's name resolving elsewhere), and every
 `resync_interval_s`. Events only shorten the wait; a missed event changes nothing. The loop
 never dies from a bug: it logs `unexpected_error` and goes on.
 Must not talk to Sentinel, HAProxy or Redis nodes except through their adapters.
@@ -35,6 +36,7 @@ from controller.model import (
 )
 from controller.plan import BackendTarget, Note, Plan, plan, targets
 from controller.redis_nodes import NodeError
+from controller.roster import Roster
 from controller.sentinel import Hint, HintQueue
 from controller.sentinel_parse import FAILOVER_EVENTS
 from controller.settings import Settings
@@ -111,6 +113,8 @@ class Counters:
     undecided_since: dict[str, float] = field(default_factory=dict)  # group -> monotonic
     # HAProxy -> monotonic time since which its passes refuse commands or leave drift
     failing_since: dict[str, float] = field(default_factory=dict)
+    # (haproxy, group, backend) -> nodes that have no server slot (plan note slots_exhausted)
+    nodes_without_slot: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,10 @@ class Controller:
         on_change: Callable[[str, dict[str, object]], None] | None = None,
         nodes: NodeRoles | None = None,
         new_watcher: Callable[[Address], Watcher] | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.settings = settings
+        self.roster = roster  # None: addresses used as Sentinel gives them, no re-checks
         self.reader = reader
         self.haproxies = list(haproxies)
         self.watchers = list(watchers)
@@ -202,9 +208,14 @@ class Controller:
             self._members = max(m.other_sentinels + 1 for m in groups)
             self._down_after_ms = [m.down_after_ms for m in groups if m.down_after_ms > 0]
             self.lease_ttl_s = lease.ttl_for(self._down_after_ms, self.settings.write_lease_ttl_s)
+        if self.roster is not None:
+            views = self.roster.normalize(views)
         n = self.settings.min_sentinels or None  # None: a majority of the group's Sentinels
         decisions = [decide(name, views, n, self._history(name), self.rules)
                      for name in self.reader.master_names]
+        if self.roster is not None:
+            decisions = [self.roster.adjust(d, views, self._readers.get(d.name, frozenset()))
+                         for d in decisions]
         for d in decisions:
             if d.master is not None:
                 self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
@@ -400,7 +411,7 @@ class Controller:
         routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
             routed, self.settings.write_backend, self.settings.read_backend,
-            self.settings.read_fallback_to_master,
+            self.settings.read_fallback_to_master, self.settings.slot_prefix,
         )
         # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
         # first one's read-back.
@@ -562,6 +573,10 @@ class Controller:
             log.info("resolved", problem=note.event, group=note.group, backend=note.backend,
                      haproxy=target)
         self._notes[target] = current
+        slots = self.counters.nodes_without_slot
+        for key in [k for k in slots if k[0] == target]:
+            del slots[key]
+        slots.update({(target, n.group, n.backend): n.count for n in current if n.count})
 
     def _emit(self, kind: str, data: dict[str, object]) -> None:
         if self.on_change is None:
@@ -703,10 +718,14 @@ class Controller:
                 wake = min(next_resync, next_probe, next_lease)
                 if self.promotions_pending():
                     wake = min(wake, next_role)
+                if self.roster is not None:
+                    wake = min(wake, self.roster.next_due())
                 hints = self.hints.get(max(0.0, wake - now))
                 trigger = ""
                 since: float | None = None
                 for h in hints:
+                    if self.roster is not None:
+                        self.roster.hint(h)
                     if self._note_hint(h) and not trigger:
                         trigger = h.event.channel if h.event else f"sentinel_{h.kind}"
                         since = h.received
@@ -726,6 +745,8 @@ class Controller:
                     next_probe = now + s.haproxy_poll_interval_s
                     if self.probe_haproxies():
                         trigger = "haproxy_changed"
+                if not trigger and self.roster is not None:
+                    trigger = self.roster.due()
                 if not trigger and now >= next_resync:
                     trigger = "resync"
                 if trigger:

@@ -96,6 +96,12 @@ class _Collector(Collector):
         for w in self.ctl.watchers:
             sc.add_metric([str(w.addr)], 1 if w.connected else 0)
         yield sc
+        ns = GaugeMetricFamily("sentinel_haproxy_nodes_without_slot",
+                               "Nodes of a group that got no server slot in a backend (declare "
+                               "more slots)", labels=["haproxy", "group", "backend"])
+        for (target, group, backend), n in sorted(c.nodes_without_slot.items()):
+            ns.add_metric([target, group, backend], n)
+        yield ns
         yield GaugeMetricFamily("sentinel_haproxy_undecided_groups",
                                 "Groups the Sentinels could not decide", value=len(c.undecided))
         if c.last_event_to_applied_ms is not None:

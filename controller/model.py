@@ -7,6 +7,8 @@ never sees raw text. Nothing here does I/O.
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from dataclasses import dataclass, field
 
 
@@ -18,7 +20,13 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        """`host:port`, IPv6 bracketed (`[::1]:6379`) so that `parse` reads it back."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def ip(self) -> str | None:
+        """The host as a normalised IP address (`::1`, `127.0.0.1`), None for a hostname."""
+        return normal_ip(self.host)
 
     @classmethod
     def parse(cls, text: str, what: str = "address", default_host: str = "") -> Address:
@@ -28,10 +36,23 @@ class Address:
         The one host:port parser of the project: settings, adapters and the lab all use it.
         """
         host, sep, port = text.strip().rpartition(":")
-        host = host.strip("[]") or default_host
+        bracketed = host.startswith("[") and host.endswith("]")
+        if ":" in host and not bracketed:  # `::1:6379`: which colon ends the address?
+            raise ValueError(f"{what} {text!r}: write an IPv6 address in brackets, [::1]:6379")
+        host = host[1:-1] if bracketed else host
+        host = host or default_host
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{what} {text!r}: expected HOST:PORT")
         return cls(host, int(port))
+
+
+@functools.lru_cache(maxsize=8192)  # every pass asks for the same few thousand hosts
+def normal_ip(host: str) -> str | None:
+    """`host` as HAProxy prints an IP (compressed IPv6, no brackets), None if not an IP."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
 
 
 _DOWN_FLAGS = frozenset({"s_down", "o_down", "disconnected"})
@@ -151,6 +172,9 @@ class Decision:
     promoting: Address | None = None  # the leader's chosen replica, not yet promoted
     early: bool = False  # `master` is that replica, followed as soon as it answered ROLE master
     failover_timeout_ms: int = 0  # Sentinel's failover-timeout for the group (bounds `promoting`)
+    # Every node the Sentinels list for the group (master, replicas, retained ones): each gets
+    # a server slot in slot-based backends (controller.slots). Empty: only fixed servers.
+    nodes: frozenset[Address] = frozenset()
 
 
 class AdminState(enum.Enum):
@@ -223,5 +247,8 @@ class Command:
     backend: str
     server: str
     reason: str
-    before: str = ""  # admin state before ("ready", "maint"...)
-    after: str = ""  # admin state wanted, or "sessions-closed"
+    before: str = ""  # admin state before ("ready", "maint"...), or the old address
+    after: str = ""  # admin state wanted, "sessions-closed", or the new address
+    # What a successful reply looks like: "empty" (state changes, facts A.1) or "addr" (`set
+    # server B/S addr`: one line, `IP changed from ...` / `no need to change the addr...`).
+    expect: str = "empty"

@@ -1,7 +1,9 @@
 """Redis node adapter: the only module that talks to Redis nodes themselves (not Sentinel).
 
 It asks one node its ROLE: the loop uses it to see the replica the failover leader promotes
-become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`).
+become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`),
+and the roster to hear from a replica the Sentinels forgot (`SENTINEL RESET`) whether it
+still replicates from the master.
 One kept connection per node (no pool, no retries: errors surface), short timeouts, the same
 password/ACL/TLS options as for Sentinel but their own settings (`redis_*`).
 Must not decide anything and must not change anything on a node: it only reads ROLE.
@@ -17,6 +19,21 @@ from redis.retry import Retry
 
 from controller.model import Address
 from controller.sentinel import Auth, describe_error
+
+
+def linked_master(reply: list[Any]) -> Address | None:
+    """A ROLE reply -> the master a replica is linked to, None unless it is a replica whose
+    link is up (`["slave", host, port, "connected", offset]`; `connect`/`connecting`/`sync`
+    while it is not). ValueError on a reply of another shape."""
+    if not reply or not isinstance(reply[0], str):
+        raise ValueError(f"unexpected ROLE reply {reply!r:.80}")
+    if reply[0] != "slave":
+        return None
+    try:
+        host, port, state = str(reply[1]), int(reply[2]), str(reply[3])
+    except (IndexError, TypeError, ValueError):
+        raise ValueError(f"unexpected ROLE reply {reply!r:.80}") from None
+    return Address(host, port) if state == "connected" else None
 
 
 class NodeError(Exception):
@@ -36,6 +53,9 @@ class RedisNodes:
 
         A kept connection the node closed is replaced once, at once: Sentinel kills the
         promoted replica's client connections together with `REPLICAOF NO ONE`."""
+        return str(self._role_reply(addr)[0])
+
+    def _role_reply(self, addr: Address) -> list[Any]:
         try:
             try:
                 reply = self._ask(addr)
@@ -50,7 +70,15 @@ class RedisNodes:
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
             self._drop(addr)
             raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
-        return reply[0]
+        return reply
+
+    def replica_of(self, addr: Address) -> Address | None:
+        """The master a replica is linked to (ROLE `slave`, state `connected`), else None;
+        NodeError naming the node when it cannot be asked."""
+        try:
+            return linked_master(self._role_reply(addr))
+        except ValueError as e:
+            raise NodeError(f"redis node {addr}: {e}") from None
 
     def _ask(self, addr: Address) -> Any:
         conn = self._conns.get(addr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.model import Address
+from controller.resolver import FAMILIES
 
 ENV_PREFIX = "SENTINEL_HAPROXY_"
 
@@ -68,6 +69,46 @@ class Settings:
     unhealthy_after_s: float = 30.0  # /healthz turns 503 when a problem lasts this long
     webhook_urls: tuple[str, ...] = ()
     webhook_timeout_s: float = 2.0
+    # Topology: slots, names, re-checks (controller.slots, .resolver, .roster).
+    slot_prefix: str = "slot"  # servers `<prefix><n>` / `<prefix>-fallback<n>` are slots
+    resolve_family: str = "any"  # any (IPv4 first), ipv4-first, ipv6-first, ipv4, ipv6
+    resolve_cache_s: float = 1.0  # a name's answer is reused this long
+    resolve_timeout_s: float = 1.0  # longest a pass waits for name lookups
+    resolve_interval_s: float = 1.0  # names in use are re-resolved this often between passes
+    resolver_hosts_file: str = ""  # hosts-format file asked before DNS (pinned names, tests)
+    replica_absent_grace_s: float = 20.0  # a serving replica no Sentinel lists (RESET) keeps
+    recheck_interval_s: float = 0.1  # after +slave/+reset-master: passes this often...
+    recheck_window_s: float = 2.0  # ...for this long
+    # `sentinel-haproxy config` (controller.haproxy_config): the generated haproxy.cfg.
+    slots_per_backend: int = 8  # server slots per backend (each node of a group needs one)
+    fallback_slots: int = 2  # backup slots of each read backend (the read fallback)
+    first_frontend_port: int = 5000  # group i (sorted by name): write +2i, read +2i+1
+    stats_port: int = 9000  # 0: no stats page
+    bind_address: str = ""  # frontends and stats bind this address ("": all)
+    admin_socket: str = "/var/run/haproxy/admin.sock"  # stats socket line of the config
+    group_ports: tuple[str, ...] = ()  # fixed ports: `group=WRITE:READ`, e.g. redis1=6000:6001
+    group_slots: tuple[str, ...] = ()  # per-group slot count: `group=N`
+
+    def fixed_ports(self) -> dict[str, tuple[int, int]]:
+        """`group_ports` as group -> (write port, read port)."""
+        out: dict[str, tuple[int, int]] = {}
+        for item in self.group_ports:
+            name, sep, ports = item.partition("=")
+            w, sep2, r = ports.partition(":")
+            if not (sep and sep2 and name.strip() and w.strip().isdigit() and r.strip().isdigit()):
+                raise SettingsError(f"group_ports: {item!r} is not GROUP=WRITE_PORT:READ_PORT")
+            out[name.strip()] = (int(w), int(r))
+        return out
+
+    def slots_for(self) -> dict[str, int]:
+        """`group_slots` as group -> slot count."""
+        out: dict[str, int] = {}
+        for item in self.group_slots:
+            name, sep, n = item.partition("=")
+            if not (sep and name.strip() and n.strip().isdigit()):
+                raise SettingsError(f"group_slots: {item!r} is not GROUP=COUNT")
+            out[name.strip()] = int(n)
+        return out
 
     def password(self) -> str | None:
         """The Sentinel password, from the setting or its file."""
@@ -174,7 +215,9 @@ def validate(s: Settings) -> None:
     for key in ("resync_interval_s", "haproxy_poll_interval_s", "haproxy_timeout_s",
                 "sentinel_timeout_s", "sentinel_ping_interval_s", "sentinel_dead_after_s",
                 "webhook_timeout_s", "promotion_poll_interval_s", "max_replica_link_down_s",
-                "unhealthy_after_s"):
+                "unhealthy_after_s",
+                "resolve_cache_s", "resolve_timeout_s", "resolve_interval_s",
+                "replica_absent_grace_s", "recheck_interval_s", "recheck_window_s"):
         v = getattr(s, key)
         if not 0 < v <= 3600:
             raise SettingsError(f"{key}: {v} must be > 0 and <= 3600 seconds")
@@ -242,6 +285,32 @@ def validate(s: Settings) -> None:
     for name in s.masters:
         if not name or any(c.isspace() for c in name):
             raise SettingsError(f"masters: {name!r} is not a valid master name")
+    _validate_topology(s)
+
+
+def _validate_topology(s: Settings) -> None:
+    if s.resolve_family not in FAMILIES:
+        raise SettingsError(
+            f"resolve_family: {s.resolve_family!r} must be one of {', '.join(FAMILIES)}"
+        )
+    if s.resolver_hosts_file and not Path(s.resolver_hosts_file).is_file():
+        raise SettingsError(f"resolver_hosts_file: {s.resolver_hosts_file!r} is not a file")
+    if not s.slot_prefix or not all(c.isalnum() or c in "_-." for c in s.slot_prefix):
+        raise SettingsError(f"slot_prefix: {s.slot_prefix!r} must be letters, digits, _-.")
+    if not 1 <= s.slots_per_backend <= 1000:
+        raise SettingsError(f"slots_per_backend: {s.slots_per_backend} must be 1-1000")
+    if not 0 <= s.fallback_slots <= 100:
+        raise SettingsError(f"fallback_slots: {s.fallback_slots} must be 0-100")
+    for key in ("first_frontend_port", "stats_port"):
+        v = getattr(s, key)
+        if not (0 if key == "stats_port" else 1) <= v <= 65535:
+            raise SettingsError(f"{key}: {v} is not a port")
+    for group, (w, r) in s.fixed_ports().items():
+        if not (0 < w < 65536 and 0 < r < 65536) or w == r:
+            raise SettingsError(f"group_ports: {group}={w}:{r}: two different ports 1-65535")
+    for group, n in s.slots_for().items():
+        if not 1 <= n <= 1000:
+            raise SettingsError(f"group_slots: {group}={n}: 1-1000 slots")
 
 
 def require_targets(s: Settings) -> None:

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
     p.add_argument("--no-failover", "--quick", action="store_true",
                    help="start, print the map, stop (no failover)")
+    p.add_argument("--generated-config", action="store_true",
+                   help="HAProxy runs the config `sentinel-haproxy config` generates (server "
+                   "slots the controller fills from Sentinel) instead of haproxy/haproxy.cfg")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -163,7 +166,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_FAILED
     try:
-        run_demo(layout, workdir, args.group, failover=not args.no_failover, keep=args.keep)
+        run_demo(layout, workdir, args.group, failover=not args.no_failover, keep=args.keep,
+                 generated=args.generated_config)
         code = EXIT_OK
     except PortInUseError as e:
         print(f"sentinel-haproxy demo: error: {e}; free it or choose other ports "

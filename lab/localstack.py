@@ -25,6 +25,7 @@ Runtime API client.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import re
@@ -44,7 +45,14 @@ from controller.haproxy import HAProxyClient
 from controller.model import Address, HAProxyState
 from controller.settings import Settings
 from lab import resp
-from lab.procs import HAPROXY, REDIS_SERVER, ManagedProcess, ProcessError, start_haproxy
+from lab.procs import (
+    HAPROXY,
+    REDIS_SERVER,
+    UNSHARE,
+    ManagedProcess,
+    ProcessError,
+    start_haproxy,
+)
 from lab.wait import wait_until
 
 #: The repository's haproxy/ and sentinel/ directories, reached through symlinks inside the
@@ -53,6 +61,8 @@ SHIPPED = Path(__file__).resolve().parent / "shipped-files"
 HAPROXY_CONFIG = SHIPPED / "haproxy" / "haproxy.cfg"
 HAPROXY_CLASSIC_CONFIG = SHIPPED / "haproxy" / "haproxy-classic.cfg"
 HAPROXY_REDIS_HA_CONFIG = SHIPPED / "haproxy" / "haproxy-redis-ha.cfg"  # the redis-ha chart's way
+#: `sentinel-haproxy config`'s output for redis1..3: server slots the controller fills.
+HAPROXY_SLOTS_CONFIG = SHIPPED / "haproxy" / "haproxy-slots.cfg"
 REDIS_CONFIG = SHIPPED / "sentinel" / "redis.conf"
 SENTINEL_CONFIG = SHIPPED / "sentinel" / "sentinel.conf"
 
@@ -92,7 +102,8 @@ class PortInUseError(LocalStackError):
 
 def port_is_free(host: str, port: int) -> bool:
     """Whether a listener could bind ``host:port`` now (with SO_REUSEADDR, as servers do)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -139,10 +150,16 @@ class Node:
     host: str  # "127.0.0.2"
     port: int
     initial_role: Role
+    hostname: str = ""  # with Layout.hostnames: the name Sentinel and replicas use
 
     @property
     def addr(self) -> Address:
         return Address(self.host, self.port)
+
+    @property
+    def announced(self) -> str:
+        """How the configs name it: its hostname when it has one, else its address."""
+        return self.hostname or self.host
 
 
 @dataclass(frozen=True)
@@ -177,6 +194,15 @@ class Layout:
     #: 127.0.0.N) that only the lab's instruments use: a partition drill cuts links between
     #: 127.0.0.x addresses, and the drill's own view of Sentinel must survive its cuts.
     observer_aliases: bool = False
+    #: Nodes known by hostname (``redis1a.redis.test``...): a hosts file in the workdir, bind-
+    #: mounted on /etc/hosts in a private mount namespace of every node and sentinel (the
+    #: machine's own hosts file is never touched); sentinels ``announce-hostnames yes``,
+    #: nodes ``replica-announce-ip <name>``, replicas ``replicaof <name>``.
+    hostnames: bool = False
+    #: Everything on ``::1``: nodes and sentinels on one address with their own ports, HAProxy's
+    #: frontends and a TCP admin socket (``admin_tcp_port``) on ``[::1]``.
+    ipv6: bool = False
+    admin_tcp_port: int = 0  # ipv6: HAProxy's admin socket on [::1] for the controller
 
     def __post_init__(self) -> None:
         if not self.groups or len(set(self.groups)) != len(self.groups):
@@ -202,25 +228,34 @@ class Layout:
         ``overrides`` are any other :class:`Layout` fields (e.g. ``groups``, ``haproxy_config``).
         """
         base = dataclasses.replace(cls(), **overrides)  # type: ignore[arg-type]
-        node_hosts = [n.host for n in base.nodes().values()]
+        node_hosts = sorted({n.host for n in base.nodes().values()})
+        per_host = len(base.nodes()) if base.ipv6 else 1  # one port per node on ::1
         taken: set[int] = set()
-        redis_port = free_port(node_hosts)
-        taken.add(redis_port)
-        sentinel_port = free_port(base.sentinel_hosts() + base.observer_hosts(),
+        redis_port = free_port(node_hosts, count=per_host)
+        taken.update(range(redis_port, redis_port + per_host))
+        sentinel_port = free_port(sorted(set(base.sentinel_hosts() + base.observer_hosts())),
+                                  count=base.sentinels if base.ipv6 else 1,
                                   exclude=frozenset(taken))
-        taken.add(sentinel_port)
-        first_frontend = free_port(
-            ["127.0.0.1"], count=2 * len(base.groups), exclude=frozenset(taken)
-        )
+        taken.update(range(sentinel_port, sentinel_port + base.sentinels))
+        fe = [base.frontend_host]
+        first_frontend = free_port(fe, count=2 * len(base.groups), exclude=frozenset(taken))
         taken.update(range(first_frontend, first_frontend + 2 * len(base.groups)))
-        stats_port = free_port(["127.0.0.1"], exclude=frozenset(taken))
+        stats_port = free_port(fe, exclude=frozenset(taken))
+        taken.add(stats_port)
+        admin = free_port(fe, exclude=frozenset(taken)) if base.ipv6 else 0
         return dataclasses.replace(
             base,
             redis_port=redis_port,
             sentinel_port=sentinel_port,
             first_frontend_port=first_frontend,
             stats_port=stats_port,
+            admin_tcp_port=admin,
         )
+
+    @property
+    def frontend_host(self) -> str:
+        """Where HAProxy's frontends, stats page (and, with ipv6, admin socket) listen."""
+        return "::1" if self.ipv6 else "127.0.0.1"
 
     def nodes(self) -> dict[str, Node]:
         """Every node, by name, in group order (``<group>a`` master, ``<group>b``... replicas)."""
@@ -230,11 +265,16 @@ class Layout:
             for j in range(per_group):
                 role: Role = "master" if j == 0 else "replica"
                 name = group + "abcdefghijklmnopqrstuvwxyz"[j]
-                host = f"127.0.0.{self.first_node_ip + per_group * i + j}"
-                out[name] = Node(name, group, host, self.redis_port, role)
+                k = per_group * i + j
+                host = "::1" if self.ipv6 else f"127.0.0.{self.first_node_ip + k}"
+                port = self.redis_port + (k if self.ipv6 else 0)
+                hostname = f"{name}.redis.test" if self.hostnames else ""
+                out[name] = Node(name, group, host, port, role, hostname)
         return out
 
     def sentinel_hosts(self) -> list[str]:
+        if self.ipv6:
+            return ["::1"] * self.sentinels
         return [f"127.0.0.{self.first_sentinel_ip + i}" for i in range(self.sentinels)]
 
     def observer_host(self, host: str) -> str:
@@ -247,6 +287,10 @@ class Layout:
         """The sentinels' observer addresses (none without ``observer_aliases``)."""
         return [self.observer_host(h) for h in self.sentinel_hosts()] if self.observer_aliases \
             else []
+    def sentinel_addrs(self) -> list[Address]:
+        """Each sentinel's address (on ::1 each has its own port)."""
+        return [Address(h, self.sentinel_port + (i if self.ipv6 else 0))
+                for i, h in enumerate(self.sentinel_hosts())]
 
     def write_port(self, group: str) -> int:
         return self.first_frontend_port + 2 * self.groups.index(group)
@@ -385,10 +429,12 @@ def _render_haproxy_line(
             port = layout.stats_port
         else:
             raise LocalStackError(f"don't know which local port to give '{kind} {name}'")
-        return f"{m.group(1)}127.0.0.1:{port}{m.group(3)}"
+        return f"{m.group(1)}{Address(layout.frontend_host, port)}{m.group(3)}"
     m = _SOCKET_RE.match(line)
     if m:
-        return f"{m.group(1)}{socket_path}{m.group(3)}"
+        tcp = (f"\n{m.group(1)}ipv6@::1:{layout.admin_tcp_port} level admin"
+               if layout.admin_tcp_port else "")
+        return f"{m.group(1)}{socket_path}{m.group(3)}{tcp}"
     m = _EXPECT_RE.match(line)
     if m and m.group(2) in nodes:
         return f"{m.group(1)}{nodes[m.group(2)].host}{m.group(3)}"
@@ -399,13 +445,13 @@ def _render_haproxy_line(
         if not 0 <= index < layout.sentinels:
             raise LocalStackError(f"server line names a sentinel the layout does not have "
                                   f"({layout.sentinels} sentinels): {line.strip()}")
-        return f"{m.group(1)}{layout.sentinel_hosts()[index]}:{layout.sentinel_port}{m.group(4)}"
+        return f"{m.group(1)}{layout.sentinel_addrs()[index]}{m.group(4)}"
     if m:
         host, port = m.group(2), int(m.group(3))
         node = nodes.get(host)
         if node is None or port != SHIPPED_REDIS_PORT:
             raise LocalStackError(f"server line with unknown node {host}:{port}: {line.strip()}")
-        return f"{m.group(1)}{node.host}:{node.port}{m.group(4)}"
+        return f"{m.group(1)}{node.addr}{m.group(4)}"
     return line
 
 
@@ -430,6 +476,7 @@ def render_redis_config(layout: Layout, node: Node, node_dir: Path) -> str:
         f"dir {_quote(node_dir)}\n"
         'logfile ""\n'
         "daemonize no\n"
+        + (f"replica-announce-ip {node.hostname}\n" if node.hostname else "")
         + (
             f"requirepass {layout.redis_password}\nmasterauth {layout.redis_password}\n"
             if layout.redis_password
@@ -442,7 +489,8 @@ def render_redis_config(layout: Layout, node: Node, node_dir: Path) -> str:
 def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> str:
     """The shipped sentinel.conf for sentinel ``index``, with local addresses and timings."""
     nodes = layout.nodes()
-    host = layout.sentinel_hosts()[index]
+    me = layout.sentinel_addrs()[index]
+    host = me.host
     out: list[str] = []
     monitored: set[str] = set()
     port_done = False
@@ -451,7 +499,7 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
         if words[:1] == ["port"]:
             if words[1:] != [str(SHIPPED_SENTINEL_PORT)]:
                 raise LocalStackError(f"{layout.sentinel_config}: unexpected '{line}'")
-            out.append(f"port {layout.sentinel_port}")
+            out.append(f"port {me.port}")
             port_done = True
             continue
         if len(words) >= 3 and words[0] == "sentinel" and not line.startswith("#"):
@@ -468,7 +516,7 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
                     if node is None or int(port) != SHIPPED_REDIS_PORT:
                         raise LocalStackError(f"monitor of unknown node {master}:{port}")
                     q = min(int(quorum), layout.sentinels)
-                    line = f"sentinel monitor {group} {node.host} {node.port} {q}"
+                    line = f"sentinel monitor {group} {node.announced} {node.port} {q}"
                     monitored.add(group)
                 elif directive == "down-after-milliseconds":
                     line = f"sentinel down-after-milliseconds {group} {layout.down_after_ms}"
@@ -491,6 +539,9 @@ def render_sentinel_config(layout: Layout, index: int, sentinel_dir: Path) -> st
         'logfile ""',
         "daemonize no",
     ]
+    if layout.hostnames and not any(ln.split() == ["sentinel", "announce-hostnames", "yes"]
+                                    for ln in out):
+        out.append("sentinel announce-hostnames yes")
     if layout.sentinel_password:
         out.append(f"requirepass {layout.sentinel_password}")
     if layout.redis_password:
@@ -511,14 +562,14 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.nodes: dict[str, Node] = self.layout.nodes()
-        self.sentinel_addrs: list[Address] = [
-            Address(h, self.layout.sentinel_port) for h in self.layout.sentinel_hosts()
-        ]
+        self.sentinel_addrs: list[Address] = self.layout.sentinel_addrs()
         #: Where the lab's instruments reach the sentinels: their observer addresses when the
         #: layout has them (never cut by a partition drill), else their own.
         self.observer_sentinel_addrs: list[Address] = [
             Address(h, self.layout.sentinel_port) for h in self.layout.observer_hosts()
         ] or list(self.sentinel_addrs)
+        #: Layout.hostnames: the hosts file every node and sentinel sees as /etc/hosts.
+        self.hosts_file: Path = self.workdir / "hosts"
         hdir = self.workdir / "haproxy"
         self._socket_tmpdir: Path | None = None
         sock = hdir / "admin.sock"
@@ -534,7 +585,8 @@ class LocalStack:
         self._sentinels: list[ManagedProcess] = [
             ManagedProcess(
                 f"sentinel{i}",
-                [REDIS_SERVER, str(self.workdir / f"sentinel{i}" / "sentinel.conf"), "--sentinel"],
+                self._wrap([REDIS_SERVER, str(self.workdir / f"sentinel{i}" / "sentinel.conf"),
+                            "--sentinel"]),
                 self.workdir / f"sentinel{i}",
                 self.workdir / f"sentinel{i}" / f"sentinel{i}.log",
             )
@@ -551,10 +603,10 @@ class LocalStack:
         return self.layout.read_port(group)
 
     def write_frontend(self, group: str) -> Address:
-        return Address("127.0.0.1", self.write_port(group))
+        return Address(self.layout.frontend_host, self.write_port(group))
 
     def read_frontend(self, group: str) -> Address:
-        return Address("127.0.0.1", self.read_port(group))
+        return Address(self.layout.frontend_host, self.read_port(group))
 
     def write_backend(self, group: str) -> str:
         """The write backend's name, from the daemon's default template (as the shipped
@@ -577,9 +629,10 @@ class LocalStack:
         for i, h in enumerate(self.layout.observer_hosts()):
             check_port_free(h, self.layout.sentinel_port, f"sentinel{i} (observer address)")
         for group in self.layout.groups:
-            check_port_free("127.0.0.1", self.write_port(group), f"haproxy {group}_write")
-            check_port_free("127.0.0.1", self.read_port(group), f"haproxy {group}_read")
-        check_port_free("127.0.0.1", self.layout.stats_port, "haproxy stats")
+            fe = self.layout.frontend_host
+            check_port_free(fe, self.write_port(group), f"haproxy {group}_write")
+            check_port_free(fe, self.read_port(group), f"haproxy {group}_read")
+        check_port_free(self.layout.frontend_host, self.layout.stats_port, "haproxy stats")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -594,6 +647,8 @@ class LocalStack:
         try:
             self.check_ports()
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.layout.hostnames:
+                self._write_hosts()
             self._write_haproxy_config()
             self._check_haproxy_config()
             for name in self.nodes:
@@ -721,7 +776,10 @@ class LocalStack:
         reply = self.sentinel_command(i, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", group)
         if not isinstance(reply, list):
             return None
-        return Address(str(reply[0]), int(str(reply[1])))
+        addr = Address(str(reply[0]), int(str(reply[1])))
+        named = next((n for n in self.nodes.values()
+                      if n.hostname and (n.hostname, n.port) == (addr.host, addr.port)), None)
+        return named.addr if named is not None else addr  # a node's name: its address
 
     def node_at(self, addr: Address | str) -> Node | None:
         """The node listening on ``addr`` (an Address or ``host:port``), if any."""
@@ -793,18 +851,93 @@ class LocalStack:
                 return p
         raise KeyError(name)
 
-    def _start_node_proc(self, name: str) -> None:
+    def _start_node_proc(self, name: str, replicaof: Node | bool | None = True) -> None:
+        """Start node `name`; `replicaof`: True = as its layout says (a replica of the
+        group's first master), a Node = a replica of that one, None/False = a master."""
         node = self.nodes[name]
         proc = self._nodes[name]
         proc.cwd.mkdir(parents=True, exist_ok=True)
         conf = proc.cwd / "redis.conf"
         conf.write_text(render_redis_config(self.layout, node, proc.cwd))
         argv = [REDIS_SERVER, str(conf)]
-        if node.initial_role == "replica":
-            master = self.master_of(node.group)
-            argv += ["--replicaof", master.host, str(master.port)]
-        proc.argv = argv
+        master = replicaof if isinstance(replicaof, Node) else (
+            self.master_of(node.group) if replicaof is True and node.initial_role == "replica"
+            else None)
+        if master is not None:
+            argv += ["--replicaof", master.announced, str(master.port)]
+        proc.argv = self._wrap(argv)
         proc.start()
+
+    def _wrap(self, argv: list[str]) -> list[str]:
+        """With Layout.hostnames: run `argv` with the stack's hosts file as /etc/hosts, in a
+        private mount namespace (`unshare -m`; the process keeps the PID the lab sees)."""
+        if not self.layout.hostnames:
+            return argv
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        return [UNSHARE, "-m", "sh", "-c", script, str(self.hosts_file), *argv]
+
+    def _write_hosts(self) -> None:
+        """The hosts file: localhost and every node's name. Rewritten in place (same inode:
+        the bind mounts see the change)."""
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        lines += [f"{n.host} {n.hostname}" for n in self.nodes.values() if n.hostname]
+        with open(self.hosts_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    # ----------------------------------------------------------------- topology changes
+
+    def add_node(self, name: str, group: str, host: str, replicaof: str,
+                 timeout_s: float = 10) -> Node:
+        """Start a new node at runtime: `host` (a loopback address, or ::1 with its own port
+        in an ipv6 layout), replica of node `replicaof`; wait until it answers PING."""
+        if name in self.nodes:
+            raise LocalStackError(f"node {name} exists already")
+        port = self.layout.redis_port
+        if self.layout.ipv6:
+            port = max(n.port for n in self.nodes.values()) + 1
+        check_port_free(host, port, f"redis node {name}")
+        node = Node(name, group, host, port, "replica",
+                    f"{name}.redis.test" if self.layout.hostnames else "")
+        self.nodes[name] = node
+        self._nodes[name] = ManagedProcess(name, [], self.workdir / name,
+                                           self.workdir / name / f"{name}.log")
+        if self.layout.hostnames:
+            self._write_hosts()
+        self._start_node_proc(name, self.nodes[replicaof])
+        self._wait_ping(self._nodes[name], node.addr, time.monotonic() + timeout_s)
+        return node
+
+    def move_node(self, name: str, host: str, timeout_s: float = 10) -> Node:
+        """The node restarts on another address with its data (`SHUTDOWN SAVE`, then the same
+        dir), in the role it had: a restarted pod with a new IP. With hostnames its name now
+        resolves to `host` (the hosts file is rewritten before it starts)."""
+        info = resp.info_fields(self.redis_command(name, "INFO", "replication"))
+        master: Node | None = None
+        if info.get("role") == "slave":
+            announced = info.get("master_host", "")
+            master = next((n for n in self.nodes.values()
+                           if announced in (n.host, n.hostname)), None)
+        with contextlib.suppress(OSError, resp.RespError):
+            self.redis_command(name, "SHUTDOWN", "SAVE", timeout_s=5.0)
+        proc = self._nodes[name]
+        if not proc.wait_exit(time.monotonic() + timeout_s):
+            raise LocalStackError(f"{name} did not exit after SHUTDOWN SAVE")
+        node = dataclasses.replace(self.nodes[name], host=host)
+        check_port_free(host, node.port, f"redis node {name}")
+        self.nodes[name] = node
+        if self.layout.hostnames:
+            self._write_hosts()
+        self._start_node_proc(name, master)
+        self._wait_ping(proc, node.addr, time.monotonic() + timeout_s)
+        return node
+
+    @property
+    def haproxy_admin(self) -> str:
+        """The admin socket for the controller: `tcp:[::1]:P` in an ipv6 layout, else the
+        unix socket path."""
+        if self.layout.admin_tcp_port:
+            return f"tcp:{Address('::1', self.layout.admin_tcp_port)}"
+        return str(self.haproxy_socket)
 
     def _write_haproxy_config(self) -> None:
         write_haproxy_config(self.layout, self.haproxy_socket, self.haproxy_config_path)
@@ -859,7 +992,7 @@ class LocalStack:
             for group in self.layout.groups:
                 m = self.sentinel_master(i, group)
                 master = self.master_of(group)
-                if (m.get("ip"), m.get("port")) != (master.host, str(master.port)):
+                if (m.get("ip"), m.get("port")) != (master.announced, str(master.port)):
                     return False
                 if (int(m.get("num-slaves", "0")) < self.layout.replicas
                         or m.get("num-other-sentinels") != want_others):

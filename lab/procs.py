@@ -33,6 +33,7 @@ def find_binary(name: str, fallback: str) -> str:
 
 REDIS_SERVER = find_binary("redis-server", "/usr/bin/redis-server")
 HAPROXY = find_binary("haproxy", "/usr/sbin/haproxy")
+UNSHARE = find_binary("unshare", "/usr/bin/unshare")  # private /etc/hosts for hostname stacks
 
 
 class ProcessError(RuntimeError):

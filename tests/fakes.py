@@ -4,7 +4,9 @@
 `FakeHAProxy` starts from a captured HAProxy state and applies the Runtime API commands the
 controller sends, with HAProxy's semantics for them (facts A.1): `set server B/S state
 ready|maint|drain` changes the admin state, `shutdown sessions server B/S` drops the session
-count, an unknown server answers `No such server.`. Both satisfy the loop's Protocols
+count, `set server B/S addr IP port P` moves the server and answers as HAProxy 2.6 does
+(tests/data/haproxy_set_addr_replies.json), an unknown server answers `No such server.`.
+Both satisfy the loop's Protocols
 (controller.loop.SentinelSource, HAProxyTarget); neither talks to anything.
 """
 
@@ -23,6 +25,7 @@ from controller.model import (
     HAProxyInfo,
     HAProxyState,
     SentinelView,
+    normal_ip,
 )
 
 
@@ -31,13 +34,14 @@ class FakeSentinels:
 
     def __init__(self, state: str = "steady") -> None:
         self.views: list[SentinelView] = views(state)
+        self.names: list[str] = [GROUP]  # the groups the Sentinels monitor
 
     def show(self, state: str) -> None:
         self.views = views(state)
 
     @property
     def master_names(self) -> list[str]:
-        return [GROUP]
+        return list(self.names)
 
     def discover(self) -> list[Address]:
         return []
@@ -102,6 +106,8 @@ class FakeHAProxy:
         """One command as HAProxy would run it; returns its output ("" on success)."""
         words = text.split()
         self.applied.append(text)
+        if words[:2] == ["set", "server"] and len(words) == 7 and words[3] == "addr":
+            return self._set_addr(words[2], words[4], int(words[6]))
         if words[:2] == ["set", "server"] and len(words) == 5 and words[3] == "state":
             ref, value = words[2], words[4]
         elif words[:3] == ["shutdown", "sessions", "server"] and len(words) == 4:
@@ -118,3 +124,18 @@ class FakeHAProxy:
             srv = dataclasses.replace(srv, admin=AdminState(value))
         self.state_.backends[backend][name] = srv
         return ""
+
+    def _set_addr(self, ref: str, ip: str, port: int) -> str:
+        backend, _, name = ref.partition("/")
+        srv = self.state_.backends.get(backend, {}).get(name)
+        if srv is None:
+            return "No such server."
+        if normal_ip(ip) is None:
+            return f"Invalid addr '{ip}' by 'stats socket command'"
+        ip = normal_ip(ip) or ip
+        a = "no need to change the addr" if ip == srv.addr else (
+            f"IP changed from '{srv.addr}' to '{ip}'")
+        p = "no need to change the port" if port == srv.port else (
+            f"port changed from '{srv.port}' to '{port}'")
+        self.state_.backends[backend][name] = dataclasses.replace(srv, addr=ip, port=port)
+        return f"{a}, {p} by 'stats socket command'"

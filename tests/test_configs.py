@@ -41,6 +41,10 @@ def _no_network_prefix() -> list[str]:
 
 
 def haproxy_check(cfg: Path, offline: bool = False) -> subprocess.CompletedProcess[str]:
+    """`haproxy -c` on `cfg`, with the shipped (empty) lease.map beside it when none is there
+    (the configs name it relative to themselves)."""
+    if not (cfg.parent / "lease.map").exists():
+        shutil.copyfile(HAPROXY_CONFIG.parent / "lease.map", cfg.parent / "lease.map")
     prefix = _no_network_prefix() if offline else []
     return subprocess.run(
         [*prefix, HAPROXY, "-c", "-f", str(cfg)],

@@ -93,3 +93,28 @@ def test_failover_demo_shows_sentinel_and_controller_steps_and_keeps_old_master_
     assert lost is not None and int(lost.group(1)) <= 1
     assert [p for p in pids if alive(p)] == []
     assert procs_under(tmp_path) == []
+
+
+def test_demo_runs_from_the_generated_config(tmp_path: Path) -> None:
+    """`demo --generated-config`: HAProxy runs `sentinel-haproxy config`'s output (slots only,
+    no node named in it); the controller fills the slots, the failover follows, the restarted
+    old master gets no write, nothing is left running."""
+    layout = Layout.for_tests()
+    res = subprocess.run(
+        demo_argv(layout, tmp_path, "--generated-config"), capture_output=True, text=True,
+        timeout=240, check=False,
+    )
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    generated = (tmp_path / "generated-haproxy.cfg").read_text()
+    assert "server-template slot 1-8" in generated and "redis1a" not in generated
+    assert (f"write :{layout.first_frontend_port} -> redis1a 127.0.0.2:{layout.redis_port} "
+            "(slot slot1)") in out
+    for needle in ("+promoted-slave", "first write acked by 127.0.0.3", "+convert-to-slave",
+                   "0 of them by a node other than the Sentinel master"):
+        assert needle in out, needle
+    lost = re.search(r"acknowledged writes lost: (\d+) of", out)
+    assert lost is not None and int(lost.group(1)) <= 1
+    line = next(ln for ln in out.splitlines() if ln.startswith("processes:"))
+    assert [p for p in (int(x) for x in line.split(":", 1)[1].split()) if alive(p)] == []
+    assert procs_under(tmp_path) == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
-from captured import haproxy_state, haproxy_text
+from captured import DATA, haproxy_state, haproxy_text
 
 from controller.haproxy_parse import (
     HAProxyReplyError,
@@ -231,3 +234,51 @@ def test_split_replies_empty_reply_raises() -> None:
     """An empty reply (HAProxy closed the connection) is refused."""
     with pytest.raises(HAProxyReplyError, match="expected 1 replies, got 0"):
         split_replies("", 1)
+
+
+# -- set server addr (captured from a real HAProxy 2.6: tests/data/capture_slots.py) --------
+
+def _addr_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((DATA / "haproxy_set_addr_replies.json").read_text())
+    return doc
+
+
+def test_set_addr_replies_success_is_a_line_not_an_empty_reply() -> None:
+    """Every captured `set server ... addr` reply: the address-in-place ones are successes
+    (IP/port changed or nothing to change, also IPv4 -> IPv6), the others are errors."""
+    from controller.haproxy_parse import set_addr_ok
+
+    verdicts = [set_addr_ok(c["reply"]) for c in _addr_doc()["cases"]]
+    assert verdicts == [True, True, True, True, True, False, False, False]
+    assert not set_addr_ok("")  # an empty reply is NOT a success here
+    assert not set_addr_ok("Permission denied\n\n")
+
+
+def test_a_batch_with_addr_commands_splits_into_one_result_each() -> None:
+    """The captured batch (state, addr, bad addr, state) splits into 4 outputs, and each
+    CommandResult judges its own kind of reply."""
+    from controller.haproxy import CommandResult
+    from controller.model import Command
+
+    doc = _addr_doc()
+    texts = [c.strip() for c in doc["batch"].split(";")]
+    outputs = split_replies(doc["batch_reply"], len(texts))
+    results = [CommandResult(Command(t, "b", "s", "why",
+                                     expect="addr" if " addr " in t else "empty"), o.strip())
+               for t, o in zip(texts, outputs, strict=True)]
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert results[2].output == "Invalid addr 'bad' by 'stats socket command'"
+
+
+def test_slot_states_parse_with_ipv6_and_backup_slots() -> None:
+    """The generated config's state: slots at the placeholder, an IPv6 slot, backup slots
+    flagged, the reader's session counted, an unresolved FQDN slot as `-`."""
+    state = haproxy_state("haproxy_slots_filled.txt")
+    w, r = state.backends["redis1_master"], state.backends["redis1_replicas"]
+    assert w["slot3"].addr == "::1"
+    assert r["slot-fallback1"].backup and not r["slot1"].backup
+    assert r["slot1"].sessions == 1
+    assert state.backends["fq"]["fqdn1"].addr == "-"
+    first = haproxy_state("haproxy_slots_initial.txt")
+    assert {(s.addr, s.port) for s in first.backends["redis1_master"].values()} == {
+        ("127.0.0.1", 1)}

@@ -65,7 +65,7 @@ def apply(commands: tuple[Command, ...], state: HAProxyState) -> HAProxyState:
     h = FakeHAProxy()
     h.state_ = copy_state(state)
     results = h.run(commands)
-    assert all(r.output == "" for r in results), [r.output for r in results if r.output]
+    assert all(r.ok for r in results), [r.output for r in results if not r.ok]
     return h.state()
 
 

@@ -1,0 +1,114 @@
+"""Which nodes a group has, and which replicas serve reads, while the Sentinels' replica lists
+are incomplete. Pure: the clock and the node's own word come in as values.
+
+decide counts a replica's votes among the Sentinels at the top epoch and needs half of them.
+Two moments of a topology change leave replicas out of some or all lists (facts, "Topology
+changes"):
+
+- a replica started at runtime is listed by one Sentinel first (`+slave`: found in the
+  master's INFO, polled every 10 s by each Sentinel on its own), the others may list it only
+  seconds later. A replica that fewer than half list, but that every Sentinel listing it sees
+  healthy (up, role slave, linked to the elected master), serves reads too: nobody has seen
+  anything wrong with it, and the ones who see it agree it is fine;
+- `SENTINEL RESET <group>` makes every Sentinel forget every replica until it rediscovers them
+  (5.7 s measured; up to the 10 s INFO period), and lists it again before its first INFO
+  reply (no master host yet). A replica that served reads and that no Sentinel lists with
+  anything known keeps serving for `absent_grace_ms`, as long as the master is the
+  same and the node itself still says it is a replica linked to that master (`confirmed`,
+  when the caller can ask it ROLE). A node removed with a reset (stopped, detached) is not
+  confirmed, or not rediscovered within the grace: it leaves the read backend.
+
+`Decision.nodes` gets every node the group has: the master, every replica a usable Sentinel
+lists, and the retained ones (they keep their HAProxy slots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from controller.model import Address, Decision, MasterView, ReplicaInfo, SentinelView
+
+Confirm = Callable[[Address, Address], bool]  # (replica, master) -> it says it replicates
+
+
+def _fresh(r: ReplicaInfo) -> bool:
+    """Listed but nothing known yet: just (re)discovered, its first INFO not in (no master
+    host, not down, not reporting master). Such an entry says nothing against the replica."""
+    return (r.master_addr is None and not (r.flags & {"s_down", "o_down"})
+            and r.role_reported != "master")
+
+
+def _top_views(d: Decision, views: Sequence[SentinelView]) -> list[MasterView]:
+    return [m for v in views if v.usable and (m := v.masters.get(d.name)) is not None
+            and m.epoch == d.epoch]
+
+
+class Membership:
+    """Per group: since when each serving replica has been absent from every list."""
+
+    def __init__(self, absent_grace_ms: int = 20_000) -> None:
+        self.absent_grace_ms = absent_grace_ms
+        self._absent_since: dict[tuple[str, Address], float] = {}
+        self._master: dict[str, Address] = {}
+
+    def adjust(
+        self,
+        d: Decision,
+        views: Sequence[SentinelView],
+        before: frozenset[Address],
+        now_ms: float,
+        confirmed: Confirm | None = None,
+    ) -> tuple[Decision, list[str]]:
+        """`d` with the partly listed and the retained replicas added to `replicas`, and
+        `nodes` filled; plus one line per replica added this way (for the log)."""
+        if d.master is None:
+            return d, []
+        master = d.master
+        top = _top_views(d, views)
+        readers = set(d.replicas)
+        why: list[str] = []
+        # Listed by fewer Sentinels than decide needs, healthy for every one that lists it.
+        # (A steady group has every replica listed by all: nothing to look at.)
+        # A fresh entry (listed again, first INFO not in) is not listed yet: decide counts it
+        # as a vote against, here it counts for nothing either way.
+        counts: dict[Address, int] = {}
+        for m in top:
+            for r in m.replicas:
+                if not _fresh(r):
+                    counts[r.addr] = counts.get(r.addr, 0) + 1
+        need = (len(top) + 1) // 2
+        for addr in sorted(a for a, n in counts.items()
+                           if n < need and a not in readers and a != master):
+            entries_of = [r for m in top for r in m.replicas if r.addr == addr and not _fresh(r)]
+            if all(r.healthy_for(master) for r in entries_of):
+                readers.add(addr)
+                why.append(f"{addr}: healthy for the {len(entries_of)} of {len(top)} sentinels "
+                           "that list it (the others do not list it yet)")
+        entries = [r for v in views if v.usable and d.name in v.masters
+                   for r in v.masters[d.name].replicas]
+        everywhere = {r.addr for r in entries}
+        same_master = self._master.get(d.name, master) == master
+        self._master[d.name] = master
+        pending = before - readers - {master}
+        if pending or self._absent_since:
+            known = {r.addr for r in entries if not _fresh(r)}  # listed with something known
+            for addr in sorted(pending - known):
+                key = (d.name, addr)
+                since = self._absent_since.setdefault(key, now_ms)
+                if not same_master or now_ms - since > self.absent_grace_ms:
+                    continue
+                if confirmed is not None and not confirmed(addr, master):
+                    continue
+                readers.add(addr)
+                why.append(f"{addr}: no sentinel knows it (reset?) for "
+                           f"{(now_ms - since) / 1000:.1f} s; kept up to "
+                           f"{self.absent_grace_ms / 1000:.0f} s"
+                           + (", it says it replicates from the master" if confirmed else ""))
+            absent = before - known
+            for key in [k for k in self._absent_since if k[0] == d.name and k[1] not in absent]:
+                del self._absent_since[key]
+        nodes = {master} | everywhere | readers
+        if d.fallback is not None:
+            nodes.add(d.fallback)
+        return dataclasses.replace(d, replicas=frozenset(readers), nodes=frozenset(nodes)), why

@@ -1,0 +1,158 @@
+"""The loop's view of which nodes each group has: between reading Sentinel and deciding.
+
+Three jobs, each one call from the loop (controller.loop keeps only the calls):
+- `normalize(views)`: resolve every hostname the Sentinels name (controller.resolver, the only
+  DNS) and rewrite the views with one identity per node (controller.topology); log a node's
+  address when it appears or changes, and a node that cannot be routed (name not resolved,
+  only unusable addresses, two names on one address) with its reason, once per change;
+- `adjust(decision, views, before)`: fill in replicas the Sentinels' lists miss right after
+  `+slave` or `SENTINEL RESET` (controller.membership), asking an absent replica ROLE when a
+  Redis node adapter is there;
+- re-check passes: a Sentinel publishes `+slave` before it knows the new replica's link status
+  and nothing follows when it learns it (facts), so every `+slave`, `+reset-master`,
+  `+convert-to-slave` and `+slave-reconf-done` schedules passes `recheck_interval_s` apart for
+  `recheck_window_s`; names in use are re-resolved every `resolve_interval_s` and a pass runs
+  when a node's address changed (a pod restarted with a new IP: Sentinel names it the same).
+Must not talk to Sentinel or HAProxy; nothing here decides who is master.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from controller.membership import Membership
+from controller.model import Address, Decision, SentinelView
+from controller.resolver import Resolver
+from controller.sentinel import Hint
+from controller.topology import addresses, canonical_views, identities
+
+log = structlog.get_logger("controller")
+
+RECHECK_EVENTS = frozenset({"+slave", "+reset-master", "+convert-to-slave", "+slave-reconf-done"})
+
+
+class ReplicaProbe(Protocol):
+    """What the roster needs from Redis nodes (`redis_nodes.RedisNodes`); errors: NodeError."""
+
+    def replica_of(self, addr: Address) -> Address | None: ...
+
+
+class Roster:
+    def __init__(
+        self,
+        resolver: Resolver,
+        nodes: ReplicaProbe | None = None,
+        absent_grace_s: float = 20.0,
+        recheck_interval_s: float = 0.1,
+        recheck_window_s: float = 2.0,
+        resolve_interval_s: float = 1.0,
+    ) -> None:
+        self.resolver = resolver
+        self.nodes = nodes  # controller.redis_nodes.RedisNodes, for ROLE of absent replicas
+        self.membership = Membership(int(absent_grace_s * 1000))
+        self.recheck_interval_s = recheck_interval_s
+        self.recheck_window_s = recheck_window_s
+        self.resolve_interval_s = resolve_interval_s
+        self._ident: dict[Address, Address] = {}  # named address -> identity, last pass
+        self._problems: dict[Address, str] = {}
+        self._kept: dict[str, set[str]] = {}  # group -> replicas added by membership
+        self._recheck_until = 0.0
+        self._next_recheck = 0.0
+        self._next_resolve = time.monotonic() + resolve_interval_s
+
+    # -- before decide ------------------------------------------------------------------
+    def normalize(self, views: Sequence[SentinelView]) -> list[SentinelView]:
+        addrs = addresses(views)
+        names = {a.host for a in addrs if a.ip is None}
+        resolved = self.resolver.resolve_all(names) if names else {}
+        ident, problems = identities(addrs, resolved)
+        self._log_changes({a: i for a, i in ident.items() if a.ip is None and a not in problems},
+                          problems)
+        return canonical_views(views, ident)
+
+    def _log_changes(self, named: dict[Address, Address], problems: dict[Address, str]) -> None:
+        for a, i in sorted(named.items()):
+            old = self._ident.get(a)
+            if old != i:
+                log.info("node_address", node=str(a), address=str(i),
+                         **({"previous": str(old)} if old is not None else {}))
+        for a, why in sorted(problems.items()):
+            if self._problems.get(a) != why:
+                log.warning("node_unroutable", node=str(a), reason=why,
+                            action="kept out of HAProxy until it resolves to one usable address")
+        for a in sorted(set(self._problems) - set(problems)):
+            if a not in named:
+                log.info("node_gone", node=str(a), detail="no Sentinel names it any more")
+        self._ident = named
+        self._problems = problems
+
+    # -- after decide ---------------------------------------------------------------------
+    def adjust(
+        self, d: Decision, views: Sequence[SentinelView], before: frozenset[Address]
+    ) -> Decision:
+        d, why = self.membership.adjust(d, views, before, time.monotonic() * 1000,
+                                        self._confirm if self.nodes is not None else None)
+        shown = {w.split(": ", 1)[0] for w in why}
+        old = self._kept.get(d.name, set())
+        for w in why:
+            if w.split(": ", 1)[0] not in old:
+                log.info("replica_kept", group=d.name, replica=w.split(": ", 1)[0],
+                         reason=w.split(": ", 1)[1])
+        self._kept[d.name] = shown
+        return d
+
+    def _confirm(self, replica: Address, master: Address) -> bool:
+        """The absent replica says it is linked to `master` (ROLE)."""
+        if self.nodes is None:
+            return False
+        try:
+            said = self.nodes.replica_of(replica)
+        except Exception as e:  # NodeError and anything odd: not confirmed
+            log.debug("replica_not_confirmed", replica=str(replica), error=str(e))
+            # Not allowed to ask (no redis_password): no answer either way, the grace decides.
+            return "authentication" in str(e)
+        if said is None:
+            return False
+        if said.ip is None:
+            r = self.resolver.resolve(said.host)
+            ident, _ = identities([said, master], {said.host: r})
+            said = ident.get(said, said)
+        return Address(said.ip or said.host, said.port) == master
+
+    # -- extra passes ---------------------------------------------------------------------
+    def hint(self, h: Hint) -> None:
+        if h.event is not None and h.event.channel in RECHECK_EVENTS:
+            now = time.monotonic()
+            self._recheck_until = now + self.recheck_window_s
+            if self._next_recheck <= now:
+                self._next_recheck = now + self.recheck_interval_s
+
+    def next_due(self) -> float:
+        """Monotonic time of the next extra check (re-check pass or re-resolution)."""
+        due = self._next_resolve if self._ident else float("inf")
+        if self._recheck_until > time.monotonic():
+            due = min(due, self._next_recheck)
+        return due
+
+    def due(self) -> str:
+        """A trigger when an extra pass is due now ("recheck", "address_changed"), else ""."""
+        now = time.monotonic()
+        if self._ident and now >= self._next_resolve:
+            self._next_resolve = now + self.resolve_interval_s
+            if self._addresses_changed():
+                return "address_changed"
+        if self._recheck_until > now >= self._next_recheck:
+            self._next_recheck = now + self.recheck_interval_s
+            return "recheck"
+        return ""
+
+    def _addresses_changed(self) -> bool:
+        names = {a.host for a in self._ident} | {a.host for a in self._problems if a.ip is None}
+        resolved = self.resolver.resolve_all(names)
+        ident, problems = identities(set(self._ident) | set(self._problems), resolved)
+        now = {a: i for a, i in ident.items() if a.ip is None and a not in problems}
+        return now != self._ident or set(problems) != set(self._problems)

@@ -1,0 +1,167 @@
+"""Whole reconcile passes on a slot-based HAProxy (the generated config, captured) with the
+roster: hostnames resolved, a master whose name moves to a new address, a replica every
+Sentinel forgot, and the extra passes after `+slave`. The loop's Protocols are served by
+tests/fakes.py; names are resolved by a function, not DNS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from captured import GROUP, A, B, node, views, with_master
+from fakes import FakeHAProxy, FakeSentinels
+from structlog.testing import capture_logs
+
+from controller.loop import Controller
+from controller.model import Address, SentinelView
+from controller.resolver import Resolver
+from controller.roster import Roster
+from controller.sentinel import Hint
+from controller.sentinel_parse import parse_event
+from controller.settings import Settings
+from controller.topology import canonical_views
+from lab.wait import wait_until
+
+SENTINELS = tuple(v.sentinel for v in views("steady"))
+W, R = f"{GROUP}_master", f"{GROUP}_replicas"
+NA = Address("node-a.redis", node(A).port)
+
+
+class Names:
+    """A resolver stand-in: a dict you can change between passes."""
+
+    def __init__(self) -> None:
+        self.answers = {"node-a.redis": [node(A).host]}
+
+    def __call__(self, name: str) -> list[str]:
+        if name not in self.answers:
+            raise OSError(-2, "Name or service not known")
+        return self.answers[name]
+
+
+def ready_slots(h: FakeHAProxy, backend: str) -> dict[str, Address]:
+    return {s.name: Address(s.addr, s.port) for s in h.state().backends[backend].values()
+            if s.admin.value == "ready"}
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names()
+
+
+def make(names: Names, sentinels: FakeSentinels, haproxy: FakeHAProxy) -> Controller:
+    roster = Roster(Resolver(cache_s=0.0, lookup=names), recheck_interval_s=0.01,
+                    recheck_window_s=0.05, resolve_interval_s=0.0)
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,))
+    return Controller(settings, sentinels, [haproxy], roster=roster)
+
+
+def named_views(state: str) -> list[SentinelView]:
+    """The captured views as `announce-hostnames yes` shows them: the master by name."""
+    return canonical_views(views(state), {node(A): NA})
+
+
+def test_slots_are_filled_from_sentinel_and_verified() -> None:
+    """From the generated config's placeholders, one pass gives both nodes slots and sets the
+    master, the replica and the read fallback ready; the read-back finds no drift."""
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    ctl = make(Names(), FakeSentinels("steady"), h)
+    result = ctl.reconcile("start")
+    assert result.haproxies[0].drift_after == 0
+    assert ready_slots(h, W) == {"slot1": node(A)}
+    assert ready_slots(h, R) == {"slot1": node(B), "slot-fallback1": node(A)}
+    assert ctl.reconcile("resync").haproxies[0].results == ()
+
+
+def test_a_master_named_by_hostname_is_routed_to_its_address(names: Names) -> None:
+    """Sentinel names the master `node-a.redis`, replicas by IP: it is the same node."""
+    s = FakeSentinels("steady")
+    s.views = named_views("steady")
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    ctl = make(names, s, h)
+    d = ctl.reconcile("start").decisions[0]
+    assert d.master == node(A) and d.replicas == {node(B)}
+    assert ready_slots(h, W) == {"slot1": node(A)}
+
+
+def test_the_master_name_moving_moves_the_write_slot_once(names: Names) -> None:
+    """The master's pod restarts elsewhere (same name, new IP): the old slot goes out before a
+    new one is ready; at no point two write slots are ready."""
+    s = FakeSentinels("steady")
+    s.views = named_views("steady")
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    ctl = make(names, s, h)
+    ctl.reconcile("start")
+    names.answers["node-a.redis"] = ["127.0.0.77"]
+    assert ctl.roster is not None and ctl.roster.due() == "address_changed"
+    ctl.reconcile("address_changed")
+    moved = Address("127.0.0.77", node(A).port)
+    assert list(ready_slots(h, W).values()) == [moved]
+    assert h.applied.index(f"set server {W}/slot1 state maint") < h.applied.index(
+        f"set server {W}/slot3 state ready")
+
+
+def test_an_unresolvable_master_name_refuses_writes_and_the_rest_proceeds(
+    names: Names,
+) -> None:
+    """The master's name stops resolving: its slot leaves the write backend (no stale IP), the
+    replica still serves reads."""
+    s = FakeSentinels("steady")
+    s.views = named_views("steady")
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    ctl = make(names, s, h)
+    ctl.reconcile("start")
+    del names.answers["node-a.redis"]
+    ctl.reconcile("resync")
+    assert ready_slots(h, W) == {}
+    assert ready_slots(h, R) == {"slot1": node(B)}
+
+
+def test_a_reset_keeps_the_serving_replica(names: Names) -> None:
+    """Every Sentinel forgets the replica (SENTINEL RESET): it keeps its slot and serves."""
+    s = FakeSentinels("steady")
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    ctl = make(names, s, h)
+    ctl.reconcile("start")
+    s.views = [with_master(v, replicas=()) for v in views("steady")]
+    d = ctl.reconcile("+reset-master").decisions[0]
+    assert d.replicas == {node(B)}
+    assert ready_slots(h, R) == {"slot1": node(B), "slot-fallback1": node(A)}
+
+
+def test_plus_slave_schedules_quick_rechecks() -> None:
+    """`+slave` opens a short window of extra passes; other events do not."""
+    roster = Roster(Resolver(), recheck_interval_s=0.01, recheck_window_s=0.05)
+    ev = parse_event("+slave", f"slave 127.0.0.9:1 127.0.0.9 1 @ {GROUP} 127.0.0.2 1")
+    roster.hint(Hint("s", "event", time.monotonic(), parse_event("+sdown", "master g 1.2.3.4 1")))
+    assert roster.next_due() == float("inf")
+    roster.hint(Hint("s", "event", time.monotonic(), ev))
+    assert roster.next_due() < time.monotonic() + 0.02
+    seen: list[str] = []
+
+    def two_rechecks() -> bool:
+        if t := roster.due():
+            seen.append(t)
+        return len(seen) == 2
+
+    wait_until(two_rechecks, 5, "two re-check passes due", 0.005)
+    assert seen == ["recheck", "recheck"]
+
+
+def test_a_group_haproxy_has_no_backend_for_is_said_once_with_the_command() -> None:
+    """Sentinel monitors a group HAProxy has no backend for: one error line per backend, with
+    the command that prints the lines to add, not one per pass."""
+    import dataclasses
+
+    s = FakeSentinels("steady")
+    s.views = [dataclasses.replace(v, masters={"redis9": v.masters[GROUP]}) for v in s.views]
+    s.names = ["redis9"]
+    ctl = Controller(Settings(sentinels=SENTINELS), s, [FakeHAProxy("haproxy_slots_initial.txt")],
+                     roster=Roster(Resolver(lookup=Names())))
+    with capture_logs() as logs:
+        for _ in range(3):
+            ctl.reconcile("resync")
+    missing = [e for e in logs if e["event"] == "backend_missing"]
+    assert [e["backend"] for e in missing] == ["redis9_master", "redis9_replicas"]
+    assert all("sentinel-haproxy config --master redis9 --sections-only" in e["detail"]
+               for e in missing)
