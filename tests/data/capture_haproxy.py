@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
-from controller.haproxy import HAProxyClient, HAProxyError
+from capture_support import STATE_BATCH, command, haproxy_with_listener
+
+from controller.haproxy import HAProxyError
 from lab.localstack import free_port
-from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
 POLL_S = 0.01
-STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 
 CONFIG = """\
 global
@@ -70,65 +69,51 @@ backend g_replicas
 """
 
 
-def command(sock: Path, line: str) -> str:
-    """One line on the admin socket, the raw reply (HAProxy's own client, 5 s deadline)."""
-    return HAProxyClient(str(sock), timeout_s=5).exchange(line)
-
-
 def main() -> int:
     port = free_port(["127.0.0.2"])
     fe_port = free_port(["127.0.0.1"], exclude=frozenset({port}))
-    with tempfile.TemporaryDirectory(prefix="capture-haproxy-") as tmp:
-        sock = Path(tmp) / "admin.sock"
-        cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(CONFIG.format(sock=sock, fe_port=fe_port, port=port))
-        listener = socket.create_server(("127.0.0.2", port))
-        proc: ManagedProcess | None = None
-        client = None
-        try:
-            proc = start_haproxy(cfg, sock, Path(tmp))  # waits until its admin socket answers
-            client = socket.create_connection(("127.0.0.1", fe_port), timeout=5)
-            server_side, _ = listener.accept()  # haproxy connected n1 (balance first)
 
-            def n1_has_session() -> bool:
-                stat = command(sock, "show stat g_master 4 -1").splitlines()
-                header = stat[0][2:].split(",")
-                for row in stat[1:]:
-                    cols = row.split(",")
-                    if cols[:2] == ["g_master", "n1"]:
-                        return cols[header.index("scur")] == "1"
-                return False
+    def config(sock: Path) -> str:
+        return CONFIG.format(sock=sock, fe_port=fe_port, port=port)
 
-            wait_until(n1_has_session, 10, "a session on g_master/n1", POLL_S,
-                       not_yet=(HAProxyError,))
-            setup = [
-                "set server g_master/n1 state maint",
-                "set server g_master/n2 state ready",
-                "set server g_master/n4 state drain",
-            ]
-            reply = command(sock, "; ".join(setup))
-            if reply != "\n" * len(setup):
-                raise RuntimeError(f"setup refused: {reply!r}")
-            (DATA / "haproxy_admin_bits_state.txt").write_text(command(sock, STATE_BATCH))
-            (DATA / "haproxy_admin_bits_stat_all.txt").write_text(command(sock, "show stat"))
-            batch = "; ".join([
-                "set server g_master/n3 state ready",
-                "set server g_master/nosuch state maint",
-                "set server nosuch/n1 state maint",
-                "shutdown sessions server g_master/n3",
-            ])
-            (DATA / "haproxy_admin_bits_batch.txt").write_text(command(sock, batch))
-            pair = "set server g_replicas/n1 state maint; set server g_replicas/nosuch state maint"
-            (DATA / "haproxy_set_reply_with_error.txt").write_text(command(sock, pair))
-            server_side.close()
-            print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt, "
-                  "haproxy_set_reply_with_error.txt")
-        finally:
-            if client is not None:
-                client.close()
-            if proc is not None:
-                proc.stop(grace_s=5)
-            listener.close()
+    with haproxy_with_listener("capture-haproxy-", config, ("127.0.0.2", port)) as run:
+        sock = run.sock
+        run.clients.append(socket.create_connection(("127.0.0.1", fe_port), timeout=5))
+        server_side, _ = run.listener.accept()  # haproxy connected n1 (balance first)
+
+        def n1_has_session() -> bool:
+            stat = command(sock, "show stat g_master 4 -1").splitlines()
+            header = stat[0][2:].split(",")
+            for row in stat[1:]:
+                cols = row.split(",")
+                if cols[:2] == ["g_master", "n1"]:
+                    return cols[header.index("scur")] == "1"
+            return False
+
+        wait_until(n1_has_session, 10, "a session on g_master/n1", POLL_S,
+                   not_yet=(HAProxyError,))
+        setup = [
+            "set server g_master/n1 state maint",
+            "set server g_master/n2 state ready",
+            "set server g_master/n4 state drain",
+        ]
+        reply = command(sock, "; ".join(setup))
+        if reply != "\n" * len(setup):
+            raise RuntimeError(f"setup refused: {reply!r}")
+        (DATA / "haproxy_admin_bits_state.txt").write_text(command(sock, STATE_BATCH))
+        (DATA / "haproxy_admin_bits_stat_all.txt").write_text(command(sock, "show stat"))
+        batch = "; ".join([
+            "set server g_master/n3 state ready",
+            "set server g_master/nosuch state maint",
+            "set server nosuch/n1 state maint",
+            "shutdown sessions server g_master/n3",
+        ])
+        (DATA / "haproxy_admin_bits_batch.txt").write_text(command(sock, batch))
+        pair = "set server g_replicas/n1 state maint; set server g_replicas/nosuch state maint"
+        (DATA / "haproxy_set_reply_with_error.txt").write_text(command(sock, pair))
+        server_side.close()
+        print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt, "
+              "haproxy_set_reply_with_error.txt")
     return 0
 
 

@@ -27,17 +27,16 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import tempfile
 from pathlib import Path
+
+from capture_support import STATE_BATCH, command, haproxy_with_listener
 
 from controller.haproxy import HAProxyClient, HAProxyError
 from controller.haproxy_config import Layout, render
 from lab.localstack import free_port
-from lab.procs import ManagedProcess, start_haproxy
 from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
-STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 
 FQDN_BACKEND = """
 backend fq
@@ -45,68 +44,56 @@ backend fq
 """
 
 
-def command(sock: Path, line: str) -> str:
-    return HAProxyClient(str(sock), timeout_s=5).exchange(line)
-
-
 def main() -> int:
     port = free_port(["127.0.0.2", "127.0.0.3"])
     first = free_port(["127.0.0.1"], count=2, exclude=frozenset({port}))
-    with tempfile.TemporaryDirectory(prefix="capture-slots-") as tmp:
-        sock = Path(tmp) / "admin.sock"
-        cfg = Path(tmp) / "haproxy.cfg"
+
+    def config(sock: Path) -> str:
+        # No lease map in the temp dir: the write lease is not what these captures are about.
         layout = Layout(slots=3, fallback_slots=2, first_port=first, stats_port=0,
-                        bind_address="127.0.0.1", admin_socket=str(sock))
-        cfg.write_text(render(["redis1"], layout) + FQDN_BACKEND)
-        listener = socket.create_server(("127.0.0.3", port))
-        proc: ManagedProcess | None = None
-        client = None
-        try:
-            proc = start_haproxy(cfg, sock, Path(tmp))
-            (DATA / "haproxy_slots_initial.txt").write_text(command(sock, STATE_BATCH))
-            cases = [
-                f"set server redis1_master/slot1 addr 127.0.0.2 port {port}",
-                f"set server redis1_master/slot1 addr 127.0.0.2 port {port}",
-                "set server redis1_master/slot2 addr 127.0.0.9 port 1",
-                f"set server redis1_master/slot2 addr 127.0.0.3 port {port}",
-                f"set server redis1_master/slot3 addr ::1 port {port}",
-                "set server redis1_master/slot3 addr not-an-ip port 1",
-                "set server redis1_master/nosuch addr 127.0.0.2 port 1",
-                f"set server fq/fqdn1 addr 127.0.0.2 port {port}",
-            ]
-            replies = [{"command": c, "reply": command(sock, c)} for c in cases]
-            batch = "; ".join([
-                "set server redis1_master/slot1 state ready",
-                f"set server redis1_replicas/slot1 addr 127.0.0.3 port {port}",
-                "set server redis1_replicas/slot3 addr bad port 1",
-                "set server redis1_replicas/slot1 state ready",
-            ])
-            doc = {"cases": replies, "batch": batch, "batch_reply": command(sock, batch)}
-            (DATA / "haproxy_set_addr_replies.json").write_text(json.dumps(doc, indent=1) + "\n")
-            setup = [
-                f"set server redis1_replicas/slot2 addr 127.0.0.2 port {port}",
-                f"set server redis1_replicas/slot-fallback1 addr 127.0.0.2 port {port}",
-                "set server redis1_replicas/slot-fallback1 state ready",
-            ]
-            command(sock, "; ".join(setup))
-            client = socket.create_connection(("127.0.0.1", first + 1), timeout=5)
-            server_side, _ = listener.accept()
+                        bind_address="127.0.0.1", admin_socket=str(sock), lease_map="")
+        return render(["redis1"], layout) + FQDN_BACKEND
 
-            def has_session() -> bool:
-                state = HAProxyClient(str(sock), 5).state()
-                return state.backends["redis1_replicas"]["slot1"].sessions == 1
+    with haproxy_with_listener("capture-slots-", config, ("127.0.0.3", port)) as run:
+        sock = run.sock
+        (DATA / "haproxy_slots_initial.txt").write_text(command(sock, STATE_BATCH))
+        cases = [
+            f"set server redis1_master/slot1 addr 127.0.0.2 port {port}",
+            f"set server redis1_master/slot1 addr 127.0.0.2 port {port}",
+            "set server redis1_master/slot2 addr 127.0.0.9 port 1",
+            f"set server redis1_master/slot2 addr 127.0.0.3 port {port}",
+            f"set server redis1_master/slot3 addr ::1 port {port}",
+            "set server redis1_master/slot3 addr not-an-ip port 1",
+            "set server redis1_master/nosuch addr 127.0.0.2 port 1",
+            f"set server fq/fqdn1 addr 127.0.0.2 port {port}",
+        ]
+        replies = [{"command": c, "reply": command(sock, c)} for c in cases]
+        batch = "; ".join([
+            "set server redis1_master/slot1 state ready",
+            f"set server redis1_replicas/slot1 addr 127.0.0.3 port {port}",
+            "set server redis1_replicas/slot3 addr bad port 1",
+            "set server redis1_replicas/slot1 state ready",
+        ])
+        doc = {"cases": replies, "batch": batch, "batch_reply": command(sock, batch)}
+        (DATA / "haproxy_set_addr_replies.json").write_text(json.dumps(doc, indent=1) + "\n")
+        setup = [
+            f"set server redis1_replicas/slot2 addr 127.0.0.2 port {port}",
+            f"set server redis1_replicas/slot-fallback1 addr 127.0.0.2 port {port}",
+            "set server redis1_replicas/slot-fallback1 state ready",
+        ]
+        command(sock, "; ".join(setup))
+        run.clients.append(socket.create_connection(("127.0.0.1", first + 1), timeout=5))
+        server_side, _ = run.listener.accept()
 
-            wait_until(has_session, 10, "a session on redis1_replicas/slot1", 0.01,
-                       not_yet=(HAProxyError,))
-            (DATA / "haproxy_slots_filled.txt").write_text(command(sock, STATE_BATCH))
-            server_side.close()
-            print("wrote haproxy_slots_{initial,filled}.txt, haproxy_set_addr_replies.json")
-        finally:
-            if client is not None:
-                client.close()
-            if proc is not None:
-                proc.stop(grace_s=5)
-            listener.close()
+        def has_session() -> bool:
+            state = HAProxyClient(str(sock), 5).state()
+            return state.backends["redis1_replicas"]["slot1"].sessions == 1
+
+        wait_until(has_session, 10, "a session on redis1_replicas/slot1", 0.01,
+                   not_yet=(HAProxyError,))
+        (DATA / "haproxy_slots_filled.txt").write_text(command(sock, STATE_BATCH))
+        server_side.close()
+        print("wrote haproxy_slots_{initial,filled}.txt, haproxy_set_addr_replies.json")
     return 0
 
 
