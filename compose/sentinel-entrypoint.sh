@@ -8,14 +8,10 @@
 #                                         with it; without it anyone can PUBLISH __sentinel__:hello
 #   sentinel auth-pass <group> <REDIS_PASSWORD>   for every `sentinel monitor` group; without it
 #                                         a password-protected master looks s_down/o_down
-#   each `sentinel monitor <group> <host>` host resolved to its IPv4 address (getent), when it
-#                                         resolves: Sentinel 7.0 re-resolves a master's hostname on
-#                                         every reconnect, so while the master's container is down
-#                                         (its name gone from Docker's DNS) each lookup blocks
-#                                         Sentinel until the resolver gives up (seconds where the
-#                                         upstream DNS is unreachable): TILT, and no failover. The
-#                                         addresses are static (docker-compose.yml), and Sentinel
-#                                         writes IPs into its copy at its first rewrite anyway.
+# The monitored masters stay names (redis1a...), as every node is known (resolve-hostnames,
+# announce-hostnames): a container back with another IP is the same node. A stopped container's
+# name must then fail to resolve at once, not after the resolver's timeout, or Sentinel freezes
+# on it at every reconnect: the compose file's dns_opt (ndots) sees to that.
 # A restarted container keeps its rewritten copy (and so what it learned); a re-created one starts
 # from the shipped file and learns the current master from the other sentinels' hellos.
 # Then it runs its arguments (the compose `command:`), normally
@@ -29,22 +25,15 @@ if [ ! -s "$conf" ]; then
     : "${SENTINEL_PASSWORD:?SENTINEL_PASSWORD is not set}"
     : "${REDIS_PASSWORD:?REDIS_PASSWORD is not set}"
     umask 077
-    awk '$1 == "sentinel" && $2 == "monitor" && NF >= 6 && $4 !~ /^[0-9.]+$/ && $4 !~ /:/ {
-        cmd = "getent ahostsv4 \"" $4 "\" 2>/dev/null"
-        ip = ""
-        if ((cmd | getline res) > 0) { split(res, a, " "); ip = a[1] }
-        close(cmd)
-        if (ip != "") $4 = ip
-    }
-    { print }' "$src" > "$conf.tmp"
     {
+        cat "$src"
         echo ""
         echo "# ---- added by sentinel-entrypoint.sh on first start ----"
         echo "requirepass $SENTINEL_PASSWORD"
         awk '$1 == "sentinel" && $2 == "monitor" { print $3 }' "$src" | while read -r group; do
             echo "sentinel auth-pass $group $REDIS_PASSWORD"
         done
-    } >> "$conf.tmp"
+    } > "$conf.tmp"
     mv "$conf.tmp" "$conf"
 fi
 exec "$@"

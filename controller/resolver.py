@@ -6,9 +6,11 @@ returns every usable address of each name (A and AAAA), looked up in an optional
 first (`resolver_hosts_file`: pinned names, tests), then with the system resolver
 (getaddrinfo), each answer cached for `resolve_cache_s` so that a name is asked again on the
 first pass after that (a restarted pod's new IP is seen within a pass or two). IP literals are
-returned normalised, never looked up. Lookups run on a few threads with one deadline per call
-(`resolve_timeout_s`): a slow DNS server delays a pass by at most that, and a name whose answer
-is late is "not resolved" for that pass.
+returned normalised, never looked up. Lookups run on a few threads with one deadline per lookup
+(`resolve_timeout_s` from when it was asked): a slow DNS server delays the call that asked by
+at most that, and a name whose answer is late is "not resolved" until it comes. Later calls do
+not wait again for a lookup already past its deadline: one that hangs (a DNS server that does
+not answer: glibc gives up after 10 s) costs one pass `resolve_timeout_s`, not every pass.
 
 Usable = an address HAProxy can connect to: not unspecified (0.0.0.0, ::), multicast,
 broadcast or IPv6 link-local (needs a scope HAProxy's `set server addr` cannot take), and of
@@ -134,7 +136,8 @@ class Resolver:
         self._lookup = lookup
         self._clock = clock
         self._cache: dict[str, tuple[float, Resolution]] = {}  # name -> (expiry, answer)
-        self._pending: dict[str, concurrent.futures.Future[Resolution]] = {}
+        # name -> (lookup running, when it was asked)
+        self._pending: dict[str, tuple[concurrent.futures.Future[Resolution], float]] = {}
         self._lock = threading.RLock()  # a done future runs its callback in the caller
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "resolver")
         self.lookups = 0  # answers obtained (cache misses), for tests and metrics
@@ -146,10 +149,11 @@ class Resolver:
         return self.resolve_all([host])[host]
 
     def resolve_all(self, hosts: Iterable[str]) -> dict[str, Resolution]:
-        """Each host's resolution; lookups not answered within `timeout_s` are failures."""
+        """Each host's resolution; a lookup not answered within `timeout_s` of being asked
+        (by this call or an earlier one) is a failure."""
         now = self._clock()
         out: dict[str, Resolution] = {}
-        waiting: dict[str, concurrent.futures.Future[Resolution]] = {}
+        waiting: dict[str, tuple[concurrent.futures.Future[Resolution], float]] = {}
         with self._lock:
             for host in set(hosts):
                 ip = _literal(host)
@@ -161,19 +165,20 @@ class Resolver:
                 if cached is not None and cached[0] > now:
                     out[host] = cached[1]
                     continue
-                fut = self._pending.get(host)
-                if fut is None:
-                    fut = self._pool.submit(self._answer, host)
-                    self._pending[host] = fut
-                    fut.add_done_callback(functools.partial(self._store, host))
-                waiting[host] = fut
-        if waiting:
-            done, _ = concurrent.futures.wait(waiting.values(), timeout=self.timeout_s)
-            for host, fut in waiting.items():
-                if fut in done:
-                    out[host] = fut.result()
-                else:
-                    out[host] = Resolution(host, error=f"no answer within {self.timeout_s}s")
+                pending = self._pending.get(host)
+                if pending is None:
+                    pending = (self._pool.submit(self._answer, host), now)
+                    self._pending[host] = pending
+                    pending[0].add_done_callback(functools.partial(self._store, host))
+                waiting[host] = (pending[0], pending[1] + self.timeout_s)
+        live = {fut: due for fut, due in waiting.values() if due > now}
+        if live:  # lookups past their deadline (asked by an earlier call) are not waited for
+            concurrent.futures.wait(live, timeout=max(live.values()) - now)
+        for host, (fut, _) in waiting.items():
+            if fut.done() and not fut.cancelled():
+                out[host] = fut.result()
+            else:
+                out[host] = Resolution(host, error=f"no answer within {self.timeout_s}s")
         return out
 
     def _store(self, host: str, fut: concurrent.futures.Future[Resolution]) -> None:

@@ -92,6 +92,7 @@ class ComposeStack:
         self.sentinel_password = env["SENTINEL_PASSWORD"]
         self.is_down = False
         self._ips: dict[str, str] = {}
+        self._squatters: list[str] = []
 
     def compose(self, *args: str, timeout_s: float = 180,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -105,6 +106,9 @@ class ComposeStack:
         self.compose("up", "-d", "--no-build", timeout_s=300)
 
     def down(self) -> subprocess.CompletedProcess[str]:
+        if self._squatters:  # on the project's network: it could not be removed with them
+            self.engine.docker("rm", "-f", "-v", *self._squatters, check=False)
+            self._squatters.clear()
         res = self.compose("down", "-v", "--remove-orphans", timeout_s=300, check=False)
         self.is_down = res.returncode == 0
         return res
@@ -117,14 +121,26 @@ class ComposeStack:
     def inspect(self, service: str, fmt: str) -> str:
         return self.engine.docker("inspect", "-f", fmt, self.container(service)).stdout.strip()
 
-    def ip(self, service: str) -> str:
-        """The service's address on the compose network (static in the compose file, so kept
-        across a restart; asked once)."""
-        if service not in self._ips:
+    def ip(self, service: str, fresh: bool = False) -> str:
+        """The service's address on the compose network, asked once; ``fresh`` asks again (no
+        address is fixed: a container started again may have another one)."""
+        if fresh or service not in self._ips:
             ip = self.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
             assert re.fullmatch(r"[0-9.]+", ip), f"{service}: no IP ({ip!r})"
             self._ips[service] = ip
         return self._ips[service]
+
+    def network(self, name: str) -> str:
+        """The engine's name of the compose file's network ``name`` (compose 1.29's naming)."""
+        return f"{self.project}_{name}"
+
+    def squat(self, network: str) -> str:
+        """Start an idle container (no service of the file) on ``network``, to hold an address;
+        removed by :meth:`down`. Returns its ID."""
+        cid = self.engine.docker("run", "-d", "--rm", "--network", network,
+                                 "--entrypoint", "sleep", "redis:7.0", "600").stdout.strip()
+        self._squatters.append(cid)
+        return cid
 
     def health(self, service: str) -> str:
         return self.inspect(service, "{{if .State.Health}}{{.State.Health.Status}}{{end}}")

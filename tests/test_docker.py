@@ -56,6 +56,7 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = {"redis1": (5000, 5001), "redis2": (5002, 5003), "redis3": (5004, 5005)}
 STATS_PORT = 9000
+IP_FORMAT = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
 CONTROLLER_UID = "10001"
 
 
@@ -193,7 +194,9 @@ def test_processes_run_as_the_images_users_and_share_the_socket(stack: ComposeSt
 def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeStack) -> None:
     """`docker kill` of redis1's master under a writer: the write port follows Sentinel to the
     replica, every acknowledged key is on the final master, and the old master, back with
-    `docker start`, never executes a client write before it is a replica again."""
+    `docker start` on another address (a container took its old one meanwhile: no address is
+    fixed), never executes a client write before it is a replica again, then serves reads on
+    its new address."""
     old, new = "redis1a", "redis1b"
     old_ip, new_ip = stack.ip(old), stack.ip(new)
     write_port = GROUPS["redis1"][0]
@@ -215,8 +218,14 @@ def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeSta
                      "writes acknowledged again after the kill")
             t_back = time.time()
 
+            # Docker gives a new container the lowest free address: the old master's.
+            squatter = stack.squat(stack.network("redis"))
+            assert stack.engine.docker("inspect", "-f", IP_FORMAT, squatter).stdout.strip() \
+                == old_ip, f"the squatter did not get {old}'s address {old_ip}"
             stack.engine.docker("start", stack.container(old))
-            samples = watch_returning_master(stack, old, new_ip, timeout_s=60)
+            back_ip = stack.ip(old, fresh=True)
+            assert back_ip != old_ip
+            samples = watch_returning_master(stack, old, new, timeout_s=60)
             wait_for(lambda: len(writer.acked(time.time() - 0.5)) >= 20, 30,
                      "writes acknowledged after the old master rejoined")
         finally:
@@ -230,8 +239,9 @@ def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeSta
             window = (as_master[0]["t"], samples[-1]["t"])
             assert writer.acked(*window), "no write was attempted in its master window"
 
+        # Named as the node announces itself (announce-hostnames, --replica-announce-ip).
         final = sentinel_master(stack, "redis1")
-        assert final == (new_ip, 6379), final
+        assert final == (new, 6379), final
         acked = writer.acked()
         missing = unreadable_keys(stack, new, acked)
         assert not missing, (f"{len(missing)} of {len(acked)} acknowledged writes lost, "
@@ -240,13 +250,16 @@ def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeSta
         master_s = samples[-1]["t"] - as_master[0]["t"] if as_master else 0.0
         errors = len(writer.samples) - len(acked)
         print(f"\nfailover: {len(acked)} writes acked, {errors} errors, 0 lost; "
-              f"write outage {outage:.2f} s; old master {old_ip} back as master for "
+              f"write outage {outage:.2f} s; old master {old_ip} back (at {back_ip}) as master for "
               f"{master_s:.1f} s ({len(as_master)} samples), executed no write")
 
         # The rejoined replica enters the read backend once every Sentinel has seen its link
         # up and the daemon's next pass runs: `status` reports drift until then.
         wait_for(lambda: in_sync(stack, f"group redis1: master {new_ip}:6379"), 30,
                  "`sentinel-haproxy status` in sync on the new master")
+        status = stack.exec("controller", "sentinel-haproxy", "status").stdout
+        assert re.search(rf"^\s+redis1_replicas\s+\S+\s+{re.escape(back_ip)}:6379\s+ready ",
+                         status, re.M), status
         m = re.search(r"^sentinel_haproxy_failovers_seen_total (\S+)", metrics_text(stack), re.M)
         assert m and float(m.group(1)) >= 1, "failover not counted in /metrics"
 
@@ -302,10 +315,11 @@ def run_id_behind(stack: ComposeStack, port: int) -> str | None:
     return info_fields(out).get("run_id")
 
 
-def watch_returning_master(stack: ComposeStack, service: str, master_ip: str,
+def watch_returning_master(stack: ComposeStack, service: str, master: str,
                            timeout_s: float) -> list[dict[str, Any]]:
-    """Sample `INFO all` of ``service`` (restarting) every 50 ms until it replicates from
-    ``master_ip`` with its link up; each sample keeps role, SET calls and keyspace."""
+    """Sample `INFO all` of ``service`` (restarting) every 50 ms until it replicates from the
+    service ``master`` (Sentinel's REPLICAOF names it: announce-hostnames) with its link up;
+    each sample keeps role, SET calls and keyspace."""
     samples: list[dict[str, Any]] = []
     t0 = time.monotonic()
 
@@ -320,11 +334,11 @@ def watch_returning_master(stack: ComposeStack, service: str, master_ip: str,
         if "db0" in info:
             sample["db0"] = info["db0"]
         samples.append(sample)
-        return (info.get("role") == "slave" and info.get("master_host") == master_ip
+        return (info.get("role") == "slave" and info.get("master_host") == master
                 and info.get("master_link_status") == "up")
 
     try:
-        wait_for(rejoined, timeout_s, f"{service} to rejoin as a replica of {master_ip}",
+        wait_for(rejoined, timeout_s, f"{service} to rejoin as a replica of {master}",
                  interval_s=0.05)
     except WaitTimeout as e:
         raise AssertionError(f"{e}; last samples: {samples[-3:]}") from None

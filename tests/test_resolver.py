@@ -5,7 +5,9 @@ The system resolver is replaced by a function (no DNS in unit tests); the clock 
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,35 @@ def test_a_slow_lookup_costs_at_most_the_deadline() -> None:
 def test_system_lookup_resolves_localhost() -> None:
     """The system resolver answers `localhost` with a loopback address (no network needed)."""
     assert "127.0.0.1" in system_lookup("localhost")
+
+
+def test_a_lookup_that_hangs_delays_only_the_call_that_asked() -> None:
+    """A lookup that hangs costs the call that asked it `timeout_s`; a later call (the next
+    pass) neither waits for it again nor asks again, and still answers a fresh name. It hangs
+    as a stopped container's name did when the DNS server could not be reached (10 s, then
+    glibc's EAI_AGAIN, captured with getaddrinfo in a network namespace without a route)."""
+    release = threading.Event()
+    asked: list[str] = []
+
+    def lookup(name: str) -> list[str]:
+        asked.append(name)
+        if name == "redis1b":
+            return ["172.17.0.4"]
+        release.wait(10)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    clock = Clock()
+    r = Resolver(timeout_s=0.2, cache_s=1.0, lookup=lookup, clock=clock)
+    t0 = time.monotonic()
+    assert r.resolve("redis1a").error == "no answer within 0.2s"
+    assert time.monotonic() - t0 >= 0.19
+    clock.t += 1.0  # the next pass, a second later: the lookup still hangs
+    t1 = time.monotonic()
+    out = r.resolve_all(["redis1a", "redis1b"])
+    assert time.monotonic() - t1 < 0.15  # redis1b answered at once; redis1a not waited for
+    assert out["redis1a"].error == "no answer within 0.2s"
+    assert out["redis1b"].addrs == ("172.17.0.4",)
+    assert sorted(asked) == ["redis1a", "redis1b"]
+    release.set()
+    r._pool.shutdown(wait=True)  # the late failure lands in the cache
+    assert r.resolve("redis1a").error == "does not resolve: Temporary failure in name resolution"
