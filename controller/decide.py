@@ -73,14 +73,8 @@ def decide(
     heard of it): an older answer is not followed unless every Sentinel agrees on it (the
     group was reset or re-created: epochs start again).
     """
-    by_id: dict[str, MasterView] = {}
-    for v in views:
-        if v.usable and name in v.masters:
-            by_id.setdefault(v.identity, v.masters[name])
+    by_id, size, need = _votes(name, views, min_voters)
     answers = list(by_id.values())
-    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
-            else len({v.identity for v in views}))
-    need = min_voters or size // 2 + 1
 
     def undecided(reason: str, epoch: int = -1) -> Decision:
         return Decision(name=name, master=None, epoch=epoch, reason=reason, voters=len(answers))
@@ -138,6 +132,49 @@ def decide(
     )
 
 
+def decidable(
+    name: str, views: Sequence[SentinelView], pending: int, min_voters: int | None = None
+) -> bool:
+    """Whether the answers in `views` settle group `name` while `pending` Sentinels have not
+    answered yet: a pass may then decide without waiting for them (a slow Sentinel must not
+    hold every pass). True when nobody is pending, when a majority (`min_voters`) of the
+    group's Sentinels agrees on one address at the top epoch among the answers, or when even
+    every pending answer could not make a majority (undecided either way).
+
+    A pending answer may still raise the top epoch (the failover leader lagging behind its own
+    promotion only on our connection): the caller compares the verdict with the complete
+    answers once they are in, and passes again when it differs.
+    """
+    if pending <= 0:
+        return True
+    by_id, _, need = _votes(name, views, min_voters)
+    if len(by_id) + pending < need:
+        return True
+    if len(by_id) < need:
+        return False
+    top = max(a.epoch for a in by_id.values())
+    at_top: dict[Address, int] = {}
+    for a in by_id.values():
+        if a.epoch == top:
+            at_top[a.addr] = at_top.get(a.addr, 0) + 1
+    return max(at_top.values()) >= need
+
+
+def _votes(
+    name: str, views: Sequence[SentinelView], min_voters: int | None
+) -> tuple[dict[str, MasterView], int, int]:
+    """Usable answers for `name` by Sentinel ID, the group's size (as its Sentinels report
+    it: num-other-sentinels + 1) and the votes needed."""
+    by_id: dict[str, MasterView] = {}
+    for v in views:
+        if v.usable and name in v.masters:
+            by_id.setdefault(v.identity, v.masters[name])
+    answers = by_id.values()
+    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
+            else len({v.identity for v in views}))
+    return by_id, size, min_voters or size // 2 + 1
+
+
 def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) -> str:
     """`unreachable: A; in TILT: B; ...` for the Sentinels whose vote is missing."""
     kinds: dict[str, list[str]] = {}
@@ -146,7 +183,8 @@ def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) ->
             continue
         if v.error is not None:
             kind = {"not_sentinel": "not a Sentinel", "auth": "refused our credentials",
-                    "bad_reply": "bad reply"}.get(v.problem, "unreachable")
+                    "bad_reply": "bad reply", "pending": "no answer yet"}.get(v.problem,
+                                                                              "unreachable")
         elif v.tilt:
             kind = "in TILT"
         elif name in v.group_errors:

@@ -1,8 +1,9 @@
 """Sentinel adapter: the only module that talks to Sentinels.
 
 Two jobs, both per Sentinel:
-- `SentinelReader.read()`: one pipelined round trip per Sentinel (all Sentinels in
-  parallel) giving every group's address, config-epoch, flags and replicas;
+- `SentinelReader`: one pipelined round trip per Sentinel (all Sentinels in parallel, one
+  thread each) giving the groups' address, config-epoch, flags and replicas, and, when a full
+  pass starts, each Sentinel's TILT state, ID and groups;
 - `EventWatcher`: a thread holding a pub/sub connection (`PSUBSCRIBE *`). redis-py does not
   notice a hung Sentinel and reconnects silently after a restart (facts 0.4), so the watcher
   disables redis-py's retries, pings on the pub/sub connection itself, declares the
@@ -13,11 +14,12 @@ Must not decide anything: it reports what Sentinels say, parsed into frozen valu
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
@@ -27,13 +29,15 @@ from redis.retry import Retry
 
 from controller.model import Address, SentinelView
 from controller.sentinel_parse import (
+    HEAD_COMMANDS,
+    Head,
     NotASentinelError,
     SentinelEvent,
     SentinelReplyError,
+    group_commands,
     parse_event,
-    parse_pipeline,
-    parse_sentinels,
-    pipeline_commands,
+    parse_groups,
+    parse_head,
 )
 
 log = structlog.get_logger("controller.sentinel")
@@ -110,12 +114,25 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-class SentinelReader:
-    """Reads the full state of every configured group from every Sentinel.
+#: `enough(answers, pending)`: whether a pass may go on with the answers it has while
+#: `pending` Sentinels have not answered yet (decide.decidable for each group read).
+Enough = Callable[[list[SentinelView], int], bool]
+#: Called (from an asking thread) with every Sentinel's answer once a round that was cut
+#: short by `enough` is complete: the caller checks whether the late answers change a verdict.
+OnLate = Callable[[list[SentinelView]], None]
 
-    All Sentinels are asked at once without threads: the whole pipeline is written to every
-    connection first, then the replies are read, so a pass costs about one round trip plus
-    parsing (threads cost more than they save here: the GIL serialises the parsing).
+
+class SentinelReader:
+    """Reads groups from every Sentinel; all Sentinels are asked at once, each by its own
+    thread on its own kept connection (`_Asker`), so a slow or hung Sentinel never holds the
+    others, nor the caller once it has `enough` answers.
+
+    `head()` (when a full pass starts) asks each Sentinel its TILT state, its ID and every
+    group it monitors (`INFO sentinel`, `SENTINEL MYID`); `read(groups)` asks the groups' master
+    entry, address and replicas, and answers with the last head each Sentinel gave. Requests
+    that queue up behind a slow Sentinel are merged into one pipeline; a connection serves
+    one pipeline at a time, in order, so a later answer from a Sentinel is never older than an
+    earlier one.
     """
 
     def __init__(
@@ -129,141 +146,303 @@ class SentinelReader:
         self.auth = auth
         self.fixed_masters = list(masters)  # empty: every master the Sentinels monitor
         self.timeout_s = timeout_s
-        self._conns = {str(s): _connection(s, auth, timeout_s) for s in self.sentinels}
+        self._cond = threading.Condition()
+        self._askers = {str(s): _Asker(self, s) for s in self.sentinels}
         self._known: list[str] = list(masters)
-        self._ids: dict[str, str] = {}  # address -> SENTINEL MYID, once it answered
+        self._found: dict[str, Address] = {}  # run ID -> address, from discovering reads
         self._myid_denied: set[str] = set()
 
     def close(self) -> None:
-        for c in self._conns.values():
-            c.disconnect()
+        for a in self._askers.values():
+            a.stop()
 
     @property
     def master_names(self) -> list[str]:
         return list(self._known)
 
-    def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
-        """One view per Sentinel, in configuration order; errors are carried, not raised.
+    def head(self, skip: Collection[str] = (), patient: bool = False) -> list[SentinelView]:
+        """Every Sentinel's TILT state and ID (no group), in configuration order; updates the
+        known groups (a group no Sentinel monitors any more is forgotten once every Sentinel
+        answered). Waits for a majority of the Sentinels asked (every one when `patient`);
+        a late answer still updates what `read` reports for that Sentinel."""
+        def majority(answers: list[SentinelView], pending: int) -> bool:
+            return len(answers) > (len(answers) + pending) // 2
+        return self._round(None, skip, {}, None if patient else majority, None, False)
 
-        Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not asked:
-        a hung one would hold the pass for a whole timeout.
-        """
-        views = self._read_all(list(self._known), skip)
-        if not self.fixed_masters:
-            monitored = {n for v in views for n in v.master_names_seen}
-            if all(v.view.error is None for v in views):
-                # Every Sentinel answered: a group none of them monitors any more (SENTINEL
-                # REMOVE) is forgotten instead of staying undecided for ever.
-                self._known = [n for n in self._known if n in monitored]
-            seen = sorted(monitored | set(self._known))
-            if seen != self._known:  # a group we have not seen yet: ask again, once
-                self._known = seen
-                views = self._read_all(seen, skip)
-        return [v.view for v in views]
+    def read(
+        self,
+        groups: Sequence[str],
+        skip: Collection[str] = (),
+        prefill: dict[str, SentinelView] | None = None,
+        enough: Enough | None = None,
+        on_late: OnLate | None = None,
+        discover: bool = False,
+    ) -> list[SentinelView]:
+        """One view per Sentinel (configuration order) of `groups`; errors are carried, not
+        raised. Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not
+        asked: a hung one would hold the pass for a whole timeout. `prefill` counts as a
+        Sentinel's answer until its own comes. Returns as soon as `enough` says so (a Sentinel
+        still pending shows as an error view with problem `pending`), else when all answered
+        or after the timeout; `on_late` then gets the complete answers. `discover`: also ask
+        each group's other Sentinels (see `discover()`)."""
+        return self._round(list(groups), skip, prefill or {}, enough, on_late, discover)
 
     def discover(self) -> list[Address]:
-        """Ask every Sentinel that answered before for the other Sentinels of every known group
-        (`SENTINEL SENTINELS`); add the ones not known yet (by their ID, whatever address they
-        were listed at) and return their addresses. Errors leave things as they are."""
-        names = list(self._known)
-        if not names:
-            return []
-        known_ids = set(self._ids.values())
-        found: dict[str, Address] = {}
-        for key, conn in self._conns.items():
-            if key not in self._ids:
-                continue
-            try:
-                conn.send_packed_command(
-                    conn.pack_commands([("SENTINEL", "SENTINELS", n) for n in names]),
-                    check_health=False)
-                replies = _read_replies(conn, len(names))
-            except redis.RedisError:
-                conn.disconnect()
-                continue
-            for name, reply in zip(names, replies, strict=True):
-                if isinstance(reply, Exception):
-                    continue  # it does not monitor this group
-                try:
-                    others = parse_sentinels(reply, f"SENTINEL SENTINELS {name}")
-                except SentinelReplyError:
-                    continue
-                for addr, runid in others:
-                    if runid not in known_ids and runid not in found:
-                        found[runid] = addr
+        """Sentinels listed by the others (reads with `discover`) whose ID is not known yet,
+        whatever address they were listed at: they are read from now on; returns them."""
+        with self._cond:
+            known_ids = {a.head.myid for a in self._askers.values() if a.head is not None}
+            found = {rid: addr for rid, addr in self._found.items() if rid not in known_ids}
+            self._found.clear()
         added: list[Address] = []
         for addr in found.values():
-            if str(addr) in self._conns:
+            if str(addr) in self._askers:
                 continue
             self.sentinels.append(addr)
-            self._conns[str(addr)] = _connection(addr, self.auth, self.timeout_s)
+            self._askers[str(addr)] = _Asker(self, addr)
             added.append(addr)
         return added
 
-    def _read_all(self, names: list[str], skip: Collection[str]) -> list[_Reply]:
-        cmds = pipeline_commands(names)
-        out: dict[str, _Reply] = {}
-        sent: list[str] = []
-        for addr in self.sentinels:
-            key = str(addr)
-            if key in skip:
-                out[key] = self._failed(key, "event connection down", "unreachable")
-                continue
-            conn = self._conns[key]
+    # -- rounds --------------------------------------------------------------------------
+    def _round(self, groups: list[str] | None, skip: Collection[str],
+               prefill: dict[str, SentinelView], enough: Enough | None,
+               on_late: OnLate | None, discover: bool) -> list[SentinelView]:
+        askers = list(self._askers.values())
+        asked = [a for a in askers if a.key not in skip]
+        r = _Round(groups, {a.key for a in asked}, dict(prefill), on_late, discover)
+        for a in asked:
+            a.submit(r)
+        deadline = time.monotonic() + self.timeout_s + 0.05
+        with self._cond:
+            while True:
+                pending = len(r.asked - r.done - set(r.answers))  # prefilled ones count
+                if not pending or (enough is not None and enough(list(r.answers.values()),
+                                                                 pending)):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            r.returned = True
+            return [self._shown(a, r, skip) for a in askers]
+
+    def _shown(self, a: _Asker, r: _Round, skip: Collection[str]) -> SentinelView:
+        if a.key in skip:
+            return a.failed("event connection down", "unreachable")
+        view = r.answers.get(a.key)
+        if view is None:
+            return a.failed("no answer yet (a slow Sentinel: its answer comes later)",
+                            "pending")
+        return view
+
+    def _delivered(self, asker: _Asker, rounds: list[_Round], head: SentinelView | None,
+                   views: dict[int, SentinelView], names: tuple[str, ...] | None = None,
+                   found: Sequence[tuple[Address, str]] = ()) -> None:
+        """An asker's answer to `rounds` (called by its thread): `head` for head rounds,
+        `views` by round id for the others, `names` the groups its head listed. Record it,
+        wake the waiting pass, and hand complete rounds that were cut short to `on_late`."""
+        late: list[tuple[OnLate, list[SentinelView]]] = []
+        with self._cond:
+            for addr, rid in found:
+                self._found.setdefault(rid, addr)
+            if names is not None and not self.fixed_masters:
+                new = [n for n in names if n not in self._known]
+                if new:  # known at once, so that the pass that asked reads them
+                    self._known = sorted({*self._known, *new})
+            for r in rounds:
+                view = head if r.groups is None else views.get(id(r))
+                if view is None:
+                    continue
+                r.answers[asker.key] = view
+                r.done.add(asker.key)
+                if r.groups is None and names is not None:
+                    r.names[asker.key] = names
+                if r.asked <= r.done:
+                    if r.groups is None:
+                        self._update_known(r)
+                    if r.returned and r.on_late is not None:
+                        late.append((r.on_late, [r.answers[a.key] for a in self._askers.values()
+                                                  if a.key in r.asked]))
+            self._cond.notify_all()
+        for on_late, answers in late:
+            on_late(answers)
+
+    def _update_known(self, r: _Round) -> None:
+        """After a complete head round: every group some Sentinel monitors is known; when every
+        Sentinel answered, a group none of them monitors any more is forgotten (SENTINEL
+        REMOVE) instead of staying undecided for ever."""
+        if self.fixed_masters:
+            return
+        monitored = {n for names in r.names.values() for n in names}
+        known = list(self._known)
+        if len(r.names) == len(r.asked) and all(v.error is None for v in r.answers.values()):
+            known = [n for n in known if n in monitored]
+        self._known = sorted(monitored | set(known))
+
+
+@dataclass(eq=False)
+class _Round:
+    """One question to every Sentinel asked: head (groups None) or some groups."""
+
+    groups: list[str] | None
+    asked: set[str]
+    answers: dict[str, SentinelView]  # prefilled, then replaced by each Sentinel's answer
+    on_late: OnLate | None
+    discover: bool
+    done: set[str] = field(default_factory=set)  # Sentinels that answered this round
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head: groups seen
+    returned: bool = False  # the caller went on (maybe before everyone answered)
+
+
+class _Asker:
+    """One Sentinel's kept connection and the thread that asks on it.
+
+    Rounds that queue while it is busy are merged into one pipeline (the head commands once,
+    the union of the groups); every round gets its answer from that pipeline. Errors are
+    delivered as views, never raised: a pass must not die from one Sentinel.
+    """
+
+    def __init__(self, reader: SentinelReader, addr: Address) -> None:
+        self.reader = reader
+        self.addr = addr
+        self.key = str(addr)
+        self.conn = _connection(addr, reader.auth, reader.timeout_s)
+        self.head: Head | None = None  # its last head answer
+        self._queue: list[_Round] = []
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, r: _Round) -> None:
+        with self.reader._cond:
+            self._queue.append(r)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"sentinel-ask-{self.key}")
+                self._thread.start()
+            self.reader._cond.notify_all()
+
+    def stop(self) -> None:
+        with self.reader._cond:
+            self._stop = True
+            self.reader._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(self.reader.timeout_s + 1)
+        self.conn.disconnect()
+
+    def failed(self, error: str, problem: str) -> SentinelView:
+        """A view saying why this Sentinel cannot be used; it keeps the ID it gave before."""
+        return SentinelView(sentinel=self.key, error=error, problem=problem,
+                            myid=self.head.myid if self.head else "")
+
+    def _run(self) -> None:
+        cond = self.reader._cond
+        while True:
+            with cond:
+                while not self._queue and not self._stop:
+                    cond.wait()
+                if self._stop:
+                    return
+                rounds, self._queue = self._queue, []
             try:
-                conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
-                sent.append(key)
-            except redis.RedisError as e:
-                conn.disconnect()
-                out[key] = self._failed(key, describe_error(e), problem_of(e))
-        for key in sent:
-            conn = self._conns[key]
+                self._answer(rounds)
+            except Exception:  # a bug: say so, answer with an error, keep the thread alive
+                log.exception("unexpected_error", where="sentinel reader",
+                              sentinel=self.key)
+                bad = self.failed("internal error while reading", "bad_reply")
+                self.reader._delivered(self, rounds, bad, {id(r): bad for r in rounds})
+
+    def _answer(self, rounds: list[_Round]) -> None:
+        want_head = any(r.groups is None for r in rounds)
+        groups = sorted({g for r in rounds for g in (r.groups or ())})
+        discover = any(r.discover for r in rounds)
+        cmds = (HEAD_COMMANDS if want_head else []) + group_commands(groups, discover)
+        head_view: SentinelView | None = None
+        names: tuple[str, ...] | None = None
+        by_round: dict[int, SentinelView] = {}
+        found: list[tuple[Address, str]] = []
+        try:
+            replies = self._ask(cmds)
+        except redis.RedisError as e:  # timeout, reset: the stream is unusable
+            self.conn.disconnect()
+            bad = self.failed(describe_error(e), problem_of(e))
+            self.reader._delivered(self, rounds, bad, {id(r): bad for r in rounds})
+            return
+        if want_head:
+            head_replies, replies = replies[:2], replies[2:]
             try:
-                try:
-                    replies = _read_replies(conn, len(cmds))
-                except redis.ConnectionError as e:
-                    if isinstance(e, redis.TimeoutError):
-                        raise
-                    # A connection the Sentinel closed (it restarted): the first use after
-                    # that fails. Reconnect and ask once more, so the pass still counts it.
-                    conn.disconnect()
-                    conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
-                    replies = _read_replies(conn, len(cmds))
-            except redis.RedisError as e:  # timeout, reset: the stream is unusable
-                conn.disconnect()
-                out[key] = self._failed(key, describe_error(e), problem_of(e))
-                continue
-            try:
-                out[key] = self._build(key, names, replies)
+                self.head = self._head(head_replies)
+                head_view = SentinelView(sentinel=self.key, tilt=self.head.tilt,
+                                         myid=self.head.myid)
+                names = self.head.names
             except SentinelReplyError as e:
                 problem = problem_of(e)
                 why = "not a Sentinel" if problem == "not_sentinel" else "bad reply"
-                out[key] = self._failed(key, f"{why}: {e}", problem)
-        return [out[str(a)] for a in self.sentinels]
+                head_view = self.failed(f"{why}: {e}", problem)
+        if groups:
+            view = self._groups(groups, replies, discover, found, head_view)
+            for r in rounds:
+                if r.groups is not None:
+                    by_round[id(r)] = _subset(view, r.groups)
+        self.reader._delivered(self, rounds, head_view, by_round, names, found)
 
-    def _failed(self, key: str, error: str, problem: str) -> _Reply:
-        """A Sentinel that could not be used; it keeps the ID it answered with before."""
-        return _Reply(SentinelView(sentinel=key, error=error, problem=problem,
-                                   myid=self._ids.get(key, "")))
+    def _ask(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+        try:
+            return self._pipeline(cmds)
+        except redis.ConnectionError as e:
+            if isinstance(e, redis.TimeoutError):
+                raise
+            # A connection the Sentinel closed (it restarted): the first use after that
+            # fails. Reconnect and ask once more, so the pass still counts it.
+            self.conn.disconnect()
+            return self._pipeline(cmds)
 
-    def _build(self, key: str, names: list[str], replies: list[Any]) -> _Reply:
-        if isinstance(replies[2], redis.ResponseError) and "permission" in str(replies[2]):
+    def _pipeline(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+        self.conn.send_packed_command(self.conn.pack_commands(cmds), check_health=False)
+        return _read_replies(self.conn, len(cmds))
+
+    def _head(self, replies: list[Any]) -> Head:
+        info, myid = replies
+        if isinstance(myid, redis.ResponseError) and "permission" in str(myid):
             # An ACL user made for an older version: count this Sentinel by its address.
-            if key not in self._myid_denied:
-                self._myid_denied.add(key)
-                log.warning("sentinel_myid_denied", sentinel=key,
+            if self.key not in self.reader._myid_denied:
+                self.reader._myid_denied.add(self.key)
+                log.warning("sentinel_myid_denied", sentinel=self.key,
                             detail="allow +sentinel|myid +sentinel|sentinels for the ACL user: "
                             "without its ID a Sentinel listed twice would vote twice")
-            replies = [*replies[:2], None, *replies[3:]]
-        for r in replies[:3]:
+            myid = None
+        for r in (info, myid):
             if isinstance(r, Exception):
                 if problem_of(r) == "not_sentinel":
                     raise NotASentinelError(describe_error(r))
                 raise SentinelReplyError(describe_error(r))
-        view, monitored = parse_pipeline(key, names, replies)
-        if view.myid:
-            self._ids[key] = view.myid
-        return _Reply(view, monitored)
+        return parse_head(info, myid)
+
+    def _groups(self, groups: list[str], replies: list[Any], discover: bool,
+                found: list[tuple[Address, str]], head_view: SentinelView | None
+                ) -> SentinelView:
+        if head_view is not None and head_view.error:
+            return head_view
+        first = replies[0] if replies else None
+        if isinstance(first, Exception) and problem_of(first) in ("auth", "not_sentinel"):
+            problem = problem_of(first)
+            why = "not a Sentinel" if problem == "not_sentinel" else describe_error(first)
+            return self.failed(why, problem)
+        head = self.head or Head(False, "", ())
+        try:
+            view, others = parse_groups(self.key, groups, replies, head, discover)
+        except SentinelReplyError as e:
+            return self.failed(f"bad reply: {e}", "bad_reply")
+        found += [(addr, rid) for addr, rid in others]
+        return view
+
+
+def _subset(view: SentinelView, groups: Sequence[str]) -> SentinelView:
+    """`view` restricted to `groups` (a merged pipeline answers several rounds)."""
+    if view.error is not None or set(view.masters) <= set(groups):
+        return view
+    return dataclasses.replace(
+        view, masters={g: view.masters[g] for g in groups if g in view.masters},
+        group_errors={g: view.group_errors[g] for g in groups if g in view.group_errors})
 
 
 def _read_replies(conn: Any, count: int) -> list[Any]:
@@ -274,12 +453,6 @@ def _read_replies(conn: Any, count: int) -> list[Any]:
         except redis.ResponseError as e:  # one refused command; the stream is intact
             replies.append(e)
     return replies
-
-
-@dataclass(frozen=True)
-class _Reply:
-    view: SentinelView
-    master_names_seen: frozenset[str] = frozenset()
 
 
 def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
@@ -305,18 +478,23 @@ def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
     )
 
 
-HintKind = Literal["event", "connected", "disconnected", "bad_event"]
+HintKind = Literal["event", "connected", "disconnected", "bad_event", "late_answer",
+                   "haproxy_changed"]
 
 
 @dataclass(frozen=True)
 class Hint:
-    """Something that may mean the state changed; the loop reconciles on it."""
+    """Something that may mean the state changed; the loop reconciles on it. From an event
+    watcher (its Sentinel's events and connection), the reader (`late_answer`: the complete
+    answers of a round a pass did not wait for, `views`) or an HAProxy worker
+    (`haproxy_changed`: restarted, reloaded or back)."""
 
-    sentinel: str
+    source: str  # the Sentinel ("host:port"), or the HAProxy's socket
     kind: HintKind
     received: float  # time.monotonic() when it arrived
     event: SentinelEvent | None = None
     detail: str = ""
+    views: tuple[SentinelView, ...] = ()
 
 
 class EventWatcher:

@@ -229,28 +229,48 @@ def hint(channel: str, text: str, received: float = 100.0) -> Hint:
 
 
 def test_hints_that_warrant_a_pass(controller: Controller) -> None:
-    """Relevant events and connection changes start a pass; noise and other groups do not."""
-    assert controller._note_hint(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1"))
-    assert controller._note_hint(hint("+new-epoch", "3"))
-    assert not controller._note_hint(hint("+vote-for-leader", "1ce51fd96d 1"))
-    assert not controller._note_hint(hint("+switch-master", "other 127.0.0.2 1 127.0.0.3 1"))
-    assert controller._note_hint(Hint("127.0.0.1:1", "connected", 1.0))
-    assert controller._note_hint(Hint("127.0.0.1:1", "disconnected", 1.0, detail="EOF"))
-    assert not controller._note_hint(Hint("127.0.0.1:1", "bad_event", 1.0, detail="x"))
+    """An event naming a known group asks for a pass of that group only; events naming no
+    group, or a group not known yet, and connection changes ask for a full pass; noise and
+    groups not managed ask for none."""
+    assert controller._classify(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1")) \
+        == ("+switch-master", GROUP)
+    assert controller._classify(hint("+sdown", f"master {GROUP} 127.0.0.2 1")) == ("+sdown",
+                                                                                   GROUP)
+    assert controller._classify(hint("+new-epoch", "3")) == ("+new-epoch", None)
+    assert controller._classify(hint("+tilt", "#tilt mode entered")) == ("+tilt", None)
+    assert controller._classify(hint("+vote-for-leader", "1ce51fd96d 1")) is None
+    assert controller._classify(hint("+switch-master", "other 127.0.0.2 1 127.0.0.3 1")) is None
+    assert controller._classify(Hint("127.0.0.1:1", "connected", 1.0)) == (
+        "sentinel_connected", None)
+    assert controller._classify(Hint("127.0.0.1:1", "disconnected", 1.0, detail="EOF")) == (
+        "sentinel_disconnected", None)
+    assert controller._classify(Hint("/s", "haproxy_changed", 1.0)) == ("haproxy_changed", None)
+    assert controller._classify(Hint("127.0.0.1:1", "bad_event", 1.0, detail="x")) is None
+
+
+def test_event_for_a_group_not_known_yet_asks_for_a_full_pass(sentinels: FakeSentinels) -> None:
+    """Without a fixed group list, an event about a group no Sentinel listed yet (a new
+    `SENTINEL MONITOR`) is served by a full pass, which finds it."""
+    ctl = Controller(Settings(sentinels=SENTINELS), sentinels, [FakeHAProxy()])
+    assert ctl._classify(hint("+monitor", "master newgroup 127.0.0.9 1 quorum 2")) == (
+        "+monitor", None)
 
 
 def test_haproxy_identity_changes_are_noticed(controller: Controller) -> None:
-    """First sight, a new Pid or Start_time, or a return after being down count as new."""
-    target = "/run/haproxy/admin.sock"
+    """First sight, a new Pid or Start_time, or a return after being down count as new; a
+    restart or a return also marks every group for a sync and tells the loop."""
+    w = controller.workers[0]
     info = HAProxyInfo(pid=10, start_time_s=1000)
-    assert controller._haproxy_seen(target, info)
-    assert not controller._haproxy_seen(target, info)
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1000))
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1001))
-    controller._haproxy_down(target, "cannot talk to the socket")
-    assert controller.counters.haproxy_up[target] is False
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1001))
-    assert controller.counters.haproxy_up[target] is True
+    assert w._seen(info)
+    assert not w._seen(info)
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1000))
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1001))
+    w._down("cannot talk to the socket")
+    assert controller.counters.haproxy_up[w.target] is False
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1001))
+    assert controller.counters.haproxy_up[w.target] is True
+    kinds = [h.kind for h in controller.hints.get(0)]
+    assert kinds == ["haproxy_changed"] * 3
 
 
 def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> None:
