@@ -125,6 +125,12 @@ def one(n: int) -> dict[str, Any]:
         def discover(self) -> list[Any]:
             return []
 
+        def busy(self) -> bool:
+            return False
+
+        def poll(self) -> None:
+            pass
+
         def _head(self, s: str) -> Head:
             myid = f"{list(self.replies).index(s) + 1:040d}"  # one ID per Sentinel
             return parse_head(self.replies[s]["info"], myid)

@@ -42,6 +42,7 @@ URGENT_MAX = 64  # groups of targeted passes synced in one exchange at most
 CHUNK = 32  # groups of full passes per sync: a failover waits for one chunk at most
 FULL_READ_AT = 400  # backends: from this many on, read the whole state in one exchange
 MIN_BACKOFF_S = 0.05
+FRESH_FOR_S = 1.0  # a read ahead of a targeted sync is used only this soon after
 
 
 class HAProxyTarget(Protocol):
@@ -115,6 +116,7 @@ class HAProxyWorker:
         self._dirty: dict[str, _Dirty] = {}
         self._lease_value: str | None = None
         self._lease_due = False
+        self._prefetch: set[str] = set()  # backends to read ahead of a targeted sync
         self._stop = False
         # The worker's own (its thread, or the caller in inline mode).
         self.up = True
@@ -127,6 +129,8 @@ class HAProxyWorker:
         self._backoff = MIN_BACKOFF_S
         self._next_probe = 0.0
         self._thread: threading.Thread | None = None
+        self._fresh: HAProxyState | None = None  # read ahead; used once, dropped on apply
+        self._fresh_at = 0.0
 
     # -- the loop's side -----------------------------------------------------------------
     def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
@@ -142,6 +146,16 @@ class HAProxyWorker:
                 self._wanted[group] = ts
                 self._mark(group, since[group], urgent)
             self._cond.notify_all()
+
+    def prefetch(self, groups: Sequence[str]) -> None:
+        """A targeted pass about these groups has started: read their backends now, while
+        the Sentinels are asked, so that the sync that follows plans from that read instead
+        of reading again (it was taken after the hint; only this worker changes HAProxy)."""
+        with self._cond:
+            backends = {t.backend for g in groups for t in self._wanted.get(g, ())}
+            if backends and self._thread is not None:
+                self._prefetch = backends
+                self._cond.notify_all()
 
     def set_lease(self, value_ms: str) -> None:
         """The lease to push into the lease map (at once when the worker has no thread)."""
@@ -206,7 +220,7 @@ class HAProxyWorker:
         """One unit of work (or a bounded wait for one); False once stopped."""
         with self._cond:
             now = time.monotonic()
-            work = self.up and (bool(self._dirty) or self._lease_due)
+            work = self.up and (bool(self._dirty) or self._lease_due or bool(self._prefetch))
             if not work and not self._stop:
                 self._cond.wait(max(0.0, self._next_probe - now))
             if self._stop:
@@ -214,10 +228,14 @@ class HAProxyWorker:
             batch = self._take() if self.up else {}
             lease = self._lease_value if self._lease_due and self.up else None
             self._lease_due = self._lease_due and lease is None
+            ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
         now = time.monotonic()
         if not self.up:
             if now >= self._next_probe:
                 self.probe()
+            return True
+        if ahead:
+            self._read_ahead(ahead)
             return True
         if batch:
             out = self.sync(batch)
@@ -256,12 +274,17 @@ class HAProxyWorker:
         with self._cond:
             wanted = [t for g in groups for t in self._wanted.get(g, ())]
         backends = [t.backend for t in wanted]
-        try:
-            whole = full_read or len(backends) >= FULL_READ_AT
-            state = self.h.state(None if whole else backends)
-        except HAProxyError as e:
-            self._down(str(e))
-            return HAProxyOutcome(self.target, None, Plan(), error=str(e))
+        fresh, self._fresh = self._fresh, None
+        if (fresh is not None and not full_read and set(backends) <= set(fresh.backends)
+                and time.monotonic() - self._fresh_at < FRESH_FOR_S):
+            state = fresh
+        else:
+            try:
+                whole = full_read or len(backends) >= FULL_READ_AT
+                state = self.h.state(None if whole else backends)
+            except HAProxyError as e:
+                self._down(str(e))
+                return HAProxyOutcome(self.target, None, Plan(), error=str(e))
         self._seen(state.info)
         edited = _admin_changes(self._left, state)
         p = plan(wanted, state)
@@ -274,6 +297,7 @@ class HAProxyWorker:
                 log.info("would_apply", haproxy=self.target, command=c.text, reason=c.reason)
             self._set_drift(groups, wanted, p.commands)
             return HAProxyOutcome(self.target, state, p, drift_after=p.drift)
+        self._fresh = None
         try:
             results = self.h.run(p.commands)
         except HAProxyError as e:
@@ -282,6 +306,14 @@ class HAProxyWorker:
         self._report(results, groups, wanted, edited)
         out = HAProxyOutcome(self.target, state, p, tuple(results))
         return self._verify(groups, wanted, out)
+
+    def _read_ahead(self, backends: set[str]) -> None:
+        try:
+            self._fresh_at = time.monotonic()
+            self._fresh = self.h.state(sorted(backends))
+        except HAProxyError as e:
+            self._fresh = None
+            self._down(str(e))
 
     def _report(self, results: Sequence[CommandResult], groups: dict[str, _Dirty],
                 wanted: Sequence[BackendTarget], edited: set[tuple[str, str]]) -> None:

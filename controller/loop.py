@@ -52,6 +52,7 @@ INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without fail
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
 FULL_CHUNK = 32  # groups per step of a full pass: a failover waits for one chunk at most
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
+LATE_POLL_S = 0.005  # while Sentinel answers are awaited, take them in this often
 
 
 class SentinelSource(Protocol):
@@ -73,6 +74,10 @@ class SentinelSource(Protocol):
     ) -> list[SentinelView]: ...
 
     def discover(self) -> list[Address]: ...
+
+    def busy(self) -> bool: ...
+
+    def poll(self) -> None: ...
 
 
 class NodeRoles(Protocol):
@@ -264,9 +269,8 @@ class Controller:
 
     def _hand_over(self, decisions: Sequence[Decision], trigger: str,
                    since: Mapping[str, float] | float, urgent: bool) -> None:
-        """Log verdict changes and give every HAProxy worker the groups' wanted state;
+        """Give every HAProxy worker the groups' wanted state, then log the verdict changes;
         `since`: when the hint each group answers arrived (its latency counts from there)."""
-        self._note_decisions(decisions, trigger)
         routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
             routed, self.settings.write_backend, self.settings.read_backend,
@@ -278,6 +282,9 @@ class Controller:
         sinces = since if isinstance(since, Mapping) else dict.fromkeys(by_group, since)
         for w in self.workers:
             w.want(by_group, sinces, urgent)
+        if urgent:
+            time.sleep(0)  # let the workers have the GIL now: logging can wait, HAProxy cannot
+        self._note_decisions(decisions, trigger)
 
     # -- passes --------------------------------------------------------------------------
     def reconcile(self, trigger: str, groups: Sequence[str] | None = None,
@@ -310,6 +317,8 @@ class Controller:
         """A pass over the groups hints named: read, decide, hand over (urgent)."""
         start = time.monotonic()
         groups = list(batch.groups)
+        for w in self.workers:
+            w.prefetch(groups)
         views, decisions = self._read_decide(groups, batch.carry or None, early=True)
         self._hand_over(decisions, batch.trigger, batch.groups, urgent=True)
         self.counters.passes += 1
@@ -391,8 +400,11 @@ class Controller:
                 wake = min(next_resync, next_lease)
                 if self.promotions_pending():
                     wake = min(wake, next_role)
+                if self.reader.busy():  # late answers: take them in soon
+                    wake = min(wake, now + LATE_POLL_S)
                 for h in self.hints.get(0.0 if busy else max(0.0, wake - now)):
                     self._take(h, work)
+                self.reader.poll()  # late answers come back as hints
                 now = time.monotonic()
                 if self.hints.take_overflow():
                     work.full("hint_overflow", now)

@@ -14,14 +14,18 @@ Must not decide anything: it reports what Sentinels say, parsed into frozen valu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import hiredis
 import redis
 import structlog
 from redis.backoff import NoBackoff
@@ -117,22 +121,28 @@ def describe_error(e: BaseException) -> str:
 #: `enough(answers, pending)`: whether a pass may go on with the answers it has while
 #: `pending` Sentinels have not answered yet (decide.decidable for each group read).
 Enough = Callable[[list[SentinelView], int], bool]
-#: Called (from an asking thread) with every Sentinel's answer once a round that was cut
-#: short by `enough` is complete: the caller checks whether the late answers change a verdict.
+#: Called with every Sentinel's answer once a round that was cut short by `enough` is
+#: complete (from `poll()` or a later read): the caller checks whether the late answers
+#: change a verdict.
 OnLate = Callable[[list[SentinelView]], None]
 
 
 class SentinelReader:
-    """Reads groups from every Sentinel; all Sentinels are asked at once, each by its own
-    thread on its own kept connection (`_Asker`), so a slow or hung Sentinel never holds the
-    others, nor the caller once it has `enough` answers.
+    """Reads groups from every Sentinel: all Sentinels at once, in the caller's thread.
+
+    Each Sentinel has one kept connection; a read writes its pipeline to every Sentinel, then
+    waits on all the sockets at once (`select`) and parses each reply as it comes (hiredis),
+    returning as soon as the answers are `enough`: a slow or hung Sentinel holds nobody. A
+    connection carries one pipeline at a time, so a later answer from a Sentinel is never
+    older than an earlier one; rounds that arrive while its pipeline is out are merged into
+    the next one. Answers that come after their round returned are handed to its `on_late`
+    by `poll()` (the loop calls it while `busy()`). Connecting (TCP, TLS, AUTH) happens in a
+    short-lived thread per connection, never in the caller's: a Sentinel that hangs on
+    connect is simply pending.
 
     `head()` (when a full pass starts) asks each Sentinel its TILT state, its ID and every
-    group it monitors (`INFO sentinel`, `SENTINEL MYID`); `read(groups)` asks the groups' master
-    entry, address and replicas, and answers with the last head each Sentinel gave. Requests
-    that queue up behind a slow Sentinel are merged into one pipeline; a connection serves
-    one pipeline at a time, in order, so a later answer from a Sentinel is never older than an
-    earlier one.
+    group it monitors (`INFO sentinel`, `SENTINEL MYID`); `read(groups)` asks the groups'
+    master entry, address and replicas, and answers with the last head each Sentinel gave.
     """
 
     def __init__(
@@ -146,15 +156,20 @@ class SentinelReader:
         self.auth = auth
         self.fixed_masters = list(masters)  # empty: every master the Sentinels monitor
         self.timeout_s = timeout_s
-        self._cond = threading.Condition()
-        self._askers = {str(s): _Asker(self, s) for s in self.sentinels}
+        self._wake_r, self._wake_w = socket.socketpair()  # connect threads -> select
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns = {str(s): _Conn(s, auth, timeout_s, self._wake) for s in self.sentinels}
         self._known: list[str] = list(masters)
         self._found: dict[str, Address] = {}  # run ID -> address, from discovering reads
         self._myid_denied: set[str] = set()
+        self._late: list[tuple[OnLate, list[SentinelView]]] = []
 
     def close(self) -> None:
-        for a in self._askers.values():
-            a.stop()
+        for c in self._conns.values():
+            c.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     @property
     def master_names(self) -> list[str]:
@@ -164,7 +179,7 @@ class SentinelReader:
         """Every Sentinel's TILT state and ID (no group), in configuration order; updates the
         known groups (a group no Sentinel monitors any more is forgotten once every Sentinel
         answered). Waits for a majority of the Sentinels asked (every one when `patient`);
-        a late answer still updates what `read` reports for that Sentinel."""
+        a later answer still updates what `read` reports for that Sentinel."""
         def majority(answers: list[SentinelView], pending: int) -> bool:
             return len(answers) > (len(answers) + pending) // 2
         return self._round(None, skip, {}, None if patient else majority, None, False)
@@ -180,26 +195,34 @@ class SentinelReader:
     ) -> list[SentinelView]:
         """One view per Sentinel (configuration order) of `groups`; errors are carried, not
         raised. Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not
-        asked: a hung one would hold the pass for a whole timeout. `prefill` counts as a
-        Sentinel's answer until its own comes. Returns as soon as `enough` says so (a Sentinel
-        still pending shows as an error view with problem `pending`), else when all answered
-        or after the timeout; `on_late` then gets the complete answers. `discover`: also ask
-        each group's other Sentinels (see `discover()`)."""
+        asked. `prefill` counts as a Sentinel's answer until its own comes. Returns as soon
+        as `enough` says so (a Sentinel still pending shows as an error view with problem
+        `pending`), else when all answered or after the timeout; `on_late` gets the complete
+        answers later. `discover`: also ask each group's other Sentinels (`discover()`)."""
         return self._round(list(groups), skip, prefill or {}, enough, on_late, discover)
+
+    def busy(self) -> bool:
+        """Whether answers are still awaited (the caller should `poll()` soon)."""
+        return any(c.inflight is not None or c.waiting for c in self._conns.values())
+
+    def poll(self) -> None:
+        """Take in the answers that came, without waiting; complete rounds that were cut
+        short go to their `on_late` (in this thread)."""
+        self._io(0.0)
+        self._flush_late()
 
     def discover(self) -> list[Address]:
         """Sentinels listed by the others (reads with `discover`) whose ID is not known yet,
         whatever address they were listed at: they are read from now on; returns them."""
-        with self._cond:
-            known_ids = {a.head.myid for a in self._askers.values() if a.head is not None}
-            found = {rid: addr for rid, addr in self._found.items() if rid not in known_ids}
-            self._found.clear()
+        known_ids = {c.head.myid for c in self._conns.values() if c.head is not None}
+        found = {rid: addr for rid, addr in self._found.items() if rid not in known_ids}
+        self._found.clear()
         added: list[Address] = []
         for addr in found.values():
-            if str(addr) in self._askers:
+            if str(addr) in self._conns:
                 continue
             self.sentinels.append(addr)
-            self._askers[str(addr)] = _Asker(self, addr)
+            self._conns[str(addr)] = _Conn(addr, self.auth, self.timeout_s, self._wake)
             added.append(addr)
         return added
 
@@ -207,63 +230,165 @@ class SentinelReader:
     def _round(self, groups: list[str] | None, skip: Collection[str],
                prefill: dict[str, SentinelView], enough: Enough | None,
                on_late: OnLate | None, discover: bool) -> list[SentinelView]:
-        askers = list(self._askers.values())
-        asked = [a for a in askers if a.key not in skip]
-        r = _Round(groups, {a.key for a in asked}, dict(prefill), on_late, discover)
-        for a in asked:
-            a.submit(r)
+        self._io(0.0)  # answers already in belong to earlier rounds: take them first
+        conns = list(self._conns.values())
+        asked = [c for c in conns if c.key not in skip]
+        r = _Round(groups, {c.key for c in asked}, dict(prefill), on_late, discover)
+        for c in asked:
+            c.waiting.append(r)
+            self._send(c)
         deadline = time.monotonic() + self.timeout_s + 0.05
-        with self._cond:
-            while True:
-                pending = len(r.asked - r.done - set(r.answers))  # prefilled ones count
-                if not pending or (enough is not None and enough(list(r.answers.values()),
-                                                                 pending)):
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            r.returned = True
-            return [self._shown(a, r, skip) for a in askers]
+        while True:
+            pending = len(r.asked - r.done - set(r.answers))  # prefilled ones count
+            if not pending or (enough is not None and enough(list(r.answers.values()),
+                                                             pending)):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._io(left)
+        r.returned = True
+        self._flush_late()
+        return [self._shown(c, r, skip) for c in conns]
 
-    def _shown(self, a: _Asker, r: _Round, skip: Collection[str]) -> SentinelView:
-        if a.key in skip:
-            return a.failed("event connection down", "unreachable")
-        view = r.answers.get(a.key)
+    def _shown(self, c: _Conn, r: _Round, skip: Collection[str]) -> SentinelView:
+        if c.key in skip:
+            return c.failed("event connection down", "unreachable")
+        view = r.answers.get(c.key)
         if view is None:
-            return a.failed("no answer yet (a slow Sentinel: its answer comes later)",
+            return c.failed("no answer yet (a slow Sentinel: its answer comes later)",
                             "pending")
         return view
 
-    def _delivered(self, asker: _Asker, rounds: list[_Round], head: SentinelView | None,
-                   views: dict[int, SentinelView], names: tuple[str, ...] | None = None,
-                   found: Sequence[tuple[Address, str]] = ()) -> None:
-        """An asker's answer to `rounds` (called by its thread): `head` for head rounds,
-        `views` by round id for the others, `names` the groups its head listed. Record it,
-        wake the waiting pass, and hand complete rounds that were cut short to `on_late`."""
-        late: list[tuple[OnLate, list[SentinelView]]] = []
-        with self._cond:
-            for addr, rid in found:
-                self._found.setdefault(rid, addr)
-            if names is not None and not self.fixed_masters:
-                new = [n for n in names if n not in self._known]
-                if new:  # known at once, so that the pass that asked reads them
-                    self._known = sorted({*self._known, *new})
-            for r in rounds:
-                view = head if r.groups is None else views.get(id(r))
-                if view is None:
-                    continue
-                r.answers[asker.key] = view
-                r.done.add(asker.key)
-                if r.groups is None and names is not None:
-                    r.names[asker.key] = names
-                if r.asked <= r.done:
-                    if r.groups is None:
-                        self._update_known(r)
-                    if r.returned and r.on_late is not None:
-                        late.append((r.on_late, [r.answers[a.key] for a in self._askers.values()
-                                                  if a.key in r.asked]))
-            self._cond.notify_all()
+    def _send(self, c: _Conn) -> None:
+        """Write the rounds waiting for `c` as one pipeline, if its connection is free (else
+        they go when the pipeline out is answered, or once it is connected)."""
+        if c.inflight is not None or not c.waiting:
+            return
+        if not c.connected():
+            c.start_connect()
+            return
+        rounds, c.waiting = c.waiting, []
+        want_head = any(r.groups is None for r in rounds)
+        groups = sorted({g for r in rounds for g in (r.groups or ())})
+        discover = any(r.discover for r in rounds)
+        cmds = (HEAD_COMMANDS if want_head else []) + group_commands(groups, discover)
+        c.inflight = _Request(rounds, want_head, groups, discover, len(cmds))
+        try:
+            c.send(cmds)
+        except OSError as e:
+            self._failed(c, describe_error(e), problem_of(e), retry=True)
+
+    def _io(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for replies (or a connect to finish) and take them in."""
+        by_sock = {c.sock: c for c in self._conns.values()
+                   if c.inflight is not None and c.sock is not None}
+        now = time.monotonic()
+        due = min((c.inflight.sent + self.timeout_s for c in by_sock.values()
+                   if c.inflight is not None), default=now + timeout_s)
+        wait = max(0.0, min(timeout_s, due - now))
+        try:
+            readable, _, _ = select.select([self._wake_r, *by_sock], [], [], wait)
+        except (OSError, ValueError):  # a socket closed under us: look at each one
+            readable = list(by_sock)
+        for sock in readable:
+            if sock is self._wake_r:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            else:
+                self._readable(by_sock[sock])
+        now = time.monotonic()
+        for c in self._conns.values():
+            if c.connect_done():
+                if c.connected():
+                    self._send(c)
+                else:
+                    self._failed(c, c.connect_error, c.connect_problem)
+            elif c.inflight is not None and now - c.inflight.sent > self.timeout_s:
+                self._failed(c, f"TimeoutError: no reply within {self.timeout_s:g}s",
+                             "unreachable")
+
+    def _readable(self, c: _Conn) -> None:
+        try:
+            replies = c.receive()
+        except (OSError, hiredis.ProtocolError) as e:
+            # A connection the Sentinel closed (it restarted): the first use after that
+            # fails. Reconnect and ask once more, so the pass still counts it.
+            self._failed(c, describe_error(e), problem_of(e), retry=True)
+            return
+        req = c.inflight
+        if req is None:
+            return
+        req.replies += replies
+        if len(req.replies) >= req.count:
+            c.inflight = None
+            self._answered(c, req)
+            self._send(c)
+
+    def _failed(self, c: _Conn, error: str, problem: str, retry: bool = False) -> None:
+        """`c` cannot answer: its rounds get an error view (or, once, are asked again on a
+        new connection when the old one was closed by the Sentinel)."""
+        c.disconnect()
+        rounds = (c.inflight.rounds if c.inflight is not None else []) + c.waiting
+        c.inflight, c.waiting = None, []
+        if retry and not c.retried:
+            c.retried = True
+            c.waiting = rounds
+            c.start_connect()
+            return
+        c.retried = False
+        self._deliver(c, rounds, c.failed(error, problem), {})
+
+    def _answered(self, c: _Conn, req: _Request) -> None:
+        c.retried = False
+        replies = req.replies
+        head_view: SentinelView | None = None
+        names: tuple[str, ...] | None = None
+        if req.want_head:
+            head_replies, replies = replies[:2], replies[2:]
+            try:
+                c.head = self._head(c, head_replies)
+                head_view = SentinelView(sentinel=c.key, tilt=c.head.tilt, myid=c.head.myid)
+                names = c.head.names
+            except SentinelReplyError as e:
+                problem = problem_of(e)
+                why = "not a Sentinel" if problem == "not_sentinel" else "bad reply"
+                head_view = c.failed(f"{why}: {e}", problem)
+        by_round: dict[int, SentinelView] = {}
+        if req.groups:
+            view = self._groups(c, req, replies, head_view)
+            by_round = {id(r): _subset(view, r.groups) for r in req.rounds
+                        if r.groups is not None}
+        if names is not None and not self.fixed_masters:
+            new = [n for n in names if n not in self._known]
+            if new:  # known at once, so that the pass that asked reads them
+                self._known = sorted({*self._known, *new})
+        for r in req.rounds:
+            if r.groups is None and names is not None:
+                r.names[c.key] = names
+        self._deliver(c, req.rounds, head_view, by_round)
+
+    def _deliver(self, c: _Conn, rounds: list[_Round], head: SentinelView | None,
+                 views: dict[int, SentinelView]) -> None:
+        """Record `c`'s answer in its rounds (head rounds get `head`, the others their view,
+        or `head` when that is an error); complete rounds that already returned are handed to
+        their `on_late`."""
+        for r in rounds:
+            view = head if r.groups is None else views.get(id(r), head)
+            if view is None:
+                continue
+            r.answers[c.key] = view
+            r.done.add(c.key)
+            if r.asked <= r.done:
+                if r.groups is None:
+                    self._update_known(r)
+                if r.returned and r.on_late is not None:
+                    self._late.append((r.on_late, [r.answers[k] for k in self._conns
+                                                   if k in r.asked]))
+
+    def _flush_late(self) -> None:
+        late, self._late = self._late, []
         for on_late, answers in late:
             on_late(answers)
 
@@ -278,6 +403,45 @@ class SentinelReader:
         if len(r.names) == len(r.asked) and all(v.error is None for v in r.answers.values()):
             known = [n for n in known if n in monitored]
         self._known = sorted(monitored | set(known))
+
+    def _head(self, c: _Conn, replies: list[Any]) -> Head:
+        info, myid = replies
+        if isinstance(myid, Exception) and "permission" in str(myid).lower():
+            # An ACL user made for an older version: count this Sentinel by its address.
+            if c.key not in self._myid_denied:
+                self._myid_denied.add(c.key)
+                log.warning("sentinel_myid_denied", sentinel=c.key,
+                            detail="allow +sentinel|myid +sentinel|sentinels for the ACL user: "
+                            "without its ID a Sentinel listed twice would vote twice")
+            myid = None
+        for r in (info, myid):
+            if isinstance(r, Exception):
+                if problem_of(r) == "not_sentinel":
+                    raise NotASentinelError(describe_error(r))
+                raise SentinelReplyError(describe_error(r))
+        return parse_head(info, myid)
+
+    def _groups(self, c: _Conn, req: _Request, replies: list[Any],
+                head_view: SentinelView | None) -> SentinelView:
+        if head_view is not None and head_view.error:
+            return head_view
+        first = replies[0] if replies else None
+        if isinstance(first, Exception) and problem_of(first) in ("auth", "not_sentinel"):
+            problem = problem_of(first)
+            why = "not a Sentinel" if problem == "not_sentinel" else describe_error(first)
+            return c.failed(why, problem)
+        head = c.head or Head(False, "", ())
+        try:
+            view, others = parse_groups(c.key, req.groups, replies, head, req.discover)
+        except SentinelReplyError as e:
+            return c.failed(f"bad reply: {e}", "bad_reply")
+        for addr, rid in others:
+            self._found.setdefault(rid, addr)
+        return view
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
 
 @dataclass(eq=False)
@@ -294,146 +458,111 @@ class _Round:
     returned: bool = False  # the caller went on (maybe before everyone answered)
 
 
-class _Asker:
-    """One Sentinel's kept connection and the thread that asks on it.
+@dataclass(eq=False)
+class _Request:
+    """The pipeline out on a connection: the rounds it answers and the replies so far."""
 
-    Rounds that queue while it is busy are merged into one pipeline (the head commands once,
-    the union of the groups); every round gets its answer from that pipeline. Errors are
-    delivered as views, never raised: a pass must not die from one Sentinel.
-    """
+    rounds: list[_Round]
+    want_head: bool
+    groups: list[str]
+    discover: bool
+    count: int
+    sent: float = field(default_factory=time.monotonic)
+    replies: list[Any] = field(default_factory=list)
 
-    def __init__(self, reader: SentinelReader, addr: Address) -> None:
-        self.reader = reader
+
+class _Conn:
+    """One Sentinel's kept connection. redis-py opens it (TCP, TLS, AUTH, CLIENT SETNAME) in
+    a short-lived thread; then its socket is written and read directly, replies parsed by a
+    hiredis reader of its own (redis-py's own reading would block)."""
+
+    def __init__(self, addr: Address, auth: Auth, timeout_s: float,
+                 wake: Callable[[], None]) -> None:
         self.addr = addr
         self.key = str(addr)
-        self.conn = _connection(addr, reader.auth, reader.timeout_s)
+        self.conn = _connection(addr, auth, timeout_s)
         self.head: Head | None = None  # its last head answer
-        self._queue: list[_Round] = []
-        self._stop = False
-        self._thread: threading.Thread | None = None
-
-    def submit(self, r: _Round) -> None:
-        with self.reader._cond:
-            self._queue.append(r)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"sentinel-ask-{self.key}")
-                self._thread.start()
-            self.reader._cond.notify_all()
-
-    def stop(self) -> None:
-        with self.reader._cond:
-            self._stop = True
-            self.reader._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(self.reader.timeout_s + 1)
-        self.conn.disconnect()
+        self.inflight: _Request | None = None
+        self.waiting: list[_Round] = []
+        self.retried = False
+        self.sock: Any = None  # set while connected
+        self.connect_error = ""
+        self.connect_problem = ""
+        self._wake = wake
+        self._connecting: threading.Thread | None = None
+        self._finished = False
+        self._reader: Any = None
 
     def failed(self, error: str, problem: str) -> SentinelView:
         """A view saying why this Sentinel cannot be used; it keeps the ID it gave before."""
         return SentinelView(sentinel=self.key, error=error, problem=problem,
                             myid=self.head.myid if self.head else "")
 
-    def _run(self) -> None:
-        cond = self.reader._cond
-        while True:
-            with cond:
-                while not self._queue and not self._stop:
-                    cond.wait()
-                if self._stop:
-                    return
-                rounds, self._queue = self._queue, []
-            try:
-                self._answer(rounds)
-            except Exception:  # a bug: say so, answer with an error, keep the thread alive
-                log.exception("unexpected_error", where="sentinel reader",
-                              sentinel=self.key)
-                bad = self.failed("internal error while reading", "bad_reply")
-                self.reader._delivered(self, rounds, bad, {id(r): bad for r in rounds})
+    def connected(self) -> bool:
+        return self.sock is not None
 
-    def _answer(self, rounds: list[_Round]) -> None:
-        want_head = any(r.groups is None for r in rounds)
-        groups = sorted({g for r in rounds for g in (r.groups or ())})
-        discover = any(r.discover for r in rounds)
-        cmds = (HEAD_COMMANDS if want_head else []) + group_commands(groups, discover)
-        head_view: SentinelView | None = None
-        names: tuple[str, ...] | None = None
-        by_round: dict[int, SentinelView] = {}
-        found: list[tuple[Address, str]] = []
-        try:
-            replies = self._ask(cmds)
-        except redis.RedisError as e:  # timeout, reset: the stream is unusable
-            self.conn.disconnect()
-            bad = self.failed(describe_error(e), problem_of(e))
-            self.reader._delivered(self, rounds, bad, {id(r): bad for r in rounds})
+    def start_connect(self) -> None:
+        if self._connecting is not None or self.sock is not None:
             return
-        if want_head:
-            head_replies, replies = replies[:2], replies[2:]
-            try:
-                self.head = self._head(head_replies)
-                head_view = SentinelView(sentinel=self.key, tilt=self.head.tilt,
-                                         myid=self.head.myid)
-                names = self.head.names
-            except SentinelReplyError as e:
-                problem = problem_of(e)
-                why = "not a Sentinel" if problem == "not_sentinel" else "bad reply"
-                head_view = self.failed(f"{why}: {e}", problem)
-        if groups:
-            view = self._groups(groups, replies, discover, found, head_view)
-            for r in rounds:
-                if r.groups is not None:
-                    by_round[id(r)] = _subset(view, r.groups)
-        self.reader._delivered(self, rounds, head_view, by_round, names, found)
+        self.connect_error = ""
+        self._finished = False
+        self._connecting = threading.Thread(target=self._connect, daemon=True,
+                                            name=f"sentinel-connect-{self.key}")
+        self._connecting.start()
 
-    def _ask(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+    def _connect(self) -> None:
         try:
-            return self._pipeline(cmds)
-        except redis.ConnectionError as e:
-            if isinstance(e, redis.TimeoutError):
-                raise
-            # A connection the Sentinel closed (it restarted): the first use after that
-            # fails. Reconnect and ask once more, so the pass still counts it.
+            self.conn.connect()
+            sock = self.conn._sock  # redis-py's own socket, now handshaken
+            if sock is None:
+                raise redis.ConnectionError("connected without a socket")
+            self._reader = hiredis.Reader(encoding="utf-8", errors="replace",
+                                          replyError=redis.ResponseError)
+            self.sock = sock
+        except (redis.RedisError, OSError) as e:
             self.conn.disconnect()
-            return self._pipeline(cmds)
+            self.connect_error = describe_error(e)
+            self.connect_problem = problem_of(e)
+        finally:
+            self._finished = True  # before the wake: the reader looks at it when woken
+            self._wake()
 
-    def _pipeline(self, cmds: list[tuple[str, ...]]) -> list[Any]:
-        self.conn.send_packed_command(self.conn.pack_commands(cmds), check_health=False)
-        return _read_replies(self.conn, len(cmds))
+    def connect_done(self) -> bool:
+        """A connect just finished (once per connect): the caller sends or fails."""
+        if self._connecting is None or not self._finished:
+            return False
+        self._connecting = None
+        return True
 
-    def _head(self, replies: list[Any]) -> Head:
-        info, myid = replies
-        if isinstance(myid, redis.ResponseError) and "permission" in str(myid):
-            # An ACL user made for an older version: count this Sentinel by its address.
-            if self.key not in self.reader._myid_denied:
-                self.reader._myid_denied.add(self.key)
-                log.warning("sentinel_myid_denied", sentinel=self.key,
-                            detail="allow +sentinel|myid +sentinel|sentinels for the ACL user: "
-                            "without its ID a Sentinel listed twice would vote twice")
-            myid = None
-        for r in (info, myid):
-            if isinstance(r, Exception):
-                if problem_of(r) == "not_sentinel":
-                    raise NotASentinelError(describe_error(r))
-                raise SentinelReplyError(describe_error(r))
-        return parse_head(info, myid)
+    def send(self, cmds: list[tuple[str, ...]]) -> None:
+        self.sock.sendall(b"".join(self.conn.pack_commands(cmds)))
 
-    def _groups(self, groups: list[str], replies: list[Any], discover: bool,
-                found: list[tuple[Address, str]], head_view: SentinelView | None
-                ) -> SentinelView:
-        if head_view is not None and head_view.error:
-            return head_view
-        first = replies[0] if replies else None
-        if isinstance(first, Exception) and problem_of(first) in ("auth", "not_sentinel"):
-            problem = problem_of(first)
-            why = "not a Sentinel" if problem == "not_sentinel" else describe_error(first)
-            return self.failed(why, problem)
-        head = self.head or Head(False, "", ())
-        try:
-            view, others = parse_groups(self.key, groups, replies, head, discover)
-        except SentinelReplyError as e:
-            return self.failed(f"bad reply: {e}", "bad_reply")
-        found += [(addr, rid) for addr, rid in others]
-        return view
+    def receive(self) -> list[Any]:
+        """Every complete reply in what the socket has now."""
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionResetError("connection closed by the Sentinel")
+        pending = getattr(self.sock, "pending", None)  # TLS: decrypted bytes already in
+        while pending is not None and pending():
+            data += self.sock.recv(262144)
+        self._reader.feed(data)
+        out = []
+        while (reply := self._reader.gets()) is not False:
+            out.append(reply)
+        return out
+
+    def disconnect(self) -> None:
+        self.sock = None
+        self._reader = None
+        if self._connecting is None:
+            self.conn.disconnect()
+
+    def close(self) -> None:
+        t = self._connecting
+        if t is not None:
+            t.join(self.conn.socket_connect_timeout or 1.0)
+        self.sock = None
+        self.conn.disconnect()
 
 
 def _subset(view: SentinelView, groups: Sequence[str]) -> SentinelView:
@@ -443,16 +572,6 @@ def _subset(view: SentinelView, groups: Sequence[str]) -> SentinelView:
     return dataclasses.replace(
         view, masters={g: view.masters[g] for g in groups if g in view.masters},
         group_errors={g: view.group_errors[g] for g in groups if g in view.group_errors})
-
-
-def _read_replies(conn: Any, count: int) -> list[Any]:
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as e:  # one refused command; the stream is intact
-            replies.append(e)
-    return replies
 
 
 def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:

@@ -81,6 +81,12 @@ class FakeSentinels:
         return [got.get(v.sentinel) or SentinelView(v.sentinel, error="no answer yet",
                                                     problem="pending") for v in answers]
 
+    def busy(self) -> bool:
+        return bool(self._late)
+
+    def poll(self) -> None:
+        pass  # late answers come only with deliver()
+
     def deliver(self) -> None:
         """The slow Sentinels answer: every read cut short gets its complete answers."""
         late, self._late = self._late, []
