@@ -272,8 +272,9 @@ class SentinelReader:
         want_head = any(r.groups is None for r in rounds)
         groups = sorted({g for r in rounds for g in (r.groups or ())})
         discover = any(r.discover for r in rounds)
-        cmds = (HEAD_COMMANDS if want_head else []) + group_commands(groups, discover)
-        c.inflight = _Request(rounds, want_head, groups, discover, len(cmds))
+        cmds = ((HEAD_COMMANDS if want_head else [])
+                + group_commands(groups, discover, c.whole_list))
+        c.inflight = _Request(rounds, want_head, groups, discover, len(cmds), c.whole_list)
         try:
             c.send(cmds)
         except OSError as e:
@@ -343,6 +344,17 @@ class SentinelReader:
     def _answered(self, c: _Conn, req: _Request) -> None:
         c.retried = False
         replies = req.replies
+        first = replies[2 if req.want_head else 0] if req.groups else None
+        if (not req.whole_list and isinstance(first, Exception)
+                and "sentinel|master'" in str(first) and "NOPERM" in str(first)):
+            # An ACL user made for an older version (SENTINEL MASTERS, not MASTER): read the
+            # master entries from the whole list, as before (its cost grows with the groups).
+            c.whole_list = True
+            log.warning("sentinel_master_denied", sentinel=c.key,
+                        detail="allow +sentinel|master for the ACL user: meanwhile every read "
+                        "asks SENTINEL MASTERS (all groups)")
+            c.waiting = req.rounds + c.waiting
+            return
         head_view: SentinelView | None = None
         names: tuple[str, ...] | None = None
         if req.want_head:
@@ -432,7 +444,8 @@ class SentinelReader:
             return c.failed(why, problem)
         head = c.head or Head(False, "", ())
         try:
-            view, others = parse_groups(c.key, req.groups, replies, head, req.discover)
+            view, others = parse_groups(c.key, req.groups, replies, head, req.discover,
+                                        req.whole_list)
         except SentinelReplyError as e:
             return c.failed(f"bad reply: {e}", "bad_reply")
         for addr, rid in others:
@@ -467,6 +480,7 @@ class _Request:
     groups: list[str]
     discover: bool
     count: int
+    whole_list: bool = False  # master entries from SENTINEL MASTERS (see _Conn.whole_list)
     sent: float = field(default_factory=time.monotonic)
     replies: list[Any] = field(default_factory=list)
 
@@ -485,6 +499,7 @@ class _Conn:
         self.inflight: _Request | None = None
         self.waiting: list[_Round] = []
         self.retried = False
+        self.whole_list = False  # its ACL user may not run SENTINEL MASTER: ask MASTERS
         self.sock: Any = None  # set while connected
         self.connect_error = ""
         self.connect_problem = ""

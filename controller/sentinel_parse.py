@@ -179,14 +179,18 @@ def parse_head(info_raw: Any, myid_raw: Any) -> Head:
     return Head(parse_tilt(info_raw), myid, tuple(parse_info_masters(info_raw)))
 
 
-def group_commands(names: Sequence[str], discover: bool = False) -> list[tuple[str, ...]]:
+def group_commands(names: Sequence[str], discover: bool = False,
+                   whole_list: bool = False) -> list[tuple[str, ...]]:
     """The commands that read groups `names` from one Sentinel, in the order `parse_groups`
     reads the replies: per group its master entry, address and replicas (and with
-    `discover`, the group's other Sentinels)."""
-    cmds: list[tuple[str, ...]] = []
+    `discover`, the group's other Sentinels). `whole_list`: the master entries come from one
+    `SENTINEL MASTERS` (every group's: an ACL user allowed `sentinel|masters` but not
+    `sentinel|master`)."""
+    cmds: list[tuple[str, ...]] = [("SENTINEL", "MASTERS")] if whole_list and names else []
     for m in names:
-        cmds += [("SENTINEL", "MASTER", m), ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m),
-                 ("SENTINEL", "REPLICAS", m)]
+        if not whole_list:
+            cmds.append(("SENTINEL", "MASTER", m))
+        cmds += [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m), ("SENTINEL", "REPLICAS", m)]
         if discover:
             cmds.append(("SENTINEL", "SENTINELS", m))
     return cmds
@@ -194,22 +198,38 @@ def group_commands(names: Sequence[str], discover: bool = False) -> list[tuple[s
 
 def parse_groups(
     sentinel: str, names: Sequence[str], replies: Sequence[Any], head: Head,
-    discover: bool = False,
+    discover: bool = False, whole_list: bool = False,
 ) -> tuple[SentinelView, list[tuple[Address, str]]]:
-    """One Sentinel's replies to `group_commands(names, discover)`: its view of those groups
-    (TILT and ID from its `head`), and with `discover` the (address, run ID) of every other
-    Sentinel it lists for them (a list that does not parse is skipped). A refused command is
-    an Exception in `replies`: `No such master` leaves the group out (this Sentinel has no
-    vote for it), anything else costs only that group (`group_errors`).
+    """One Sentinel's replies to `group_commands(names, discover, whole_list)`: its view of
+    those groups (TILT and ID from its `head`), and with `discover` the (address, run ID) of
+    every other Sentinel it lists for them (a list that does not parse is skipped). A refused
+    command is an Exception in `replies`: `No such master` leaves the group out (this
+    Sentinel has no vote for it), anything else costs only that group (`group_errors`).
     """
-    k = 4 if discover else 3
-    if len(replies) != k * len(names):
-        raise SentinelReplyError(f"expected {k * len(names)} replies, got {len(replies)}")
+    k = (2 if whole_list else 3) + (1 if discover else 0)
+    extra = 1 if whole_list and names else 0
+    if len(replies) != extra + k * len(names):
+        raise SentinelReplyError(f"expected {extra + k * len(names)} replies, "
+                                 f"got {len(replies)}")
+    entries: dict[str, Any] = {}
+    if extra:
+        if isinstance(replies[0], Exception):
+            raise SentinelReplyError(f"SENTINEL MASTERS: {type(replies[0]).__name__}: "
+                                     f"{replies[0]}")
+        if not isinstance(replies[0], Sequence) or isinstance(replies[0], str | bytes):
+            raise SentinelReplyError("SENTINEL MASTERS: expected a list")
+        entries = {str(e[1]): e for e in replies[0]
+                   if isinstance(e, Sequence) and len(e) > 1 and e[0] == "name"}
     masters: dict[str, MasterView] = {}
     errors: dict[str, str] = {}
     found: list[tuple[Address, str]] = []
     for i, m in enumerate(names):
-        entry_r, addr_r, repl_r = replies[k * i:k * i + 3]
+        at = extra + k * i
+        if whole_list:
+            entry_r: Any = entries.get(m, ValueError("No such master with that name"))
+            addr_r, repl_r = replies[at:at + 2]
+        else:
+            entry_r, addr_r, repl_r = replies[at:at + 3]
         refused = [r for r in (entry_r, addr_r, repl_r) if isinstance(r, Exception)]
         if refused or addr_r is None:
             if not refused or "no such master" in str(refused[0]).lower():
@@ -223,7 +243,7 @@ def parse_groups(
             continue
         if discover:  # best effort: a bad list leaves the known Sentinels as they are
             with contextlib.suppress(SentinelReplyError):
-                found += parse_sentinels(replies[k * i + 3], f"SENTINEL SENTINELS {m}")
+                found += parse_sentinels(replies[at + k - 1], f"SENTINEL SENTINELS {m}")
     view = SentinelView(sentinel=sentinel, masters=masters, tilt=head.tilt, myid=head.myid,
                         group_errors=errors)
     return view, found

@@ -6,16 +6,24 @@ exactly the code the daemon runs, from observe to verify.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
+
 import pytest
 from captured import GROUP, A, B, node, views
 from fakes import FakeHAProxy, FakeSentinels
 
 from controller.decide import decide
+from controller.haproxy import CommandResult, HAProxyError
+from controller.haproxy_worker import CHUNK
 from controller.loop import Controller
-from controller.model import AdminState, Decision, HAProxyInfo, SentinelView
+from controller.model import AdminState, Command, Decision, HAProxyInfo, HAProxyState, SentinelView
+from controller.pending import Batch, Pending
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
+from lab.wait import wait_until
 
 Emitted = list[tuple[str, dict[str, object]]]
 SENTINELS = tuple(views("steady")[i].sentinel for i in range(3))
@@ -278,3 +286,153 @@ def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> 
     assert haproxy.apply(f"set server {W}/redis1a state ready") == ""
     assert haproxy.state().backends[W]["redis1a"].admin is AdminState.READY
     assert haproxy.apply(f"set server {W}/nosuch state ready") == "No such server."
+
+
+# -- targeted passes, early verdicts, workers ----------------------------------------------
+
+
+def test_targeted_pass_reads_only_its_group_from_sentinels_and_haproxy(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """A pass for one group asks the Sentinels about that group only and reads only that
+    group's two backends from HAProxy (`show servers state B` / `show stat B 4 -1`)."""
+    controller.reconcile("start")
+    sentinels.reads.clear()
+    haproxy.reads.clear()
+    sentinels.show("switched")
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+switch-master", {}))
+    (out,) = controller.workers[0].drain()
+    assert sentinels.reads == [[GROUP]]
+    assert haproxy.reads[0] == [W, R]
+    assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
+    assert out.drift_after == 0
+
+
+def test_pass_goes_on_without_a_slow_sentinel_and_a_late_answer_that_matters_passes_again(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """Two Sentinels agree (epoch 0, master A): the pass decides without the third. The third
+    answers late with epoch 1, master B: the verdict would change, so the group is passed
+    again counting that late answer, and B takes the writes."""
+    controller.reconcile("start")
+    slow = SENTINELS[2]
+    sentinels.views = views("steady")[:2] + views("switched")[2:]
+    sentinels.slow = {slow}
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+sdown", {}))
+    controller.workers[0].drain()
+    assert admin(haproxy) == STEADY
+    sentinels.deliver()
+    work = Pending()
+    for h in controller.hints.get(0):
+        controller._take(h, work)
+    batch = work.take_groups(64)
+    assert batch is not None and batch.trigger == "late_answer"
+    assert set(batch.carry) == {slow}
+    controller._targeted(batch)
+    controller.workers[0].drain()
+    assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
+
+
+def test_late_answer_that_agrees_causes_no_pass(
+    controller: Controller, sentinels: FakeSentinels
+) -> None:
+    """The slow Sentinel's late answer says what the others said: nothing to pass again."""
+    controller.reconcile("start")
+    sentinels.slow = {SENTINELS[2]}
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+sdown", {}))
+    sentinels.deliver()
+    work = Pending()
+    for h in controller.hints.get(0):
+        controller._take(h, work)
+    assert not work.has_groups and not work.has_full
+
+
+def test_worker_syncs_a_group_wanted_twice_once(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """A group handed over twice before its worker got to it is read and synced once, with
+    the latest wanted state and the earliest hint time."""
+    controller.reconcile("start")
+    haproxy.reads.clear()
+    w = controller.workers[0]
+    for t in (2.0, 1.0):
+        controller._targeted(Batch({GROUP: t}, "+sdown", {}))
+    assert w.pending() == 1
+    w.drain()
+    assert haproxy.reads == [[W, R]]
+
+
+def test_urgent_groups_are_synced_before_a_full_pass_chunk(controller: Controller) -> None:
+    """A worker holding a full pass's groups takes a targeted pass's group first."""
+    w = controller.workers[0]
+    controller.reconcile("start")
+    wanted = dict(w._wanted)
+    w.want({f"bg{i}": wanted[GROUP] for i in range(100)}, dict.fromkeys(
+        (f"bg{i}" for i in range(100)), 1.0), urgent=False)
+    w.want({GROUP: wanted[GROUP]}, {GROUP: 2.0}, urgent=True)
+    with w._cond:
+        assert list(w._take()) == [GROUP]
+        assert len(w._take()) == CHUNK
+
+
+class HungHAProxy(FakeHAProxy):
+    """An HAProxy that can hang (SIGSTOP): while hung, every exchange waits 0.3 s and fails
+    as a timeout does."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target=target)
+        self.hung = threading.Event()
+
+    def _wait(self) -> None:
+        if self.hung.is_set():
+            time.sleep(0.3)  # the exchange's timeout, as a hung HAProxy costs it
+            raise HAProxyError(self.target, "no complete reply within 0.3s")
+
+    def info(self) -> HAProxyInfo:
+        self._wait()
+        return super().info()
+
+    def state(self, backends: Sequence[str] | None = None) -> HAProxyState:
+        self._wait()
+        return super().state(backends)
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]:
+        self._wait()
+        return super().run(commands)
+
+
+def test_hung_haproxy_delays_neither_the_other_one_nor_the_loop_and_is_caught_up(
+    sentinels: FakeSentinels,
+) -> None:
+    """The daemon's loop with two HAProxy: the first hangs; a failover reaches the second at
+    once (its worker does not wait for the first); when the first answers again its worker
+    brings it up to date by itself."""
+    hung, healthy = HungHAProxy("/fake/1.sock"), FakeHAProxy(target="/fake/2.sock")
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=0.05,
+                        write_lease=False)
+    ctl = Controller(settings, sentinels, [hung, healthy])
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: admin_of(hung) == STEADY == admin_of(healthy), 5, "initial state")
+        hung.hung.set()
+        sentinels.show("switched")
+        ctl.hints.put(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1",
+                           time.monotonic()))
+        wait_until(lambda: admin_of(healthy)[W] == {"redis1a": "maint", "redis1b": "ready"},
+                   1.0, "the healthy HAProxy to follow the failover", 0.005)
+        assert admin_of(hung) == STEADY
+        hung.hung.clear()
+        wait_until(lambda: admin_of(hung)[W] == {"redis1a": "maint", "redis1b": "ready"},
+                   2.0, "the hung HAProxy caught up", 0.005)
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def admin_of(h: FakeHAProxy) -> dict[str, dict[str, str]]:
+    """Admin states straight from the fake's memory (asking a hung one would block)."""
+    return {b: {n: s.admin.value for n, s in servers.items()}
+            for b, servers in h.state_.backends.items()}

@@ -117,6 +117,23 @@ def test_group_commands_and_parse_groups_agree_on_order() -> None:
         assert {runid for _, runid in found} == set(ids.values()) - {ids[s]}
 
 
+def test_whole_list_reads_the_master_entries_from_sentinel_masters() -> None:
+    """For an ACL user without `sentinel|master` the entries come from one `SENTINEL
+    MASTERS` (captured), then address and replicas per group; the view is the same."""
+    assert group_commands([GROUP, "x"], whole_list=True) == [
+        ("SENTINEL", "MASTERS"),
+        ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP), ("SENTINEL", "REPLICAS", GROUP),
+        ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "x"), ("SENTINEL", "REPLICAS", "x")]
+    r = raw("steady")[FIRST]
+    replies_ = [r["SENTINEL MASTERS"], r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
+                r[f"SENTINEL REPLICAS {GROUP}"], None, ValueError("ERR No such master")]
+    head = Head(False, "", (GROUP,))
+    view, _ = parse_groups(FIRST, [GROUP, "x"], replies_, head, whole_list=True)
+    assert set(view.masters) == {GROUP} and view.group_errors == {}
+    assert view.masters[GROUP] == next(v for v in views("steady")
+                                       if v.sentinel == FIRST).masters[GROUP]
+
+
 def test_sentinel_master_reply_has_the_fields_of_a_sentinel_masters_entry() -> None:
     """`SENTINEL MASTER g` (captured) carries the same fields as a `SENTINEL MASTERS` entry
     (tests/data/sentinel_*.json), which the unit tests' views are built from."""
