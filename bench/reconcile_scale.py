@@ -135,7 +135,8 @@ def one(n: int) -> dict[str, Any]:
             myid = f"{list(self.replies).index(s) + 1:040d}"  # one ID per Sentinel
             return parse_head(self.replies[s]["info"], myid)
 
-        def head(self, skip: Collection[str] = (), patient: bool = False) -> list[SentinelView]:
+        def head(self, skip: Collection[str] = (), patient: bool = False,
+                 on_late: Any = None) -> list[SentinelView]:
             return [SentinelView(s, myid=self._head(s).myid) for s in self.replies]
 
         def read(self, groups: Sequence[str], skip: Collection[str] = (),

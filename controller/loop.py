@@ -61,7 +61,8 @@ class SentinelSource(Protocol):
     @property
     def master_names(self) -> list[str]: ...
 
-    def head(self, skip: Collection[str] = (), patient: bool = False) -> list[SentinelView]: ...
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]: ...
 
     def read(
         self,
@@ -326,9 +327,13 @@ class Controller:
                        views, sum(1 for d in decisions if d.master is None))
 
     def _start_full(self, trigger: str, since: float) -> _FullPass:
-        head = self.reader.head(self._skip())
+        def on_late(views: list[SentinelView]) -> None:  # called in this thread, by the reader
+            self._note_sentinels(views)  # TILT or trouble, logged when known
+            p.head = views
+        head = self.reader.head(self._skip(), on_late=on_late)
         self._note_sentinels(head)
-        return _FullPass(trigger, since, time.monotonic(), self.reader.master_names, head)
+        p = _FullPass(trigger, since, time.monotonic(), self.reader.master_names, head)
+        return p
 
     def _full_step(self, p: _FullPass) -> bool:
         """The next chunk of a full pass; True when the pass is over."""
@@ -346,6 +351,7 @@ class Controller:
                             p.down_after_ms.append(m.down_after_ms)
         if p.done < len(p.groups):
             return False
+        self.reader.poll()  # late head answers that came meanwhile count in the summary
         self._set_members(p.members, p.down_after_ms)
         self.counters.passes += 1
         self._log_pass(p.trigger, "full", len(p.groups), (time.monotonic() - p.started) * 1000,
@@ -513,6 +519,8 @@ class Controller:
         """One line when a Sentinel's state changes (ok, tilt, unreachable, auth, not a
         Sentinel, bad reply), and once for a Sentinel listed under several addresses."""
         for v in views:
+            if v.problem == "pending":  # no answer yet: nothing known about it
+                continue
             state = v.problem or ("unreachable" if v.error else "tilt" if v.tilt else "ok")
             before = self.sentinel_states.get(v.sentinel)
             self.sentinel_states[v.sentinel] = state

@@ -175,14 +175,16 @@ class SentinelReader:
     def master_names(self) -> list[str]:
         return list(self._known)
 
-    def head(self, skip: Collection[str] = (), patient: bool = False) -> list[SentinelView]:
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]:
         """Every Sentinel's TILT state and ID (no group), in configuration order; updates the
         known groups (a group no Sentinel monitors any more is forgotten once every Sentinel
         answered). Waits for a majority of the Sentinels asked (every one when `patient`);
-        a later answer still updates what `read` reports for that Sentinel."""
+        a later answer still updates what `read` reports for that Sentinel, and `on_late`
+        gets the complete answers."""
         def majority(answers: list[SentinelView], pending: int) -> bool:
             return len(answers) > (len(answers) + pending) // 2
-        return self._round(None, skip, {}, None if patient else majority, None, False)
+        return self._round(None, skip, {}, None if patient else majority, on_late, False)
 
     def read(
         self,
@@ -249,7 +251,7 @@ class SentinelReader:
             self._io(left)
         r.returned = True
         self._flush_late()
-        return [self._shown(c, r, skip) for c in conns]
+        return [self._shown(self._conns[str(a)], r, skip) for a in self.sentinels]
 
     def _shown(self, c: _Conn, r: _Round, skip: Collection[str]) -> SentinelView:
         if c.key in skip:
@@ -396,8 +398,8 @@ class SentinelReader:
                 if r.groups is None:
                     self._update_known(r)
                 if r.returned and r.on_late is not None:
-                    self._late.append((r.on_late, [r.answers[k] for k in self._conns
-                                                   if k in r.asked]))
+                    self._late.append((r.on_late, [r.answers[str(a)] for a in self.sentinels
+                                                   if str(a) in r.asked]))
 
     def _flush_late(self) -> None:
         late, self._late = self._late, []

@@ -53,7 +53,8 @@ class FakeSentinels:
     def discover(self) -> list[Address]:
         return []
 
-    def head(self, skip: Collection[str] = (), patient: bool = False) -> list[SentinelView]:
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]:
         return [SentinelView(v.sentinel, error="event connection down") if v.sentinel in skip
                 else SentinelView(v.sentinel, error=v.error, tilt=v.tilt, myid=v.myid)
                 for v in self.views]
