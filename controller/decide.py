@@ -133,17 +133,23 @@ def decide(
 
 
 def decidable(
-    name: str, views: Sequence[SentinelView], pending: int, min_voters: int | None = None
+    name: str, views: Sequence[SentinelView], pending: int, min_voters: int | None = None,
+    before: Decision | None = None, history: History = History(), rules: Rules = Rules(),
 ) -> bool:
-    """Whether the answers in `views` settle group `name` while `pending` Sentinels have not
-    answered yet: a pass may then decide without waiting for them (a slow Sentinel must not
-    hold every pass). True when nobody is pending, when a majority (`min_voters`) of the
-    group's Sentinels agrees on one address at the top epoch among the answers, or when even
-    every pending answer could not make a majority (undecided either way).
+    """Whether the answers in `views` settle group `name`'s verdict while `pending` Sentinels
+    have not answered yet: a pass may then decide without waiting for them (a slow Sentinel
+    must not hold every pass). True when nobody is pending, when a majority (`min_voters`) of
+    the group's Sentinels agrees on one address at the top epoch among the answers, or when
+    even every pending answer could not make a majority (undecided either way).
 
-    A pending answer may still raise the top epoch (the failover leader lagging behind its own
-    promotion only on our connection): the caller compares the verdict with the complete
-    answers once they are in, and passes again when it differs.
+    Never early when the verdict would undo, at the same epoch, what one Sentinel alone may
+    know (`before`: the verdict acted on): lift a fence (the Sentinel that saw the master
+    o_down, or leads its failover, may be the one pending), or leave the replica followed by
+    early promotion (only the leader names it): those wait for every answer.
+
+    A pending answer may still raise the top epoch or fence the group (the failover leader is
+    the slow one): the caller compares the verdict with the complete answers once they are
+    in, and passes again when it differs.
     """
     if pending <= 0:
         return True
@@ -157,7 +163,15 @@ def decidable(
     for a in by_id.values():
         if a.epoch == top:
             at_top[a.addr] = at_top.get(a.addr, 0) + 1
-    return max(at_top.values()) >= need
+    if max(at_top.values()) < need:
+        return False
+    if before is not None and (before.fenced or before.early):
+        d = decide(name, views, min_voters, history, rules)
+        if d.master is not None and d.epoch == before.epoch:
+            lifts_fence = before.fenced and not d.fenced and d.master == before.master
+            leaves_promoted = before.early and d.master != before.master
+            return not (lifts_fence or leaves_promoted)
+    return True
 
 
 def _votes(

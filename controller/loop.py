@@ -244,7 +244,8 @@ class Controller:
         on_late: OnLate | None = None
         if early:
             def enough(views: list[SentinelView], pending: int) -> bool:
-                return all(decidable(g, views, pending, n) for g in groups)
+                return all(decidable(g, views, pending, n, self._decisions.get(g),
+                                     self._history(g), self.rules) for g in groups)
 
             def on_late(views: list[SentinelView]) -> None:
                 self.hints.put(Hint("", "late_answer", time.monotonic(), detail=str(seq),

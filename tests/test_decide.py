@@ -429,3 +429,36 @@ def test_tilt_answer_does_not_count_towards_enough() -> None:
     vs = views("steady")
     tilted = dataclasses.replace(vs[1], tilt=True)
     assert not decidable(GROUP, [vs[0], tilted], pending=1)
+
+
+def test_a_fence_is_never_lifted_before_every_sentinel_answered() -> None:
+    """The group is fenced (the master is o_down for the Sentinel that saw it): two answers
+    that do not flag it yet would route writes to it again, so the pass waits for the third;
+    with the fence kept, or a new master elected, the two answers are enough."""
+    vs = views("master_down")
+    flagged = [v for v in vs if master(v).odown]
+    quiet = [v for v in vs if not master(v).odown]
+    assert flagged and len(quiet) >= 2, "captured: one Sentinel flags o_down first"
+    fenced = decide(GROUP, vs, 2)
+    assert fenced.fenced
+    assert not decidable(GROUP, quiet[:2], 1, before=fenced)
+    assert decidable(GROUP, quiet[:2], 1, before=decide(GROUP, views("steady"), 2))
+    assert decidable(GROUP, views("switched")[:2], 1, before=fenced)
+
+
+def test_an_early_promotion_is_not_left_before_every_sentinel_answered() -> None:
+    """Writes follow the replica the leader promotes (it answered ROLE master): two lagging
+    answers without the leader's would fence again; they wait for the leader's answer."""
+    doc = load("selected")
+    vs = views("selected")
+    chosen = node_in(doc, B)
+    promoted = decide(GROUP, vs, 2, History(promoted=chosen))
+    assert promoted.early and promoted.master == chosen
+    others = [v for v in vs if v.sentinel != doc["leader"]]
+    assert not decidable(GROUP, others, 1, before=promoted,
+                         history=History(promoted=chosen))
+
+
+def node_in(doc: dict[str, Any], name: str) -> Address:
+    host, _, port = str(doc["nodes"][name]).rpartition(":")
+    return Address(host, int(port))
