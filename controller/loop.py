@@ -50,7 +50,7 @@ log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
-FULL_CHUNK = 32  # groups per step of a full pass: a failover waits for one chunk at most
+FULL_CHUNK = 8  # groups per step of a full pass: a failover waits for one chunk at most
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
 LATE_POLL_S = 0.005  # while Sentinel answers are awaited, take them in this often
 
@@ -337,10 +337,15 @@ class Controller:
         return p
 
     def _full_step(self, p: _FullPass) -> bool:
-        """The next chunk of a full pass; True when the pass is over."""
+        """The next chunk of a full pass; True when the pass is over. One chunk per pass also
+        asks each group's other Sentinels (discovery), a different chunk each pass: the
+        groups usually share their Sentinels, and asking for all of them every pass would cost
+        as much as reading them."""
         chunk = p.groups[p.done:p.done + FULL_CHUNK]
         if chunk:
-            views, decisions = self._read_decide(chunk, None, early=True, discover=True)
+            chunks = -(-len(p.groups) // FULL_CHUNK)
+            discover = p.done // FULL_CHUNK == self.counters.passes % chunks
+            views, decisions = self._read_decide(chunk, None, early=True, discover=discover)
             self._hand_over(decisions, p.trigger, p.since, urgent=False)
             p.done += len(chunk)
             p.undecided += sum(1 for d in decisions if d.master is None)

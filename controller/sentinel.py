@@ -375,9 +375,9 @@ class SentinelReader:
             by_round = {id(r): _subset(view, r.groups) for r in req.rounds
                         if r.groups is not None}
         if names is not None and not self.fixed_masters:
-            new = [n for n in names if n not in self._known]
-            if new:  # known at once, so that the pass that asked reads them
-                self._known = sorted({*self._known, *new})
+            known = set(self._known)
+            if not known.issuperset(names):  # known at once: the pass that asked reads them
+                self._known = sorted(known.union(names))
         for r in req.rounds:
             if r.groups is None and names is not None:
                 r.names[c.key] = names

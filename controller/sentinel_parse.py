@@ -8,6 +8,7 @@ reader always speaks RESP2): flat field/value lists, `INFO` as raw text. Every f
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,12 @@ def _fields(raw: Any, what: str) -> dict[str, str]:
     if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
         if len(raw) % 2:
             raise SentinelReplyError(f"{what}: odd number of items in field list ({len(raw)})")
-        it = iter(raw)
-        return {str(k): _scalar(v) for k, v in zip(it, it, strict=True)}
+        d = dict(zip(raw[::2], raw[1::2], strict=True))
+        for k, v in d.items():  # text already (the reader decodes): the common, fast case
+            if type(k) is not str or type(v) is not str:
+                it = iter(raw)
+                return {str(k): _scalar(v) for k, v in zip(it, it, strict=True)}
+        return d
     raise SentinelReplyError(f"{what}: expected a field list, got {type(raw).__name__}")
 
 
@@ -142,18 +147,19 @@ def _info_text(raw: Any) -> str:
     return raw
 
 
+_INFO_MASTER = re.compile(r"^master\d+:name=(.*),status=", re.MULTILINE)
+
+
 def parse_info_masters(raw: Any) -> list[str]:
     """`INFO sentinel`: the names of every master group it monitors, from its
     `masterN:name=<name>,status=...` lines (a name may hold anything but `,status=`)."""
-    names = []
-    for line in _info_text(raw).splitlines():
-        if line.startswith("master") and ":name=" in line:
-            head, _, rest = line.partition(":name=")
-            name, sep, _ = rest.rpartition(",status=")
-            if not head[6:].isdigit() or not sep or not name:
-                raise SentinelReplyError(f"INFO sentinel: bad master line {line[:120]!r}")
-            names.append(name)
-    return names
+    text = _info_text(raw)
+    names = _INFO_MASTER.findall(text)
+    if len(names) != text.count(":name="):
+        bad = next(ln for ln in text.splitlines()
+                   if ":name=" in ln and not _INFO_MASTER.match(ln))
+        raise SentinelReplyError(f"INFO sentinel: bad master line {bad[:120]!r}")
+    return [n for n in names if n]
 
 
 #: Asked of every Sentinel when a full pass starts: its TILT state, its ID and every group
