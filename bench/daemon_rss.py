@@ -16,8 +16,8 @@ What is real and what is replayed:
 For each N: start haproxy, the replay servers and the daemon; wait (deadline) until every
 write backend's `a` server is ready in HAProxy (time to converge, from the daemon's start);
 then sample the daemon's VmRSS and VmHWM from /proc/PID/status every 0.5 s for 15 s (the
-daemon makes >= 10 full passes meanwhile: counted as `SENTINEL MASTERS` requests per replay
-server); stop everything by PID. Prints a table; `--json` for machine output.
+daemon makes >= 10 full passes meanwhile: counted as `INFO sentinel` requests per replay
+server, one per full pass); stop everything by PID. Prints a table; `--json` for machine output.
 Goal: RSS <= 60 MB with 1,000 groups.
 """
 
@@ -46,7 +46,7 @@ from lab.wait import wait_until
 # on the path (haproxy_config, group_replies, DATA and HAPROXY_START_S are shared with it).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
-from replay_sentinel import HOSTS, ReplayServer, start_replay
+from replay_sentinel import HOSTS, ReplayProcess, start_replay
 
 SIZES = (1, 100, 1000)
 SAMPLE_EVERY_S = 0.5
@@ -94,7 +94,7 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
     sock = tmp / "admin.sock"
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(reconcile_scale.haproxy_config(n, sock))
-    servers: list[ReplayServer] = []
+    servers: list[ReplayProcess] = []
     haproxy: ManagedProcess | None = None
     daemon: ControllerDaemon | None = None
     try:
@@ -117,7 +117,7 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
                    f"N={n}: the daemon to set every gI_master/gIa ready", interval_s=0.1,
                    context=lambda: f"log: {d.text()[-2000:]}")
         converge_s = time.monotonic() - t0
-        passes_before = min(s.counts["SENTINEL MASTERS"] for s in servers)
+        passes_before = min(s.counts["INFO SENTINEL"] for s in servers)
         pid = d.pid  # the daemon's own process (python -m controller run), no wrapper
         assert pid is not None
         rss: list[float] = []
@@ -128,7 +128,7 @@ def one(n: int, sample_for_s: float) -> dict[str, Any]:
             rss.append(st["VmRSS"])
             hwm = max(hwm, st["VmHWM"])
             time.sleep(SAMPLE_EVERY_S)  # the sampling period itself, not a wait for anything
-        passes = min(s.counts["SENTINEL MASTERS"] for s in servers) - passes_before
+        passes = min(s.counts["INFO SENTINEL"] for s in servers) - passes_before
         if not d.alive():
             raise RuntimeError(f"N={n}: daemon exited {d.proc.exited()}")
         log_lines = daemon_output(d)

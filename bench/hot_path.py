@@ -55,7 +55,7 @@ from lab.wait import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
-from replay_sentinel import HOSTS, ReplayServer, failover, start_replay
+from replay_sentinel import HOSTS, ReplayProcess, failover, start_replay
 
 CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
@@ -130,7 +130,7 @@ class Rig:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-hot-"))
         self.procs: list[ManagedProcess] = []
         self.clients: list[HAProxyClient] = []
-        self.servers: list[ReplayServer] = []
+        self.servers: list[ReplayProcess] = []
         self.daemon: ControllerDaemon | None = None
         try:
             for k in range(haproxies):
@@ -175,12 +175,17 @@ class Rig:
         return True
 
     def applied(self, group: int, server: str, target: str, after: float,
-                timeout_s: float = APPLY_DEADLINE_S) -> dict[str, Any]:
+                timeout_s: float = APPLY_DEADLINE_S, mark: int | None = None) -> dict[str, Any]:
         """The daemon's log line that set `server` ready in group's write backend on `target`
-        (the first after wall time `after`)."""
+        (the first after wall time `after`, looking from log line `mark` on)."""
+        seen = len(self.tail.lines) if mark is None else mark
+
         def found() -> dict[str, Any] | None:
+            nonlocal seen
             self.tail.poll()
-            for line in self.tail.lines:
+            start = max(0, seen - 1)
+            seen = len(self.tail.lines)
+            for line in self.tail.lines[start:]:  # only the new ones: the bench must stay idle
                 if (line.get("event") == "server_state_changed" and line.get("to") == "ready"
                         and line.get("backend") == f"g{group}_master"
                         and line.get("server") == server and line.get("haproxy") == target
@@ -216,8 +221,10 @@ def one_by_one(rig: Rig, count: int, target: str) -> tuple[list[float], list[flo
     rng = random.Random(12)
     for _ in range(count):
         i = rng.randrange(rig.n)
+        rig.tail.poll()
+        mark = len(rig.tail.lines)
         t_pub, new = failover(rig.servers, i)
-        line = rig.applied(i, new, target, t_pub)
+        line = rig.applied(i, new, target, t_pub, mark=mark)
         own.append(float(line["latency_ms"]))
         ext.append((ts(line) - t_pub) * 1000)
         time.sleep(rng.uniform(0.02, 0.08))  # spread the events over the resync period
@@ -247,6 +254,8 @@ def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
         time.sleep(1.0)
         groups = random.Random(7).sample(range(n), 100)
         published: list[tuple[int, float, str]] = []
+        rig.tail.poll()
+        mark = len(rig.tail.lines)
         t0 = time.monotonic()
         for k, i in enumerate(groups):
             time.sleep(max(0.0, t0 + k * 0.01 - time.monotonic()))  # 10 ms apart
@@ -255,7 +264,7 @@ def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
         own, ext = [], []
         target = rig.clients[0].target
         for i, t_pub, new in published:
-            line = rig.applied(i, new, target, t_pub)
+            line = rig.applied(i, new, target, t_pub, mark=mark)
             own.append(float(line["latency_ms"]))
             ext.append((ts(line) - t_pub) * 1000)
         rows = [stats(f"burst N={n}, 100 fail over in 1 s: hint -> applied (daemon)", own),

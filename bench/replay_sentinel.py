@@ -18,18 +18,24 @@ captured real replies of tests/data copied for every group `gI` (its name and po
   Sentinel does;
 - `delay_s` makes one server answer its command connections that much later (a slow or far
   Sentinel: the replies are computed at once and sent after the delay, in order); its pub/sub
-  connection is not delayed.
+  connection is not delayed;
+- `start_replay` runs each server in a process of its own (`ReplayProcess`), as three
+  Sentinels run, so that the bench's own work never delays a reply.
 Must not be used for anything but benchmarks: it is not a Sentinel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import queue
 import socket
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +219,9 @@ class ReplayServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
+        # As Redis does: without it a small push (an event) can wait for the peer's delayed
+        # ACK of the previous one (Nagle), ~40 ms on loopback.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
         subscribed = False
         send_lock = threading.Lock()
@@ -319,18 +328,111 @@ class ReplayServer:
         return i if i < self.n else None
 
 
+class ReplayProcess:
+    """A ReplayServer in a child process of its own (fork), driven through a pipe: the
+    bench's own threads (log polling) never delay its replies, and the three servers answer
+    in parallel, as three Sentinels do. Same methods as ReplayServer."""
+
+    def __init__(self, index: int, n: int, port: int, peers: list[tuple[str, int, str]],
+                 delay_s: float = 0.0) -> None:
+        self.host, self.port = HOSTS[index], port
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_replay, args=(child, index, n, port, peers,
+                                                             delay_s), daemon=True)
+        self._proc.start()
+        if self._call("ready") != "ready":
+            raise RuntimeError("replay server did not start")
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _call(self, *msg: Any) -> Any:
+        self._conn.send(msg)
+        if not self._conn.poll(30):
+            raise RuntimeError(f"replay server {self.addr}: no answer to {msg[0]}")
+        return self._conn.recv()
+
+    def failover(self, i: int) -> str:
+        return str(self._call("failover", i))
+
+    def publish(self, channel: str, text: str) -> None:
+        self._call("publish", channel, text)
+
+    def master_of(self, i: int) -> str:
+        return str(self._call("master_of", i))
+
+    @property
+    def counts(self) -> Counter[str]:
+        got: Counter[str] = self._call("counts")
+        return got
+
+    @property
+    def unknown(self) -> Counter[str]:
+        got: Counter[str] = self._call("unknown")
+        return got
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError, RuntimeError):
+                self._call("stop")
+            self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
+
+def _serve_replay(conn: Any, index: int, n: int, port: int, peers: list[tuple[str, int, str]],
+                  delay_s: float) -> None:
+    """The child process: one ReplayServer, and its control loop on `conn`."""
+    sys.setswitchinterval(0.0005)
+    server = ReplayServer(index, n, port, peers, delay_s)
+    try:
+        while True:
+            msg = conn.recv()
+            op, args = msg[0], msg[1:]
+            if op == "ready":
+                conn.send("ready")
+            elif op == "failover":
+                conn.send(server.failover(*args))
+            elif op == "publish":
+                server.publish(*args)
+                conn.send(None)
+            elif op == "master_of":
+                conn.send(server.master_of(*args))
+            elif op == "counts":
+                conn.send(Counter(server.counts))
+            elif op == "unknown":
+                conn.send(Counter(server.unknown))
+            elif op == "stop":
+                conn.send(None)
+                return
+    finally:
+        server.stop()
+
+
+Replay = ReplayServer | ReplayProcess
+
+
 def start_replay(n: int, ports: list[int], delays: tuple[float, float, float] = (0, 0, 0)
-                 ) -> list[ReplayServer]:
-    """Three replay servers for N groups on HOSTS, ports given; `delays` per server."""
+                 ) -> list[ReplayProcess]:
+    """Three replay servers for N groups on HOSTS, ports given, each in its own process;
+    `delays` per server."""
     ids = [Templates(i).myid for i in range(3)]
-    out = []
-    for i in range(3):
-        peers = [(HOSTS[j], ports[j], ids[j]) for j in range(3) if j != i]
-        out.append(ReplayServer(i, n, ports[i], peers, delays[i]))
+    out: list[ReplayProcess] = []
+    try:
+        for i in range(3):
+            peers = [(HOSTS[j], ports[j], ids[j]) for j in range(3) if j != i]
+            out.append(ReplayProcess(i, n, ports[i], peers, delays[i]))
+    except BaseException:
+        for s in out:
+            s.stop()
+        raise
     return out
 
 
-def failover(servers: list[ReplayServer], i: int) -> tuple[float, str]:
+def failover(servers: Sequence[Replay], i: int) -> tuple[float, str]:
     """Fail group I over on every server, then publish `+switch-master` from each; returns
     the wall-clock time of the first publish and the new master's node name."""
     texts = [s.failover(i) for s in servers]

@@ -197,6 +197,8 @@ class Controller:
         self._incident_last = 0.0
         self._rounds = itertools.count(1)
         self._early: dict[int, _Early] = {}
+        self._deferred: list[tuple[str, dict[str, object]]] = []  # see _flush_logs
+        self._asked: dict[str, float] = {}  # group -> when the Sentinels were last asked
 
     # -- reading and deciding ------------------------------------------------------------
     def prime(self) -> None:
@@ -250,7 +252,10 @@ class Controller:
             def on_late(views: list[SentinelView]) -> None:
                 self.hints.put(Hint("", "late_answer", time.monotonic(), detail=str(seq),
                                     views=tuple(views)))
+        asked = time.monotonic()
         views = self.reader.read(groups, self._skip(), prefill, enough, on_late, discover)
+        for g in groups:
+            self._asked[g] = asked
         self._note_sentinels(views)
         decisions = [decide(g, views, n, self._history(g), self.rules) for g in groups]
         if early and any(v.problem == "pending" for v in views):
@@ -286,6 +291,7 @@ class Controller:
             w.want(by_group, sinces, urgent)
         if urgent:
             time.sleep(0)  # let the workers have the GIL now: logging can wait, HAProxy cannot
+        self._flush_logs()
         self._note_decisions(decisions, trigger)
 
     # -- passes --------------------------------------------------------------------------
@@ -441,6 +447,7 @@ class Controller:
                         next_resync = time.monotonic() + s.resync_interval_s
                 elif (due := work.take_full()) is not None:
                     full = self._start_full(*due)
+                self._flush_logs()
             except Exception:
                 log.exception("unexpected_error", where="loop")
                 stop.wait(0.1)  # never spin on a persistent bug
@@ -460,6 +467,10 @@ class Controller:
         trigger, group = what
         if group is None:
             work.full(trigger, h.received)
+        elif h.received < self._asked.get(group, 0.0):
+            # The Sentinels were asked about the group after this hint arrived: that read saw
+            # what the event says (the same event from each Sentinel is one pass, not three).
+            return
         else:
             work.group(group, trigger, h.received)
 
@@ -491,8 +502,10 @@ class Controller:
         if not ev.relevant:
             log.debug("sentinel_event", sentinel=h.source, channel=ev.channel, text=ev.text)
             return None
-        log.info("sentinel_event", sentinel=h.source, channel=ev.channel, text=ev.text,
-                 **self.timeline())
+        # Logged once the pass it starts has handed HAProxy its commands (`_flush_logs`): a
+        # log line costs as much as reading a Sentinel. The line keeps its own time.
+        self._deferred.append(("sentinel_event", dict(
+            sentinel=h.source, channel=ev.channel, text=ev.text, **self.timeline(h.received))))
         if ev.master is None or ev.master not in self.reader.master_names:
             return ev.channel, None  # no group named, or one not known yet
         return ev.channel, ev.master
@@ -502,12 +515,19 @@ class Controller:
         return any([w.probe() for w in self.workers])
 
     # -- what workers call (haproxy_worker.Hooks) -----------------------------------------
-    def timeline(self) -> dict[str, float]:
-        """Elapsed ms in the current failover timeline, when one is open."""
-        now = time.monotonic()
+    def timeline(self, at: float | None = None) -> dict[str, float]:
+        """Elapsed ms in the current failover timeline (at `at`, default now), when one is
+        open."""
+        now = time.monotonic() if at is None else at
         if self._incident_t0 is None or now - self._incident_last > INCIDENT_QUIET_S:
             return {}
         return {"t_ms": round((now - self._incident_t0) * 1000, 1)}
+
+    def _flush_logs(self) -> None:
+        """Write the lines deferred while a pass was on its way to HAProxy."""
+        lines, self._deferred = self._deferred, []
+        for event, fields in lines:
+            log.info(event, **fields)
 
     def emit(self, kind: str, data: dict[str, object]) -> None:
         if self.on_change is None:

@@ -741,6 +741,7 @@ class EventWatcher:
                     self._hint("bad_event", detail=str(e))
                     continue
                 self._hint("event", event)
+                time.sleep(0)  # let the loop have the GIL now: it acts on this, we only wait
 
 
 class HintQueue:
