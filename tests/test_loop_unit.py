@@ -436,3 +436,20 @@ def admin_of(h: FakeHAProxy) -> dict[str, dict[str, str]]:
     """Admin states straight from the fake's memory (asking a hung one would block)."""
     return {b: {n: s.admin.value for n, s in servers.items()}
             for b, servers in h.state_.backends.items()}
+
+
+def test_hint_already_answered_by_a_later_read_is_not_passed_again(
+    controller: Controller,
+) -> None:
+    """The same event from the other Sentinels, received before the pass that the first one
+    started asked the Sentinels, needs no pass of its own; one received after it does."""
+    controller.reconcile("start")
+    first = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    second = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    controller._targeted(Batch({GROUP: first.received}, "+switch-master", {}))
+    work = Pending()
+    controller._take(second, work)
+    assert not work.has_groups
+    later = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    controller._take(later, work)
+    assert work.has_groups
