@@ -52,7 +52,7 @@ INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without fail
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
 FULL_CHUNK = 8  # groups per step of a full pass: a failover waits for one chunk at most
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
-LATE_POLL_S = 0.005  # while Sentinel answers are awaited, take them in this often
+LATE_POLL_S = 0.001  # while Sentinel answers are awaited, take them in this often
 
 
 class SentinelSource(Protocol):
@@ -110,6 +110,7 @@ class Promotion:
     until: float  # monotonic: the group's failover timeout after it was first seen
     is_master: bool = False
     error: str = ""  # last ROLE failure, logged once
+    leaders: frozenset[str] = frozenset()  # Sentinels whose answers name it: awaited by passes
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,15 @@ class Controller:
         seq = next(self._rounds)
         enough: Enough | None = None
         on_late: OnLate | None = None
+        skip = self._skip()
         if early:
+            # While a promotion is watched only the leader's answer names the replica: a pass
+            # about the group waits for it (the others' answers alone would fence again).
+            leaders = {s for g in groups if (p := self.promotions.get(g)) for s in p.leaders}
+
             def enough(views: list[SentinelView], pending: int) -> bool:
+                if leaders and not leaders <= {v.sentinel for v in views} | skip:
+                    return False
                 return all(decidable(g, views, pending, n, self._decisions.get(g),
                                      self._history(g), self.rules) for g in groups)
 
@@ -253,7 +261,7 @@ class Controller:
                 self.hints.put(Hint("", "late_answer", time.monotonic(), detail=str(seq),
                                     views=tuple(views)))
         asked = time.monotonic()
-        views = self.reader.read(groups, self._skip(), prefill, enough, on_late, discover)
+        views = self.reader.read(groups, skip, prefill, enough, on_late, discover)
         for g in groups:
             self._asked[g] = asked
         self._note_sentinels(views)
@@ -267,7 +275,7 @@ class Controller:
             if d.master is not None:
                 self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
                 self._readers[d.name] = d.replicas
-            self._watch_promotion(d)
+            self._watch_promotion(d, views)
         if self.nodes is not None:
             self.nodes.forget({p.addr for p in self.promotions.values()})
         if any(v.usable for v in views):
@@ -626,9 +634,10 @@ class Controller:
         return History(self._epochs.get(name, -1), self._readers.get(name, frozenset()),
                        p.addr if p is not None and confirmed else None)
 
-    def _watch_promotion(self, d: Decision) -> None:
-        """Start watching the replica a leader promotes; stop when the verdict no longer
-        names it (promoted and confirmed, or the failover aborted: fenced again)."""
+    def _watch_promotion(self, d: Decision, views: Sequence[SentinelView] = ()) -> None:
+        """Start watching the replica a leader promotes (`views`: the answers that named
+        it); stop when the verdict no longer names it (promoted and confirmed, or the failover
+        aborted: fenced again)."""
         p = self.promotions.get(d.name)
         if d.promoting is None or not self.rules.early_promotion:
             if p is not None:
@@ -638,9 +647,14 @@ class Controller:
                          else "no longer promoted (failover aborted or leader lost)",
                          **self.timeline())
             return
+        leaders = frozenset(v.sentinel for v in views
+                            if (m := v.masters.get(d.name)) and m.promoting == d.promoting)
+        if p is not None and p.addr == d.promoting and leaders:
+            p.leaders = leaders
         if p is None or p.addr != d.promoting:
             timeout_s = (d.failover_timeout_ms or 180_000) / 1000
-            self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s)
+            self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s,
+                                                leaders=leaders)
             log.info("promotion_watch", group=d.name, replica=str(d.promoting),
                      timeout_s=timeout_s, **self.timeline())
 

@@ -17,7 +17,7 @@ from fakes import FakeHAProxy, FakeSentinels
 from controller.decide import decide
 from controller.haproxy import CommandResult, HAProxyError
 from controller.haproxy_worker import CHUNK
-from controller.loop import Controller
+from controller.loop import Controller, Promotion
 from controller.model import AdminState, Command, Decision, HAProxyInfo, HAProxyState, SentinelView
 from controller.pending import Batch, Pending
 from controller.sentinel import Hint
@@ -453,3 +453,21 @@ def test_hint_already_answered_by_a_later_read_is_not_passed_again(
     later = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
     controller._take(later, work)
     assert work.has_groups
+
+
+def test_while_a_promotion_is_watched_a_pass_waits_for_the_leader(
+    controller: Controller, sentinels: FakeSentinels
+) -> None:
+    """Only the failover leader names the replica it promotes: while that promotion is
+    watched, a pass about the group does not go on without the leader's answer, even when the
+    two others agree."""
+    controller.reconcile("start")
+    leader = SENTINELS[2]
+    controller.promotions[GROUP] = Promotion(node(B), time.monotonic() + 10,
+                                             leaders=frozenset({leader}))
+    sentinels.slow = {leader}
+    views_, _ = controller._read_decide([GROUP], None, early=True)
+    assert [v.problem for v in views_] == ["", "", ""]  # the leader's answer was awaited
+    controller.promotions.clear()
+    views_, _ = controller._read_decide([GROUP], None, early=True)
+    assert [v.problem for v in views_] == ["", "", "pending"]
