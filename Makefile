@@ -49,6 +49,7 @@ bench: deps
 	$(PY) bench/reconcile_scale.py
 	$(PY) bench/daemon_rss.py
 	$(PY) bench/event_to_applied.py
+	$(PY) bench/hot_path.py
 	$(PY) bench/failover_latency.py
 
 clean:

@@ -4,9 +4,10 @@ Runs the real `Controller` loop in this process against a real local stack (one 
 redis-server, 3 sentinels, haproxy; lab/localstack.py):
 
 1. injected hints: HAProxy is put out of line (`set server <master> state maint` over the admin
-   socket), then a hint is put on the loop's queue, as an EventWatcher does; the loop runs a full
-   pass (read all 3 Sentinels, read HAProxy, plan, apply, verify) and the latency is the loop's
-   own `latency_ms` (hint received -> commands applied);
+   socket), then a hint is put on the loop's queue, as an EventWatcher does: an event naming
+   the group (a targeted pass: read the group from 3 Sentinels, read its backends, plan, apply)
+   or a Sentinel (re)connect (a full pass); the latency is the daemon's own `latency_ms` (hint
+   received -> commands applied);
 2. real failovers: `SENTINEL FAILOVER` repeatedly, with the real EventWatchers subscribed to every
    Sentinel; latency = the loop's `latency_ms` of the pass that set the new master ready
    (event received -> applied);
@@ -35,6 +36,7 @@ from controller.loop import Controller
 from controller.model import Command
 from controller.plan import plan, targets
 from controller.sentinel import Auth, EventWatcher, Hint, HintQueue, SentinelReader
+from controller.sentinel_parse import parse_event
 from controller.settings import Settings
 from lab.localstack import Layout, LocalStack
 from lab.wait import wait_until
@@ -88,13 +90,22 @@ def master_server(stack: LocalStack) -> str:
     return node.name
 
 
-def bench_hints(stack: LocalStack, ctl: Controller, cap: Capture, n: int) -> list[float]:
+def bench_hints(stack: LocalStack, ctl: Controller, cap: Capture, n: int,
+                full: bool = False) -> list[float]:
+    """`n` times: the master's write server put in maint by hand, then a hint: an event
+    naming the group (a targeted pass), or with `full` a Sentinel (re)connect (a full pass)."""
     out: list[float] = []
     for _ in range(n):
         name = master_server(stack)
         stack.haproxy_command(f"set server {GROUP}_master/{name} state maint")
         cap.take()
-        ctl.hints.put(Hint("bench", "connected", time.monotonic()))
+        if full:
+            ctl.hints.put(Hint("bench", "connected", time.monotonic()))
+        else:
+            addr = stack.master_addr(0, GROUP)
+            event = parse_event("+sdown", f"slave {addr} {addr.host if addr else ''} "
+                                f"{addr.port if addr else 0} @ {GROUP} 127.0.0.1 1")
+            ctl.hints.put(Hint("bench", "event", time.monotonic(), event))
 
         def applied() -> list[float]:
             return [float(e["latency_ms"]) for e in cap.events
@@ -178,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    sys.setswitchinterval(0.0005)  # as the daemon does (controller/cli.py, cmd_run)
     cap = Capture()
     structlog.configure(
         processors=[structlog.processors.add_log_level, cap],
@@ -206,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        and not ctl.counters.drift.get(client.target, 1),
                        10, "the first pass", POLL_S)
             hint_lat = bench_hints(stack, ctl, cap, args.hints)
-            results.append(row("injected hint -> applied (full pass)", hint_lat))
+            results.append(row("injected event -> applied (targeted pass)", hint_lat))
+            full_lat = bench_hints(stack, ctl, cap, args.hints, full=True)
+            results.append(row("injected (re)connect -> applied (full pass)", full_lat))
             fo_lat = bench_failovers(stack, cap, args.failovers) if args.failovers else []
             if fo_lat:
                 results.append(row("real failover: event -> new master ready", fo_lat))

@@ -104,7 +104,7 @@ def one(n: int) -> dict[str, Any]:
     from controller.haproxy import HAProxyClient
     from controller.loop import Controller
     from controller.model import SentinelView
-    from controller.sentinel_parse import parse_pipeline
+    from controller.sentinel_parse import Head, parse_groups, parse_head
     from controller.settings import Settings
     from lab.procs import ManagedProcess, start_haproxy
 
@@ -113,7 +113,7 @@ def one(n: int) -> dict[str, Any]:
 
     class CapturedReader:
         """The loop's SentinelSource, answering from captured-real-shaped replies (no network):
-        the same parser as the real reader, without the sockets."""
+        the same parsers as the real reader, without the sockets."""
 
         def __init__(self, replies: dict[str, dict[str, Any]], names: list[str]) -> None:
             self.names = list(names)
@@ -126,13 +126,30 @@ def one(n: int) -> dict[str, Any]:
         def discover(self) -> list[Any]:
             return []
 
-        def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
+        def busy(self) -> bool:
+            return False
+
+        def poll(self) -> None:
+            pass
+
+        def _head(self, s: str) -> Head:
+            myid = f"{list(self.replies).index(s) + 1:040d}"  # one ID per Sentinel
+            return parse_head(self.replies[s]["info"], myid)
+
+        def head(self, skip: Collection[str] = (), patient: bool = False,
+                 on_late: Any = None) -> list[SentinelView]:
+            return [SentinelView(s, myid=self._head(s).myid) for s in self.replies]
+
+        def read(self, groups: Sequence[str], skip: Collection[str] = (),
+                 prefill: Any = None, enough: Any = None, on_late: Any = None,
+                 discover: bool = False) -> list[SentinelView]:
             views = []
             for s, r in self.replies.items():
-                pipeline = [r["info"], r["masters"]]
-                for m in self.names:
-                    pipeline += [r["addr"][m], r["replicas"][m]]
-                views.append(parse_pipeline(s, self.names, pipeline)[0])
+                entries = {m[1]: m for m in r["masters"]}
+                pipeline = []
+                for m in groups:
+                    pipeline += [entries[m], r["addr"][m], r["replicas"][m]]
+                views.append(parse_groups(s, groups, pipeline, self._head(s))[0])
             return views
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -147,7 +164,8 @@ def one(n: int) -> dict[str, Any]:
         steady = group_replies("steady", n)
         switched = group_replies("switched", n)
         rss_fixtures = rss_mb()
-        settings = Settings(sentinels=SENTINELS, haproxy_sockets=(str(sock),))
+        # No lease: nothing renews it in this bench (a pass after its TTL would fence all).
+        settings = Settings(sentinels=SENTINELS, haproxy_sockets=(str(sock),), write_lease=False)
         reader = CapturedReader(steady, names)
         ctl = Controller(settings, reader, [client], roster=roster_for(settings))  # as `run`
 

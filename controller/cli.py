@@ -518,7 +518,8 @@ def cmd_config(s: Settings, sections_only: bool, output: str | None) -> int:
                     s.sentinel_tls_key_file or None)
         reader = SentinelReader(addrs, auth, (), s.sentinel_timeout_s)
         try:
-            views = reader.read()
+            reader.head(patient=True)  # learns the groups every Sentinel monitors
+            views = reader.read(reader.master_names)
         finally:
             reader.close()
         if not any(v.error is None for v in views):

@@ -73,14 +73,8 @@ def decide(
     heard of it): an older answer is not followed unless every Sentinel agrees on it (the
     group was reset or re-created: epochs start again).
     """
-    by_id: dict[str, MasterView] = {}
-    for v in views:
-        if v.usable and name in v.masters:
-            by_id.setdefault(v.identity, v.masters[name])
+    by_id, size, need = _votes(name, views, min_voters)
     answers = list(by_id.values())
-    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
-            else len({v.identity for v in views}))
-    need = min_voters or size // 2 + 1
 
     def undecided(reason: str, epoch: int = -1) -> Decision:
         return Decision(name=name, master=None, epoch=epoch, reason=reason, voters=len(answers))
@@ -138,6 +132,63 @@ def decide(
     )
 
 
+def decidable(
+    name: str, views: Sequence[SentinelView], pending: int, min_voters: int | None = None,
+    before: Decision | None = None, history: History = History(), rules: Rules = Rules(),
+) -> bool:
+    """Whether the answers in `views` settle group `name`'s verdict while `pending` Sentinels
+    have not answered yet: a pass may then decide without waiting for them (a slow Sentinel
+    must not hold every pass). True when nobody is pending, when a majority (`min_voters`) of
+    the group's Sentinels agrees on one address at the top epoch among the answers, or when
+    even every pending answer could not make a majority (undecided either way).
+
+    Never early when the verdict would undo, at the same epoch, what one Sentinel alone may
+    know (`before`: the verdict acted on): lift a fence (the Sentinel that saw the master
+    o_down, or leads its failover, may be the one pending), or leave the replica followed by
+    early promotion (only the leader names it): those wait for every answer.
+
+    A pending answer may still raise the top epoch or fence the group (the failover leader is
+    the slow one): the caller compares the verdict with the complete answers once they are
+    in, and passes again when it differs.
+    """
+    if pending <= 0:
+        return True
+    by_id, _, need = _votes(name, views, min_voters)
+    if len(by_id) + pending < need:
+        return True
+    if len(by_id) < need:
+        return False
+    top = max(a.epoch for a in by_id.values())
+    at_top: dict[Address, int] = {}
+    for a in by_id.values():
+        if a.epoch == top:
+            at_top[a.addr] = at_top.get(a.addr, 0) + 1
+    if max(at_top.values()) < need:
+        return False
+    if before is not None and (before.fenced or before.early):
+        d = decide(name, views, min_voters, history, rules)
+        if d.master is not None and d.epoch == before.epoch:
+            lifts_fence = before.fenced and not d.fenced and d.master == before.master
+            leaves_promoted = before.early and d.master != before.master
+            return not (lifts_fence or leaves_promoted)
+    return True
+
+
+def _votes(
+    name: str, views: Sequence[SentinelView], min_voters: int | None
+) -> tuple[dict[str, MasterView], int, int]:
+    """Usable answers for `name` by Sentinel ID, the group's size (as its Sentinels report
+    it: num-other-sentinels + 1) and the votes needed."""
+    by_id: dict[str, MasterView] = {}
+    for v in views:
+        if v.usable and name in v.masters:
+            by_id.setdefault(v.identity, v.masters[name])
+    answers = by_id.values()
+    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
+            else len({v.identity for v in views}))
+    return by_id, size, min_voters or size // 2 + 1
+
+
 def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) -> str:
     """`unreachable: A; in TILT: B; ...` for the Sentinels whose vote is missing."""
     kinds: dict[str, list[str]] = {}
@@ -146,7 +197,8 @@ def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) ->
             continue
         if v.error is not None:
             kind = {"not_sentinel": "not a Sentinel", "auth": "refused our credentials",
-                    "bad_reply": "bad reply"}.get(v.problem, "unreachable")
+                    "bad_reply": "bad reply", "pending": "no answer yet"}.get(v.problem,
+                                                                              "unreachable")
         elif v.tilt:
             kind = "in TILT"
         elif name in v.group_errors:

@@ -1,4 +1,5 @@
-"""Parse HAProxy Runtime API output (`show info`, `show servers state`, `show stat`).
+"""Parse HAProxy Runtime API output (`show info`, `show servers state`, `show stat`), and
+build the batches that read it.
 
 Columns are found by header name, never by position (facts A.1.2). Every function raises
 `HAProxyReplyError` naming the problem on output it does not understand. No I/O here.
@@ -14,6 +15,20 @@ from controller.model import HAProxyInfo, HAProxyState, ServerState, admin_from_
 
 #: One exchange reads identity, admin states and session counts: `parse_state_batch` reads it.
 STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
+
+# What HAProxy 2.6 answers for a backend it does not have (facts A.1.3).
+_NO_BACKEND = ("Can't find backend.", "No such proxy.")
+
+
+def targeted_batch(backends: list[str]) -> str:
+    """One exchange reading identity and some backends only (`parse_targeted_batch` reads it):
+    `show info`, then `show servers state B; show stat B 4 -1` per backend."""
+    parts = ["show info"]
+    for b in backends:
+        if not b or any(c.isspace() or c == ";" for c in b):
+            raise HAProxyReplyError(f"backend name {b!r} cannot be sent in a batch")
+        parts += [f"show servers state {b}", f"show stat {b} 4 -1"]
+    return "; ".join(parts)
 
 
 class HAProxyReplyError(ValueError):
@@ -118,6 +133,26 @@ def parse_state_batch(text: str) -> HAProxyState:
             if n or backup:
                 servers[name] = replace(srv, sessions=n, backup=backup)
     return HAProxyState(info=info, backends=backends)
+
+
+def parse_targeted_batch(text: str, backends: list[str]) -> HAProxyState:
+    """The reply to `targeted_batch(backends)`; a backend HAProxy does not have is left out
+    (as in the full state), any other error raises."""
+    outputs = split_replies(text, 1 + 2 * len(backends))
+    info = parse_info(outputs[0])
+    out: dict[str, dict[str, ServerState]] = {}
+    for i, b in enumerate(backends):
+        servers_txt, stat_txt = outputs[1 + 2 * i], outputs[2 + 2 * i]
+        if servers_txt.strip() in _NO_BACKEND and stat_txt.strip() in _NO_BACKEND:
+            continue
+        servers = parse_servers_state(servers_txt).get(b, {})
+        stats = parse_stat(stat_txt)
+        for name, srv in servers.items():
+            n, backup = stats.get((b, name), (0, False))
+            if n or backup:
+                servers[name] = replace(srv, sessions=n, backup=backup)
+        out[b] = servers
+    return HAProxyState(info=info, backends=out)
 
 
 def parse_maps(text: str) -> list[tuple[int, str]]:

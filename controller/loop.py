@@ -1,49 +1,64 @@
 """The level-triggered reconcile loop.
 
-A pass: read every Sentinel -> `decide` per group -> for each HAProxy read its state ->
-`plan` -> apply in one exchange -> read again and verify. Passes run on every hint (a
-Sentinel event, a (re)connect or loss of a Sentinel), when an HAProxy restarts, reloads or
-comes back, when the replica a failover leader is promoting answers ROLE master (asked every
-`promotion_poll_interval_s` until then, at most for the group's failover timeout), when the
-roster asks for one (re-checks after `+slave`, a node's name resolving elsewhere), and every
-`resync_interval_s`. Events only shorten the wait; a missed event changes nothing. The loop
-never dies from a bug: it logs `unexpected_error` and goes on.
+A pass reads Sentinels -> `decide` per group -> hands each HAProxy's worker the wanted state
+(`haproxy_worker`: read, plan, apply, verify, per HAProxy in its own thread). Two kinds:
+
+- a targeted pass reads only the groups its hints name (a Sentinel event about a master, its
+  replicas or its failover, the replica being promoted answering ROLE master): its cost does
+  not grow with the fleet;
+- a full pass reads every Sentinel's TILT state, ID and groups, then every group, in chunks:
+  on start, on every Sentinel (re)connect or loss, when an HAProxy restarts, reloads or comes
+  back, on hints that name no group, when the write lease expires or is renewed, and every
+  `resync_interval_s`. It is the safety net: the only pass that can find drift anywhere.
+
+With a roster (`roster`) the Sentinels' answers have their hostnames resolved before deciding,
+replicas their lists miss right after `+slave` are filled in after it, and it asks for
+re-check passes of the groups a `+slave` (or the like) named, and for a full pass when a
+node's name resolves elsewhere.
+
+Hints that arrive while a pass runs are merged per group into the next pass (`pending`);
+targeted passes go before the rest of a full pass. A pass asks every Sentinel at once and goes
+on as soon as the answers settle every group it reads (`decide.decidable`); when the answers it
+did not wait for would change a verdict, the group is passed again with them. Events only
+shorten the wait; a missed event changes nothing. The loop never dies from a bug: it logs
+`unexpected_error` and goes on.
 Must not talk to Sentinel, HAProxy or Redis nodes except through their adapters.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
 from controller import lease
-from controller.decide import History, Rules, decide
-from controller.haproxy import CommandResult, HAProxyError
-from controller.model import (
-    Address,
-    AdminState,
-    Command,
-    Decision,
-    HAProxyInfo,
-    HAProxyState,
-    SentinelView,
-)
-from controller.plan import BackendTarget, Note, Plan, plan, targets
+from controller.counters import Counters
+from controller.decide import History, Rules, decidable, decide
+from controller.haproxy_worker import HAProxyOutcome, HAProxyTarget, HAProxyWorker
+from controller.model import Address, Decision, SentinelView
+from controller.pending import Batch, Pending
+from controller.plan import BackendTarget, targets
 from controller.redis_nodes import NodeError
 from controller.roster import Roster
-from controller.sentinel import Hint, HintQueue
+from controller.sentinel import Enough, Hint, HintQueue, OnLate
 from controller.sentinel_parse import FAILOVER_EVENTS
 from controller.settings import Settings
+
+__all__ = ["Controller", "Counters", "HAProxyOutcome", "HAProxyTarget", "PassResult"]
 
 log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
+TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
+FULL_CHUNK = 8  # groups per step of a full pass: a failover waits for one chunk at most
+LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
+LATE_POLL_S = 0.001  # while Sentinel answers are awaited, take them in this often
 
 
 class SentinelSource(Protocol):
@@ -52,25 +67,24 @@ class SentinelSource(Protocol):
     @property
     def master_names(self) -> list[str]: ...
 
-    def read(self, skip: Collection[str] = ()) -> list[SentinelView]: ...
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]: ...
+
+    def read(
+        self,
+        groups: Sequence[str],
+        skip: Collection[str] = (),
+        prefill: dict[str, SentinelView] | None = None,
+        enough: Enough | None = None,
+        on_late: OnLate | None = None,
+        discover: bool = False,
+    ) -> list[SentinelView]: ...
 
     def discover(self) -> list[Address]: ...
 
+    def busy(self) -> bool: ...
 
-class HAProxyTarget(Protocol):
-    """What the loop needs from one HAProxy (`haproxy.HAProxyClient`); errors: HAProxyError."""
-
-    target: str
-
-    def info(self) -> HAProxyInfo: ...
-
-    def state(self) -> HAProxyState: ...
-
-    def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
-
-    def maps(self) -> list[str]: ...
-
-    def set_map(self, file: str, key: str, value: str) -> None: ...
+    def poll(self) -> None: ...
 
 
 class NodeRoles(Protocol):
@@ -95,39 +109,6 @@ class Watcher(Protocol):
 
 
 @dataclass
-class Counters:
-    """What the loop did, for metrics and health; written by the loop thread only."""
-
-    passes: int = 0
-    commands_applied: int = 0
-    commands_failed: int = 0
-    failovers_seen: int = 0
-    passes_with_changes: int = 0  # passes that applied at least one command
-    hand_edits_undone: int = 0  # of those: HAProxy changed while Sentinel did not
-    last_event_to_applied_ms: float | None = None
-    last_pass_ok: float = 0.0  # monotonic time of the last pass that read enough Sentinels
-    haproxy_up: dict[str, bool] = field(default_factory=dict)
-    # Per HAProxy, commands still needed after the last pass; None: unknown (read-back failed).
-    drift: dict[str, int | None] = field(default_factory=dict)
-    undecided: set[str] = field(default_factory=set)
-    undecided_since: dict[str, float] = field(default_factory=dict)  # group -> monotonic
-    # HAProxy -> monotonic time since which its passes refuse commands or leave drift
-    failing_since: dict[str, float] = field(default_factory=dict)
-    # (haproxy, group, backend) -> nodes that have no server slot (plan note slots_exhausted)
-    nodes_without_slot: dict[tuple[str, str, str], int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class HAProxyOutcome:
-    target: str
-    state: HAProxyState | None
-    plan: Plan
-    results: tuple[CommandResult, ...] = ()
-    error: str = ""
-    drift_after: int | None = 0  # None: the read-back failed, the drift is unknown
-
-
-@dataclass
 class Promotion:
     """A replica the failover leader is promoting, watched until it answers ROLE master."""
 
@@ -135,15 +116,42 @@ class Promotion:
     until: float  # monotonic: the group's failover timeout after it was first seen
     is_master: bool = False
     error: str = ""  # last ROLE failure, logged once
+    leaders: frozenset[str] = frozenset()  # Sentinels whose answers name it: awaited by passes
 
 
 @dataclass(frozen=True)
 class PassResult:
+    """A whole pass run by `reconcile()` (the command line, tests): HAProxy synced inline."""
+
     trigger: str
     views: tuple[SentinelView, ...]
     decisions: tuple[Decision, ...]
     haproxies: tuple[HAProxyOutcome, ...]
     duration_ms: float
+
+
+@dataclass
+class _Early:
+    """A verdict taken before every Sentinel answered, kept to compare the late answers."""
+
+    groups: list[str]
+    keys: dict[str, tuple[object, ...]]
+    answered: set[str]  # Sentinels whose answers it used
+
+
+@dataclass
+class _FullPass:
+    """A full pass in progress, one chunk of groups per step."""
+
+    trigger: str
+    since: float
+    started: float
+    groups: list[str]
+    head: list[SentinelView]
+    done: int = 0
+    undecided: int = 0
+    members: int = 0
+    down_after_ms: list[int] = field(default_factory=list)
 
 
 class Controller:
@@ -172,68 +180,46 @@ class Controller:
         )
         self.hints = hints or HintQueue()
         self.counters = Counters()
+        self.write_servers = self.counters.write_servers  # (haproxy, group) -> ready servers
         self.on_change = on_change  # webhook/alert hook; must not block
+        self.workers = [
+            HAProxyWorker(h, self.counters, self, settings.haproxy_poll_interval_s,
+                          apply=not settings.dry_run, lease_map=settings.write_lease_map,
+                          write_lease=settings.write_lease)
+            for h in self.haproxies
+        ]
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided
-        self._notes: dict[str, set[Note]] = {}  # standing plan notes per HAProxy
         self._epochs: dict[str, int] = {}  # highest config-epoch acted on, per group
         self._readers: dict[str, frozenset[Address]] = {}  # replicas serving reads, per group
         self.promotions: dict[str, Promotion] = {}  # group -> replica being promoted
         self.sentinel_states: dict[str, str] = {}  # address -> ok, tilt, unreachable, ...
-        self.write_servers: dict[tuple[str, str], str] = {}  # (haproxy, group) -> ready servers
         # The write lease (controller/lease.py): valid until (monotonic); one TTL of grace
         # from the start, so that a restarted controller does not fence working writes.
         self.lease_ttl_s = lease.ttl_for([], settings.write_lease_ttl_s)
         self.lease_until: float | None = time.monotonic() + self.lease_ttl_s
         self._lease_expired_logged = False
-        self._lease_maps: dict[str, str | None] = {}  # HAProxy -> its lease map, when known
         self._members = 0  # Sentinels of the groups, as they report (num-other-sentinels + 1)
         self._push_lease_now = True
-        self._lease_refused: dict[str, str] = {}  # HAProxy -> last refusal, logged once
-        self._down_after_ms: list[int] = []
         self._duplicates: set[frozenset[str]] = set()  # address sets already reported
-        self._identity: dict[str, HAProxyInfo | None] = {h.target: None for h in self.haproxies}
         self._incident_t0: float | None = None
         self._incident_last = 0.0
-        # Per HAProxy, each server's admin state as this controller last saw it after a pass.
-        self._left: dict[str, dict[tuple[str, str], AdminState]] = {}
+        self._rounds = itertools.count(1)
+        self._early: dict[int, _Early] = {}
+        self._deferred: list[tuple[str, dict[str, object]]] = []  # see _flush_logs
+        self._asked: dict[str, float] = {}  # group -> when the Sentinels were last asked
 
-    # -- observing -----------------------------------------------------------------
-    def observe(self) -> tuple[list[SentinelView], list[Decision]]:
-        skip = {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
-        views = self.reader.read(skip=skip)
-        self._note_sentinels(views)
-        groups = [m for v in views if v.usable for m in v.masters.values()]
-        if groups:
-            self._members = max(m.other_sentinels + 1 for m in groups)
-            self._down_after_ms = [m.down_after_ms for m in groups if m.down_after_ms > 0]
-            self.lease_ttl_s = lease.ttl_for(self._down_after_ms, self.settings.write_lease_ttl_s)
-        if self.roster is not None:
-            views = self.roster.normalize(views)
-        n = self.settings.min_sentinels or None  # None: a majority of the group's Sentinels
-        decisions = [decide(name, views, n, self._history(name), self.rules)
-                     for name in self.reader.master_names]
-        if self.roster is not None:
-            decisions = [self.roster.adjust(d, views, self._readers.get(d.name, frozenset()))
-                         for d in decisions]
-        for d in decisions:
-            if d.master is not None:
-                self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
-                self._readers[d.name] = d.replicas
-            self._watch_promotion(d)
-        if self.nodes is not None:
-            self.nodes.forget({p.addr for p in self.promotions.values()})
-        return views, decisions
-
+    # -- reading and deciding ------------------------------------------------------------
     def prime(self) -> None:
-        """Before the first pass: learn the Sentinels' IDs and find the ones not configured,
-        so that the first verdict already counts every Sentinel of the group."""
-        self.reader.read()
+        """Before the first pass: learn the Sentinels' IDs and groups and find the Sentinels
+        not configured, so that the first verdict already counts every Sentinel."""
+        self.reader.head(self._skip(), patient=True)
+        self.reader.read(self.reader.master_names, self._skip(), discover=True)
         self.discover()
 
     def discover(self) -> None:
-        """Find the group's other Sentinels (one configured Sentinel is enough to start);
-        read them from the next pass on and watch their events."""
+        """Watch and read the groups' other Sentinels that reads with discovery found (one
+        configured Sentinel is enough to start)."""
         for addr in self.reader.discover():
             log.info("sentinel_discovered", sentinel=str(addr))
             if self.new_watcher is not None:
@@ -241,10 +227,359 @@ class Controller:
                 self.watchers.append(w)
                 w.start()
 
+    def _skip(self) -> set[str]:
+        """Sentinels whose event connection is known dead (e.g. hung): not asked, a hung one
+        would hold a read for a whole timeout."""
+        return {str(w.addr) for w in self.watchers if not w.connected and w.last_error}
+
+    def observe(self, groups: Sequence[str] | None = None) -> tuple[list[SentinelView],
+                                                                    list[Decision]]:
+        """Read and decide `groups` (None: a full read, heads first), waiting for every
+        Sentinel; verdicts recorded, nothing handed to HAProxy."""
+        if groups is None:
+            self._note_sentinels(self.reader.head(self._skip(), patient=True))
+            groups = self.reader.master_names
+        views, decisions = self._read_decide(list(groups), None, early=False)
+        self._note_decisions(decisions, "observe")
+        return views, decisions
+
+    def _read_decide(
+        self, groups: list[str], prefill: dict[str, SentinelView] | None, early: bool,
+        discover: bool = False,
+    ) -> tuple[list[SentinelView], list[Decision]]:
+        """Ask every Sentinel about `groups` and decide them. With `early`, go on once the
+        answers settle every group; late answers come back as a `late_answer` hint."""
+        n = self.settings.min_sentinels or None
+        seq = next(self._rounds)
+        enough: Enough | None = None
+        on_late: OnLate | None = None
+        skip = self._skip()
+        if early:
+            # While a promotion is watched only the leader's answer names the replica: a pass
+            # about the group waits for it (the others' answers alone would fence again).
+            leaders = {s for g in groups if (p := self.promotions.get(g)) for s in p.leaders}
+
+            def enough(views: list[SentinelView], pending: int) -> bool:
+                if leaders and not leaders <= {v.sentinel for v in views} | skip:
+                    return False
+                return all(decidable(g, views, pending, n, self._decisions.get(g),
+                                     self._history(g), self.rules) for g in groups)
+
+            def on_late(views: list[SentinelView]) -> None:
+                self.hints.put(Hint("", "late_answer", time.monotonic(), detail=str(seq),
+                                    views=tuple(views)))
+        asked = time.monotonic()
+        views = self.reader.read(groups, skip, prefill, enough, on_late, discover)
+        for g in groups:
+            self._asked[g] = asked
+        self._note_sentinels(views)
+        if self.roster is not None:
+            views = self.roster.normalize(views)
+        decisions = [decide(g, views, n, self._history(g), self.rules) for g in groups]
+        if early and any(v.problem == "pending" for v in views):
+            if len(self._early) >= LATE_ROUNDS_KEPT:
+                del self._early[next(iter(self._early))]
+            self._early[seq] = _Early(groups, {d.name: _key(d) for d in decisions},
+                                      {v.sentinel for v in views if v.problem != "pending"})
+        if self.roster is not None:  # after the keys: `_late` compares unadjusted verdicts
+            decisions = [self.roster.adjust(d, views, self._readers.get(d.name, frozenset()))
+                         for d in decisions]
+        for d in decisions:
+            if d.master is not None:
+                self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
+                self._readers[d.name] = d.replicas
+            self._watch_promotion(d, views)
+        if self.nodes is not None:
+            self.nodes.forget({p.addr for p in self.promotions.values()})
+        if any(v.usable for v in views):
+            self.counters.last_pass_ok = time.monotonic()
+        return views, decisions
+
+    def _hand_over(self, decisions: Sequence[Decision], trigger: str,
+                   since: Mapping[str, float] | float, urgent: bool) -> None:
+        """Give every HAProxy worker the groups' wanted state, then log the verdict changes;
+        `since`: when the hint each group answers arrived (its latency counts from there)."""
+        routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
+        wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
+            routed, self.settings.write_backend, self.settings.read_backend,
+            self.settings.read_fallback_to_master, self.settings.slot_prefix,
+        )
+        by_group: dict[str, tuple[BackendTarget, ...]] = {d.name: () for d in decisions}
+        for t in wanted:
+            by_group[t.group] += (t,)
+        sinces = since if isinstance(since, Mapping) else dict.fromkeys(by_group, since)
+        for w in self.workers:
+            w.want(by_group, sinces, urgent)
+        if urgent:
+            time.sleep(0)  # let the workers have the GIL now: logging can wait, HAProxy cannot
+        self._flush_logs()
+        self._note_decisions(decisions, trigger)
+
+    # -- passes --------------------------------------------------------------------------
+    def reconcile(self, trigger: str, groups: Sequence[str] | None = None,
+                  since: float | None = None, apply: bool = True) -> PassResult:
+        """One whole pass now, in this thread (the command line, tests): every Sentinel
+        waited for, every HAProxy synced inline. `groups` None: a full pass."""
+        start = time.monotonic()
+        if groups is None:
+            head = self.reader.head(self._skip(), patient=True)
+            self._note_sentinels(head)
+            groups = self.reader.master_names
+        views, decisions = self._read_decide(list(groups), None, early=False)
+        usable = [m for v in views if v.usable for m in v.masters.values()]
+        self._set_members(max((m.other_sentinels + 1 for m in usable), default=0),
+                          [m.down_after_ms for m in usable if m.down_after_ms > 0])
+        self._hand_over(decisions, trigger, since or start, urgent=True)
+        outcomes: list[HAProxyOutcome] = []
+        for w in self.workers:
+            w.apply = apply and not self.settings.dry_run
+            outcomes += w.drain(full_read=True)
+        self.counters.passes += 1
+        result = PassResult(trigger, tuple(views), tuple(decisions), tuple(outcomes),
+                            (time.monotonic() - start) * 1000)
+        self._log_pass(trigger, "full" if len(groups) == len(self.reader.master_names)
+                       else "groups", len(decisions), result.duration_ms, views,
+                       sum(1 for d in decisions if d.master is None))
+        return result
+
+    def _targeted(self, batch: Batch) -> None:
+        """A pass over the groups hints named: read, decide, hand over (urgent)."""
+        start = time.monotonic()
+        groups = list(batch.groups)
+        for w in self.workers:
+            w.prefetch(groups)
+        views, decisions = self._read_decide(groups, batch.carry or None, early=True)
+        self._hand_over(decisions, batch.trigger, batch.groups, urgent=True)
+        self.counters.passes += 1
+        self._log_pass(batch.trigger, "groups", len(groups), (time.monotonic() - start) * 1000,
+                       views, sum(1 for d in decisions if d.master is None))
+
+    def _start_full(self, trigger: str, since: float) -> _FullPass:
+        def on_late(views: list[SentinelView]) -> None:  # called in this thread, by the reader
+            self._note_sentinels(views)  # TILT or trouble, logged when known
+            p.head = views
+        head = self.reader.head(self._skip(), on_late=on_late)
+        self._note_sentinels(head)
+        p = _FullPass(trigger, since, time.monotonic(), self.reader.master_names, head)
+        return p
+
+    def _full_step(self, p: _FullPass) -> bool:
+        """The next chunk of a full pass; True when the pass is over. One chunk per pass also
+        asks each group's other Sentinels (discovery), a different chunk each pass: the
+        groups usually share their Sentinels, and asking for all of them every pass would cost
+        as much as reading them."""
+        chunk = p.groups[p.done:p.done + FULL_CHUNK]
+        if chunk:
+            chunks = -(-len(p.groups) // FULL_CHUNK)
+            discover = p.done // FULL_CHUNK == self.counters.passes % chunks
+            views, decisions = self._read_decide(chunk, None, early=True, discover=discover)
+            self._hand_over(decisions, p.trigger, p.since, urgent=False)
+            p.done += len(chunk)
+            p.undecided += sum(1 for d in decisions if d.master is None)
+            for v in views:
+                if v.usable:
+                    for m in v.masters.values():
+                        p.members = max(p.members, m.other_sentinels + 1)
+                        if m.down_after_ms > 0:
+                            p.down_after_ms.append(m.down_after_ms)
+        if p.done < len(p.groups):
+            return False
+        self.reader.poll()  # late head answers that came meanwhile count in the summary
+        self._set_members(p.members, p.down_after_ms)
+        self.counters.passes += 1
+        self._log_pass(p.trigger, "full", len(p.groups), (time.monotonic() - p.started) * 1000,
+                       p.head, p.undecided)
+        self.discover()
+        return True
+
+    def _set_members(self, members: int, down_after_ms: list[int]) -> None:
+        if members:
+            self._members = members
+            self.lease_ttl_s = lease.ttl_for(down_after_ms, self.settings.write_lease_ttl_s)
+
+    def _late(self, h: Hint, work: Pending) -> None:
+        """The complete answers of a round a pass did not wait for: pass again the groups
+        whose verdict they change, counting the late answers until their Sentinel answers
+        again (asking it again would only bring the same delay)."""
+        early = self._early.pop(int(h.detail), None)
+        if early is None:
+            return
+        views = list(h.views)
+        self._note_sentinels(views)
+        if self.roster is not None:
+            views = self.roster.normalize(views)
+        n = self.settings.min_sentinels or None
+        late = {v.sentinel: v for v in views
+                if v.sentinel not in early.answered and v.error is None}
+        for g in early.groups:
+            d = decide(g, views, n, self._history(g), self.rules)
+            if _key(d) != early.keys.get(g):
+                log.info("late_answer_changes_verdict", group=g, sentinels=sorted(late))
+                work.group(g, "late_answer", h.received, late)
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        for w in self.watchers:
+            w.start()
+        for hw in self.workers:
+            hw.start()
+        try:
+            self.prime()
+        except Exception:
+            log.exception("unexpected_error", where="prime")
+        s = self.settings
+        work = Pending()
+        work.full("start", time.monotonic())
+        full: _FullPass | None = None
+        next_resync = float("inf")  # set when the first full pass is over
+        next_role = 0.0
+        next_lease = 0.0
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                busy = work.has_groups or work.has_full or full is not None
+                wake = min(next_resync, next_lease)
+                if self.promotions_pending():
+                    wake = min(wake, next_role)
+                if self.reader.busy():  # late answers: take them in soon
+                    wake = min(wake, now + LATE_POLL_S)
+                if self.roster is not None:
+                    wake = min(wake, self.roster.next_due())
+                for h in self.hints.get(0.0 if busy else max(0.0, wake - now)):
+                    if self.roster is not None:
+                        self.roster.hint(h)
+                    self._take(h, work)
+                self.reader.poll()  # late answers come back as hints
+                now = time.monotonic()
+                if self.hints.take_overflow():
+                    work.full("hint_overflow", now)
+                if now >= next_lease or self._push_lease_now:
+                    self._push_lease_now = False
+                    next_lease = now + min(0.25, self.lease_ttl_s / 4)
+                    if self.renew_lease():
+                        work.full("write_lease", now)
+                if self.promotions_pending() and now >= next_role:
+                    next_role = now + s.promotion_poll_interval_s
+                    for g in self.poll_promotions():
+                        work.group(g, "role_master", time.monotonic())
+                if self.roster is not None and (extra := self.roster.due()):
+                    rechecked = self.roster.recheck_groups if extra == "recheck" else set()
+                    for g in rechecked:
+                        work.group(g, extra, now)
+                    if not rechecked:
+                        work.full(extra, now)
+                if now >= next_resync:
+                    next_resync = float("inf")
+                    work.full("resync", now)
+                batch = work.take_groups(TARGETED_MAX)
+                if batch is not None:
+                    self._targeted(batch)
+                elif full is not None:
+                    if self._full_step(full):
+                        full = None
+                        next_resync = time.monotonic() + s.resync_interval_s
+                elif (due := work.take_full()) is not None:
+                    full = self._start_full(*due)
+                self._flush_logs()
+            except Exception:
+                log.exception("unexpected_error", where="loop")
+                stop.wait(0.1)  # never spin on a persistent bug
+        for w in self.watchers:
+            w.stop()
+        for hw in self.workers:
+            hw.stop()
+
+    def _take(self, h: Hint, work: Pending) -> None:
+        """Merge one hint into the work to do."""
+        if h.kind == "late_answer":
+            self._late(h, work)
+            return
+        what = self._classify(h)
+        if what is None:
+            return
+        trigger, group = what
+        if group is None:
+            work.full(trigger, h.received)
+        elif h.received < self._asked.get(group, 0.0):
+            # The Sentinels were asked about the group after this hint arrived: that read saw
+            # what the event says (the same event from each Sentinel is one pass, not three).
+            return
+        else:
+            work.group(group, trigger, h.received)
+
+    def _classify(self, h: Hint) -> tuple[str, str | None] | None:
+        """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)
+        for a full pass, None for no pass."""
+        if h.kind == "connected":
+            log.info("sentinel_connected", sentinel=h.source)
+            return "sentinel_connected", None
+        if h.kind == "disconnected":
+            log.warning("sentinel_disconnected", sentinel=h.source, error=h.detail)
+            return "sentinel_disconnected", None
+        if h.kind == "haproxy_changed":
+            return "haproxy_changed", None
+        if h.kind == "bad_event":
+            log.warning("bad_event", sentinel=h.source, error=h.detail)
+            return None
+        ev = h.event
+        if ev is None:
+            return None
+        wanted = self.settings.masters
+        if wanted and ev.master is not None and ev.master not in wanted:
+            return None
+        master_down = ev.channel == "+sdown" and ev.text.startswith("master")
+        if ev.channel in FAILOVER_EVENTS or master_down:
+            if self._incident_t0 is None or h.received - self._incident_last > INCIDENT_QUIET_S:
+                self._incident_t0 = h.received
+            self._incident_last = h.received
+        if not ev.relevant:
+            log.debug("sentinel_event", sentinel=h.source, channel=ev.channel, text=ev.text)
+            return None
+        # Logged once the pass it starts has handed HAProxy its commands (`_flush_logs`): a
+        # log line costs as much as reading a Sentinel. The line keeps its own time.
+        self._deferred.append(("sentinel_event", dict(
+            sentinel=h.source, channel=ev.channel, text=ev.text, **self.timeline(h.received))))
+        if ev.master is None or ev.master not in self.reader.master_names:
+            return ev.channel, None  # no group named, or one not known yet
+        return ev.channel, ev.master
+
+    def probe_haproxies(self) -> bool:
+        """`show info` on each HAProxy now; True when one restarted, reloaded or came back."""
+        return any([w.probe() for w in self.workers])
+
+    # -- what workers call (haproxy_worker.Hooks) -----------------------------------------
+    def timeline(self, at: float | None = None) -> dict[str, float]:
+        """Elapsed ms in the current failover timeline (at `at`, default now), when one is
+        open."""
+        now = time.monotonic() if at is None else at
+        if self._incident_t0 is None or now - self._incident_last > INCIDENT_QUIET_S:
+            return {}
+        return {"t_ms": round((now - self._incident_t0) * 1000, 1)}
+
+    def _flush_logs(self) -> None:
+        """Write the lines deferred while a pass was on its way to HAProxy."""
+        lines, self._deferred = self._deferred, []
+        for event, fields in lines:
+            log.info(event, **fields)
+
+    def emit(self, kind: str, data: dict[str, object]) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(kind, data)
+        except Exception:  # an alert hook must never break the control path
+            log.exception("unexpected_error", where="on_change hook")
+
+    def haproxy_changed(self, target: str) -> None:
+        self.hints.put(Hint(target, "haproxy_changed", time.monotonic()))
+
+    # -- bookkeeping and logs ---------------------------------------------------------
     def _note_sentinels(self, views: Sequence[SentinelView]) -> None:
         """One line when a Sentinel's state changes (ok, tilt, unreachable, auth, not a
         Sentinel, bad reply), and once for a Sentinel listed under several addresses."""
         for v in views:
+            if v.problem == "pending":  # no answer yet: nothing known about it
+                continue
             state = v.problem or ("unreachable" if v.error else "tilt" if v.tilt else "ok")
             before = self.sentinel_states.get(v.sentinel)
             self.sentinel_states[v.sentinel] = state
@@ -255,7 +590,8 @@ class Controller:
                     log.info("sentinel_usable", sentinel=v.sentinel, was=before)
             else:
                 log.warning("sentinel_unusable", sentinel=v.sentinel, state=state,
-                            error=v.error or "TILT mode: its state is not trusted", **self._t())
+                            error=v.error or "TILT mode: its state is not trusted",
+                            **self.timeline())
         by_id: dict[str, list[str]] = {}
         for v in views:
             if v.myid:
@@ -276,8 +612,9 @@ class Controller:
 
     # -- the write lease ---------------------------------------------------------------
     def renew_lease(self) -> bool:
-        """Push the lease to every HAProxy that has the lease map; True when it just expired
-        or came back (the caller then runs a pass: it fences, or unfences, the writes)."""
+        """Hand the lease to every HAProxy worker (pushed into its lease map); True when it
+        just expired or came back (the caller then runs a full pass: it fences, or unfences,
+        the writes)."""
         now = time.monotonic()
         if self.settings.write_lease:
             pongs = [w.last_pong for w in self.watchers if w.connected]
@@ -288,14 +625,20 @@ class Controller:
             value_ms = (time.time() + ((self.lease_until or now) - now)) * 1000
         else:
             value_ms = (time.time() + 10 * 365 * 86400) * 1000  # off: never expires
-        for h in self.haproxies:
-            self._push_lease(h, str(int(value_ms)))
+        for w in self.workers:
+            w.set_lease(str(int(value_ms)))
         expired = self.lease_expired()
         changed = expired != self._lease_expired_logged
         if expired and changed:
             log.warning("write_lease_expired", ttl_s=self.lease_ttl_s,
                         detail="no majority of Sentinels heard: new writes refused by HAProxy, "
-                        "write backends fenced", **self._t())
+                        "write backends fenced", **self.timeline())
+            # Fence now, from the last verdicts: HAProxy's lease rule refuses new connections
+            # by itself, but established ones keep writing until their server is in maint,
+            # and the full pass that follows may wait for the Sentinels that are missing.
+            if self._decisions:
+                self._hand_over(list(self._decisions.values()), "write_lease",
+                                time.monotonic(), urgent=True)
         elif changed:
             log.info("write_lease_renewed", ttl_s=self.lease_ttl_s)
         self._lease_expired_logged = expired
@@ -304,39 +647,6 @@ class Controller:
     def lease_expired(self) -> bool:
         return (self.settings.write_lease
                 and (self.lease_until is None or time.monotonic() > self.lease_until))
-
-    def _push_lease(self, h: HAProxyTarget, value_ms: str) -> None:
-        if h.target not in self._lease_maps:
-            try:
-                wanted = self.settings.write_lease_map
-                found = [f for f in h.maps()
-                         if f == wanted or f.rsplit("/", 1)[-1] == wanted.rsplit("/", 1)[-1]]
-            except HAProxyError as e:
-                self._haproxy_down(h.target, str(e))
-                return
-            self._lease_maps[h.target] = found[0] if found else None
-            if not found and self.settings.write_lease:
-                log.error("write_lease_map_missing", haproxy=h.target,
-                          map=self.settings.write_lease_map,
-                          detail="this HAProxy does not check the write lease: new writes are "
-                          "not refused when the controller is gone (see the runbook)")
-        file = self._lease_maps.get(h.target)
-        if file is None:
-            return
-        try:
-            h.set_map(file, "lease", value_ms)
-        except HAProxyError as e:
-            self._lease_maps.pop(h.target, None)  # look it up again next time
-            if not e.refused:
-                self._haproxy_down(h.target, str(e))
-            elif self._lease_refused.get(h.target) != str(e):
-                self.counters.commands_failed += 1
-                self.counters.failing_since.setdefault(h.target, time.monotonic())
-                log.error("command_failed", haproxy=h.target, command=e.command,
-                          reply=str(e), reason="renew the write lease")
-            self._lease_refused[h.target] = str(e) if e.refused else ""
-            return
-        self._lease_refused.pop(h.target, None)
 
     def _fenced_by_lease(self, decisions: Sequence[Decision]) -> list[Decision]:
         """With the lease expired every group's writes are fenced, also an undecided group's
@@ -355,9 +665,10 @@ class Controller:
         return History(self._epochs.get(name, -1), self._readers.get(name, frozenset()),
                        p.addr if p is not None and confirmed else None)
 
-    def _watch_promotion(self, d: Decision) -> None:
-        """Start watching the replica a leader promotes; stop when the verdict no longer
-        names it (promoted and confirmed, or the failover aborted: fenced again)."""
+    def _watch_promotion(self, d: Decision, views: Sequence[SentinelView] = ()) -> None:
+        """Start watching the replica a leader promotes (`views`: the answers that named
+        it); stop when the verdict no longer names it (promoted and confirmed, or the failover
+        aborted: fenced again)."""
         p = self.promotions.get(d.name)
         if d.promoting is None or not self.rules.early_promotion:
             if p is not None:
@@ -365,22 +676,28 @@ class Controller:
                 log.info("promotion_watch_ended", group=d.name, replica=str(p.addr),
                          outcome="confirmed by Sentinel" if d.master == p.addr
                          else "no longer promoted (failover aborted or leader lost)",
-                         **self._t())
+                         **self.timeline())
             return
+        leaders = frozenset(v.sentinel for v in views
+                            if (m := v.masters.get(d.name)) and m.promoting == d.promoting)
+        if p is not None and p.addr == d.promoting and leaders:
+            p.leaders = leaders
         if p is None or p.addr != d.promoting:
             # failover-timeout is a 64-bit number in Redis: garbage beyond that would
             # overflow the float and make every pass raise.
             timeout_s = (min(max(d.failover_timeout_ms, -(2**63)), 2**63) or 180_000) / 1000
-            self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s)
+            self.promotions[d.name] = Promotion(d.promoting, time.monotonic() + timeout_s,
+                                                leaders=leaders)
             log.info("promotion_watch", group=d.name, replica=str(d.promoting),
-                     timeout_s=timeout_s, **self._t())
+                     timeout_s=timeout_s, **self.timeline())
 
-    def poll_promotions(self) -> bool:
-        """Ask ROLE of every replica being promoted; True when one just became master."""
+    def poll_promotions(self) -> list[str]:
+        """Ask ROLE of every replica being promoted; the groups whose replica just became
+        master."""
         if self.nodes is None:
-            return False
+            return []
         now = time.monotonic()
-        changed = False
+        changed: list[str] = []
         for group, p in self.promotions.items():
             if p.is_master or now >= p.until:
                 continue
@@ -393,131 +710,15 @@ class Controller:
                 p.error = str(e)
                 continue
             if role == "master":
-                p.is_master = changed = True
+                p.is_master = True
+                changed.append(group)
                 log.info("promoted_replica_is_master", group=group, replica=str(p.addr),
-                         **self._t())
+                         **self.timeline())
         return changed
 
     def promotions_pending(self) -> bool:
         now = time.monotonic()
         return any(not p.is_master and now < p.until for p in self.promotions.values())
-
-    # -- one pass ------------------------------------------------------------------
-    def reconcile(self, trigger: str, since: float | None = None, apply: bool = True) -> PassResult:
-        start = time.monotonic()
-        since = since or start
-        views, decisions = self.observe()
-        self._note_decisions(decisions, trigger)
-        routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
-        wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
-            routed, self.settings.write_backend, self.settings.read_backend,
-            self.settings.read_fallback_to_master, self.settings.slot_prefix,
-        )
-        # Apply to every HAProxy first, then verify: a second HAProxy must not wait for the
-        # first one's read-back.
-        applied = [self._reconcile_one(h, wanted, since, apply) for h in self.haproxies]
-        outcomes = [self._verify(h, wanted, o) if o.results else o
-                    for h, o in zip(self.haproxies, applied, strict=True)]
-        duration_ms = (time.monotonic() - start) * 1000
-        for o in outcomes:
-            troubled = o.drift_after != 0 or any(not r.ok for r in o.results)
-            if troubled and not o.error:
-                self.counters.failing_since.setdefault(o.target, time.monotonic())
-            elif not troubled:
-                self.counters.failing_since.pop(o.target, None)
-        self.counters.passes += 1
-        if any(v.usable for v in views):
-            self.counters.last_pass_ok = time.monotonic()
-        result = PassResult(trigger, tuple(views), tuple(decisions), tuple(outcomes), duration_ms)
-        self._log_summary(result)
-        return result
-
-    def _reconcile_one(
-        self,
-        h: HAProxyTarget,
-        wanted: Sequence[BackendTarget],
-        since: float,
-        apply: bool,
-    ) -> HAProxyOutcome:
-        try:
-            state = h.state()
-        except HAProxyError as e:
-            self._haproxy_down(h.target, str(e))
-            return HAProxyOutcome(h.target, None, Plan(), error=str(e))
-        # A server whose admin state is not what this controller left it in was changed by
-        # someone else (a new, restarted or returning HAProxy forgets what it was left in).
-        self._haproxy_seen(h.target, state.info)
-        edited = _admin_changes(self._left.get(h.target), state)
-        p = plan(wanted, state)
-        self._log_notes(h.target, p.notes)  # undecided notes: logged by _note_decisions
-        if not p.commands:
-            self.counters.drift[h.target] = 0
-            self._left_in(h.target, state, wanted)
-            return HAProxyOutcome(h.target, state, p)
-        if not apply:
-            for c in p.commands:
-                log.info("would_apply", haproxy=h.target, command=c.text, reason=c.reason)
-            self.counters.drift[h.target] = p.drift
-            return HAProxyOutcome(h.target, state, p, drift_after=p.drift)
-        try:
-            results = h.run(p.commands)
-        except HAProxyError as e:
-            self._haproxy_down(h.target, str(e))
-            return HAProxyOutcome(h.target, state, p, error=str(e))
-        applied_at = time.monotonic()
-        latency_ms = (applied_at - since) * 1000
-        ok = 0
-        for r in results:
-            c = r.command
-            if r.ok:
-                ok += 1
-                log.info(
-                    "server_state_changed", haproxy=h.target, backend=c.backend, server=c.server,
-                    **{"from": c.before or None, "to": c.after}, reason=c.reason,
-                    latency_ms=round(latency_ms, 2), **self._t(),
-                )
-            else:
-                self.counters.commands_failed += 1
-                log.error("command_failed", haproxy=h.target, command=c.text, reply=r.output,
-                          reason=c.reason)
-        self.counters.commands_applied += ok
-        if ok:
-            self.counters.passes_with_changes += 1
-            self.counters.last_event_to_applied_ms = latency_ms
-            undone = [r.command for r in results
-                      if r.ok and (r.command.backend, r.command.server) in edited]
-            if undone:
-                self.counters.hand_edits_undone += 1
-                log.warning("drift_corrected", haproxy=h.target, commands=len(undone),
-                            servers=sorted(f"{c.backend}/{c.server}" for c in undone),
-                            detail="HAProxy was changed by someone else (hand edit?): undone")
-                self._emit("drift_corrected", {"haproxy": h.target, "commands": len(undone)})
-        return HAProxyOutcome(h.target, state, p, tuple(results))
-
-    def _verify(
-        self, h: HAProxyTarget, wanted: Sequence[BackendTarget], o: HAProxyOutcome
-    ) -> HAProxyOutcome:
-        """Read back and plan again; anything left is drift we could not fix."""
-        drift_after: int | None = None
-        try:
-            state = h.state()
-            drift_after = plan(wanted, state).drift
-            self._left_in(h.target, state, wanted)
-        except HAProxyError as e:
-            self._left.pop(h.target, None)  # unknown: the next pass cannot call it a hand edit
-            log.warning("verify_failed", haproxy=h.target, error=str(e))
-        if drift_after:
-            log.warning("drift_remains", haproxy=h.target, commands=drift_after)
-        self.counters.drift[h.target] = drift_after
-        return dataclasses.replace(o, drift_after=drift_after)
-
-    # -- bookkeeping and logs ---------------------------------------------------------
-    def _t(self) -> dict[str, float]:
-        """Elapsed ms in the current failover timeline, when one is open."""
-        now = time.monotonic()
-        if self._incident_t0 is None or now - self._incident_last > INCIDENT_QUIET_S:
-            return {}
-        return {"t_ms": round((now - self._incident_t0) * 1000, 1)}
 
     def _note_decisions(self, decisions: Sequence[Decision], trigger: str) -> None:
         """Log verdict changes: one line when a group becomes undecided or decided again,
@@ -526,8 +727,8 @@ class Controller:
             if d.master is None:
                 if self._undecided.get(d.name) != d.reason:
                     log.warning("undecided", group=d.name, reason=d.reason,
-                                action="haproxy keeps its state", **self._t())
-                    self._emit("undecided", {"group": d.name, "reason": d.reason})
+                                action="haproxy keeps its state", **self.timeline())
+                    self.emit("undecided", {"group": d.name, "reason": d.reason})
                 self._undecided[d.name] = d.reason
                 continue
             if self._undecided.pop(d.name, None) is not None:
@@ -540,18 +741,18 @@ class Controller:
                 self.counters.failovers_seen += 1
                 log.info("master_changed", group=d.name, **{"from": str(old.master)},
                          to=str(d.master), epoch=d.epoch, early=d.early, trigger=trigger,
-                         **self._t())
-                self._emit("failover", {"group": d.name, "from": str(old.master),
+                         **self.timeline())
+                self.emit("failover", {"group": d.name, "from": str(old.master),
                                         "to": str(d.master), "epoch": d.epoch})
             else:
                 for r in sorted(old.replicas - d.replicas):
-                    log.info("replica_lost", group=d.name, replica=str(r), **self._t())
-                    self._emit("replica_lost", {"group": d.name, "replica": str(r)})
+                    log.info("replica_lost", group=d.name, replica=str(r), **self.timeline())
+                    self.emit("replica_lost", {"group": d.name, "replica": str(r)})
                 for r in sorted(d.replicas - old.replicas):
-                    log.info("replica_healthy", group=d.name, replica=str(r), **self._t())
-                    self._emit("replica_back", {"group": d.name, "replica": str(r)})
+                    log.info("replica_healthy", group=d.name, replica=str(r), **self.timeline())
+                    self.emit("replica_back", {"group": d.name, "replica": str(r)})
             if d.fenced and not (old and old.fenced):
-                log.warning("master_fenced", group=d.name, reason=d.reason, **self._t())
+                log.warning("master_fenced", group=d.name, reason=d.reason, **self.timeline())
             self._decisions[d.name] = d
         self.counters.undecided = set(self._undecided)
         now = time.monotonic()
@@ -561,216 +762,26 @@ class Controller:
             if group not in self._undecided:
                 del self.counters.undecided_since[group]
 
-    def _log_notes(self, target: str, notes: Sequence[Note]) -> None:
-        """Log a config problem (backend missing, master not in backend) when it appears and
-        when it is gone, not on every pass: a standing problem must not flood the log."""
-        current = set(notes)
-        before = self._notes.get(target, set())
-        for note in sorted(current - before, key=str):
-            log.error(note.event, group=note.group, backend=note.backend, detail=note.detail,
-                      haproxy=target)
-        for note in sorted(before - current, key=str):
-            log.info("resolved", problem=note.event, group=note.group, backend=note.backend,
-                     haproxy=target)
-        self._notes[target] = current
-        slots = self.counters.nodes_without_slot
-        for key in [k for k in slots if k[0] == target]:
-            del slots[key]
-        slots.update({(target, n.group, n.backend): n.count for n in current if n.count})
-
-    def _emit(self, kind: str, data: dict[str, object]) -> None:
-        if self.on_change is None:
-            return
-        try:
-            self.on_change(kind, data)
-        except Exception:  # an alert hook must never break the control path
-            log.exception("unexpected_error", where="on_change hook")
-
-    def _left_in(self, target: str, state: HAProxyState, wanted: Sequence[BackendTarget]) -> None:
-        """Remember the state a pass left an HAProxy in: admin states (hand-edit detection)
-        and, per group, the server it routes writes to (the fleet view in metrics)."""
-        self._left[target] = _admin(state)
-        for t in wanted:
-            if t.role == "write":
-                servers = state.backends.get(t.backend, {})
-                self.write_servers[(target, t.group)] = ",".join(
-                    sorted(n for n, srv in servers.items() if srv.admin is AdminState.READY))
-
-    def _haproxy_down(self, target: str, error: str) -> None:
-        self._left.pop(target, None)
-        if self.counters.haproxy_up.get(target, True):
-            log.error("haproxy_unreachable", haproxy=target, error=error)
-        self.counters.haproxy_up[target] = False
-
-    def _haproxy_seen(self, target: str, info: HAProxyInfo) -> bool:
-        """Record an HAProxy's identity; True when it is new (restart, reload, back): then
-        what this controller left in it is forgotten (its state is not a hand edit)."""
-        new = self._identity_changed(target, info)
-        if new:
-            self._left.pop(target, None)
-            self._lease_maps.pop(target, None)  # a new process: find its map, push the lease
-            self._push_lease_now = True
-        return new
-
-    def _identity_changed(self, target: str, info: HAProxyInfo) -> bool:
-        old = self._identity.get(target)
-        was_down = not self.counters.haproxy_up.get(target, True)
-        self.counters.haproxy_up[target] = True
-        self._identity[target] = info
-        if old is None:
-            if was_down:
-                log.info("haproxy_reachable", haproxy=target, pid=info.pid)
-            return True
-        if (old.pid, old.start_time_s) != (info.pid, info.start_time_s):
-            log.warning("haproxy_restarted", haproxy=target, old_pid=old.pid, pid=info.pid)
-            return True
-        if was_down:
-            log.info("haproxy_reachable", haproxy=target, pid=info.pid)
-            return True
-        return False
-
-    def _log_summary(self, r: PassResult) -> None:
-        commands = sum(len(o.results) for o in r.haproxies)
-        failed = sum(1 for o in r.haproxies for x in o.results if not x.ok)
-        undecided = [d.name for d in r.decisions if d.master is None]
-        drift_after = sum(o.drift_after or 0 for o in r.haproxies)
-        unverified = sum(1 for o in r.haproxies if o.drift_after is None)
-        errors = [o.target for o in r.haproxies if o.error]
-        quiet = not (commands or undecided or drift_after or unverified or errors)
+    def _log_pass(self, trigger: str, scope: str, groups: int, duration_ms: float,
+                  views: Sequence[SentinelView], undecided: int) -> None:
+        """One summary line per pass (the HAProxy side logs its own changes)."""
         fields = dict(
-            trigger=r.trigger,
-            duration_ms=round(r.duration_ms, 2),
-            sentinels_ok=sum(1 for v in r.views if v.usable),
-            sentinels=len(r.views),
-            groups=len(r.decisions),
-            undecided=len(undecided),
-            commands=commands,
-            failed=failed,
-            drift_after=drift_after,
-            unverified=unverified,
-            haproxy_errors=len(errors),
+            trigger=trigger,
+            scope=scope,
+            groups=groups,
+            duration_ms=round(duration_ms, 2),
+            sentinels_ok=sum(1 for v in views if v.usable),
+            sentinels=len(views),
+            pending=sum(1 for v in views if v.problem == "pending"),
+            undecided=undecided,
         )
         # Quiet periodic passes are debug: an idle cluster should not fill the log.
-        if quiet and r.trigger == "resync":
+        if trigger == "resync" and not undecided:
             log.debug("pass", **fields)
         else:
             log.info("pass", **fields)
 
-    def _note_hint(self, h: Hint) -> bool:
-        """Log a hint; True when it warrants a pass."""
-        if h.kind == "connected":
-            log.info("sentinel_connected", sentinel=h.sentinel)
-            return True
-        if h.kind == "disconnected":
-            log.warning("sentinel_disconnected", sentinel=h.sentinel, error=h.detail)
-            return True
-        if h.kind == "bad_event":
-            log.warning("bad_event", sentinel=h.sentinel, error=h.detail)
-            return False
-        ev = h.event
-        if ev is None:
-            return False
-        wanted = self.settings.masters
-        if wanted and ev.master is not None and ev.master not in wanted:
-            return False
-        master_down = ev.channel == "+sdown" and ev.text.startswith("master")
-        if ev.channel in FAILOVER_EVENTS or master_down:
-            if self._incident_t0 is None or h.received - self._incident_last > INCIDENT_QUIET_S:
-                self._incident_t0 = h.received
-            self._incident_last = h.received
-        if ev.relevant:
-            log.info("sentinel_event", sentinel=h.sentinel, channel=ev.channel, text=ev.text,
-                     **self._t())
-            return True
-        log.debug("sentinel_event", sentinel=h.sentinel, channel=ev.channel, text=ev.text)
-        return False
 
-    # -- the loop --------------------------------------------------------------------
-    def probe_haproxies(self) -> bool:
-        """Cheap `show info` on each HAProxy; True when one restarted, reloaded or came back."""
-        changed = False
-        for h in self.haproxies:
-            try:
-                info = h.info()
-            except HAProxyError as e:
-                self._haproxy_down(h.target, str(e))
-                continue
-            if info.stopping or self._haproxy_seen(h.target, info):
-                changed = True
-        return changed
-
-    def run(self, stop: threading.Event) -> None:
-        for w in self.watchers:
-            w.start()
-        try:
-            self.prime()
-        except Exception:
-            log.exception("unexpected_error", where="prime")
-        s = self.settings
-        next_resync = time.monotonic()  # first pass at once
-        next_probe = time.monotonic() + s.haproxy_poll_interval_s
-        next_role = 0.0
-        next_lease = 0.0
-        while not stop.is_set():
-            try:
-                now = time.monotonic()
-                renew_every = min(0.25, self.lease_ttl_s / 4)
-                wake = min(next_resync, next_probe, next_lease)
-                if self.promotions_pending():
-                    wake = min(wake, next_role)
-                if self.roster is not None:
-                    wake = min(wake, self.roster.next_due())
-                hints = self.hints.get(max(0.0, wake - now))
-                trigger = ""
-                since: float | None = None
-                for h in hints:
-                    if self.roster is not None:
-                        self.roster.hint(h)
-                    if self._note_hint(h) and not trigger:
-                        trigger = h.event.channel if h.event else f"sentinel_{h.kind}"
-                        since = h.received
-                if self.hints.take_overflow():
-                    trigger = trigger or "hint_overflow"
-                now = time.monotonic()
-                if now >= next_lease or self._push_lease_now:
-                    self._push_lease_now = False
-                    next_lease = now + renew_every
-                    if self.renew_lease():
-                        trigger = trigger or "write_lease"
-                if not trigger and self.promotions_pending() and now >= next_role:
-                    next_role = now + s.promotion_poll_interval_s
-                    if self.poll_promotions():
-                        trigger, since = "role_master", time.monotonic()
-                if not trigger and now >= next_probe:
-                    next_probe = now + s.haproxy_poll_interval_s
-                    if self.probe_haproxies():
-                        trigger = "haproxy_changed"
-                if not trigger and self.roster is not None:
-                    trigger = self.roster.due()
-                if not trigger and now >= next_resync:
-                    trigger = "resync"
-                if trigger:
-                    self.reconcile(trigger, since=since, apply=not s.dry_run)
-                    next_resync = time.monotonic() + s.resync_interval_s
-                    if trigger in ("resync", "sentinel_connected"):
-                        self.discover()  # after the pass: it needs the Sentinels' IDs
-            except Exception:
-                log.exception("unexpected_error", where="loop")
-                stop.wait(0.1)  # never spin on a persistent bug
-        for w in self.watchers:
-            w.stop()
-
-
-def _admin(state: HAProxyState) -> dict[tuple[str, str], AdminState]:
-    return {(be, name): srv.admin for be, servers in state.backends.items()
-            for name, srv in servers.items()}
-
-
-def _admin_changes(
-    left: dict[tuple[str, str], AdminState] | None, state: HAProxyState
-) -> set[tuple[str, str]]:
-    """Servers whose admin state differs from `left` (none when there is nothing to compare)."""
-    if left is None:
-        return set()
-    now = _admin(state)
-    return {k for k, v in now.items() if k in left and left[k] != v}
+def _key(d: Decision) -> tuple[object, ...]:
+    """What of a verdict HAProxy follows (the reason and vote count aside)."""
+    return (d.master, d.epoch, d.replicas, d.fenced, d.fallback, d.promoting, d.early)

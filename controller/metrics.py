@@ -38,7 +38,7 @@ class _Collector(Collector):
             ("passes", "Reconcile passes", c.passes),
             ("commands_applied", "Runtime API commands applied", c.commands_applied),
             ("commands_failed", "Runtime API commands HAProxy refused", c.commands_failed),
-            ("passes_with_changes", "Passes that applied at least one command",
+            ("passes_with_changes", "HAProxy syncs that applied at least one command",
              c.passes_with_changes),
             ("hand_edits_undone", "Passes that undid a change made to HAProxy while Sentinel "
              "did not change (log line drift_corrected)", c.hand_edits_undone),
@@ -55,7 +55,7 @@ class _Collector(Collector):
         drift = GaugeMetricFamily("sentinel_haproxy_drift", "Commands still needed after the "
                                   "last pass (NaN: the read-back failed, unknown)",
                                   labels=["haproxy"])
-        for target, n in sorted(c.drift.items()):
+        for target, n in sorted(dict(c.drift).items()):
             drift.add_metric([target], math.nan if n is None else n)
         yield drift
         state = GaugeMetricFamily("sentinel_haproxy_sentinel_state", "1 for each Sentinel's "
@@ -83,12 +83,12 @@ class _Collector(Collector):
         writer = GaugeMetricFamily("sentinel_haproxy_write_server", "Servers ready in a "
                                    "group's write backend on each HAProxy, as this instance "
                                    "left it (1)", labels=["haproxy", "group", "server"])
-        for (target, group), servers in sorted(self.ctl.write_servers.items()):
+        for (target, group), servers in sorted(dict(self.ctl.write_servers).items()):
             writer.add_metric([target, group, servers or "none"], 1)
         yield writer
         up = GaugeMetricFamily("sentinel_haproxy_haproxy_up", "HAProxy socket reachable",
                                labels=["haproxy"])
-        for target, ok in sorted(c.haproxy_up.items()):
+        for target, ok in sorted(dict(c.haproxy_up).items()):
             up.add_metric([target], 1 if ok else 0)
         yield up
         sc = GaugeMetricFamily("sentinel_haproxy_sentinel_connected",
@@ -99,7 +99,7 @@ class _Collector(Collector):
         ns = GaugeMetricFamily("sentinel_haproxy_nodes_without_slot",
                                "Nodes of a group that got no server slot in a backend (declare "
                                "more slots)", labels=["haproxy", "group", "backend"])
-        for (target, group, backend), n in sorted(c.nodes_without_slot.items()):
+        for (target, group, backend), n in sorted(dict(c.nodes_without_slot).items()):
             ns.add_metric([target, group, backend], n)
         yield ns
         yield GaugeMetricFamily("sentinel_haproxy_undecided_groups",
@@ -119,11 +119,11 @@ def health(ctl: Controller) -> tuple[bool, str]:
     horizon = 3 * ctl.settings.resync_interval_s + 5
     if not c.last_pass_ok or now - c.last_pass_ok > horizon:
         return False, "no Sentinel reachable"
-    down = [t for t, ok in c.haproxy_up.items() if not ok]
+    down = [t for t, ok in dict(c.haproxy_up).items() if not ok]
     if down or not c.haproxy_up:
         return False, "HAProxy unreachable: " + ", ".join(down or ["not yet seen"])
     grace = ctl.settings.unhealthy_after_s
-    failing = sorted(t for t, since in c.failing_since.items() if now - since > grace)
+    failing = sorted(t for t, since in dict(c.failing_since).items() if now - since > grace)
     if failing:
         return False, "HAProxy refuses commands or keeps drift: " + ", ".join(failing)
     stuck = sorted(g for g, since in c.undecided_since.items() if now - since > grace)

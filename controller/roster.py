@@ -18,6 +18,7 @@ Must not talk to Sentinel or HAProxy; nothing here decides who is master.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -57,8 +58,12 @@ class Roster:
         self.recheck_interval_s = recheck_interval_s
         self.recheck_window_s = recheck_window_s
         self.resolve_interval_s = resolve_interval_s
-        self._ident: dict[Address, Address] = {}  # named address -> identity, last pass
+        # Per group, as its last read saw them (a pass may read only some groups):
+        self._named: dict[str, dict[Address, Address]] = {}  # named address -> identity
+        self._unroutable: dict[str, dict[Address, str]] = {}  # address -> why
+        self._ident: dict[Address, Address] = {}  # union over the groups
         self._problems: dict[Address, str] = {}
+        self.recheck_groups: set[str] = set()  # groups the re-check passes are for
         self._kept: dict[str, set[str]] = {}  # group -> replicas added by membership
         self._recheck_until = 0.0
         self._next_recheck = 0.0
@@ -70,8 +75,13 @@ class Roster:
         names = {a.host for a in addrs if a.ip is None}
         resolved = self.resolver.resolve_all(names) if names else {}
         ident, problems = identities(addrs, resolved)
-        self._log_changes({a: i for a, i in ident.items() if a.ip is None and a not in problems},
-                          problems)
+        for g in {g for v in views for g in v.masters}:
+            mine = addresses(_only(views, g))
+            self._named[g] = {a: i for a, i in ident.items()
+                              if a in mine and a.ip is None and a not in problems}
+            self._unroutable[g] = {a: why for a, why in problems.items() if a in mine}
+        self._log_changes({a: i for n in self._named.values() for a, i in n.items()},
+                          {a: why for p in self._unroutable.values() for a, why in p.items()})
         return canonical_views(views, ident)
 
     def _log_changes(self, named: dict[Address, Address], problems: dict[Address, str]) -> None:
@@ -127,6 +137,10 @@ class Roster:
     def hint(self, h: Hint) -> None:
         if h.event is not None and h.event.channel in RECHECK_EVENTS:
             now = time.monotonic()
+            if self._recheck_until <= now:
+                self.recheck_groups = set()
+            if h.event.master is not None:
+                self.recheck_groups.add(h.event.master)
             self._recheck_until = now + self.recheck_window_s
             if self._next_recheck <= now:
                 self._next_recheck = now + self.recheck_interval_s
@@ -139,7 +153,8 @@ class Roster:
         return due
 
     def due(self) -> str:
-        """A trigger when an extra pass is due now ("recheck", "address_changed"), else ""."""
+        """A trigger when an extra pass is due now ("recheck": of `recheck_groups`, all of
+        them when empty; "address_changed": a full pass), else ""."""
         now = time.monotonic()
         if self._ident and now >= self._next_resolve:
             self._next_resolve = now + self.resolve_interval_s
@@ -156,3 +171,9 @@ class Roster:
         ident, problems = identities(set(self._ident) | set(self._problems), resolved)
         now = {a: i for a, i in ident.items() if a.ip is None and a not in problems}
         return now != self._ident or set(problems) != set(self._problems)
+
+
+def _only(views: Sequence[SentinelView], group: str) -> list[SentinelView]:
+    """The views cut down to one group."""
+    return [dataclasses.replace(v, masters={group: v.masters[group]})
+            for v in views if group in v.masters]

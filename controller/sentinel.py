@@ -1,8 +1,9 @@
 """Sentinel adapter: the only module that talks to Sentinels.
 
 Two jobs, both per Sentinel:
-- `SentinelReader.read()`: one pipelined round trip per Sentinel (all Sentinels in
-  parallel) giving every group's address, config-epoch, flags and replicas;
+- `SentinelReader`: one pipelined round trip per Sentinel (all Sentinels in parallel, one
+  thread each) giving the groups' address, config-epoch, flags and replicas, and, when a full
+  pass starts, each Sentinel's TILT state, ID and groups;
 - `EventWatcher`: a thread holding a pub/sub connection (`PSUBSCRIBE *`). redis-py does not
   notice a hung Sentinel and reconnects silently after a restart (facts 0.4), so the watcher
   disables redis-py's retries, pings on the pub/sub connection itself, declares the
@@ -13,13 +14,18 @@ Must not decide anything: it reports what Sentinels say, parsed into frozen valu
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import queue
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import hiredis
 import redis
 import structlog
 from redis.backoff import NoBackoff
@@ -27,13 +33,15 @@ from redis.retry import Retry
 
 from controller.model import Address, SentinelView
 from controller.sentinel_parse import (
+    HEAD_COMMANDS,
+    Head,
     NotASentinelError,
     SentinelEvent,
     SentinelReplyError,
+    group_commands,
     parse_event,
-    parse_pipeline,
-    parse_sentinels,
-    pipeline_commands,
+    parse_groups,
+    parse_head,
 )
 
 log = structlog.get_logger("controller.sentinel")
@@ -110,12 +118,31 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-class SentinelReader:
-    """Reads the full state of every configured group from every Sentinel.
+#: `enough(answers, pending)`: whether a pass may go on with the answers it has while
+#: `pending` Sentinels have not answered yet (decide.decidable for each group read).
+Enough = Callable[[list[SentinelView], int], bool]
+#: Called with every Sentinel's answer once a round that was cut short by `enough` is
+#: complete (from `poll()` or a later read): the caller checks whether the late answers
+#: change a verdict.
+OnLate = Callable[[list[SentinelView]], None]
 
-    All Sentinels are asked at once without threads: the whole pipeline is written to every
-    connection first, then the replies are read, so a pass costs about one round trip plus
-    parsing (threads cost more than they save here: the GIL serialises the parsing).
+
+class SentinelReader:
+    """Reads groups from every Sentinel: all Sentinels at once, in the caller's thread.
+
+    Each Sentinel has one kept connection; a read writes its pipeline to every Sentinel, then
+    waits on all the sockets at once (`select`) and parses each reply as it comes (hiredis),
+    returning as soon as the answers are `enough`: a slow or hung Sentinel holds nobody. A
+    connection carries one pipeline at a time, so a later answer from a Sentinel is never
+    older than an earlier one; rounds that arrive while its pipeline is out are merged into
+    the next one. Answers that come after their round returned are handed to its `on_late`
+    by `poll()` (the loop calls it while `busy()`). Connecting (TCP, TLS, AUTH) happens in a
+    short-lived thread per connection, never in the caller's: a Sentinel that hangs on
+    connect is simply pending.
+
+    `head()` (when a full pass starts) asks each Sentinel its TILT state, its ID and every
+    group it monitors (`INFO sentinel`, `SENTINEL MYID`); `read(groups)` asks the groups'
+    master entry, address and replicas, and answers with the last head each Sentinel gave.
     """
 
     def __init__(
@@ -129,157 +156,439 @@ class SentinelReader:
         self.auth = auth
         self.fixed_masters = list(masters)  # empty: every master the Sentinels monitor
         self.timeout_s = timeout_s
-        self._conns = {str(s): _connection(s, auth, timeout_s) for s in self.sentinels}
+        self._wake_r, self._wake_w = socket.socketpair()  # connect threads -> select
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns = {str(s): _Conn(s, auth, timeout_s, self._wake) for s in self.sentinels}
         self._known: list[str] = list(masters)
-        self._ids: dict[str, str] = {}  # address -> SENTINEL MYID, once it answered
+        self._found: dict[str, Address] = {}  # run ID -> address, from discovering reads
         self._myid_denied: set[str] = set()
+        self._late: list[tuple[OnLate, list[SentinelView]]] = []
 
     def close(self) -> None:
         for c in self._conns.values():
-            c.disconnect()
+            c.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     @property
     def master_names(self) -> list[str]:
         return list(self._known)
 
-    def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
-        """One view per Sentinel, in configuration order; errors are carried, not raised.
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]:
+        """Every Sentinel's TILT state and ID (no group), in configuration order; updates the
+        known groups (a group no Sentinel monitors any more is forgotten once every Sentinel
+        answered). Waits for a majority of the Sentinels asked (every one when `patient`);
+        a later answer still updates what `read` reports for that Sentinel, and `on_late`
+        gets the complete answers."""
+        def majority(answers: list[SentinelView], pending: int) -> bool:
+            return len(answers) > (len(answers) + pending) // 2
+        return self._round(None, skip, {}, None if patient else majority, on_late, False)
 
-        Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not asked:
-        a hung one would hold the pass for a whole timeout.
-        """
-        views = self._read_all(list(self._known), skip)
-        if not self.fixed_masters:
-            monitored = {n for v in views for n in v.master_names_seen}
-            if all(v.view.error is None for v in views):
-                # Every Sentinel answered: a group none of them monitors any more (SENTINEL
-                # REMOVE) is forgotten instead of staying undecided for ever.
-                self._known = [n for n in self._known if n in monitored]
-            seen = sorted(monitored | set(self._known))
-            if seen != self._known:  # a group we have not seen yet: ask again, once
-                self._known = seen
-                views = self._read_all(seen, skip)
-        return [v.view for v in views]
+    def read(
+        self,
+        groups: Sequence[str],
+        skip: Collection[str] = (),
+        prefill: dict[str, SentinelView] | None = None,
+        enough: Enough | None = None,
+        on_late: OnLate | None = None,
+        discover: bool = False,
+    ) -> list[SentinelView]:
+        """One view per Sentinel (configuration order) of `groups`; errors are carried, not
+        raised. Sentinels in `skip` (their pub/sub link is known dead, e.g. hung) are not
+        asked. `prefill` counts as a Sentinel's answer until its own comes. Returns as soon
+        as `enough` says so (a Sentinel still pending shows as an error view with problem
+        `pending`), else when all answered or after the timeout; `on_late` gets the complete
+        answers later. `discover`: also ask each group's other Sentinels (`discover()`)."""
+        return self._round(list(groups), skip, prefill or {}, enough, on_late, discover)
+
+    def busy(self) -> bool:
+        """Whether answers are still awaited (the caller should `poll()` soon)."""
+        return any(c.inflight is not None or c.waiting for c in self._conns.values())
+
+    def poll(self) -> None:
+        """Take in the answers that came, without waiting; complete rounds that were cut
+        short go to their `on_late` (in this thread)."""
+        self._io(0.0)
+        self._flush_late()
 
     def discover(self) -> list[Address]:
-        """Ask every Sentinel that answered before for the other Sentinels of every known group
-        (`SENTINEL SENTINELS`); add the ones not known yet (by their ID, whatever address they
-        were listed at) and return their addresses. Errors leave things as they are."""
-        names = list(self._known)
-        if not names:
-            return []
-        known_ids = set(self._ids.values())
-        found: dict[str, Address] = {}
-        for key, conn in self._conns.items():
-            if key not in self._ids:
-                continue
-            try:
-                conn.send_packed_command(
-                    conn.pack_commands([("SENTINEL", "SENTINELS", n) for n in names]),
-                    check_health=False)
-                replies = _read_replies(conn, len(names))
-            except redis.RedisError:
-                conn.disconnect()
-                continue
-            for name, reply in zip(names, replies, strict=True):
-                if isinstance(reply, Exception):
-                    continue  # it does not monitor this group
-                try:
-                    others = parse_sentinels(reply, f"SENTINEL SENTINELS {name}")
-                except SentinelReplyError:
-                    continue
-                for addr, runid in others:
-                    if runid not in known_ids and runid not in found:
-                        found[runid] = addr
+        """Sentinels listed by the others (reads with `discover`) whose ID is not known yet,
+        whatever address they were listed at: they are read from now on; returns them."""
+        known_ids = {c.head.myid for c in self._conns.values() if c.head is not None}
+        found = {rid: addr for rid, addr in self._found.items() if rid not in known_ids}
+        self._found.clear()
         added: list[Address] = []
         for addr in found.values():
             if str(addr) in self._conns:
                 continue
             self.sentinels.append(addr)
-            self._conns[str(addr)] = _connection(addr, self.auth, self.timeout_s)
+            self._conns[str(addr)] = _Conn(addr, self.auth, self.timeout_s, self._wake)
             added.append(addr)
         return added
 
-    def _read_all(self, names: list[str], skip: Collection[str]) -> list[_Reply]:
-        cmds = pipeline_commands(names)
-        out: dict[str, _Reply] = {}
-        sent: list[str] = []
-        for addr in self.sentinels:
-            key = str(addr)
-            if key in skip:
-                out[key] = self._failed(key, "event connection down", "unreachable")
-                continue
-            conn = self._conns[key]
+    # -- rounds --------------------------------------------------------------------------
+    def _round(self, groups: list[str] | None, skip: Collection[str],
+               prefill: dict[str, SentinelView], enough: Enough | None,
+               on_late: OnLate | None, discover: bool) -> list[SentinelView]:
+        self._io(0.0)  # answers already in belong to earlier rounds: take them first
+        conns = list(self._conns.values())
+        asked = [c for c in conns if c.key not in skip]
+        r = _Round(groups, {c.key for c in asked}, dict(prefill), on_late, discover)
+        for c in asked:
+            c.waiting.append(r)
+            self._send(c)
+        deadline = time.monotonic() + self.timeout_s + 0.05
+        while True:
+            pending = len(r.asked - r.done - set(r.answers))  # prefilled ones count
+            if not pending or (enough is not None and enough(list(r.answers.values()),
+                                                             pending)):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._io(left)
+        r.returned = True
+        self._flush_late()
+        return [self._shown(self._conns[str(a)], r, skip) for a in self.sentinels]
+
+    def _shown(self, c: _Conn, r: _Round, skip: Collection[str]) -> SentinelView:
+        if c.key in skip:
+            return c.failed("event connection down", "unreachable")
+        view = r.answers.get(c.key)
+        if view is None:
+            return c.failed("no answer yet (a slow Sentinel: its answer comes later)",
+                            "pending")
+        return view
+
+    def _send(self, c: _Conn) -> None:
+        """Write the rounds waiting for `c` as one pipeline, if its connection is free (else
+        they go when the pipeline out is answered, or once it is connected)."""
+        if c.inflight is not None or not c.waiting:
+            return
+        if not c.connected():
+            c.start_connect()
+            return
+        rounds, c.waiting = c.waiting, []
+        want_head = any(r.groups is None for r in rounds)
+        groups = sorted({g for r in rounds for g in (r.groups or ())})
+        discover = any(r.discover for r in rounds)
+        cmds = ((HEAD_COMMANDS if want_head else [])
+                + group_commands(groups, discover, c.whole_list))
+        c.inflight = _Request(rounds, want_head, groups, discover, len(cmds), c.whole_list)
+        try:
+            c.send(cmds)
+        except OSError as e:
+            self._failed(c, describe_error(e), problem_of(e), retry=True)
+
+    def _io(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for replies (or a connect to finish) and take them in."""
+        by_sock = {c.sock: c for c in self._conns.values()
+                   if c.inflight is not None and c.sock is not None}
+        now = time.monotonic()
+        due = min((c.inflight.sent + self.timeout_s for c in by_sock.values()
+                   if c.inflight is not None), default=now + timeout_s)
+        wait = max(0.0, min(timeout_s, due - now))
+        try:
+            readable, _, _ = select.select([self._wake_r, *by_sock], [], [], wait)
+        except (OSError, ValueError):  # a socket closed under us: look at each one
+            readable = list(by_sock)
+        for sock in readable:
+            if sock is self._wake_r:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            else:
+                self._readable(by_sock[sock])
+        now = time.monotonic()
+        for c in self._conns.values():
+            if c.connect_done():
+                if c.connected():
+                    self._send(c)
+                else:
+                    self._failed(c, c.connect_error, c.connect_problem)
+            elif c.inflight is not None and now - c.inflight.sent > self.timeout_s:
+                self._failed(c, f"TimeoutError: no reply within {self.timeout_s:g}s",
+                             "unreachable")
+
+    def _readable(self, c: _Conn) -> None:
+        try:
+            replies = c.receive()
+        except (OSError, hiredis.ProtocolError) as e:
+            # A connection the Sentinel closed (it restarted): the first use after that
+            # fails. Reconnect and ask once more, so the pass still counts it.
+            self._failed(c, describe_error(e), problem_of(e), retry=True)
+            return
+        req = c.inflight
+        if req is None:
+            return
+        req.replies += replies
+        if len(req.replies) >= req.count:
+            c.inflight = None
+            self._answered(c, req)
+            self._send(c)
+
+    def _failed(self, c: _Conn, error: str, problem: str, retry: bool = False) -> None:
+        """`c` cannot answer: its rounds get an error view (or, once, are asked again on a
+        new connection when the old one was closed by the Sentinel)."""
+        c.disconnect()
+        rounds = (c.inflight.rounds if c.inflight is not None else []) + c.waiting
+        c.inflight, c.waiting = None, []
+        if retry and not c.retried:
+            c.retried = True
+            c.waiting = rounds
+            c.start_connect()
+            return
+        c.retried = False
+        self._deliver(c, rounds, c.failed(error, problem), {})
+
+    def _answered(self, c: _Conn, req: _Request) -> None:
+        c.retried = False
+        replies = req.replies
+        first = replies[2 if req.want_head else 0] if req.groups else None
+        if (not req.whole_list and isinstance(first, Exception)
+                and "sentinel|master'" in str(first) and "NOPERM" in str(first)):
+            # An ACL user made for an older version (SENTINEL MASTERS, not MASTER): read the
+            # master entries from the whole list, as before (its cost grows with the groups).
+            c.whole_list = True
+            log.warning("sentinel_master_denied", sentinel=c.key,
+                        detail="allow +sentinel|master for the ACL user: meanwhile every read "
+                        "asks SENTINEL MASTERS (all groups)")
+            c.waiting = req.rounds + c.waiting
+            return
+        head_view: SentinelView | None = None
+        names: tuple[str, ...] | None = None
+        if req.want_head:
+            head_replies, replies = replies[:2], replies[2:]
             try:
-                conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
-                sent.append(key)
-            except redis.RedisError as e:
-                conn.disconnect()
-                out[key] = self._failed(key, describe_error(e), problem_of(e))
-        for key in sent:
-            conn = self._conns[key]
-            try:
-                try:
-                    replies = _read_replies(conn, len(cmds))
-                except redis.ConnectionError as e:
-                    if isinstance(e, redis.TimeoutError):
-                        raise
-                    # A connection the Sentinel closed (it restarted): the first use after
-                    # that fails. Reconnect and ask once more, so the pass still counts it.
-                    conn.disconnect()
-                    conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
-                    replies = _read_replies(conn, len(cmds))
-            except redis.RedisError as e:  # timeout, reset: the stream is unusable
-                conn.disconnect()
-                out[key] = self._failed(key, describe_error(e), problem_of(e))
-                continue
-            try:
-                out[key] = self._build(key, names, replies)
+                c.head = self._head(c, head_replies)
+                head_view = SentinelView(sentinel=c.key, tilt=c.head.tilt, myid=c.head.myid)
+                names = c.head.names
             except SentinelReplyError as e:
                 problem = problem_of(e)
                 why = "not a Sentinel" if problem == "not_sentinel" else "bad reply"
-                out[key] = self._failed(key, f"{why}: {e}", problem)
-        return [out[str(a)] for a in self.sentinels]
+                head_view = c.failed(f"{why}: {e}", problem)
+        by_round: dict[int, SentinelView] = {}
+        if req.groups:
+            view = self._groups(c, req, replies, head_view)
+            by_round = {id(r): _subset(view, r.groups) for r in req.rounds
+                        if r.groups is not None}
+        if names is not None and not self.fixed_masters:
+            known = set(self._known)
+            if not known.issuperset(names):  # known at once: the pass that asked reads them
+                self._known = sorted(known.union(names))
+        for r in req.rounds:
+            if r.groups is None and names is not None:
+                r.names[c.key] = names
+        self._deliver(c, req.rounds, head_view, by_round)
 
-    def _failed(self, key: str, error: str, problem: str) -> _Reply:
-        """A Sentinel that could not be used; it keeps the ID it answered with before."""
-        return _Reply(SentinelView(sentinel=key, error=error, problem=problem,
-                                   myid=self._ids.get(key, "")))
+    def _deliver(self, c: _Conn, rounds: list[_Round], head: SentinelView | None,
+                 views: dict[int, SentinelView]) -> None:
+        """Record `c`'s answer in its rounds (head rounds get `head`, the others their view,
+        or `head` when that is an error); complete rounds that already returned are handed to
+        their `on_late`."""
+        for r in rounds:
+            view = head if r.groups is None else views.get(id(r), head)
+            if view is None:
+                continue
+            r.answers[c.key] = view
+            r.done.add(c.key)
+            if r.asked <= r.done:
+                if r.groups is None:
+                    self._update_known(r)
+                if r.returned and r.on_late is not None:
+                    self._late.append((r.on_late, [r.answers[str(a)] for a in self.sentinels
+                                                   if str(a) in r.asked]))
 
-    def _build(self, key: str, names: list[str], replies: list[Any]) -> _Reply:
-        if isinstance(replies[2], redis.ResponseError) and "permission" in str(replies[2]):
+    def _flush_late(self) -> None:
+        late, self._late = self._late, []
+        for on_late, answers in late:
+            on_late(answers)
+
+    def _update_known(self, r: _Round) -> None:
+        """After a complete head round: every group some Sentinel monitors is known; when every
+        Sentinel answered, a group none of them monitors any more is forgotten (SENTINEL
+        REMOVE) instead of staying undecided for ever."""
+        if self.fixed_masters:
+            return
+        monitored = {n for names in r.names.values() for n in names}
+        known = list(self._known)
+        if len(r.names) == len(r.asked) and all(v.error is None for v in r.answers.values()):
+            known = [n for n in known if n in monitored]
+        self._known = sorted(monitored | set(known))
+
+    def _head(self, c: _Conn, replies: list[Any]) -> Head:
+        info, myid = replies
+        if isinstance(myid, Exception) and "permission" in str(myid).lower():
             # An ACL user made for an older version: count this Sentinel by its address.
-            if key not in self._myid_denied:
-                self._myid_denied.add(key)
-                log.warning("sentinel_myid_denied", sentinel=key,
+            if c.key not in self._myid_denied:
+                self._myid_denied.add(c.key)
+                log.warning("sentinel_myid_denied", sentinel=c.key,
                             detail="allow +sentinel|myid +sentinel|sentinels for the ACL user: "
                             "without its ID a Sentinel listed twice would vote twice")
-            replies = [*replies[:2], None, *replies[3:]]
-        for r in replies[:3]:
+            myid = None
+        for r in (info, myid):
             if isinstance(r, Exception):
                 if problem_of(r) == "not_sentinel":
                     raise NotASentinelError(describe_error(r))
                 raise SentinelReplyError(describe_error(r))
-        view, monitored = parse_pipeline(key, names, replies)
-        if view.myid:
-            self._ids[key] = view.myid
-        return _Reply(view, monitored)
+        return parse_head(info, myid)
 
-
-def _read_replies(conn: Any, count: int) -> list[Any]:
-    replies: list[Any] = []
-    for _ in range(count):
+    def _groups(self, c: _Conn, req: _Request, replies: list[Any],
+                head_view: SentinelView | None) -> SentinelView:
+        if head_view is not None and head_view.error:
+            return head_view
+        first = replies[0] if replies else None
+        if isinstance(first, Exception) and problem_of(first) in ("auth", "not_sentinel"):
+            problem = problem_of(first)
+            why = "not a Sentinel" if problem == "not_sentinel" else describe_error(first)
+            return c.failed(why, problem)
+        head = c.head or Head(False, "", ())
         try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as e:  # one refused command; the stream is intact
-            replies.append(e)
-    return replies
+            view, others = parse_groups(c.key, req.groups, replies, head, req.discover,
+                                        req.whole_list)
+        except SentinelReplyError as e:
+            return c.failed(f"bad reply: {e}", "bad_reply")
+        for addr, rid in others:
+            self._found.setdefault(rid, addr)
+        return view
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
 
-@dataclass(frozen=True)
-class _Reply:
-    view: SentinelView
-    master_names_seen: frozenset[str] = frozenset()
+@dataclass(eq=False)
+class _Round:
+    """One question to every Sentinel asked: head (groups None) or some groups."""
+
+    groups: list[str] | None
+    asked: set[str]
+    answers: dict[str, SentinelView]  # prefilled, then replaced by each Sentinel's answer
+    on_late: OnLate | None
+    discover: bool
+    done: set[str] = field(default_factory=set)  # Sentinels that answered this round
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head: groups seen
+    returned: bool = False  # the caller went on (maybe before everyone answered)
+
+
+@dataclass(eq=False)
+class _Request:
+    """The pipeline out on a connection: the rounds it answers and the replies so far."""
+
+    rounds: list[_Round]
+    want_head: bool
+    groups: list[str]
+    discover: bool
+    count: int
+    whole_list: bool = False  # master entries from SENTINEL MASTERS (see _Conn.whole_list)
+    sent: float = field(default_factory=time.monotonic)
+    replies: list[Any] = field(default_factory=list)
+
+
+class _Conn:
+    """One Sentinel's kept connection. redis-py opens it (TCP, TLS, AUTH, CLIENT SETNAME) in
+    a short-lived thread; then its socket is written and read directly, replies parsed by a
+    hiredis reader of its own (redis-py's own reading would block)."""
+
+    def __init__(self, addr: Address, auth: Auth, timeout_s: float,
+                 wake: Callable[[], None]) -> None:
+        self.addr = addr
+        self.key = str(addr)
+        self.conn = _connection(addr, auth, timeout_s)
+        self.head: Head | None = None  # its last head answer
+        self.inflight: _Request | None = None
+        self.waiting: list[_Round] = []
+        self.retried = False
+        self.whole_list = False  # its ACL user may not run SENTINEL MASTER: ask MASTERS
+        self.sock: Any = None  # set while connected
+        self.connect_error = ""
+        self.connect_problem = ""
+        self._wake = wake
+        self._connecting: threading.Thread | None = None
+        self._finished = False
+        self._reader: Any = None
+
+    def failed(self, error: str, problem: str) -> SentinelView:
+        """A view saying why this Sentinel cannot be used; it keeps the ID it gave before."""
+        return SentinelView(sentinel=self.key, error=error, problem=problem,
+                            myid=self.head.myid if self.head else "")
+
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def start_connect(self) -> None:
+        if self._connecting is not None or self.sock is not None:
+            return
+        self.connect_error = ""
+        self._finished = False
+        self._connecting = threading.Thread(target=self._connect, daemon=True,
+                                            name=f"sentinel-connect-{self.key}")
+        self._connecting.start()
+
+    def _connect(self) -> None:
+        try:
+            self.conn.connect()
+            sock = self.conn._sock  # redis-py's own socket, now handshaken
+            if sock is None:
+                raise redis.ConnectionError("connected without a socket")
+            self._reader = hiredis.Reader(encoding="utf-8", errors="replace",
+                                          replyError=redis.ResponseError)
+            self.sock = sock
+        except (redis.RedisError, OSError) as e:
+            self.conn.disconnect()
+            self.connect_error = describe_error(e)
+            self.connect_problem = problem_of(e)
+        finally:
+            self._finished = True  # before the wake: the reader looks at it when woken
+            self._wake()
+
+    def connect_done(self) -> bool:
+        """A connect just finished (once per connect): the caller sends or fails."""
+        if self._connecting is None or not self._finished:
+            return False
+        self._connecting = None
+        return True
+
+    def send(self, cmds: list[tuple[str, ...]]) -> None:
+        self.sock.sendall(b"".join(self.conn.pack_commands(cmds)))
+
+    def receive(self) -> list[Any]:
+        """Every complete reply in what the socket has now."""
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionResetError("connection closed by the Sentinel")
+        pending = getattr(self.sock, "pending", None)  # TLS: decrypted bytes already in
+        while pending is not None and pending():
+            data += self.sock.recv(262144)
+        self._reader.feed(data)
+        out = []
+        while (reply := self._reader.gets()) is not False:
+            out.append(reply)
+        return out
+
+    def disconnect(self) -> None:
+        self.sock = None
+        self._reader = None
+        if self._connecting is None:
+            self.conn.disconnect()
+
+    def close(self) -> None:
+        t = self._connecting
+        if t is not None:
+            t.join(self.conn.socket_connect_timeout or 1.0)
+        self.sock = None
+        self.conn.disconnect()
+
+
+def _subset(view: SentinelView, groups: Sequence[str]) -> SentinelView:
+    """`view` restricted to `groups` (a merged pipeline answers several rounds)."""
+    if view.error is not None or set(view.masters) <= set(groups):
+        return view
+    return dataclasses.replace(
+        view, masters={g: view.masters[g] for g in groups if g in view.masters},
+        group_errors={g: view.group_errors[g] for g in groups if g in view.group_errors})
 
 
 def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
@@ -305,18 +614,23 @@ def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
     )
 
 
-HintKind = Literal["event", "connected", "disconnected", "bad_event"]
+HintKind = Literal["event", "connected", "disconnected", "bad_event", "late_answer",
+                   "haproxy_changed"]
 
 
 @dataclass(frozen=True)
 class Hint:
-    """Something that may mean the state changed; the loop reconciles on it."""
+    """Something that may mean the state changed; the loop reconciles on it. From an event
+    watcher (its Sentinel's events and connection), the reader (`late_answer`: the complete
+    answers of a round a pass did not wait for, `views`) or an HAProxy worker
+    (`haproxy_changed`: restarted, reloaded or back)."""
 
-    sentinel: str
+    source: str  # the Sentinel ("host:port"), or the HAProxy's socket
     kind: HintKind
     received: float  # time.monotonic() when it arrived
     event: SentinelEvent | None = None
     detail: str = ""
+    views: tuple[SentinelView, ...] = ()
 
 
 class EventWatcher:
@@ -427,6 +741,7 @@ class EventWatcher:
                     self._hint("bad_event", detail=str(e))
                     continue
                 self._hint("event", event)
+                time.sleep(0)  # let the loop have the GIL now: it acts on this, we only wait
 
 
 class HintQueue:

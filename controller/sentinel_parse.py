@@ -7,6 +7,8 @@ reader always speaks RESP2): flat field/value lists, `INFO` as raw text. Every f
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +29,10 @@ def _fields(raw: Any, what: str) -> dict[str, str]:
     if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
         if len(raw) % 2:
             raise SentinelReplyError(f"{what}: odd number of items in field list ({len(raw)})")
+        if all(type(x) is str for x in raw):  # text already (the reader decodes): fast
+            return dict(zip(raw[::2], raw[1::2], strict=True))
         it = iter(raw)
-        return {str(k): _scalar(v) for k, v in zip(it, it, strict=True)}
+        return {_scalar(k): _scalar(v) for k, v in zip(it, it, strict=True)}
     raise SentinelReplyError(f"{what}: expected a field list, got {type(raw).__name__}")
 
 
@@ -124,73 +128,129 @@ def parse_master_view(name: str, addr_raw: Any, master_raw: Any, replicas_raw: A
     )
 
 
-def parse_master_names(raw: Any) -> list[str]:
-    """`SENTINEL MASTERS` reply: the names of every monitored master."""
-    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
-        raise SentinelReplyError("SENTINEL MASTERS: expected a list")
-    names = []
-    for i, entry in enumerate(raw):
-        d = _fields(entry, f"SENTINEL MASTERS entry #{i}")
-        if "name" not in d:
-            raise SentinelReplyError(f"SENTINEL MASTERS entry #{i}: field 'name' missing")
-        names.append(d["name"])
-    return names
-
-
 def parse_tilt(raw: Any) -> bool:
     """`INFO sentinel` as raw text: is the Sentinel in TILT mode?"""
+    text = _info_text(raw)
+    at = text.find("sentinel_tilt:")
+    if at < 0:
+        raise NotASentinelError("INFO sentinel has no sentinel_tilt field")
+    return text[at + len("sentinel_tilt:"):].split("\n", 1)[0].strip() == "1"
+
+
+def _info_text(raw: Any) -> str:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     if not isinstance(raw, str):
         raise SentinelReplyError(f"INFO sentinel: unexpected reply type {type(raw).__name__}")
-    for line in raw.splitlines():
-        if line.startswith("sentinel_tilt:"):
-            return line.split(":", 1)[1].strip() == "1"
-    raise NotASentinelError("INFO sentinel has no sentinel_tilt field")
+    return raw
 
 
-def pipeline_commands(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """The commands one pass sends each Sentinel, in the order `parse_pipeline` reads them."""
-    cmds: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MASTERS"),
-                                   ("SENTINEL", "MYID")]
+_INFO_MASTER = re.compile(r"^master\d+:name=(.*),status=", re.MULTILINE)
+
+
+def parse_info_masters(raw: Any) -> list[str]:
+    """`INFO sentinel`: the names of every master group it monitors, from its
+    `masterN:name=<name>,status=...` lines (a name may hold anything but `,status=`)."""
+    text = _info_text(raw)
+    names = _INFO_MASTER.findall(text)
+    if len(names) != text.count(":name="):
+        bad = next(ln for ln in text.splitlines()
+                   if ":name=" in ln and not _INFO_MASTER.match(ln))
+        raise SentinelReplyError(f"INFO sentinel: bad master line {bad[:120]!r}")
+    return [n for n in names if n]
+
+
+#: Asked of every Sentinel when a full pass starts: its TILT state, its ID and every group
+#: it monitors; all of it in `INFO sentinel` and `SENTINEL MYID` (no per-group field lists).
+HEAD_COMMANDS: list[tuple[str, ...]] = [("INFO", "sentinel"), ("SENTINEL", "MYID")]
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a Sentinel says about itself: read once per full pass, kept for the passes that
+    read only some groups."""
+
+    tilt: bool
+    myid: str  # "" when the ACL user may not ask (counted by address then)
+    names: tuple[str, ...]  # every group it monitors
+
+
+def parse_head(info_raw: Any, myid_raw: Any) -> Head:
+    """The replies to `HEAD_COMMANDS`; `myid_raw` None: not allowed to ask."""
+    myid = "" if myid_raw is None else _scalar(myid_raw)
+    if myid_raw is not None and (not myid or len(myid) > 64 or not myid.isalnum()):
+        raise SentinelReplyError(f"SENTINEL MYID: not an ID: {myid!r:.80}")
+    return Head(parse_tilt(info_raw), myid, tuple(parse_info_masters(info_raw)))
+
+
+def group_commands(names: Sequence[str], discover: bool = False,
+                   whole_list: bool = False) -> list[tuple[str, ...]]:
+    """The commands that read groups `names` from one Sentinel, in the order `parse_groups`
+    reads the replies: per group its master entry, address and replicas (and with
+    `discover`, the group's other Sentinels). `whole_list`: the master entries come from one
+    `SENTINEL MASTERS` (every group's: an ACL user allowed `sentinel|masters` but not
+    `sentinel|master`)."""
+    cmds: list[tuple[str, ...]] = [("SENTINEL", "MASTERS")] if whole_list and names else []
     for m in names:
-        cmds.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m))
-        cmds.append(("SENTINEL", "REPLICAS", m))
+        if not whole_list:
+            cmds.append(("SENTINEL", "MASTER", m))
+        cmds += [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", m), ("SENTINEL", "REPLICAS", m)]
+        if discover:
+            cmds.append(("SENTINEL", "SENTINELS", m))
     return cmds
 
 
-def parse_pipeline(
-    sentinel: str, names: Sequence[str], replies: Sequence[Any]
-) -> tuple[SentinelView, frozenset[str]]:
-    """One Sentinel's replies to `pipeline_commands(names)`: its view of the groups `names`,
-    and the names of every group it monitors. A refused command is an Exception in
-    `replies`; one for a group this Sentinel does not monitor just leaves the group out, and
-    a group whose replies do not parse costs only that group (`group_errors`).
+def parse_groups(
+    sentinel: str, names: Sequence[str], replies: Sequence[Any], head: Head,
+    discover: bool = False, whole_list: bool = False,
+) -> tuple[SentinelView, list[tuple[Address, str]]]:
+    """One Sentinel's replies to `group_commands(names, discover, whole_list)`: its view of
+    those groups (TILT and ID from its `head`), and with `discover` the (address, run ID) of
+    every other Sentinel it lists for them (a list that does not parse is skipped). A refused
+    command is an Exception in `replies`: `No such master` leaves the group out (this
+    Sentinel has no vote for it), anything else costs only that group (`group_errors`).
     """
-    if len(replies) != 3 + 2 * len(names):
-        raise SentinelReplyError(f"expected {3 + 2 * len(names)} replies, got {len(replies)}")
-    for r in replies[:3]:
-        if isinstance(r, Exception):
-            raise SentinelReplyError(f"{type(r).__name__}: {r}")
-    tilt = parse_tilt(replies[0])
-    all_names = parse_master_names(replies[1])
-    myid = "" if replies[2] is None else _scalar(replies[2])  # None: not allowed to ask
-    if replies[2] is not None and (not myid or len(myid) > 64 or not myid.isalnum()):
-        raise SentinelReplyError(f"SENTINEL MYID: not an ID: {myid!r:.80}")
-    entries = dict(zip(all_names, replies[1], strict=True))
+    k = (2 if whole_list else 3) + (1 if discover else 0)
+    extra = 1 if whole_list and names else 0
+    if len(replies) != extra + k * len(names):
+        raise SentinelReplyError(f"expected {extra + k * len(names)} replies, "
+                                 f"got {len(replies)}")
+    entries: dict[str, Any] = {}
+    if extra:
+        if isinstance(replies[0], Exception):
+            raise SentinelReplyError(f"SENTINEL MASTERS: {type(replies[0]).__name__}: "
+                                     f"{replies[0]}")
+        if not isinstance(replies[0], Sequence) or isinstance(replies[0], str | bytes):
+            raise SentinelReplyError("SENTINEL MASTERS: expected a list")
+        entries = {str(e[1]): e for e in replies[0]
+                   if isinstance(e, Sequence) and len(e) > 1 and e[0] == "name"}
     masters: dict[str, MasterView] = {}
     errors: dict[str, str] = {}
+    found: list[tuple[Address, str]] = []
     for i, m in enumerate(names):
-        addr_r, repl_r = replies[3 + 2 * i], replies[4 + 2 * i]
-        if m not in entries or isinstance(addr_r, Exception) or isinstance(repl_r, Exception):
-            continue  # this Sentinel does not monitor m: it simply has no vote for it
+        at = extra + k * i
+        if whole_list:
+            entry_r: Any = entries.get(m, ValueError("No such master with that name"))
+            addr_r, repl_r = replies[at:at + 2]
+        else:
+            entry_r, addr_r, repl_r = replies[at:at + 3]
+        refused = [r for r in (entry_r, addr_r, repl_r) if isinstance(r, Exception)]
+        if refused or addr_r is None:
+            if not refused or "no such master" in str(refused[0]).lower():
+                continue  # this Sentinel does not monitor m: it simply has no vote for it
+            errors[m] = f"{type(refused[0]).__name__}: {refused[0]}"
+            continue
         try:
-            masters[m] = parse_master_view(m, addr_r, entries[m], repl_r)
+            masters[m] = parse_master_view(m, addr_r, entry_r, repl_r)
         except SentinelReplyError as e:
             errors[m] = str(e)
-    view = SentinelView(sentinel=sentinel, masters=masters, tilt=tilt, myid=myid,
+            continue
+        if discover:  # best effort: a bad list leaves the known Sentinels as they are
+            with contextlib.suppress(SentinelReplyError):
+                found += parse_sentinels(replies[at + k - 1], f"SENTINEL SENTINELS {m}")
+    view = SentinelView(sentinel=sentinel, masters=masters, tilt=head.tilt, myid=head.myid,
                         group_errors=errors)
-    return view, frozenset(all_names)
+    return view, found
 
 
 def parse_sentinels(raw: Any, what: str) -> list[tuple[Address, str]]:

@@ -92,7 +92,7 @@ def main() -> int:
         cli("reconcile", "--dry-run")
         daemon.start()
         wait_until(lambda: ready("redis1_master", "redis1a"), 20, "initial apply", POLL_S)
-        wait_until(lambda: has("pass", trigger="sentinel_connected", commands=0), 10, "settle",
+        wait_until(lambda: has("pass", trigger="sentinel_connected"), 10, "settle",
                    POLL_S)
         settle(0.5)  # the connect passes finish logging
         section("start-up")
@@ -101,7 +101,7 @@ def main() -> int:
         print(f"---- {now()} SIGKILL redis1a (the master of redis1)\n")
         stack.kill_node("redis1a")
         wait_until(lambda: ready("redis1_master", "redis1b"), 40, "failover applied", POLL_S)
-        wait_until(lambda: has("pass", commands=0, trigger="+switch-master")
+        wait_until(lambda: has("pass", trigger="+switch-master")
                    or has("replica_lost"), 20, "failover settled", POLL_S)
         settle(3.0)  # the late events of the failover
         section("redis1a killed: failover")

@@ -1,7 +1,9 @@
 """Load the real replies captured in tests/data (see tests/data/README.md) for unit tests.
 
-Sentinel replies become `SentinelView`s through the reader's own parser (`parse_pipeline`,
-RESP2 replies with `INFO sentinel` as raw text, as a bare connection reads them); HAProxy
+Sentinel replies become `SentinelView`s through the reader's own parsers (`parse_head` and
+`parse_groups`, RESP2 replies with `INFO sentinel` as raw text, as a bare connection reads
+them; `SENTINEL MASTER redis1` is the group's `SENTINEL MASTERS` entry, the same field list,
+as tests/data/sentinel_groups.json shows); HAProxy
 state batches through `parse_state_batch`, as `HAProxyClient.state()` does. No I/O besides
 reading the files.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from controller.haproxy_parse import parse_state_batch
 from controller.model import Address, HAProxyState, MasterView, SentinelView
-from controller.sentinel_parse import parse_pipeline
+from controller.sentinel_parse import parse_groups, parse_head
 
 DATA = Path(__file__).resolve().parent / "data"
 GROUP = "redis1"
@@ -55,14 +57,11 @@ def raw(state: str) -> dict[str, dict[str, Any]]:
     return snap
 
 
-def pipeline_replies(state: str, sentinel: str) -> list[Any]:
-    """One Sentinel's replies in the order of `pipeline_commands([GROUP])`."""
-    doc = load(state)
-    replies = doc["resp2"][sentinel]
+def group_replies(state: str, sentinel: str) -> list[Any]:
+    """One Sentinel's replies in the order of `group_commands([GROUP])`."""
+    replies = load(state)["resp2"][sentinel]
     return [
-        doc["info_text"][sentinel],
-        replies["SENTINEL MASTERS"],
-        replies["SENTINEL MYID"],
+        replies["SENTINEL MASTERS"][0],
         replies[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
         replies[f"SENTINEL REPLICAS {GROUP}"],
     ]
@@ -70,8 +69,10 @@ def pipeline_replies(state: str, sentinel: str) -> list[Any]:
 
 def views(state: str) -> list[SentinelView]:
     """Every Sentinel's view in `state`, in configuration order."""
-    return [parse_pipeline(name, [GROUP], pipeline_replies(state, name))[0]
-            for name in load(state)["sentinels"]]
+    doc = load(state)
+    return [parse_groups(name, [GROUP], group_replies(state, name),
+                         parse_head(doc["info_text"][name], doc["resp2"][name]["SENTINEL MYID"]))[0]
+            for name in doc["sentinels"]]
 
 
 def master(v: SentinelView) -> MasterView:

@@ -1,13 +1,14 @@
 """In-memory stand-ins for the loop's two outside systems, for unit tests of whole passes.
 
-`FakeSentinels` answers `read()` with the captured views of a chosen state (tests/data);
+`FakeSentinels` answers `head()` and `read()` with the captured views of a chosen state
+(tests/data), a slow Sentinel's answer coming later if asked;
 `FakeHAProxy` starts from a captured HAProxy state and applies the Runtime API commands the
 controller sends, with HAProxy's semantics for them (facts A.1): `set server B/S state
 ready|maint|drain` changes the admin state, `shutdown sessions server B/S` drops the session
 count, `set server B/S addr IP port P` moves the server and answers as HAProxy 2.6 does
 (tests/data/haproxy_set_addr_replies.json), an unknown server answers `No such server.`.
-Both satisfy the loop's Protocols
-(controller.loop.SentinelSource, HAProxyTarget); neither talks to anything.
+Both satisfy the loop's Protocols (controller.loop.SentinelSource,
+controller.haproxy_worker.HAProxyTarget); neither talks to anything.
 """
 
 from __future__ import annotations
@@ -27,14 +28,23 @@ from controller.model import (
     SentinelView,
     normal_ip,
 )
+from controller.sentinel import Enough, OnLate
 
 
 class FakeSentinels:
-    """Every Sentinel's view in `state` (a captured state name), or what `views` is set to."""
+    """Every Sentinel's view in `state` (a captured state name), or what `views` is set to.
+
+    Sentinels in `slow` answer late: a read whose `enough` is satisfied without them returns
+    them as pending, and `deliver()` later hands the complete answers to `on_late`, as the
+    reader does when their answers come in. A read that cannot decide without them gets
+    them at once (the real reader would wait for them)."""
 
     def __init__(self, state: str = "steady") -> None:
         self.views: list[SentinelView] = views(state)
         self.names: list[str] = [GROUP]  # the groups the Sentinels monitor
+        self.slow: set[str] = set()
+        self.reads: list[list[str]] = []  # the groups of every read
+        self._late: list[tuple[OnLate, list[SentinelView]]] = []
 
     def show(self, state: str) -> None:
         self.views = views(state)
@@ -46,9 +56,46 @@ class FakeSentinels:
     def discover(self) -> list[Address]:
         return []
 
-    def read(self, skip: Collection[str] = ()) -> list[SentinelView]:
+    def head(self, skip: Collection[str] = (), patient: bool = False,
+             on_late: OnLate | None = None) -> list[SentinelView]:
         return [SentinelView(v.sentinel, error="event connection down") if v.sentinel in skip
-                else v for v in self.views]
+                else SentinelView(v.sentinel, error=v.error, tilt=v.tilt, myid=v.myid)
+                for v in self.views]
+
+    def read(
+        self,
+        groups: Sequence[str],
+        skip: Collection[str] = (),
+        prefill: dict[str, SentinelView] | None = None,
+        enough: Enough | None = None,
+        on_late: OnLate | None = None,
+        discover: bool = False,
+    ) -> list[SentinelView]:
+        self.reads.append(list(groups))
+        answers = [SentinelView(v.sentinel, error="event connection down")
+                   if v.sentinel in skip else v for v in self.views]
+        got = {v.sentinel: v for v in answers if v.sentinel not in self.slow}
+        for sentinel, view in (prefill or {}).items():
+            got.setdefault(sentinel, view)
+        pending = sum(1 for v in answers if v.sentinel not in got)
+        if not pending or enough is None or not enough(list(got.values()), pending):
+            return answers
+        if on_late is not None:
+            self._late.append((on_late, answers))
+        return [got.get(v.sentinel) or SentinelView(v.sentinel, error="no answer yet",
+                                                    problem="pending") for v in answers]
+
+    def busy(self) -> bool:
+        return bool(self._late)
+
+    def poll(self) -> None:
+        pass  # late answers come only with deliver()
+
+    def deliver(self) -> None:
+        """The slow Sentinels answer: every read cut short gets its complete answers."""
+        late, self._late = self._late, []
+        for on_late, answers in late:
+            on_late(answers)
 
 
 class FakeHAProxy:
@@ -60,6 +107,7 @@ class FakeHAProxy:
         self.capture = capture
         self.state_: HAProxyState = haproxy_state(capture)
         self.applied: list[str] = []
+        self.reads: list[list[str] | None] = []  # backends of every state read (None: all)
         self.down = False
         self.map_files: list[str] = []  # maps this HAProxy loaded (e.g. a lease.map)
         self.map_entries: dict[tuple[str, str], str] = {}
@@ -81,12 +129,14 @@ class FakeHAProxy:
             raise HAProxyError(self.target, "cannot talk to the socket: refused")
         return self.state_.info
 
-    def state(self) -> HAProxyState:
+    def state(self, backends: Sequence[str] | None = None) -> HAProxyState:
         if self.down:
             raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        self.reads.append(None if backends is None else list(backends))
         return HAProxyState(
             info=self.state_.info,
-            backends={b: dict(s) for b, s in self.state_.backends.items()},
+            backends={b: dict(s) for b, s in self.state_.backends.items()
+                      if backends is None or b in backends},
         )
 
     def maps(self) -> list[str]:

@@ -8,20 +8,25 @@ tests use them, they do not copy them.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Self
 
-from controller.haproxy import HAProxyError
+from controller.haproxy import HAProxyClient, HAProxyError
 from controller.model import AdminState
 from lab.daemon import ControllerDaemon, clean_env
-from lab.localstack import Layout, LocalStack, PortInUseError
+from lab.localstack import Layout, LocalStack, PortInUseError, free_port, write_haproxy_config
+from lab.procs import ManagedProcess, start_haproxy
 from lab.resp import RespConn, RespError
 from lab.wait import wait_until
 
@@ -299,3 +304,52 @@ def list_values(stack: LocalStack, node: str, key: str) -> set[int]:
     reply = stack.redis_command(node, "LRANGE", key, 0, -1, timeout_s=5.0)
     assert isinstance(reply, list), reply
     return {int(str(v)) for v in reply}
+
+
+# --------------------------------------------------------------------------- a second HAProxy
+
+
+@dataclasses.dataclass
+class ExtraHAProxy:
+    """A second haproxy on a stack's Redis nodes (its own ports and admin socket)."""
+
+    client: HAProxyClient
+    proc: ManagedProcess
+
+
+@contextlib.contextmanager
+def extra_haproxy(stack: LocalStack, *flags: str) -> Iterator[ExtraHAProxy]:
+    """A second haproxy running the shipped config with its own frontend ports and admin
+    socket, in front of the same Redis nodes (a second HAProxy replica of a deployment);
+    stopped by PID on exit. `flags`: e.g. `-W` (master-worker)."""
+    first = free_port(["127.0.0.1"], count=2 * len(stack.layout.groups))
+    stats = free_port(["127.0.0.1"], exclude=frozenset(range(first, first + 6)))
+    layout = dataclasses.replace(stack.layout, first_frontend_port=first, stats_port=stats)
+    workdir = Path(tempfile.mkdtemp(prefix="shx2-"))  # short: unix socket paths are limited
+    sock = workdir / "admin.sock"
+    cfg = workdir / "haproxy.cfg"
+    write_haproxy_config(layout, sock, cfg)
+    proc: ManagedProcess | None = None
+    try:
+        # started and waited for: its admin socket answers (10 s)
+        proc = start_haproxy(cfg, sock, workdir, flags, name="haproxy2")
+        yield ExtraHAProxy(HAProxyClient(str(sock)), proc)
+    finally:
+        if proc is not None:
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ready_in(client: HAProxyClient, backend: str) -> set[str]:
+    """The servers of `backend` in admin state ready on that HAProxy."""
+    return {
+        name
+        for name, srv in client.state().backends[backend].items()
+        if srv.admin is AdminState.READY
+    }
+
+
+def wait_ready(client: HAProxyClient, backend: str, want: set[str], timeout_s: float) -> None:
+    """Wait until exactly `want` is ready in `backend` of that HAProxy."""
+    wait_until(lambda: ready_in(client, backend) == want, timeout_s,
+               f"{sorted(want)} ready in {backend} of {client.target}")

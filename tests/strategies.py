@@ -23,10 +23,10 @@ from captured import (
     DATA,
     GROUP,
     STATES,
+    group_replies,
     haproxy_state,
     haproxy_text,
     load,
-    pipeline_replies,
     views,
 )
 from hypothesis import HealthCheck, settings
@@ -44,6 +44,7 @@ from controller.model import (
     SentinelView,
     ServerState,
 )
+from controller.sentinel_parse import Head, parse_head
 
 T = TypeVar("T")
 
@@ -194,12 +195,18 @@ def captured_reply(key: str) -> st.SearchStrategy[Any]:
     ])
 
 
-def captured_pipelines() -> st.SearchStrategy[tuple[str, list[Any]]]:
-    """A captured (sentinel, replies to `pipeline_commands([GROUP])`) of any state."""
+def captured_groups() -> st.SearchStrategy[tuple[str, Head, list[Any]]]:
+    """A captured (sentinel, its head, replies to `group_commands([GROUP])`) of any state."""
     return st.sampled_from([
-        (sentinel, pipeline_replies(s, sentinel)) for s in STATES
+        (sentinel, captured_head(s, sentinel), group_replies(s, sentinel)) for s in STATES
         for sentinel in load(s)["sentinels"]
     ])
+
+
+def captured_head(state: str, sentinel: str) -> Head:
+    """What the Sentinel says about itself in `state` (INFO sentinel and SENTINEL MYID)."""
+    doc = load(state)
+    return parse_head(doc["info_text"][sentinel], doc["resp2"][sentinel]["SENTINEL MYID"])
 
 
 def captured_info_texts() -> st.SearchStrategy[str]:
@@ -268,7 +275,10 @@ def mutated_text(
 
 
 HAPROXY_CAPTURES = sorted(p.name for p in DATA.glob("haproxy_*.txt"))
-BATCHES = [n for n in HAPROXY_CAPTURES if haproxy_text(n).startswith("Name: HAProxy")]
+# Replies to STATE_BATCH (a targeted batch's reply starts with `show info` too, but has a
+# servers state and a stat output per backend).
+BATCHES = [n for n in HAPROXY_CAPTURES if haproxy_text(n).startswith("Name: HAProxy")
+           and "targeted" not in n]
 
 
 def batch_parts(name: str) -> tuple[str, str, str]:

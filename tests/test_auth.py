@@ -29,8 +29,12 @@ WRONG_PW = "wrong-5f0e81"
 ACL_USER, ACL_PW = "sentinel-haproxy", "apw-2d77c9"
 # The least a controller needs on a Sentinel: reads, pub/sub on every channel, its own name.
 ACL_RULES = ("on", f">{ACL_PW}", "resetchannels", "&*", "-@all", "+ping", "+info",
-             "+client|setname", "+sentinel|masters", "+sentinel|get-master-addr-by-name",
+             "+client|setname", "+sentinel|master", "+sentinel|get-master-addr-by-name",
              "+sentinel|replicas", "+sentinel|myid", "+sentinel|sentinels", "+psubscribe")
+# The same user as the runbook described it before targeted reads (MASTERS, not MASTER).
+OLD_ACL_USER = "sentinel-haproxy-old"
+OLD_ACL_RULES = tuple("+sentinel|masters" if r == "+sentinel|master" else r
+                      for r in ACL_RULES)
 SECRETS = (REDIS_PW, SENTINEL_PW, WRONG_PW, ACL_PW)
 
 
@@ -43,6 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     try:
         for i in range(st.layout.sentinels):
             assert st.sentinel_command(i, "ACL", "SETUSER", ACL_USER, *ACL_RULES) == "OK"
+            assert st.sentinel_command(i, "ACL", "SETUSER", OLD_ACL_USER,
+                                       *OLD_ACL_RULES) == "OK"
         yield st
     finally:
         st.stop()
@@ -104,6 +110,20 @@ def test_acl_user_with_least_privileges_works(stack: LocalStack) -> None:
     denied = stack.sentinel_command(0, "ACL", "LOG")
     assert denied == [], f"commands the ACL refused: {denied}"
     assert_no_secret(st.stdout, st.stderr, rc.stdout, rc.stderr)
+
+
+def test_acl_user_of_an_older_runbook_still_works_and_is_warned(stack: LocalStack) -> None:
+    """An ACL user allowed `sentinel|masters` but not `sentinel|master` (the runbook's rules
+    before targeted reads) still works: the reader falls back to SENTINEL MASTERS and says
+    which permission to add."""
+    env = {"SENTINEL_HAPROXY_SENTINEL_USERNAME": OLD_ACL_USER,
+           "SENTINEL_HAPROXY_SENTINEL_PASSWORD": ACL_PW}
+    st = run_cli(stack, "status", "--json", env=env)
+    assert st.returncode in (0, 1), st.stdout + st.stderr
+    assert [v["error"] for v in json.loads(st.stdout)["sentinels"]] == [None, None, None]
+    assert st.stderr.count("sentinel_master_denied") == len(stack.sentinel_addrs), st.stderr
+    assert "+sentinel|master" in st.stderr
+    assert_no_secret(st.stdout, st.stderr)
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["reconcile"],

@@ -10,7 +10,7 @@ from typing import Any
 
 from captured import GROUP, A, B, load, master, node, views, with_master
 
-from controller.decide import History, Rules, decide
+from controller.decide import History, Rules, decidable, decide
 from controller.model import Address, SentinelView
 
 
@@ -382,3 +382,83 @@ def test_missing_votes_are_named_by_reason() -> None:
     assert f"in TILT: {vs[0].sentinel}" in d.reason
     assert f"not a Sentinel: {vs[1].sentinel}" in d.reason
     assert f"does not monitor {GROUP}: {vs[2].sentinel}" in d.reason
+
+
+# -- enough to decide before every Sentinel answered -------------------------------------
+
+
+def test_decidable_when_a_majority_agrees_at_the_top_epoch() -> None:
+    """Two of three Sentinels naming the same master at the same epoch settle the group: the
+    pass need not wait for the third; with one answer it must."""
+    vs = views("steady")
+    assert decidable(GROUP, vs[:2], pending=1)
+    assert not decidable(GROUP, vs[:1], pending=2)
+    assert decidable(GROUP, vs, pending=0)
+
+
+def test_not_decidable_while_the_answers_disagree_on_the_epoch() -> None:
+    """At +promoted-slave the leader alone has the new epoch: its answer and a lagging one are
+    not a majority at the top epoch, so the pass waits for the third Sentinel (which may agree
+    with either)."""
+    vs = views("promoted")
+    leader = next(v for v in vs if master(v).epoch == 1)
+    lagging = next(v for v in vs if master(v).epoch == 0)
+    assert not decidable(GROUP, [leader, lagging], pending=1)
+    assert decidable(GROUP, [leader, lagging], pending=0)
+
+
+def test_decidable_when_the_pending_ones_cannot_make_a_majority() -> None:
+    """One answer and one pending can still make 2 of 3: the pass waits. When even every
+    pending answer could not make the votes needed (3 needed, one Sentinel unreachable, one
+    pending), the verdict is undecided either way: no reason to wait."""
+    vs = views("steady")
+    assert not decidable(GROUP, [vs[0], down(vs[1])], pending=1)
+    assert decidable(GROUP, [vs[0], down(vs[1]), down(vs[2])], pending=0)
+    assert decidable(GROUP, [down(vs[1])], pending=1, min_voters=3)
+
+
+def test_decidable_follows_min_voters() -> None:
+    """With `min_sentinels` 3, two agreeing answers are not enough while one is pending."""
+    vs = views("steady")
+    assert not decidable(GROUP, vs[:2], pending=1, min_voters=3)
+    assert decidable(GROUP, vs[:2], pending=1, min_voters=2)
+
+
+def test_tilt_answer_does_not_count_towards_enough() -> None:
+    """A Sentinel in TILT answered but does not vote: it cannot make the majority."""
+    vs = views("steady")
+    tilted = dataclasses.replace(vs[1], tilt=True)
+    assert not decidable(GROUP, [vs[0], tilted], pending=1)
+
+
+def test_a_fence_is_never_lifted_before_every_sentinel_answered() -> None:
+    """The group is fenced (the master is o_down for the Sentinel that saw it): two answers
+    that do not flag it yet would route writes to it again, so the pass waits for the third;
+    with the fence kept, or a new master elected, the two answers are enough."""
+    vs = views("master_down")
+    flagged = [v for v in vs if master(v).odown]
+    quiet = [v for v in vs if not master(v).odown]
+    assert flagged and len(quiet) >= 2, "captured: one Sentinel flags o_down first"
+    fenced = decide(GROUP, vs, 2)
+    assert fenced.fenced
+    assert not decidable(GROUP, quiet[:2], 1, before=fenced)
+    assert decidable(GROUP, quiet[:2], 1, before=decide(GROUP, views("steady"), 2))
+    assert decidable(GROUP, views("switched")[:2], 1, before=fenced)
+
+
+def test_an_early_promotion_is_not_left_before_every_sentinel_answered() -> None:
+    """Writes follow the replica the leader promotes (it answered ROLE master): two lagging
+    answers without the leader's would fence again; they wait for the leader's answer."""
+    doc = load("selected")
+    vs = views("selected")
+    chosen = node_in(doc, B)
+    promoted = decide(GROUP, vs, 2, History(promoted=chosen))
+    assert promoted.early and promoted.master == chosen
+    others = [v for v in vs if v.sentinel != doc["leader"]]
+    assert not decidable(GROUP, others, 1, before=promoted,
+                         history=History(promoted=chosen))
+
+
+def node_in(doc: dict[str, Any], name: str) -> Address:
+    host, _, port = str(doc["nodes"][name]).rpartition(":")
+    return Address(host, int(port))

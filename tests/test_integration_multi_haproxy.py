@@ -6,30 +6,17 @@ socket, in front of the same Redis nodes, as a second HAProxy replica of a deplo
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from itest_support import ControllerFactory
+from itest_support import ControllerFactory, ExtraHAProxy, extra_haproxy, wait_ready
 
 from controller.haproxy import HAProxyClient
-from controller.model import AdminState
-from lab.localstack import LocalStack, free_port, write_haproxy_config
-from lab.procs import ManagedProcess, start_haproxy
+from lab.localstack import LocalStack
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@dataclasses.dataclass
-class ExtraHAProxy:
-    client: HAProxyClient
-    proc: ManagedProcess
 
 
 @pytest.fixture
@@ -44,39 +31,6 @@ def master_worker_haproxy(stack: LocalStack) -> Iterator[ExtraHAProxy]:
     """A second haproxy in master-worker mode (`-W`, as the official image runs it)."""
     with extra_haproxy(stack, "-W") as extra:
         yield extra
-
-
-@contextlib.contextmanager
-def extra_haproxy(stack: LocalStack, *flags: str) -> Iterator[ExtraHAProxy]:
-    first = free_port(["127.0.0.1"], count=2 * len(stack.layout.groups))
-    stats = free_port(["127.0.0.1"], exclude=frozenset(range(first, first + 6)))
-    layout = dataclasses.replace(stack.layout, first_frontend_port=first, stats_port=stats)
-    workdir = Path(tempfile.mkdtemp(prefix="shx2-"))  # short: unix socket paths are limited
-    sock = workdir / "admin.sock"
-    cfg = workdir / "haproxy.cfg"
-    write_haproxy_config(layout, sock, cfg)
-    proc: ManagedProcess | None = None
-    try:
-        # started and waited for: its admin socket answers (10 s)
-        proc = start_haproxy(cfg, sock, workdir, flags, name="haproxy2")
-        yield ExtraHAProxy(HAProxyClient(str(sock)), proc)
-    finally:
-        if proc is not None:
-            proc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def ready_in(client: HAProxyClient, backend: str) -> set[str]:
-    return {
-        name
-        for name, srv in client.state().backends[backend].items()
-        if srv.admin is AdminState.READY
-    }
-
-
-def wait_ready(client: HAProxyClient, backend: str, want: set[str], timeout_s: float) -> None:
-    wait_until(lambda: ready_in(client, backend) == want, timeout_s,
-               f"{sorted(want)} ready in {backend} of {client.target}")
 
 
 def test_two_haproxies_both_get_the_master_and_both_follow_a_failover(

@@ -6,6 +6,7 @@ are (issue: "Reliability", items 1-3)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from itest_support import ControllerFactory, run_cli, wait_state
@@ -88,9 +89,13 @@ def test_tilt_is_named_tilt(stack: LocalStack, make_controller: ControllerFactor
     ctl = make_controller(stack)
     s2 = str(stack.sentinel_addrs[2])
     stack.pause_sentinel(2)
+    paused_at = time.monotonic()
     try:
         wait_until(lambda: ctl.events("sentinel_unusable", sentinel=s2), 20,
                    "the paused Sentinel reported unusable")
+        # Sentinel enters TILT only when its timer stalled for more than 2 s (the daemon may
+        # notice the pause sooner than that): keep it paused long enough.
+        time.sleep(max(0.0, paused_at + 3.0 - time.monotonic()))
     finally:
         stack.resume_sentinel(2)
     # The Sentinel's timer stalled for > 2 s while paused: it enters TILT for 30 s.

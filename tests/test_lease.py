@@ -71,8 +71,10 @@ def test_renewal_writes_the_lease_into_the_map_as_epoch_ms() -> None:
 
 
 def test_expired_lease_fences_every_write_backend_until_renewed() -> None:
-    """No pong from a majority for a TTL: the lease expires, the next pass puts every write
-    server in maint with its sessions shut; pongs again: writes are routed again."""
+    """No pong from a majority for a TTL: the lease expires and every write server goes to
+    maint with its sessions shut at once, from the last verdicts (the Sentinels are what is
+    missing: not asked); the pass that follows keeps it so; pongs again: writes are routed
+    again."""
     h = FakeHAProxy()
     h.map_files = ["lease.map"]
     ws = [Pinging(Address(f"10.0.0.{i}", 1)) for i in range(3)]
@@ -80,10 +82,15 @@ def test_expired_lease_fences_every_write_backend_until_renewed() -> None:
     c.reconcile("start")
     assert h.state().backends[W]["redis1a"].admin.value == "ready"
     c.lease_until = time.monotonic() - 0.01  # the TTL passed without pongs
+    assert isinstance(c.reader, FakeSentinels)
+    reads = len(c.reader.reads)
     assert c.renew_lease(), "expiry is a change: the caller runs a pass"
-    c.reconcile("write_lease")
+    c.workers[0].drain()  # the fence is handed over at once, without asking the Sentinels
+    assert len(c.reader.reads) == reads
     assert {s.admin.value for s in h.state().backends[W].values()} == {"maint"}
     assert f"shutdown sessions server {W}/redis1a" in h.applied
+    c.reconcile("write_lease")
+    assert {s.admin.value for s in h.state().backends[W].values()} == {"maint"}
     for w in ws:
         w.last_pong = time.monotonic()
     assert c.renew_lease(), "renewal is a change too"

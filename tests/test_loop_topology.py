@@ -146,6 +146,21 @@ def test_plus_slave_schedules_quick_rechecks() -> None:
 
     wait_until(two_rechecks, 5, "two re-check passes due", 0.005)
     assert seen == ["recheck", "recheck"]
+    assert roster.recheck_groups == {GROUP}  # the loop re-checks that group only
+
+
+def test_a_pass_over_other_groups_does_not_forget_a_named_node(names: Names) -> None:
+    """A targeted pass reads some groups only: a named node of a group it did not read is not
+    forgotten, so the next read of its own group does not report its address again."""
+    import dataclasses
+
+    roster = Roster(Resolver(cache_s=0.0, lookup=names))
+    other = [dataclasses.replace(v, masters={"redis9": v.masters[GROUP]}) for v in views("steady")]
+    with capture_logs() as logs:
+        roster.normalize(named_views("steady"))
+        roster.normalize(other)
+        roster.normalize(named_views("steady"))
+    assert [e["event"] for e in logs] == ["node_address"]
 
 
 def test_a_group_haproxy_has_no_backend_for_is_said_once_with_the_command() -> None:

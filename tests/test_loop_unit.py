@@ -6,16 +6,32 @@ exactly the code the daemon runs, from observe to verify.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
+
 import pytest
 from captured import GROUP, A, B, node, views, with_master
 from fakes import FakeHAProxy, FakeSentinels
 
 from controller.decide import decide
-from controller.loop import Controller
-from controller.model import Address, AdminState, Decision, HAProxyInfo, SentinelView
+from controller.haproxy import CommandResult, HAProxyError
+from controller.haproxy_worker import CHUNK
+from controller.loop import Controller, Promotion
+from controller.model import (
+    Address,
+    AdminState,
+    Command,
+    Decision,
+    HAProxyInfo,
+    HAProxyState,
+    SentinelView,
+)
+from controller.pending import Batch, Pending
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
+from lab.wait import wait_until
 
 Emitted = list[tuple[str, dict[str, object]]]
 SENTINELS = tuple(views("steady")[i].sentinel for i in range(3))
@@ -248,7 +264,7 @@ def test_a_failover_timeout_too_big_for_a_float_does_not_break_the_pass(
     (d,) = controller.reconcile("+selected-slave").decisions
     assert d.fenced and d.promoting is not None
     assert controller.promotions[GROUP].addr == d.promoting
-    assert controller.poll_promotions() is watched
+    assert (controller.poll_promotions() == [GROUP]) is watched
 
 
 def hint(channel: str, text: str, received: float = 100.0) -> Hint:
@@ -256,28 +272,48 @@ def hint(channel: str, text: str, received: float = 100.0) -> Hint:
 
 
 def test_hints_that_warrant_a_pass(controller: Controller) -> None:
-    """Relevant events and connection changes start a pass; noise and other groups do not."""
-    assert controller._note_hint(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1"))
-    assert controller._note_hint(hint("+new-epoch", "3"))
-    assert not controller._note_hint(hint("+vote-for-leader", "1ce51fd96d 1"))
-    assert not controller._note_hint(hint("+switch-master", "other 127.0.0.2 1 127.0.0.3 1"))
-    assert controller._note_hint(Hint("127.0.0.1:1", "connected", 1.0))
-    assert controller._note_hint(Hint("127.0.0.1:1", "disconnected", 1.0, detail="EOF"))
-    assert not controller._note_hint(Hint("127.0.0.1:1", "bad_event", 1.0, detail="x"))
+    """An event naming a known group asks for a pass of that group only; events naming no
+    group, or a group not known yet, and connection changes ask for a full pass; noise and
+    groups not managed ask for none."""
+    assert controller._classify(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1")) \
+        == ("+switch-master", GROUP)
+    assert controller._classify(hint("+sdown", f"master {GROUP} 127.0.0.2 1")) == ("+sdown",
+                                                                                   GROUP)
+    assert controller._classify(hint("+new-epoch", "3")) == ("+new-epoch", None)
+    assert controller._classify(hint("+tilt", "#tilt mode entered")) == ("+tilt", None)
+    assert controller._classify(hint("+vote-for-leader", "1ce51fd96d 1")) is None
+    assert controller._classify(hint("+switch-master", "other 127.0.0.2 1 127.0.0.3 1")) is None
+    assert controller._classify(Hint("127.0.0.1:1", "connected", 1.0)) == (
+        "sentinel_connected", None)
+    assert controller._classify(Hint("127.0.0.1:1", "disconnected", 1.0, detail="EOF")) == (
+        "sentinel_disconnected", None)
+    assert controller._classify(Hint("/s", "haproxy_changed", 1.0)) == ("haproxy_changed", None)
+    assert controller._classify(Hint("127.0.0.1:1", "bad_event", 1.0, detail="x")) is None
+
+
+def test_event_for_a_group_not_known_yet_asks_for_a_full_pass(sentinels: FakeSentinels) -> None:
+    """Without a fixed group list, an event about a group no Sentinel listed yet (a new
+    `SENTINEL MONITOR`) is served by a full pass, which finds it."""
+    ctl = Controller(Settings(sentinels=SENTINELS), sentinels, [FakeHAProxy()])
+    assert ctl._classify(hint("+monitor", "master newgroup 127.0.0.9 1 quorum 2")) == (
+        "+monitor", None)
 
 
 def test_haproxy_identity_changes_are_noticed(controller: Controller) -> None:
-    """First sight, a new Pid or Start_time, or a return after being down count as new."""
-    target = "/run/haproxy/admin.sock"
+    """First sight, a new Pid or Start_time, or a return after being down count as new; a
+    restart or a return also marks every group for a sync and tells the loop."""
+    w = controller.workers[0]
     info = HAProxyInfo(pid=10, start_time_s=1000)
-    assert controller._haproxy_seen(target, info)
-    assert not controller._haproxy_seen(target, info)
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1000))
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1001))
-    controller._haproxy_down(target, "cannot talk to the socket")
-    assert controller.counters.haproxy_up[target] is False
-    assert controller._haproxy_seen(target, HAProxyInfo(pid=11, start_time_s=1001))
-    assert controller.counters.haproxy_up[target] is True
+    assert w._seen(info)
+    assert not w._seen(info)
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1000))
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1001))
+    w._down("cannot talk to the socket")
+    assert controller.counters.haproxy_up[w.target] is False
+    assert w._seen(HAProxyInfo(pid=11, start_time_s=1001))
+    assert controller.counters.haproxy_up[w.target] is True
+    kinds = [h.kind for h in controller.hints.get(0)]
+    assert kinds == ["haproxy_changed"] * 3
 
 
 def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> None:
@@ -285,3 +321,188 @@ def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> 
     assert haproxy.apply(f"set server {W}/redis1a state ready") == ""
     assert haproxy.state().backends[W]["redis1a"].admin is AdminState.READY
     assert haproxy.apply(f"set server {W}/nosuch state ready") == "No such server."
+
+
+# -- targeted passes, early verdicts, workers ----------------------------------------------
+
+
+def test_targeted_pass_reads_only_its_group_from_sentinels_and_haproxy(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """A pass for one group asks the Sentinels about that group only and reads only that
+    group's two backends from HAProxy (`show servers state B` / `show stat B 4 -1`)."""
+    controller.reconcile("start")
+    sentinels.reads.clear()
+    haproxy.reads.clear()
+    sentinels.show("switched")
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+switch-master", {}))
+    (out,) = controller.workers[0].drain()
+    assert sentinels.reads == [[GROUP]]
+    assert haproxy.reads[0] == [W, R]
+    assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
+    assert out.drift_after == 0
+
+
+def test_pass_goes_on_without_a_slow_sentinel_and_a_late_answer_that_matters_passes_again(
+    controller: Controller, sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """Two Sentinels agree (epoch 0, master A): the pass decides without the third. The third
+    answers late with epoch 1, master B: the verdict would change, so the group is passed
+    again counting that late answer, and B takes the writes."""
+    controller.reconcile("start")
+    slow = SENTINELS[2]
+    sentinels.views = views("steady")[:2] + views("switched")[2:]
+    sentinels.slow = {slow}
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+sdown", {}))
+    controller.workers[0].drain()
+    assert admin(haproxy) == STEADY
+    sentinels.deliver()
+    work = Pending()
+    for h in controller.hints.get(0):
+        controller._take(h, work)
+    batch = work.take_groups(64)
+    assert batch is not None and batch.trigger == "late_answer"
+    assert set(batch.carry) == {slow}
+    controller._targeted(batch)
+    controller.workers[0].drain()
+    assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
+
+
+def test_late_answer_that_agrees_causes_no_pass(
+    controller: Controller, sentinels: FakeSentinels
+) -> None:
+    """The slow Sentinel's late answer says what the others said: nothing to pass again."""
+    controller.reconcile("start")
+    sentinels.slow = {SENTINELS[2]}
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+sdown", {}))
+    sentinels.deliver()
+    work = Pending()
+    for h in controller.hints.get(0):
+        controller._take(h, work)
+    assert not work.has_groups and not work.has_full
+
+
+def test_worker_syncs_a_group_wanted_twice_once(
+    controller: Controller, haproxy: FakeHAProxy
+) -> None:
+    """A group handed over twice before its worker got to it is read and synced once, with
+    the latest wanted state and the earliest hint time."""
+    controller.reconcile("start")
+    haproxy.reads.clear()
+    w = controller.workers[0]
+    for t in (2.0, 1.0):
+        controller._targeted(Batch({GROUP: t}, "+sdown", {}))
+    assert w.pending() == 1
+    w.drain()
+    assert haproxy.reads == [[W, R]]
+
+
+def test_urgent_groups_are_synced_before_a_full_pass_chunk(controller: Controller) -> None:
+    """A worker holding a full pass's groups takes a targeted pass's group first."""
+    w = controller.workers[0]
+    controller.reconcile("start")
+    wanted = dict(w._wanted)
+    w.want({f"bg{i}": wanted[GROUP] for i in range(100)}, dict.fromkeys(
+        (f"bg{i}" for i in range(100)), 1.0), urgent=False)
+    w.want({GROUP: wanted[GROUP]}, {GROUP: 2.0}, urgent=True)
+    with w._cond:
+        assert list(w._take()) == [GROUP]
+        assert len(w._take()) == CHUNK
+
+
+class HungHAProxy(FakeHAProxy):
+    """An HAProxy that can hang (SIGSTOP): while hung, every exchange waits 0.3 s and fails
+    as a timeout does."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target=target)
+        self.hung = threading.Event()
+
+    def _wait(self) -> None:
+        if self.hung.is_set():
+            time.sleep(0.3)  # the exchange's timeout, as a hung HAProxy costs it
+            raise HAProxyError(self.target, "no complete reply within 0.3s")
+
+    def info(self) -> HAProxyInfo:
+        self._wait()
+        return super().info()
+
+    def state(self, backends: Sequence[str] | None = None) -> HAProxyState:
+        self._wait()
+        return super().state(backends)
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]:
+        self._wait()
+        return super().run(commands)
+
+
+def test_hung_haproxy_delays_neither_the_other_one_nor_the_loop_and_is_caught_up(
+    sentinels: FakeSentinels,
+) -> None:
+    """The daemon's loop with two HAProxy: the first hangs; a failover reaches the second at
+    once (its worker does not wait for the first); when the first answers again its worker
+    brings it up to date by itself."""
+    hung, healthy = HungHAProxy("/fake/1.sock"), FakeHAProxy(target="/fake/2.sock")
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=0.05,
+                        write_lease=False)
+    ctl = Controller(settings, sentinels, [hung, healthy])
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: admin_of(hung) == STEADY == admin_of(healthy), 5, "initial state")
+        hung.hung.set()
+        sentinels.show("switched")
+        ctl.hints.put(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1",
+                           time.monotonic()))
+        wait_until(lambda: admin_of(healthy)[W] == {"redis1a": "maint", "redis1b": "ready"},
+                   1.0, "the healthy HAProxy to follow the failover", 0.005)
+        assert admin_of(hung) == STEADY
+        hung.hung.clear()
+        wait_until(lambda: admin_of(hung)[W] == {"redis1a": "maint", "redis1b": "ready"},
+                   2.0, "the hung HAProxy caught up", 0.005)
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def admin_of(h: FakeHAProxy) -> dict[str, dict[str, str]]:
+    """Admin states straight from the fake's memory (asking a hung one would block)."""
+    return {b: {n: s.admin.value for n, s in servers.items()}
+            for b, servers in h.state_.backends.items()}
+
+
+def test_hint_already_answered_by_a_later_read_is_not_passed_again(
+    controller: Controller,
+) -> None:
+    """The same event from the other Sentinels, received before the pass that the first one
+    started asked the Sentinels, needs no pass of its own; one received after it does."""
+    controller.reconcile("start")
+    first = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    second = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    controller._targeted(Batch({GROUP: first.received}, "+switch-master", {}))
+    work = Pending()
+    controller._take(second, work)
+    assert not work.has_groups
+    later = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
+    controller._take(later, work)
+    assert work.has_groups
+
+
+def test_while_a_promotion_is_watched_a_pass_waits_for_the_leader(
+    controller: Controller, sentinels: FakeSentinels
+) -> None:
+    """Only the failover leader names the replica it promotes: while that promotion is
+    watched, a pass about the group does not go on without the leader's answer, even when the
+    two others agree."""
+    controller.reconcile("start")
+    leader = SENTINELS[2]
+    controller.promotions[GROUP] = Promotion(node(B), time.monotonic() + 10,
+                                             leaders=frozenset({leader}))
+    sentinels.slow = {leader}
+    views_, _ = controller._read_decide([GROUP], None, early=True)
+    assert [v.problem for v in views_] == ["", "", ""]  # the leader's answer was awaited
+    controller.promotions.clear()
+    views_, _ = controller._read_decide([GROUP], None, early=True)
+    assert [v.problem for v in views_] == ["", "", "pending"]

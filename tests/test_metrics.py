@@ -59,12 +59,17 @@ def test_metrics_and_health_follow_the_daemon(stack: LocalStack, tmp_path: Path)
             return {dict(k)["sentinel"] for k, v in conn.items() if v == 1} == sentinels
 
         wait_until(all_connected, 20, "sentinel_connected 1 for every sentinel")
+        sock = str(stack.haproxy_socket)
+
+        def verified() -> bool:  # the worker reads back after applying: drift comes after
+            return scrape(base).get("sentinel_haproxy_drift", {}).get((("haproxy", sock),)) == 0
+
+        wait_until(verified, 20, "drift 0 after the first sync's read-back")
         m = scrape(base)
         assert m["sentinel_haproxy_passes_total"][()] > 0
         assert m["sentinel_haproxy_commands_applied_total"][()] >= 2  # master + replica ready
         assert m["sentinel_haproxy_commands_failed_total"][()] == 0
         assert m["sentinel_haproxy_undecided_groups"][()] == 0
-        sock = str(stack.haproxy_socket)
         assert m["sentinel_haproxy_haproxy_up"][(("haproxy", sock),)] == 1
         assert m["sentinel_haproxy_drift"][(("haproxy", sock),)] == 0
         assert healthz(base) == 200

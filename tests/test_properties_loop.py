@@ -19,7 +19,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from strategies import (
     BACKEND_TEMPLATES,
-    captured_pipelines,
+    captured_groups,
     fuzz,
     haproxy_states,
     mutated,
@@ -30,7 +30,7 @@ from strategies import (
 from controller.loop import Controller
 from controller.model import Address, AdminState, SentinelView
 from controller.redis_nodes import NodeError
-from controller.sentinel_parse import SentinelReplyError, parse_pipeline
+from controller.sentinel_parse import SentinelReplyError, parse_groups
 from controller.settings import Settings
 
 SENTINELS = tuple(v.sentinel for v in views("steady"))
@@ -57,10 +57,11 @@ class FakeNodes:
 def parsed_view(draw: st.DrawFn) -> SentinelView:
     """A view as the reader builds it from one Sentinel's mutated replies: parsed, or an
     error view when the parser refuses them."""
-    sentinel, replies = draw(captured_pipelines())
+    sentinel, head, replies = draw(captured_groups())
     replies = [draw(mutated(r, 2)) if draw(st.booleans()) else r for r in replies]
     try:
-        return parse_pipeline(sentinel, [GROUP], replies)[0]
+        view: SentinelView = parse_groups(sentinel, [GROUP], replies, head)[0]
+        return view
     except SentinelReplyError as e:
         return SentinelView(sentinel, error=f"bad reply: {e}")
 

@@ -22,8 +22,8 @@ from strategies import (
     TEXTS,
     batch_parts,
     captured_events,
+    captured_groups,
     captured_info_texts,
-    captured_pipelines,
     captured_reply,
     fuzz,
     mutated,
@@ -49,13 +49,14 @@ from controller.model import (
     ServerState,
 )
 from controller.sentinel_parse import (
+    Head,
     SentinelEvent,
     SentinelReplyError,
     parse_addr,
     parse_event,
-    parse_master_names,
+    parse_groups,
+    parse_info_masters,
     parse_master_view,
-    parse_pipeline,
     parse_replica,
     parse_tilt,
 )
@@ -136,9 +137,8 @@ def test_parse_replica_gives_a_replica_or_a_sentinel_reply_error(raw: Any) -> No
 
 @st.composite
 def master_view_inputs(draw: st.DrawFn) -> tuple[str, Any, Any, Any]:
-    _, replies = draw(captured_pipelines())
-    _, masters, _myid, addr, replicas = replies
-    entry = masters[0] if masters else []
+    _, _head, replies = draw(captured_groups())
+    entry, addr, replicas = replies
     name = draw(st.sampled_from([GROUP, GROUP, "other"]) | st.text(max_size=8))
     return (name, draw(mutated(addr, 2) | GARBAGE), draw(mutated(entry, 3) | GARBAGE),
             draw(mutated(replicas, 3) | GARBAGE))
@@ -158,12 +158,17 @@ def test_parse_master_view_gives_a_view_or_a_sentinel_reply_error(
 
 
 @fuzz(200)
-@given(st.one_of(mutated(captured_reply("SENTINEL MASTERS")), GARBAGE))
-def test_parse_master_names_gives_names_or_a_sentinel_reply_error(raw: Any) -> None:
-    """SENTINEL MASTERS, mutated or garbage: a list of names, or SentinelReplyError."""
-    names = unless(SentinelReplyError, parse_master_names, raw)
+@given(st.one_of(
+    mutated_text(captured_info_texts()),
+    captured_info_texts().map(str.encode),
+    GARBAGE,
+))
+def test_parse_info_masters_gives_names_or_a_sentinel_reply_error(raw: Any) -> None:
+    """INFO sentinel text, mutated, as bytes, or garbage: the group names (none empty), or
+    SentinelReplyError."""
+    names = unless(SentinelReplyError, parse_info_masters, raw)
     if names is not None:
-        assert isinstance(names, list) and all(type(n) is str for n in names)
+        assert isinstance(names, list) and all(type(n) is str and n for n in names)
 
 
 @fuzz(200)
@@ -179,15 +184,16 @@ def test_parse_tilt_gives_a_bool_or_a_sentinel_reply_error(raw: Any) -> None:
 
 
 @st.composite
-def pipelines(draw: st.DrawFn) -> tuple[str, list[str], list[Any]]:
-    """A captured pipeline's replies with some replies mutated or refused, and the list
+def group_reads(draw: st.DrawFn) -> tuple[str, Head, list[str], list[Any]]:
+    """A captured group read's replies with some replies mutated or refused, and the list
     itself cut short or extended; the group names asked for, sometimes others."""
-    sentinel, replies = draw(captured_pipelines())
+    sentinel, head, replies = draw(captured_groups())
     names = draw(st.sampled_from([[GROUP], [GROUP], [GROUP, "nosuch"], [], ["nosuch", GROUP]])
                  | st.lists(st.text(max_size=6), max_size=3))
     out: list[Any] = list(replies)
-    while len(out) < 3 + 2 * len(names):  # unmonitored groups: nil address, error replicas
-        out += [None, ValueError("ERR No such master with that name")]
+    nosuch = ValueError("ERR No such master with that name")
+    while len(out) < 3 * len(names):  # unmonitored groups: refused entry, nil address
+        out += [nosuch, None, nosuch]
     out = [draw(mutated(r, 2)) if draw(st.integers(0, 2)) == 0 else r for r in out]
     op = draw(st.sampled_from(["keep", "keep", "keep", "truncate", "append", "refuse"]))
     if op == "truncate":
@@ -196,25 +202,24 @@ def pipelines(draw: st.DrawFn) -> tuple[str, list[str], list[Any]]:
         out += draw(st.lists(GARBAGE, min_size=1, max_size=2))
     elif op == "refuse":
         out[draw(st.integers(0, len(out) - 1))] = ValueError("ERR refused")
-    return sentinel, names, out
+    return sentinel, head, names, out
 
 
 @fuzz(300)
-@given(pipelines())
-def test_parse_pipeline_gives_a_view_or_a_sentinel_reply_error(
-    args: tuple[str, list[str], list[Any]],
+@given(group_reads())
+def test_parse_groups_gives_a_view_or_a_sentinel_reply_error(
+    args: tuple[str, Head, list[str], list[Any]],
 ) -> None:
-    """One Sentinel's pipelined replies, mutated, refused, cut short or too many: a view of
-    the groups asked for, and the names monitored, or SentinelReplyError."""
-    sentinel, names, replies = args
-    out = unless(SentinelReplyError, parse_pipeline, sentinel, names, replies)
+    """One Sentinel's replies about some groups, mutated, refused, cut short or too many: a
+    view of (some of) the groups asked for, or SentinelReplyError."""
+    sentinel, head, names, replies = args
+    out = unless(SentinelReplyError, parse_groups, sentinel, names, replies, head)
     if out is None:
         return
-    view, monitored = out
+    view, found = out
     assert isinstance(view, SentinelView) and view.sentinel == sentinel
-    assert view.error is None and type(view.tilt) is bool
-    assert isinstance(monitored, frozenset) and all(type(n) is str for n in monitored)
-    assert set(view.masters) <= set(names) & monitored
+    assert view.error is None and type(view.tilt) is bool and found == []
+    assert set(view.masters) | set(view.group_errors) <= set(names)
     for name, m in view.masters.items():
         check_master_view(m, name)
 

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 from captured import (
+    DATA,
     GROUP,
     STATES,
     A,
     B,
+    group_replies,
     load,
     master,
     node,
-    pipeline_replies,
     raw,
     views,
 )
 
 from controller.model import Address
 from controller.sentinel_parse import (
+    HEAD_COMMANDS,
+    Head,
+    NotASentinelError,
     SentinelReplyError,
+    group_commands,
     parse_addr,
     parse_event,
-    parse_master_names,
+    parse_groups,
+    parse_head,
+    parse_info_masters,
     parse_master_view,
-    parse_pipeline,
     parse_replica,
     parse_tilt,
-    pipeline_commands,
 )
 
 
@@ -70,36 +76,107 @@ def test_every_captured_state_parses(state: str) -> None:
         assert m.replicas, "every captured state lists at least one replica"
 
 
-def test_pipeline_commands_and_parse_pipeline_agree_on_order() -> None:
-    """The reader's pipeline asks INFO, MASTERS, then address and replicas per group, and the
-    parser reads the replies in that order; the monitored names come with the view."""
-    assert pipeline_commands([GROUP]) == [
-        ("INFO", "sentinel"), ("SENTINEL", "MASTERS"), ("SENTINEL", "MYID"),
+GROUPS_DOC: dict[str, Any] = json.loads((DATA / "sentinel_groups.json").read_text())
+
+
+def captured_groups(sentinel: str) -> list[Any]:
+    """A Sentinel's replies to `group_commands(ASKED, discover=True)`, errors as Exceptions."""
+    return [ValueError(r["error"]) if isinstance(r, dict) else r
+            for r in GROUPS_DOC["resp2"][sentinel]["groups"]]
+
+
+def test_head_of_a_real_sentinel_gives_tilt_id_and_every_group() -> None:
+    """`INFO sentinel` + `SENTINEL MYID` (captured with two groups): not in TILT, its 40-char
+    ID, and both monitored groups from INFO's `masterN:name=` lines."""
+    assert HEAD_COMMANDS == [("INFO", "sentinel"), ("SENTINEL", "MYID")]
+    for s in GROUPS_DOC["sentinels"]:
+        info, myid = GROUPS_DOC["resp2"][s]["head"]
+        head = parse_head(info, myid)
+        assert head.tilt is False and head.myid == myid and len(myid) == 40
+        assert sorted(head.names) == GROUPS_DOC["groups"]
+    assert parse_head(info, None).myid == ""  # not allowed to ask: counted by address
+
+
+def test_group_commands_and_parse_groups_agree_on_order() -> None:
+    """The reader asks MASTER, address and replicas (and SENTINELS when discovering) per
+    group; the parser reads a real reply in that order: a group the Sentinel does not monitor
+    is left out, each monitored one parsed, and the other Sentinels found by run ID."""
+    asked = GROUPS_DOC["asked"]
+    assert group_commands(["g"]) == [("SENTINEL", "MASTER", "g"),
+                                     ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "g"),
+                                     ("SENTINEL", "REPLICAS", "g")]
+    assert len(group_commands(asked, discover=True)) == 4 * len(asked)
+    ids = {s: GROUPS_DOC["resp2"][s]["head"][1] for s in GROUPS_DOC["sentinels"]}
+    nodes = GROUPS_DOC["nodes"]
+    for s in GROUPS_DOC["sentinels"]:
+        head = Head(False, ids[s], ("redis1", "redis2"))
+        view, found = parse_groups(s, asked, captured_groups(s), head, discover=True)
+        assert set(view.masters) == {"redis1", "redis2"} and view.group_errors == {}
+        assert str(view.masters["redis1"].addr) == nodes["redis1a"]
+        assert str(view.masters["redis2"].addr) == nodes["redis2a"]
+        assert view.masters["redis1"].other_sentinels == 2 and view.myid == ids[s]
+        assert {runid for _, runid in found} == set(ids.values()) - {ids[s]}
+
+
+def test_whole_list_reads_the_master_entries_from_sentinel_masters() -> None:
+    """For an ACL user without `sentinel|master` the entries come from one `SENTINEL
+    MASTERS` (captured), then address and replicas per group; the view is the same."""
+    assert group_commands([GROUP, "x"], whole_list=True) == [
+        ("SENTINEL", "MASTERS"),
         ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP), ("SENTINEL", "REPLICAS", GROUP),
-    ]
-    view, monitored = parse_pipeline(FIRST, [GROUP], pipeline_replies("steady", FIRST))
-    assert monitored == frozenset({GROUP})
-    assert master(view).addr == node(A)
-    assert view.myid == raw("steady")[FIRST]["SENTINEL MYID"] and len(view.myid) == 40
-    assert master(view).other_sentinels == 2
+        ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "x"), ("SENTINEL", "REPLICAS", "x")]
+    r = raw("steady")[FIRST]
+    replies_ = [r["SENTINEL MASTERS"], r[f"SENTINEL GET-MASTER-ADDR-BY-NAME {GROUP}"],
+                r[f"SENTINEL REPLICAS {GROUP}"], None, ValueError("ERR No such master")]
+    head = Head(False, "", (GROUP,))
+    view, _ = parse_groups(FIRST, [GROUP, "x"], replies_, head, whole_list=True)
+    assert set(view.masters) == {GROUP} and view.group_errors == {}
+    assert view.masters[GROUP] == next(v for v in views("steady")
+                                       if v.sentinel == FIRST).masters[GROUP]
 
 
-def test_parse_pipeline_leaves_out_a_group_the_sentinel_refuses() -> None:
-    """A group whose commands the Sentinel refused (it does not monitor it) has no view, and
-    the other groups still parse."""
-    refused = ValueError("ERR No such master with that name")
-    replies_ = [*pipeline_replies("steady", FIRST), None, refused]
-    view, _ = parse_pipeline(FIRST, [GROUP, "nosuch"], replies_)
-    assert set(view.masters) == {GROUP}
+def test_sentinel_master_reply_has_the_fields_of_a_sentinel_masters_entry() -> None:
+    """`SENTINEL MASTER g` (captured) carries the same fields as a `SENTINEL MASTERS` entry
+    (tests/data/sentinel_*.json), which the unit tests' views are built from."""
+    s = GROUPS_DOC["sentinels"][0]
+    single = GROUPS_DOC["resp2"][s]["groups"][0]
+    assert set(single[::2]) == set(entry("steady", FIRST)[::2])
 
 
-@pytest.mark.parametrize("keep", [0, 1, 4, 6])
-def test_parse_pipeline_with_too_few_or_too_many_replies_raises(keep: int) -> None:
+def test_parse_groups_keeps_a_bad_group_to_itself() -> None:
+    """A group whose reply does not parse, or that the Sentinel refuses for another reason
+    than `No such master`, costs only that group (`group_errors`), not the Sentinel's vote for
+    the others."""
+    s = GROUPS_DOC["sentinels"][0]
+    replies_ = captured_groups(s)
+    asked = GROUPS_DOC["asked"]
+    bad = copy.deepcopy(replies_)
+    bad[0] = bad[0][:-1]  # redis1's MASTER entry loses one item
+    bad[8] = ValueError("NOPERM this user has no permissions")  # redis2's MASTER refused
+    view, _ = parse_groups(s, asked, bad, Head(False, "", ()), discover=True)
+    assert view.masters == {}
+    assert "odd number of items" in view.group_errors["redis1"]
+    assert "NOPERM" in view.group_errors["redis2"]
+    with pytest.raises(SentinelReplyError, match="expected 12 replies"):
+        parse_groups(s, asked, replies_[:-1], Head(False, "", ()), discover=True)
+
+
+def test_info_master_lines_give_the_names() -> None:
+    """INFO's master lines give every name, one with a comma included; a line that is not
+    `masterN:name=...,status=` is refused."""
+    text = "sentinel_tilt:0\r\nmaster0:name=a,b,status=ok,address=1.2.3.4:1,slaves=1\r\n"
+    assert parse_info_masters(text) == ["a,b"]
+    with pytest.raises(SentinelReplyError, match="bad master line"):
+        parse_info_masters("masterX:name=a,status=ok")
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2, 4])
+def test_parse_groups_with_too_few_or_too_many_replies_raises(keep: int) -> None:
     """Replies cut short (or one too many) for the groups asked are refused with both counts,
     not an IndexError (found by tests/test_properties_parse.py)."""
-    replies_ = [*pipeline_replies("steady", FIRST), None]
-    with pytest.raises(SentinelReplyError, match=f"expected 5 replies, got {keep}"):
-        parse_pipeline(FIRST, [GROUP], replies_[:keep])
+    replies_ = [*group_replies("steady", FIRST), None]
+    with pytest.raises(SentinelReplyError, match=f"expected 3 replies, got {keep}"):
+        parse_groups(FIRST, [GROUP], replies_[:keep], Head(False, "", (GROUP,)))
 
 
 def test_steady_state_values() -> None:
@@ -179,11 +256,6 @@ def test_tilt_flag_from_info_sentinel() -> None:
     assert not views("tilt")[2].usable
     assert parse_tilt(doc["info_text"][doc["sentinels"][2]]) is True
     assert parse_tilt(doc["info_text"][doc["sentinels"][0]]) is False
-
-
-def test_master_names_from_sentinel_masters() -> None:
-    """`SENTINEL MASTERS` gives the monitored group names."""
-    assert parse_master_names(raw("steady")[FIRST]["SENTINEL MASTERS"]) == [GROUP]
 
 
 # -- garbage ---------------------------------------------------------------------------
@@ -275,20 +347,16 @@ def test_shapes_that_are_not_lists_raise() -> None:
         parse_master_view(GROUP, addr, entry("steady", FIRST), "ERR no such master")
     with pytest.raises(SentinelReplyError, match="expected a field list"):
         parse_master_view(GROUP, addr, 42, [])
-    with pytest.raises(SentinelReplyError, match="SENTINEL MASTERS: expected a list"):
-        parse_master_names("OK")
-    e = entry("steady", FIRST)
-    i = e.index("name")
-    del e[i : i + 2]
-    with pytest.raises(SentinelReplyError, match="field 'name' missing"):
-        parse_master_names([e])
+    view, found = parse_groups(FIRST, [GROUP], [entry("steady", FIRST), addr, [], "OK"],
+                               Head(False, "", ()), discover=True)
+    assert GROUP in view.masters and found == [] and view.group_errors == {}
 
 
 def test_info_without_tilt_field_raises() -> None:
     """`INFO` that is not a Sentinel's (no sentinel_tilt) is refused; so is a reply that is
     not text."""
     text = load("steady")["info_text"][FIRST]
-    with pytest.raises(SentinelReplyError, match="no sentinel_tilt"):
+    with pytest.raises(NotASentinelError, match="no sentinel_tilt"):
         parse_tilt(text.replace("sentinel_tilt:", "sentinel_tilx:"))
     with pytest.raises(SentinelReplyError, match="unexpected reply type"):
         parse_tilt(0)

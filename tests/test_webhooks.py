@@ -185,7 +185,7 @@ def test_daemon_posts_drift_corrected_on_hand_edit_and_failover_on_master_death(
     with controller_for(stack, log, extra_args=["--webhook-url", server.url,
                                                 "--log-level", "debug"]) as d:
         wait_until(lambda: ready(stack, "redis1_master", "redis1a"), 20, "initial state applied")
-        d.wait_event("pass", commands=0)  # a quiet pass after the initial one
+        d.wait_event("pass", trigger="resync")  # a periodic pass after the initial one
         assert server.kinds() == []  # applying the initial state is not a hand edit
 
         stack.haproxy_command("set server redis1_master/redis1a state maint")

@@ -20,12 +20,18 @@ Redis so the session can be established. Saved:
     haproxy_admin_bits_batch.txt    reply of a 4-command `;` batch: ok, unknown server, unknown
                                     backend, ok
     haproxy_set_reply_with_error.txt  reply of a 2-command batch: ok, unknown server
+    haproxy_admin_bits_targeted.txt   reply of the reader's batch for some backends only
+                                    (`targeted_batch(["g_master", "g_replicas", "nosuch"])`:
+                                    `show info`, then `show servers state B; show stat B 4 -1`
+                                    per backend, an unknown one included)
 
-Usage: .venv/bin/python tests/data/capture_haproxy.py  (a second or two; stops what it starts)
+Usage: .venv/bin/python tests/data/capture_haproxy.py [--only NAME,...]  (a second or two;
+stops what it starts; NAME: state, stat_all, batch, set_reply, targeted)
 """
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +39,7 @@ from pathlib import Path
 from capture_support import STATE_BATCH, command, haproxy_with_listener
 
 from controller.haproxy import HAProxyError
+from controller.haproxy_parse import targeted_batch
 from lab.localstack import free_port
 from lab.wait import wait_until
 
@@ -69,7 +76,17 @@ backend g_replicas
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the captured HAProxy replies")
+    parser.add_argument("--only", help="comma-separated names to write (default: all)")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+
+    def save(name: str, file: str, text: str) -> None:
+        if only is None or name in only:
+            (DATA / file).write_text(text)
+            print(f"wrote {file}")
+
     port = free_port(["127.0.0.2"])
     fe_port = free_port(["127.0.0.1"], exclude=frozenset({port}))
 
@@ -100,20 +117,20 @@ def main() -> int:
         reply = command(sock, "; ".join(setup))
         if reply != "\n" * len(setup):
             raise RuntimeError(f"setup refused: {reply!r}")
-        (DATA / "haproxy_admin_bits_state.txt").write_text(command(sock, STATE_BATCH))
-        (DATA / "haproxy_admin_bits_stat_all.txt").write_text(command(sock, "show stat"))
+        save("state", "haproxy_admin_bits_state.txt", command(sock, STATE_BATCH))
+        save("stat_all", "haproxy_admin_bits_stat_all.txt", command(sock, "show stat"))
+        targeted = targeted_batch(["g_master", "g_replicas", "nosuch"])
+        save("targeted", "haproxy_admin_bits_targeted.txt", command(sock, targeted))
         batch = "; ".join([
             "set server g_master/n3 state ready",
             "set server g_master/nosuch state maint",
             "set server nosuch/n1 state maint",
             "shutdown sessions server g_master/n3",
         ])
-        (DATA / "haproxy_admin_bits_batch.txt").write_text(command(sock, batch))
+        save("batch", "haproxy_admin_bits_batch.txt", command(sock, batch))
         pair = "set server g_replicas/n1 state maint; set server g_replicas/nosuch state maint"
-        (DATA / "haproxy_set_reply_with_error.txt").write_text(command(sock, pair))
+        save("set_reply", "haproxy_set_reply_with_error.txt", command(sock, pair))
         server_side.close()
-        print("wrote haproxy_admin_bits_{state,stat_all,batch}.txt, "
-              "haproxy_set_reply_with_error.txt")
     return 0
 
 

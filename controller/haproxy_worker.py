@@ -1,0 +1,511 @@
+"""Keeps one HAProxy in line with the wanted state, in a thread of its own.
+
+The loop decides per group what its backends should look like (`plan.BackendTarget`s) and
+hands that to every HAProxy's worker with `want()`; it never waits for an HAProxy, and an
+HAProxy never waits for another. A worker always works on the latest wanted state of each
+group (a group wanted twice before the worker got to it is synced once), groups from
+targeted passes first, then those from full passes in chunks (so that a full pass of 1,000
+groups never holds a failover back for long).
+
+One sync of some groups: read their backends (with `show info`, so that a restart is seen on
+every exchange), plan, apply in one exchange (write outs before ins), read them back and
+verify. A server whose admin state is not what this worker left it in was changed by someone
+else: logged as a hand edit when it is put back.
+
+When its HAProxy fails (timeout, refused socket) the worker keeps the wanted state, asks only
+`show info`, with backoff up to `poll_interval_s`, until it answers (a hung HAProxy gets no
+command that it could run late, when it wakes up), then syncs every group: its state may be
+anything (restarted, hand-edited, a late command ran). It also asks `show info` every
+`poll_interval_s` when idle, to see a restart or reload, and pushes the write lease.
+Must not decide anything, nor talk to anything but its HAProxy (through `HAProxyTarget`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from controller.counters import Counters
+from controller.haproxy import CommandResult, HAProxyError
+from controller.model import AdminState, Command, HAProxyInfo, HAProxyState
+from controller.plan import BackendTarget, Note, Plan, plan
+
+log = structlog.get_logger("controller")
+
+URGENT_MAX = 64  # groups of targeted passes synced in one exchange at most
+CHUNK = 8  # groups of full passes per sync: a failover waits for one chunk at most
+FULL_READ_AT = 400  # backends: from this many on, read the whole state in one exchange
+MIN_BACKOFF_S = 0.05
+FRESH_FOR_S = 1.0  # a read ahead of a targeted sync is used only this soon after
+
+
+class HAProxyTarget(Protocol):
+    """What a worker needs from one HAProxy (`haproxy.HAProxyClient`); errors: HAProxyError."""
+
+    target: str
+
+    def info(self) -> HAProxyInfo: ...
+
+    def state(self, backends: Sequence[str] | None = None) -> HAProxyState: ...
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
+
+    def maps(self) -> list[str]: ...
+
+    def set_map(self, file: str, key: str, value: str) -> None: ...
+
+
+class Hooks(Protocol):
+    """What a worker tells the controller (called from the worker's thread)."""
+
+    def timeline(self) -> dict[str, float]: ...  # t_ms of the failover timeline, if open
+
+    def emit(self, kind: str, data: dict[str, object]) -> None: ...  # webhooks; never blocks
+
+    def haproxy_changed(self, target: str) -> None: ...  # restarted, reloaded or back
+
+
+@dataclass(frozen=True)
+class HAProxyOutcome:
+    """One sync of one HAProxy."""
+
+    target: str
+    state: HAProxyState | None
+    plan: Plan
+    results: tuple[CommandResult, ...] = ()
+    error: str = ""
+    drift_after: int | None = 0  # None: the read-back failed, the drift is unknown
+
+
+@dataclass
+class _Dirty:
+    since: float  # earliest hint the wanted state answers
+    urgent: bool  # from a targeted pass
+
+
+class HAProxyWorker:
+    """One HAProxy's wanted state per group, and the thread that applies it."""
+
+    def __init__(
+        self,
+        h: HAProxyTarget,
+        counters: Counters,
+        hooks: Hooks,
+        poll_interval_s: float = 0.5,
+        apply: bool = True,
+        lease_map: str = "lease.map",
+        write_lease: bool = True,
+    ) -> None:
+        self.h = h
+        self.target = h.target
+        self.counters = counters
+        self.hooks = hooks
+        self.poll_interval_s = poll_interval_s
+        self.apply = apply
+        self.lease_map = lease_map
+        self.write_lease = write_lease
+        self._cond = threading.Condition()
+        # Guarded by _cond: what the loop wants.
+        self._wanted: dict[str, tuple[BackendTarget, ...]] = {}
+        self._dirty: dict[str, _Dirty] = {}
+        self._lease_value: str | None = None
+        self._lease_due = False
+        self._prefetch: set[str] = set()  # backends to read ahead of a targeted sync
+        self._stop = False
+        # The worker's own (its thread, or the caller in inline mode).
+        self.up = True
+        self._identity: HAProxyInfo | None = None
+        self._left: dict[tuple[str, str], AdminState] = {}  # admin states it left servers in
+        self._lease_file: str | None = None
+        self._lease_file_known = False
+        self._notes: dict[str, set[Note]] = {}  # standing plan notes per group
+        self._lease_refused = ""  # the last refusal of the lease map update, logged once
+        self._drift: dict[str, int | None] = {}  # per group, after its last sync
+        self._backoff = MIN_BACKOFF_S
+        self._next_probe = 0.0
+        self._thread: threading.Thread | None = None
+        self._fresh: HAProxyState | None = None  # read ahead; used once, dropped on apply
+        self._fresh_at = 0.0
+
+    # -- the loop's side -----------------------------------------------------------------
+    def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
+             since: Mapping[str, float], urgent: bool) -> None:
+        """The latest targets of these groups (empty: undecided, HAProxy keeps its state);
+        `since`: per group, the hint it answers (latency counts from there)."""
+        with self._cond:
+            for group, ts in wanted.items():
+                if not ts:
+                    self._wanted.pop(group, None)
+                    self._dirty.pop(group, None)
+                    continue
+                self._wanted[group] = ts
+                self._mark(group, since[group], urgent)
+            self._cond.notify_all()
+
+    def prefetch(self, groups: Sequence[str]) -> None:
+        """A targeted pass about these groups has started: read their backends now, while
+        the Sentinels are asked, so that the sync that follows plans from that read instead
+        of reading again (it was taken after the hint; only this worker changes HAProxy)."""
+        with self._cond:
+            backends = {t.backend for g in groups for t in self._wanted.get(g, ())}
+            if backends and self._thread is not None:
+                self._prefetch = backends
+                self._cond.notify_all()
+
+    def set_lease(self, value_ms: str) -> None:
+        """The lease to push into the lease map (at once when the worker has no thread)."""
+        with self._cond:
+            self._lease_value = value_ms
+            self._lease_due = self._thread is not None
+            self._cond.notify_all()
+        if self._thread is None:
+            self._push_lease(value_ms)
+
+    def pending(self) -> int:
+        """Groups waiting to be synced."""
+        with self._cond:
+            return len(self._dirty)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"haproxy-{self.target}")
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def drain(self, full_read: bool = False) -> list[HAProxyOutcome]:
+        """Inline mode (no thread): sync every dirty group now, in one sync; the outcome
+        (none when nothing is dirty). `full_read`: read every backend (the outcome shows
+        them all, undecided groups' too)."""
+        with self._cond:
+            groups = dict(self._dirty)
+            self._dirty.clear()
+        if not groups and not full_read:
+            return []
+        out = self.sync(groups, full_read)
+        if out.error:
+            with self._cond:
+                for g, d in groups.items():
+                    self._mark(g, d.since, d.urgent)
+        return [out]
+
+    def _mark(self, group: str, since: float, urgent: bool) -> None:
+        d = self._dirty.get(group)
+        if d is None or (urgent and not d.urgent):  # a hint's time beats a full pass's
+            self._dirty[group] = _Dirty(since, urgent)
+        elif urgent == d.urgent:
+            d.since = min(d.since, since)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._once():
+                    return
+            except Exception:  # a bug: say so and go on; never spin on it
+                log.exception("unexpected_error", where="haproxy worker", haproxy=self.target)
+                time.sleep(0.1)
+
+    def _once(self) -> bool:
+        """One unit of work (or a bounded wait for one); False once stopped."""
+        with self._cond:
+            now = time.monotonic()
+            work = self.up and (bool(self._dirty) or self._lease_due or bool(self._prefetch))
+            if not work and not self._stop:
+                self._cond.wait(max(0.0, self._next_probe - now))
+            if self._stop:
+                return False
+            batch = self._take() if self.up else {}
+            lease = self._lease_value if self._lease_due and self.up else None
+            self._lease_due = self._lease_due and lease is None
+            ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
+        now = time.monotonic()
+        if not self.up:
+            if now >= self._next_probe:
+                self.probe()
+            return True
+        if ahead:
+            self._read_ahead(ahead)
+            return True
+        if batch:
+            out = self.sync(batch)
+            if out.error:
+                with self._cond:
+                    for g, d in batch.items():
+                        self._mark(g, d.since, d.urgent)
+        if lease is not None and self.up:
+            self._push_lease(lease)
+        if not batch and lease is None and time.monotonic() >= self._next_probe:
+            self.probe()
+        return True
+
+    def _take(self) -> dict[str, _Dirty]:
+        """The next groups to sync: every urgent one (up to URGENT_MAX), else a chunk."""
+        urgent = [g for g, d in self._dirty.items() if d.urgent][:URGENT_MAX]
+        chosen = urgent or list(self._dirty)[:CHUNK]
+        return {g: self._dirty.pop(g) for g in chosen}
+
+    # -- talking to HAProxy ----------------------------------------------------------------
+    def probe(self) -> bool:
+        """`show info`; True when this HAProxy restarted, reloaded or came back (then every
+        group is synced again and the loop is told)."""
+        self._next_probe = time.monotonic() + (self.poll_interval_s if self.up
+                                               else self._backoff)
+        try:
+            info = self.h.info()
+        except HAProxyError as e:
+            self._down(str(e))
+            return False
+        return info.stopping or self._seen(info)
+
+    def sync(self, groups: dict[str, _Dirty], full_read: bool = False) -> HAProxyOutcome:
+        """Read these groups' backends (every backend with `full_read`), plan, apply,
+        verify."""
+        with self._cond:
+            wanted = [t for g in groups for t in self._wanted.get(g, ())]
+        backends = [t.backend for t in wanted]
+        fresh, self._fresh = self._fresh, None
+        if (fresh is not None and not full_read and set(backends) <= set(fresh.backends)
+                and time.monotonic() - self._fresh_at < FRESH_FOR_S):
+            state = fresh
+        else:
+            try:
+                whole = full_read or len(backends) >= FULL_READ_AT
+                state = self.h.state(None if whole else backends)
+            except HAProxyError as e:
+                self._down(str(e))
+                return HAProxyOutcome(self.target, None, Plan(), error=str(e))
+        self._seen(state.info)
+        edited = _admin_changes(self._left, state)
+        p = plan(wanted, state)
+        self._log_notes(groups, p.notes)
+        if not p.commands:
+            self._settled(groups, wanted, state, ())
+            return HAProxyOutcome(self.target, state, p)
+        if not self.apply:
+            for c in p.commands:
+                log.info("would_apply", haproxy=self.target, command=c.text, reason=c.reason)
+            self._set_drift(groups, wanted, p.commands)
+            return HAProxyOutcome(self.target, state, p, drift_after=p.drift)
+        self._fresh = None
+        try:
+            results = self.h.run(p.commands)
+        except HAProxyError as e:
+            self._down(str(e))
+            return HAProxyOutcome(self.target, state, p, error=str(e))
+        self._report(results, groups, wanted, edited)
+        out = HAProxyOutcome(self.target, state, p, tuple(results))
+        return self._verify(groups, wanted, out)
+
+    def _read_ahead(self, backends: set[str]) -> None:
+        try:
+            self._fresh_at = time.monotonic()
+            self._fresh = self.h.state(sorted(backends))
+        except HAProxyError as e:
+            self._fresh = None
+            self._down(str(e))
+
+    def _report(self, results: Sequence[CommandResult], groups: dict[str, _Dirty],
+                wanted: Sequence[BackendTarget], edited: set[tuple[str, str]]) -> None:
+        """One line per change applied (latency from the hint its group answers), counters,
+        and a hand edit undone when a changed server is put back."""
+        applied_at = time.monotonic()
+        group_of = {t.backend: t.group for t in wanted}
+        ok = failed = 0
+        latency_ms = 0.0
+        for r in results:
+            c = r.command
+            if r.ok:
+                ok += 1
+                since = groups[group_of[c.backend]].since if c.backend in group_of else applied_at
+                latency_ms = (applied_at - since) * 1000
+                log.info("server_state_changed", haproxy=self.target, backend=c.backend,
+                         server=c.server, **{"from": c.before or None, "to": c.after},
+                         reason=c.reason, latency_ms=round(latency_ms, 2),
+                         **self.hooks.timeline())
+            else:
+                failed += 1
+                log.error("command_failed", haproxy=self.target, command=c.text,
+                          reply=r.output, reason=c.reason)
+        undone = [r.command for r in results
+                  if r.ok and (r.command.backend, r.command.server) in edited]
+        self.counters.add(commands_applied=ok, commands_failed=failed,
+                          passes_with_changes=1 if ok else 0,
+                          hand_edits_undone=1 if undone else 0)
+        if ok:
+            self.counters.last_event_to_applied_ms = latency_ms
+        if undone:
+            log.warning("drift_corrected", haproxy=self.target, commands=len(undone),
+                        servers=sorted(f"{c.backend}/{c.server}" for c in undone),
+                        detail="HAProxy was changed by someone else (hand edit?): undone")
+            self.hooks.emit("drift_corrected", {"haproxy": self.target,
+                                                "commands": len(undone)})
+        if failed:
+            self.counters.failing_since.setdefault(self.target, time.monotonic())
+
+    def _verify(self, groups: dict[str, _Dirty], wanted: Sequence[BackendTarget],
+                o: HAProxyOutcome) -> HAProxyOutcome:
+        """Read back and plan again; anything left is drift we could not fix."""
+        backends = [t.backend for t in wanted]
+        try:
+            state = self.h.state(None if len(backends) >= FULL_READ_AT else backends)
+        except HAProxyError as e:
+            for b in backends:  # unknown: the next sync cannot call it a hand edit
+                for key in [k for k in self._left if k[0] == b]:
+                    del self._left[key]
+            log.warning("verify_failed", haproxy=self.target, error=str(e))
+            self._set_drift(groups, wanted, None)
+            return dataclasses.replace(o, drift_after=None)
+        left = plan(wanted, state)
+        if left.drift:
+            log.warning("drift_remains", haproxy=self.target, commands=left.drift)
+        self._settled(groups, wanted, state, left.commands)
+        return dataclasses.replace(o, drift_after=left.drift)
+
+    def _settled(self, groups: dict[str, _Dirty], wanted: Sequence[BackendTarget],
+                 state: HAProxyState, left: Sequence[Command]) -> None:
+        """Remember what a sync left: admin states (hand-edit detection), the drift per
+        group (`left`: commands still needed), the write servers per group (metrics)."""
+        read = {t.backend for t in wanted}
+        self._left.update({k: v for k, v in _admin(state).items() if k[0] in read})
+        self._set_drift(groups, wanted, left)
+        for t in wanted:
+            if t.role == "write":
+                servers = state.backends.get(t.backend, {})
+                self.counters.write_servers[(self.target, t.group)] = ",".join(
+                    sorted(n for n, srv in servers.items() if srv.admin is AdminState.READY))
+
+    def _set_drift(self, groups: dict[str, _Dirty], wanted: Sequence[BackendTarget],
+                   left: Sequence[Command] | None) -> None:
+        group_of = {t.backend: t.group for t in wanted}
+        for g in groups:
+            self._drift[g] = None if left is None else 0
+        if left is not None:
+            for c in left:
+                owner = group_of.get(c.backend)
+                if owner is not None:
+                    self._drift[owner] = (self._drift.get(owner) or 0) + 1
+        values = list(self._drift.values())
+        total = None if None in values else sum(v or 0 for v in values)
+        self.counters.drift[self.target] = total
+        if total == 0:
+            self.counters.failing_since.pop(self.target, None)
+        else:
+            self.counters.failing_since.setdefault(self.target, time.monotonic())
+
+    # -- identity, reachability, lease ------------------------------------------------------
+    def _down(self, error: str) -> None:
+        if self.up:
+            log.error("haproxy_unreachable", haproxy=self.target, error=error)
+            self._backoff = MIN_BACKOFF_S
+        else:
+            self._backoff = min(self.poll_interval_s, self._backoff * 2)
+        self.up = False
+        self.counters.haproxy_up[self.target] = False
+        self._next_probe = time.monotonic() + self._backoff
+        self._left.clear()
+
+    def _seen(self, info: HAProxyInfo) -> bool:
+        """Record this HAProxy's identity; True when it is new (first sight, restart, reload,
+        back): what this worker left in it is forgotten (its state is no hand edit), its lease
+        map is looked up again, and after a restart or a return every group is synced."""
+        old, was_down = self._identity, not self.up
+        self.up = True
+        self._backoff = MIN_BACKOFF_S
+        self.counters.haproxy_up[self.target] = True
+        self._identity = info
+        if old is not None and (old.pid, old.start_time_s) != (info.pid, info.start_time_s):
+            log.warning("haproxy_restarted", haproxy=self.target, old_pid=old.pid,
+                        pid=info.pid)
+        elif was_down:
+            log.info("haproxy_reachable", haproxy=self.target, pid=info.pid)
+        elif old is not None:
+            return False
+        self._left.clear()
+        self._lease_file_known = False
+        with self._cond:
+            if self._lease_value is not None:
+                self._lease_due = True
+            if old is not None or was_down:
+                for g in self._wanted:
+                    self._mark(g, time.monotonic(), False)
+            self._cond.notify_all()
+        if old is not None or was_down:
+            self.hooks.haproxy_changed(self.target)
+        return True
+
+    def _push_lease(self, value_ms: str) -> None:
+        if not self._lease_file_known:
+            try:
+                found = [f for f in self.h.maps()
+                         if f == self.lease_map
+                         or f.rsplit("/", 1)[-1] == self.lease_map.rsplit("/", 1)[-1]]
+            except HAProxyError as e:
+                self._down(str(e))
+                return
+            self._lease_file = found[0] if found else None
+            self._lease_file_known = True
+            if not found and self.write_lease:
+                log.error("write_lease_map_missing", haproxy=self.target, map=self.lease_map,
+                          detail="this HAProxy does not check the write lease: new writes are "
+                          "not refused when the controller is gone (see the runbook)")
+        if self._lease_file is None:
+            return
+        try:
+            self.h.set_map(self._lease_file, "lease", value_ms)
+        except HAProxyError as e:
+            self._lease_file_known = False  # look it up again next time
+            if not e.refused:
+                self._down(str(e))
+            elif self._lease_refused != str(e):  # HAProxy answered: a failing command
+                self.counters.add(commands_failed=1)
+                self.counters.failing_since.setdefault(self.target, time.monotonic())
+                log.error("command_failed", haproxy=self.target, command=e.command,
+                          reply=str(e), reason="renew the write lease")
+            self._lease_refused = str(e) if e.refused else ""
+            return
+        self._lease_refused = ""
+
+    def _log_notes(self, groups: dict[str, _Dirty], notes: Sequence[Note]) -> None:
+        """Log a config problem (backend missing, master not in backend) when it appears and
+        when it is gone, not on every sync: a standing problem must not flood the log."""
+        for g in groups:
+            current = {n for n in notes if n.group == g}
+            before = self._notes.get(g, set())
+            for note in sorted(current - before, key=str):
+                log.error(note.event, group=note.group, backend=note.backend,
+                          detail=note.detail, haproxy=self.target)
+            for note in sorted(before - current, key=str):
+                log.info("resolved", problem=note.event, group=note.group,
+                         backend=note.backend, haproxy=self.target)
+            self._notes[g] = current
+            slots = self.counters.nodes_without_slot
+            for key in [k for k in list(slots) if k[:2] == (self.target, g)]:
+                del slots[key]
+            slots.update({(self.target, n.group, n.backend): n.count
+                          for n in current if n.count})
+
+
+def _admin(state: HAProxyState) -> dict[tuple[str, str], AdminState]:
+    return {(be, name): srv.admin for be, servers in state.backends.items()
+            for name, srv in servers.items()}
+
+
+def _admin_changes(
+    left: dict[tuple[str, str], AdminState], state: HAProxyState
+) -> set[tuple[str, str]]:
+    """Servers whose admin state differs from what this worker left them in (only servers it
+    knows: a new, restarted or returning HAProxy has none)."""
+    now = _admin(state)
+    return {k for k, v in now.items() if k in left and left[k] != v}
