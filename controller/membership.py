@@ -49,7 +49,7 @@ class Membership:
 
     def __init__(self, absent_grace_ms: int = 20_000) -> None:
         self.absent_grace_ms = absent_grace_ms
-        self._absent_since: dict[tuple[str, Address], float] = {}
+        self._absent_since: dict[str, dict[Address, float]] = {}  # group -> replica -> ms
         self._master: dict[str, Address] = {}
 
     def adjust(
@@ -91,11 +91,11 @@ class Membership:
         same_master = self._master.get(d.name, master) == master
         self._master[d.name] = master
         pending = before - readers - {master}
-        if pending or self._absent_since:
+        absent_since = self._absent_since.get(d.name, {})
+        if pending or absent_since:
             known = {r.addr for r in entries if not _fresh(r)}  # listed with something known
             for addr in sorted(pending - known):
-                key = (d.name, addr)
-                since = self._absent_since.setdefault(key, now_ms)
+                since = absent_since.setdefault(addr, now_ms)
                 if not same_master or now_ms - since > self.absent_grace_ms:
                     continue
                 if confirmed is not None and not confirmed(addr, master):
@@ -106,8 +106,12 @@ class Membership:
                            f"{self.absent_grace_ms / 1000:.0f} s"
                            + (", it says it replicates from the master" if confirmed else ""))
             absent = before - known
-            for key in [k for k in self._absent_since if k[0] == d.name and k[1] not in absent]:
-                del self._absent_since[key]
+            for addr in [a for a in absent_since if a not in absent]:
+                del absent_since[addr]
+            if absent_since:
+                self._absent_since[d.name] = absent_since
+            else:
+                self._absent_since.pop(d.name, None)
         nodes = {master} | everywhere | readers
         if d.fallback is not None:
             nodes.add(d.fallback)

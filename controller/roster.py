@@ -18,7 +18,6 @@ Must not talk to Sentinel or HAProxy; nothing here decides who is master.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -29,7 +28,7 @@ from controller.membership import Membership
 from controller.model import Address, Decision, SentinelView
 from controller.resolver import Resolver
 from controller.sentinel import Hint
-from controller.topology import addresses, canonical_views, identities
+from controller.topology import addresses_by_group, canonical_views, identities
 
 log = structlog.get_logger("controller")
 
@@ -71,34 +70,51 @@ class Roster:
 
     # -- before decide ------------------------------------------------------------------
     def normalize(self, views: Sequence[SentinelView]) -> list[SentinelView]:
-        addrs = addresses(views)
+        by_group = addresses_by_group(views)
+        addrs: set[Address] = set().union(*by_group.values())
         names = {a.host for a in addrs if a.ip is None}
         resolved = self.resolver.resolve_all(names) if names else {}
         ident, problems = identities(addrs, resolved)
-        for g in {g for v in views for g in v.masters}:
-            mine = addresses(_only(views, g))
-            self._named[g] = {a: i for a, i in ident.items()
-                              if a in mine and a.ip is None and a not in problems}
-            self._unroutable[g] = {a: why for a, why in problems.items() if a in mine}
-        self._log_changes({a: i for n in self._named.values() for a, i in n.items()},
-                          {a: why for p in self._unroutable.values() for a, why in p.items()})
+        if not (names or problems or self._ident or self._problems):
+            return canonical_views(views, ident)  # addresses only, now and before: no news
+        for g, mine in by_group.items():
+            named = {a: ident[a] for a in mine
+                     if a.ip is None and a in ident and a not in problems}
+            unroutable = {a: problems[a] for a in mine if a in problems}
+            self._log_changes(g, named, unroutable)
         return canonical_views(views, ident)
 
-    def _log_changes(self, named: dict[Address, Address], problems: dict[Address, str]) -> None:
+    def _log_changes(self, group: str, named: dict[Address, Address],
+                     problems: dict[Address, str]) -> None:
+        """Record what one group's read says about its named nodes, logging what changed
+        (the unions `_ident`/`_problems` are kept up to date here, never rebuilt: a pass may
+        read one group of a thousand)."""
+        old_named = self._named.get(group, {})
+        old_problems = self._unroutable.get(group, {})
+        self._named[group], self._unroutable[group] = named, problems
         for a, i in sorted(named.items()):
             old = self._ident.get(a)
             if old != i:
                 log.info("node_address", node=str(a), address=str(i),
                          **({"previous": str(old)} if old is not None else {}))
+                self._ident[a] = i
         for a, why in sorted(problems.items()):
             if self._problems.get(a) != why:
                 log.warning("node_unroutable", node=str(a), reason=why,
                             action="kept out of HAProxy until it resolves to one usable address")
-        for a in sorted(set(self._problems) - set(problems)):
-            if a not in named:
+                self._problems[a] = why
+        for a in sorted(set(old_named) - set(named)):
+            if not self._named_elsewhere(a):
+                self._ident.pop(a, None)
+        for a in sorted(set(old_problems) - set(problems)):
+            if a not in named and not self._named_elsewhere(a):
                 log.info("node_gone", node=str(a), detail="no Sentinel names it any more")
-        self._ident = named
-        self._problems = problems
+            self._problems.pop(a, None)
+
+    def _named_elsewhere(self, a: Address) -> bool:
+        """Another group still names `a` (rare: checked only when a group stops naming it)."""
+        return any(a in n or a in p for n, p in zip(self._named.values(),
+                                                    self._unroutable.values(), strict=True))
 
     # -- after decide ---------------------------------------------------------------------
     def adjust(
@@ -171,9 +187,3 @@ class Roster:
         ident, problems = identities(set(self._ident) | set(self._problems), resolved)
         now = {a: i for a, i in ident.items() if a.ip is None and a not in problems}
         return now != self._ident or set(problems) != set(self._problems)
-
-
-def _only(views: Sequence[SentinelView], group: str) -> list[SentinelView]:
-    """The views cut down to one group."""
-    return [dataclasses.replace(v, masters={group: v.masters[group]})
-            for v in views if group in v.masters]

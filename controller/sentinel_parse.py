@@ -29,7 +29,7 @@ def _fields(raw: Any, what: str) -> dict[str, str]:
     if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
         if len(raw) % 2:
             raise SentinelReplyError(f"{what}: odd number of items in field list ({len(raw)})")
-        if all(type(x) is str for x in raw):  # text already (the reader decodes): fast
+        if set(map(type, raw)) <= {str}:  # text already (the reader decodes): the fast case
             return dict(zip(raw[::2], raw[1::2], strict=True))
         it = iter(raw)
         return {_scalar(k): _scalar(v) for k, v in zip(it, it, strict=True)}

@@ -29,14 +29,20 @@ from controller.resolver import Resolution
 
 def addresses(views: Iterable[SentinelView]) -> set[Address]:
     """Every node address the views mention."""
-    out: set[Address] = set()
+    return set().union(*addresses_by_group(views).values())
+
+
+def addresses_by_group(views: Iterable[SentinelView]) -> dict[str, set[Address]]:
+    """Every node address the views mention, per group."""
+    out: dict[str, set[Address]] = {}
     for v in views:
-        for m in v.masters.values():
-            out |= {m.addr, m.master_entry_addr}
+        for g, m in v.masters.items():
+            mine = out.setdefault(g, set())
+            mine |= {m.addr, m.master_entry_addr}
             for r in m.replicas:
-                out.add(r.addr)
+                mine.add(r.addr)
                 if r.master_addr is not None:
-                    out.add(r.master_addr)
+                    mine.add(r.master_addr)
     return out
 
 
