@@ -214,7 +214,9 @@ class Controller:
         """Before the first pass: learn the Sentinels' IDs and groups and find the Sentinels
         not configured, so that the first verdict already counts every Sentinel."""
         self.reader.head(self._skip(), patient=True)
-        self.reader.read(self.reader.master_names, self._skip(), discover=True)
+        names = self.reader.master_names
+        for i in range(0, len(names), FULL_CHUNK):  # in chunks: a big fleet's replies at once
+            self.reader.read(names[i:i + FULL_CHUNK], self._skip(), discover=True)  # peak RSS
         self.discover()
 
     def discover(self) -> None:
