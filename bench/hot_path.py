@@ -18,8 +18,17 @@ Scenarios (`--scenario`, repeatable; default all):
   Latency = the daemon's own `latency_ms` of the `server_state_changed` that made the new
   master ready (hint received -> HAProxy acknowledged), and `publish -> applied` = that log
   line's time minus the first `+switch-master` publish (both wall clock, same machine).
+  Broken down (`breakdown`) into the Sentinel round of the targeted pass that decided the
+  failover (its `sentinels_ms`, found after the group's `master_changed` line) and the rest
+  (hint -> pass start, decide, hand-over to the HAProxy worker, HAProxy read and `set
+  server`), for all failovers and for the slowest tenth. Then (`--probes`, not during the
+  measured failovers) the bench times the replay servers itself: the daemon's targeted read
+  (`SENTINEL MASTER g`, `GET-MASTER-ADDR-BY-NAME g`, `REPLICAS g`, pipelined, all three
+  servers at once) when quiet and right after a failover is published.
+  `--publishers 1` publishes each `+switch-master` from one replay server only (the others'
+  events usually land inside the first pass and start a second one).
 - `burst`: N = `--burst-groups` (1000), 100 of them fail over 10 ms apart (one second); each
-  group's own event -> its new master ready.
+  group's own event -> its new master ready (broken down as above).
 - `slow`: as `latency` with one of the three Sentinels answering its command connection
   500 ms late (`--slow-s`); N = 1 and 1000.
 - `hung`: N = 100, two HAProxy; the first is SIGSTOPped, then `--hung-failovers` failovers:
@@ -36,8 +45,10 @@ import argparse
 import json
 import os
 import random
+import select
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -56,7 +67,7 @@ from lab.wait import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
-from replay_sentinel import HOSTS, ReplayProcess, failover, start_replay
+from replay_sentinel import HOSTS, ReplayProcess, failover, resp_end, start_replay
 
 CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
@@ -112,6 +123,143 @@ def ts(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(line["ts"]).replace("Z", "+00:00")).timestamp()
 
 
+def pass_of(lines: Sequence[dict[str, Any]], group: int, mark: int) -> dict[str, Any] | None:
+    """The targeted pass that decided group I's failover: its `master_changed` line (the
+    first for the group from log line `mark` on, from a `+switch-master`) is followed, in the
+    loop thread's order, by that pass's `pass` line (the worker's lines may come between)."""
+    k = mark
+    for k in range(mark, len(lines)):
+        line = lines[k]
+        if line.get("event") == "master_changed" and line.get("group") == f"g{group}":
+            if line.get("trigger") != "+switch-master":
+                return None  # decided by a full-pass chunk that read the group first
+            break
+    else:
+        return None
+    for line in lines[k + 1:]:
+        if line.get("event") == "pass":
+            return line
+    return None
+
+
+def breakdown(rig: Rig, failovers: Sequence[tuple[int, int, float]], label: str
+              ) -> list[dict[str, Any]]:
+    """Rows splitting each failover's `latency_ms` (group, log mark, latency) into the pass's
+    Sentinel round (its `sentinels_ms`) and the rest (hint -> pass start, decide, hand-over to
+    the worker, HAProxy read and `set server`), overall and for the slowest tenth."""
+    deadline = time.monotonic() + 5.0
+    found: list[tuple[float, float]] = []
+    while True:
+        rig.tail.poll()
+        found = [(lat, float(p["sentinels_ms"])) for i, mark, lat in failovers
+                 if (p := pass_of(rig.tail.lines, i, mark)) is not None
+                 and "sentinels_ms" in p]
+        if len(found) == len(failovers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not found:
+        return [{"what": f"{label}: no pass line with sentinels_ms", "n": 0}]
+    rows = [stats(f"{label}:   Sentinel round (pass sentinels_ms)", [s for _, s in found]),
+            stats(f"{label}:   rest (hint -> applied - round)", [lat - s for lat, s in found])]
+    cut = pct([lat for lat, _ in found], 90)
+    tail = [(lat, s) for lat, s in found if lat >= cut]
+    rows += [stats(f"{label}:   slowest 10%: hint -> applied", [lat for lat, _ in tail]),
+             stats(f"{label}:   slowest 10%: Sentinel round", [s for _, s in tail]),
+             stats(f"{label}:   slowest 10%: rest", [lat - s for lat, s in tail])]
+    if len(found) < len(failovers):
+        rows[0]["unmatched"] = len(failovers) - len(found)
+    return rows
+
+
+# The daemon's targeted read of one group, as it pipelines it to each Sentinel.
+def targeted_read(group: int) -> bytes:
+    out = b""
+    for cmd in (("SENTINEL", "MASTER"), ("SENTINEL", "GET-MASTER-ADDR-BY-NAME"),
+                ("SENTINEL", "REPLICAS")):
+        parts = [*(c.encode() for c in cmd), f"g{group}".encode()]
+        out += b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x)
+                                                    for x in parts)
+    return out
+
+
+class Prober:
+    """A client of its own on each replay server, timing the daemon's targeted read (three
+    commands pipelined, all servers at once under one select, as the daemon asks): ms until
+    each server's three replies are in, and until the second (a majority) is."""
+
+    def __init__(self, servers: Sequence[ReplayProcess]) -> None:
+        self.socks = []
+        for s in servers:
+            sock = socket.create_connection((s.host, s.port), timeout=5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            self.socks.append(sock)
+
+    def read(self, group: int) -> tuple[list[float], float]:
+        req = targeted_read(group)
+        bufs = [b""] * len(self.socks)
+        done: list[float | None] = [None] * len(self.socks)
+        t0 = time.perf_counter()
+        for sock in self.socks:
+            sock.send(req)
+        deadline = t0 + 5.0
+        while any(d is None for d in done):
+            waiting = [s for s, d in zip(self.socks, done, strict=True) if d is None]
+            ready, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                raise RuntimeError("replay server: no answer to the targeted read in 5 s")
+            now = time.perf_counter()
+            for sock in ready:
+                k = self.socks.index(sock)
+                bufs[k] += sock.recv(65536)
+                pos = 0
+                for _ in range(3):
+                    pos = resp_end(bufs[k], pos)
+                    if pos < 0:
+                        break
+                if pos == len(bufs[k]):
+                    done[k] = (now - t0) * 1000
+        each = [float(d) for d in done if d is not None]
+        return each, sorted(each)[1]
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def probe_replay(rig: Rig, count: int, label: str) -> list[dict[str, Any]]:
+    """How fast the replay servers answer the daemon's targeted read: quiet (nothing for
+    20-80 ms), and right after a failover (fired as soon as the three `+switch-master` are
+    published, so alongside the daemon's own read of the group). Not during the measured
+    failovers: this third client is extra load."""
+    rng = random.Random(5)
+    prober = Prober(rig.servers)
+    quiet_each: list[float] = []
+    quiet_major: list[float] = []
+    hot_each: list[float] = []
+    hot_major: list[float] = []
+    try:
+        for _ in range(count):
+            time.sleep(rng.uniform(0.02, 0.08))
+            each, major = prober.read(rng.randrange(rig.n))
+            quiet_each += each
+            quiet_major.append(major)
+            time.sleep(rng.uniform(0.02, 0.08))
+            i = rng.randrange(rig.n)
+            texts = [s.failover(i) for s in rig.servers]
+            for s, text in list(zip(rig.servers, texts, strict=True))[:rig.publishers]:
+                s.publish("+switch-master", text)
+            each, major = prober.read(i)
+            hot_each += each
+            hot_major.append(major)
+    finally:
+        prober.close()
+    return [stats(f"{label}: replay read, quiet: each server", quiet_each),
+            stats(f"{label}: replay read, quiet: 2nd of 3 (majority)", quiet_major),
+            stats(f"{label}: replay read, after failover: each server", hot_each),
+            stats(f"{label}: replay read, after failover: 2nd of 3", hot_major)]
+
+
 def lease_frontend(workdir: Path) -> str:
     """A frontend that makes HAProxy load lease.map (as haproxy/haproxy.cfg does)."""
     lease_map = workdir / "lease.map"
@@ -127,8 +275,9 @@ class Rig:
 
     def __init__(self, n: int, haproxies: int = 1,
                  delays: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                 resync_s: float | None = None) -> None:
+                 resync_s: float | None = None, publishers: int = 3) -> None:
         self.n = n
+        self.publishers = publishers  # replay servers that publish each `+switch-master`
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-hot-"))
         self.procs: list[ManagedProcess] = []
         self.clients: list[HAProxyClient] = []
@@ -217,33 +366,40 @@ class Rig:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def one_by_one(rig: Rig, count: int, target: str) -> tuple[list[float], list[float]]:
-    """`count` failovers, one at a time; (daemon latency_ms, publish -> applied ms)."""
+def one_by_one(rig: Rig, count: int, target: str
+               ) -> tuple[list[float], list[float], list[tuple[int, int, float]]]:
+    """`count` failovers, one at a time; (daemon latency_ms, publish -> applied ms, and per
+    failover its group, log mark and latency for `breakdown`)."""
     own: list[float] = []
     ext: list[float] = []
+    marks: list[tuple[int, int, float]] = []
     rng = random.Random(12)
     for _ in range(count):
         i = rng.randrange(rig.n)
         rig.tail.poll()
         mark = len(rig.tail.lines)
-        t_pub, new = failover(rig.servers, i)
+        t_pub, new = failover(rig.servers, i, rig.publishers)
         line = rig.applied(i, new, target, t_pub, mark=mark)
         own.append(float(line["latency_ms"]))
         ext.append((ts(line) - t_pub) * 1000)
+        marks.append((i, mark, own[-1]))
         time.sleep(rng.uniform(0.02, 0.08))  # spread the events over the resync period
-    return own, ext
+    return own, ext, marks
 
 
 def scenario_latency(args: argparse.Namespace, delays: tuple[float, float, float],
                      label: str, sizes: Sequence[int]) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
-        rig = Rig(n, delays=delays)
+        rig = Rig(n, delays=delays, publishers=args.publishers)
         try:
             time.sleep(1.0)  # let the start settle (first full passes)
-            own, ext = one_by_one(rig, args.failovers, rig.clients[0].target)
+            own, ext, marks = one_by_one(rig, args.failovers, rig.clients[0].target)
             out.append(stats(f"{label} N={n}: hint -> applied (daemon)", own))
+            out += breakdown(rig, marks, f"{label} N={n}")
             out.append(stats(f"{label} N={n}: publish -> applied", ext))
+            if args.probes and not any(delays):  # a late server would hold every probe
+                out += probe_replay(rig, args.probes, f"{label} N={n}")
             out[-1]["problems"] = rig.problems()
         finally:
             rig.stop()
@@ -252,7 +408,7 @@ def scenario_latency(args: argparse.Namespace, delays: tuple[float, float, float
 
 def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
     n = args.burst_groups
-    rig = Rig(n)
+    rig = Rig(n, publishers=args.publishers)
     try:
         time.sleep(1.0)
         groups = random.Random(7).sample(range(n), 100)
@@ -262,16 +418,20 @@ def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
         t0 = time.monotonic()
         for k, i in enumerate(groups):
             time.sleep(max(0.0, t0 + k * 0.01 - time.monotonic()))  # 10 ms apart
-            t_pub, new = failover(rig.servers, i)
+            t_pub, new = failover(rig.servers, i, rig.publishers)
             published.append((i, t_pub, new))
         own, ext = [], []
+        marks: list[tuple[int, int, float]] = []
         target = rig.clients[0].target
         for i, t_pub, new in published:
             line = rig.applied(i, new, target, t_pub, mark=mark)
             own.append(float(line["latency_ms"]))
             ext.append((ts(line) - t_pub) * 1000)
-        rows = [stats(f"burst N={n}, 100 fail over in 1 s: hint -> applied (daemon)", own),
-                stats(f"burst N={n}, 100 fail over in 1 s: publish -> applied", ext)]
+            marks.append((i, mark, own[-1]))
+        label = f"burst N={n}, 100 fail over in 1 s"
+        rows = [stats(f"{label}: hint -> applied (daemon)", own),
+                *breakdown(rig, marks, label),
+                stats(f"{label}: publish -> applied", ext)]
         rows[-1]["over_50ms"] = sum(1 for x in ext if x > 50)
         rows[-1]["problems"] = rig.problems()
         return rows
@@ -287,7 +447,7 @@ def scenario_hung(args: argparse.Namespace) -> list[dict[str, Any]]:
         hung, healthy = rig.procs[0], rig.clients[1]
         hung.send_signal(signal.SIGSTOP)
         time.sleep(3.0)  # the daemon's exchanges with it time out meanwhile
-        own, ext = one_by_one(rig, args.hung_failovers, healthy.target)
+        own, ext, _ = one_by_one(rig, args.hung_failovers, healthy.target)
         time.sleep(0.5)
         t_cont = time.monotonic()
         hung.send_signal(signal.SIGCONT)
@@ -334,6 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slow-s", type=float, default=0.5)
     p.add_argument("--hung-failovers", type=int, default=20)
     p.add_argument("--idle-s", type=float, default=30.0)
+    p.add_argument("--publishers", type=int, default=3, choices=[1, 2, 3],
+                   help="replay servers publishing each +switch-master (latency, burst)")
+    p.add_argument("--probes", type=int, default=100,
+                   help="replay-server reads timed from the bench after `latency` (0: none)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     # The replay servers are threads of this process: without this, a reply waits up to 5 ms
@@ -358,16 +522,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'':<66}{'n':>5}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms, idle: %)")
+    print(f"{'':<72}{'n':>5}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms, idle: %)")
     for r in rows:
         cells = "".join(f"{r[k]:>9}" if k in r else f"{'':>9}" for k in ("p50", "p90", "p99",
                                                                          "max"))
-        print(f"{r['what']:<66}{r['n']:>5}{cells}")
+        print(f"{r['what']:<72}{r['n']:>5}{cells}")
     for r in rows:
         if r.get("problems"):
             print(f"{r['what']}: daemon problems: {r['problems'][:3]}")
         if "over_50ms" in r:
             print(f"{r['what']}: {r['over_50ms']} of 100 groups over 50 ms")
+        if r.get("unmatched"):
+            print(f"{r['what']}: {r['unmatched']} failovers without their pass line")
     return 0
 
 

@@ -152,6 +152,7 @@ class _FullPass:
     undecided: int = 0
     members: int = 0
     down_after_ms: list[int] = field(default_factory=list)
+    sentinels_s: float = 0.0  # waited for Sentinel rounds (head and chunks)
 
 
 class Controller:
@@ -208,6 +209,7 @@ class Controller:
         self._early: dict[int, _Early] = {}
         self._deferred: list[tuple[str, dict[str, object]]] = []  # see _flush_logs
         self._asked: dict[str, float] = {}  # group -> when the Sentinels were last asked
+        self._round_s = 0.0  # the last Sentinel round: asked -> answers decidable (or all in)
 
     # -- reading and deciding ------------------------------------------------------------
     def prime(self) -> None:
@@ -272,6 +274,7 @@ class Controller:
                                     views=tuple(views)))
         asked = time.monotonic()
         views = self.reader.read(groups, skip, prefill, enough, on_late, discover)
+        self._round_s = time.monotonic() - asked
         for g in groups:
             self._asked[g] = asked
         self._note_sentinels(views)
@@ -323,11 +326,14 @@ class Controller:
         """One whole pass now, in this thread (the command line, tests): every Sentinel
         waited for, every HAProxy synced inline. `groups` None: a full pass."""
         start = time.monotonic()
+        waited = 0.0  # for the Sentinels
         if groups is None:
             head = self.reader.head(self._skip(), patient=True)
+            waited = time.monotonic() - start
             self._note_sentinels(head)
             groups = self.reader.master_names
         views, decisions = self._read_decide(list(groups), None, early=False)
+        waited += self._round_s
         usable = [m for v in views if v.usable for m in v.masters.values()]
         self._set_members(max((m.other_sentinels + 1 for m in usable), default=0),
                           [m.down_after_ms for m in usable if m.down_after_ms > 0])
@@ -341,7 +347,7 @@ class Controller:
                             (time.monotonic() - start) * 1000)
         self._log_pass(trigger, "full" if len(groups) == len(self.reader.master_names)
                        else "groups", len(decisions), result.duration_ms, views,
-                       sum(1 for d in decisions if d.master is None))
+                       sum(1 for d in decisions if d.master is None), waited * 1000)
         return result
 
     def _targeted(self, batch: Batch) -> None:
@@ -351,18 +357,21 @@ class Controller:
         for w in self.workers:
             w.prefetch(groups)
         views, decisions = self._read_decide(groups, batch.carry or None, early=True)
+        waited = self._round_s
         self._hand_over(decisions, batch.trigger, batch.groups, urgent=True)
         self.counters.passes += 1
         self._log_pass(batch.trigger, "groups", len(groups), (time.monotonic() - start) * 1000,
-                       views, sum(1 for d in decisions if d.master is None))
+                       views, sum(1 for d in decisions if d.master is None), waited * 1000)
 
     def _start_full(self, trigger: str, since: float) -> _FullPass:
         def on_late(views: list[SentinelView]) -> None:  # called in this thread, by the reader
             self._note_sentinels(views)  # TILT or trouble, logged when known
             p.head = views
+        started = time.monotonic()
         head = self.reader.head(self._skip(), on_late=on_late)
         self._note_sentinels(head)
-        p = _FullPass(trigger, since, time.monotonic(), self.reader.master_names, head)
+        p = _FullPass(trigger, since, started, self.reader.master_names, head,
+                      sentinels_s=time.monotonic() - started)
         return p
 
     def _full_step(self, p: _FullPass) -> bool:
@@ -375,6 +384,7 @@ class Controller:
             chunks = -(-len(p.groups) // FULL_CHUNK)
             discover = p.done // FULL_CHUNK == self.counters.passes % chunks
             views, decisions = self._read_decide(chunk, None, early=True, discover=discover)
+            p.sentinels_s += self._round_s
             self._hand_over(decisions, p.trigger, p.since, urgent=False)
             p.done += len(chunk)
             p.undecided += sum(1 for d in decisions if d.master is None)
@@ -390,7 +400,7 @@ class Controller:
         self._set_members(p.members, p.down_after_ms)
         self.counters.passes += 1
         self._log_pass(p.trigger, "full", len(p.groups), (time.monotonic() - p.started) * 1000,
-                       p.head, p.undecided)
+                       p.head, p.undecided, p.sentinels_s * 1000)
         self.discover()
         return True
 
@@ -765,13 +775,16 @@ class Controller:
                 del self.counters.undecided_since[group]
 
     def _log_pass(self, trigger: str, scope: str, groups: int, duration_ms: float,
-                  views: Sequence[SentinelView], undecided: int) -> None:
-        """One summary line per pass (the HAProxy side logs its own changes)."""
+                  views: Sequence[SentinelView], undecided: int, sentinels_ms: float) -> None:
+        """One summary line per pass (the HAProxy side logs its own changes);
+        `sentinels_ms`: of `duration_ms`, the time waited for the Sentinels (from asking to
+        answers that settle the groups, or all of them), so a slow pass shows its side."""
         fields = dict(
             trigger=trigger,
             scope=scope,
             groups=groups,
             duration_ms=round(duration_ms, 2),
+            sentinels_ms=round(sentinels_ms, 2),
             sentinels_ok=sum(1 for v in views if v.usable),
             sentinels=len(views),
             pending=sum(1 for v in views if v.problem == "pending"),

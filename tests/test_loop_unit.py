@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pytest
 from captured import GROUP, A, B, node, views, with_master
 from fakes import FakeHAProxy, FakeSentinels
+from structlog.testing import capture_logs
 
 from controller.decide import decide
 from controller.haproxy import CommandResult, HAProxyError
@@ -341,6 +342,26 @@ def test_targeted_pass_reads_only_its_group_from_sentinels_and_haproxy(
     assert haproxy.reads[0] == [W, R]
     assert admin(haproxy)[W] == {"redis1a": "maint", "redis1b": "ready"}
     assert out.drift_after == 0
+
+
+def test_pass_line_says_how_long_the_sentinels_took(
+    controller: Controller, sentinels: FakeSentinels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sentinels_ms` on the pass line: the part of `duration_ms` spent waiting for the
+    Sentinel round, so an operator sees which side made a slow pass slow."""
+    controller.reconcile("start")
+    read = sentinels.read
+
+    def slow_read(*args: object, **kwargs: object) -> list[SentinelView]:
+        time.sleep(0.03)
+        return read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sentinels, "read", slow_read)
+    sentinels.show("switched")
+    with capture_logs() as logs:
+        controller._targeted(Batch({GROUP: time.monotonic()}, "+switch-master", {}))
+    (line,) = [e for e in logs if e["event"] == "pass"]
+    assert 30 <= line["sentinels_ms"] <= line["duration_ms"]
 
 
 def test_pass_goes_on_without_a_slow_sentinel_and_a_late_answer_that_matters_passes_again(
