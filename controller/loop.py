@@ -516,8 +516,21 @@ class Controller:
             # The Sentinels were asked about the group after this hint arrived: that read saw
             # what the event says (the same event from each Sentinel is one pass, not three).
             return
+        elif self._followed(h, group):
+            return
         else:
             work.group(group, trigger, h.received)
+
+    def _followed(self, h: Hint, group: str) -> bool:
+        """A `+switch-master` to the master whose writes HAProxy already gets: another
+        Sentinel's copy of an event a pass has answered. Another pass would find nothing new
+        and only compete with the HAProxy worker applying the first one's commands."""
+        ev = h.event
+        d = self._decisions.get(group)
+        if ev is None or ev.channel != "+switch-master" or d is None or d.fenced:
+            return False
+        words = ev.text.split()  # <name> <old-ip> <old-port> <new-ip> <new-port> (parsed)
+        return (words[3], words[4]) == (d.master.host, str(d.master.port)) if d.master else False
 
     def _classify(self, h: Hint) -> tuple[str, str | None] | None:
         """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)

@@ -136,12 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    # SIGTERM stops a demo or a drill as Ctrl-C does: the stacks it started are stopped (a
+    # drill killed with SIGTERM used to leave its Redis, Sentinels, HAProxy and daemon running).
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        code: int = args.func(args)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     return code
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled where Ctrl-C is."""
 
 
 def _on_term(signum: int, _frame: FrameType | None) -> None:
@@ -161,7 +167,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     temp = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sentinel-haproxy-demo-"))
-    old_term = signal.signal(signal.SIGTERM, _on_term)
     # Ctrl-C must stop the demo even when started from a shell that ignores SIGINT.
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_FAILED
@@ -177,11 +182,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"sentinel-haproxy demo: failed: {e}", file=sys.stderr)
         print(f"logs kept in {workdir}", file=sys.stderr)
         code = EXIT_FAILED
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_Terminated)
         say("\ninterrupted: everything stopped")
         code = EXIT_OK if args.keep else 130
     finally:
-        signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
     if code == EXIT_OK and temp:
         shutil.rmtree(workdir, ignore_errors=True)

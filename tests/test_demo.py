@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from itest_support import procs_under
 
 from lab.localstack import Layout
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +122,33 @@ def test_demo_runs_from_the_generated_config(tmp_path: Path) -> None:
     line = next(ln for ln in out.splitlines() if ln.startswith("processes:"))
     assert [p for p in (int(x) for x in line.split(":", 1)[1].split()) if alive(p)] == []
     assert procs_under(tmp_path) == []
+
+
+def test_a_sigtermed_drill_stops_every_process_it_started() -> None:
+    """`drill --compare` stopped with SIGTERM while its stack runs (as a CI job's timeout or
+    `kill` does) stops the Redis nodes, Sentinels, HAProxy and controller it started, like
+    Ctrl-C; before, they were left running."""
+    # A short path: HAProxy's admin socket path must fit a Unix socket address (108 bytes).
+    workdir = Path(tempfile.mkdtemp(prefix="drill-term-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "drill", "--compare", "--yes", "--setup",
+         "controller", "--repeat", "1", "--scenario", "kill", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        log = workdir / "controller" / "controller.log"  # the daemon starts last
+        wait_until(lambda: log.exists() or proc.poll() is not None, 60,
+                   "the drill's stack started")
+        assert proc.poll() is None, proc.communicate()[0]
+        started = procs_under(workdir)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, out
+    assert "interrupted: every stack stopped" in out
+    wait_until(lambda: not [p for p in started if alive(p)], 15, "the stack's processes gone")
+    assert procs_under(workdir) == []
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ exactly the code the daemon runs, from observe to verify.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -508,6 +509,28 @@ def test_hint_already_answered_by_a_later_read_is_not_passed_again(
     assert not work.has_groups
     later = hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", time.monotonic())
     controller._take(later, work)
+    assert work.has_groups
+
+
+def test_a_switch_to_the_master_already_followed_needs_no_pass(
+    controller: Controller,
+) -> None:
+    """Another Sentinel's `+switch-master` to the master HAProxy already routes writes to
+    (received after the pass asked) warrants no pass; one to another node, or while the
+    group is fenced, does."""
+    controller.reconcile("start")
+    master = controller._decisions[GROUP].master
+    assert master is not None
+    work = Pending()
+    same = f"{GROUP} 127.0.0.9 1 {master.host} {master.port}"
+    controller._take(hint("+switch-master", same, time.monotonic()), work)
+    assert not work.has_groups
+    controller._take(hint("+switch-master", f"{GROUP} {master.host} {master.port} 127.0.0.9 1",
+                          time.monotonic()), work)
+    assert work.has_groups
+    work = Pending()
+    controller._decisions[GROUP] = dataclasses.replace(controller._decisions[GROUP], fenced=True)
+    controller._take(hint("+switch-master", same, time.monotonic()), work)
     assert work.has_groups
 
 
