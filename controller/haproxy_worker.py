@@ -132,6 +132,7 @@ class HAProxyWorker:
         self._thread: threading.Thread | None = None
         self._fresh: HAProxyState | None = None  # read ahead; used once, dropped on apply
         self._fresh_at = 0.0
+        self._urgent_sync = False  # a sync of hinted groups is running (guarded by _cond)
 
     # -- the loop's side -----------------------------------------------------------------
     def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
@@ -166,6 +167,13 @@ class HAProxyWorker:
             self._cond.notify_all()
         if self._thread is None:
             self._push_lease(value_ms)
+
+    def urgent_pending(self) -> bool:
+        """Hinted groups wait for this worker or are being synced by it (a worker whose
+        HAProxy is down has nothing running)."""
+        with self._cond:
+            return self.up and (self._urgent_sync
+                                or any(d.urgent for d in self._dirty.values()))
 
     def pending(self) -> int:
         """Groups waiting to be synced."""
@@ -227,6 +235,7 @@ class HAProxyWorker:
             if self._stop:
                 return False
             batch = self._take() if self.up else {}
+            self._urgent_sync = any(d.urgent for d in batch.values())
             lease = self._lease_value if self._lease_due and self.up else None
             self._lease_due = self._lease_due and lease is None
             ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
@@ -240,8 +249,9 @@ class HAProxyWorker:
             return True
         if batch:
             out = self.sync(batch)
-            if out.error:
-                with self._cond:
+            with self._cond:
+                self._urgent_sync = False
+                if out.error:
                     for g, d in batch.items():
                         self._mark(g, d.since, d.urgent)
         if lease is not None and self.up:

@@ -56,6 +56,10 @@ log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
+# After a targeted pass the full pass in progress waits (at most HOLD_FULL_S, looking every
+# HOLD_POLL_S) until the HAProxy workers have applied its commands.
+HOLD_FULL_S = 0.02
+HOLD_POLL_S = 0.0002
 FULL_CHUNK = 8  # groups per step of a full pass: a failover waits for one chunk at most
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
 LATE_POLL_S = 0.001  # while Sentinel answers are awaited, take them in this often
@@ -404,6 +408,15 @@ class Controller:
         self.discover()
         return True
 
+    def _hold_full(self, until: float) -> bool:
+        """Whether the next chunk of a full pass waits: the commands of a targeted pass are
+        being applied, and a chunk would compete with them for the GIL. Bounded by `until`
+        (a hung HAProxy must not hold the loop)."""
+        if time.monotonic() >= until or not any(w.urgent_pending() for w in self.workers):
+            return False
+        time.sleep(HOLD_POLL_S)
+        return True
+
     def _set_members(self, members: int, down_after_ms: list[int]) -> None:
         if members:
             self._members = members
@@ -446,6 +459,7 @@ class Controller:
         next_resync = float("inf")  # set when the first full pass is over
         next_role = 0.0
         next_lease = 0.0
+        hold_full_until = 0.0
         while not stop.is_set():
             try:
                 now = time.monotonic()
@@ -486,6 +500,9 @@ class Controller:
                 batch = work.take_groups(TARGETED_MAX)
                 if batch is not None:
                     self._targeted(batch)
+                    hold_full_until = time.monotonic() + HOLD_FULL_S
+                elif full is not None and self._hold_full(hold_full_until):
+                    pass
                 elif full is not None:
                     if self._full_step(full):
                         full = None

@@ -550,3 +550,24 @@ def test_while_a_promotion_is_watched_a_pass_waits_for_the_leader(
     controller.promotions.clear()
     views_, _ = controller._read_decide([GROUP], None, early=True)
     assert [v.problem for v in views_] == ["", "", "pending"]
+
+
+def test_a_full_pass_waits_for_a_targeted_pass_commands_but_not_for_long(
+    controller: Controller, sentinels: FakeSentinels
+) -> None:
+    """After a targeted pass the next chunk of a full pass waits while a worker still has the
+    hinted group to apply (they would share the GIL), never past its bound, and not for a
+    worker whose HAProxy is down."""
+    controller.reconcile("start")
+    sentinels.show("switched")
+    controller._targeted(Batch({GROUP: time.monotonic()}, "+switch-master", {}))
+    worker = controller.workers[0]  # no thread here: the group stays pending
+    assert worker.urgent_pending()
+    assert controller._hold_full(time.monotonic() + 10)
+    assert not controller._hold_full(time.monotonic() - 1)  # the bound
+    worker.up = False
+    assert not controller._hold_full(time.monotonic() + 10)
+    worker.up = True
+    worker.drain()
+    assert not worker.urgent_pending()
+    assert not controller._hold_full(time.monotonic() + 10)
