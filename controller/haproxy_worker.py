@@ -168,6 +168,11 @@ class HAProxyWorker:
         if self._thread is None:
             self._push_lease(value_ms)
 
+    @property
+    def threaded(self) -> bool:
+        """Runs in its own thread (the daemon), not inline (the command line, tests)."""
+        return self._thread is not None
+
     def urgent_pending(self) -> bool:
         """Hinted groups wait for this worker or are being synced by it (a worker whose
         HAProxy is down has nothing running)."""

@@ -59,6 +59,7 @@ TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few pa
 # After a targeted pass the full pass in progress waits (at most HOLD_FULL_S, looking every
 # HOLD_POLL_S) until the HAProxy workers have applied its commands.
 HOLD_FULL_S = 0.02
+HOLD_LOGS_S = 0.005  # the same for the targeted pass's own log lines, shorter
 HOLD_POLL_S = 0.0002
 FULL_CHUNK = 8  # groups per step of a full pass: a failover waits for one chunk at most
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
@@ -319,8 +320,10 @@ class Controller:
         sinces = since if isinstance(since, Mapping) else dict.fromkeys(by_group, since)
         for w in self.workers:
             w.want(by_group, sinces, urgent)
-        if urgent:
-            time.sleep(0)  # let the workers have the GIL now: logging can wait, HAProxy cannot
+        if urgent:  # the workers have the GIL now: logging can wait, HAProxy cannot
+            deadline = time.monotonic() + HOLD_LOGS_S
+            while self._applying() and time.monotonic() < deadline:
+                time.sleep(HOLD_POLL_S)
         self._flush_logs()
         self._note_decisions(decisions, trigger)
 
@@ -412,10 +415,14 @@ class Controller:
         """Whether the next chunk of a full pass waits: the commands of a targeted pass are
         being applied, and a chunk would compete with them for the GIL. Bounded by `until`
         (a hung HAProxy must not hold the loop)."""
-        if time.monotonic() >= until or not any(w.urgent_pending() for w in self.workers):
+        if time.monotonic() >= until or not self._applying():
             return False
         time.sleep(HOLD_POLL_S)
         return True
+
+    def _applying(self) -> bool:
+        """A worker thread still has hinted groups to apply."""
+        return any(w.threaded and w.urgent_pending() for w in self.workers)
 
     def _set_members(self, members: int, down_after_ms: list[int]) -> None:
         if members:

@@ -553,15 +553,19 @@ def test_while_a_promotion_is_watched_a_pass_waits_for_the_leader(
 
 
 def test_a_full_pass_waits_for_a_targeted_pass_commands_but_not_for_long(
-    controller: Controller, sentinels: FakeSentinels
+    controller: Controller, sentinels: FakeSentinels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a targeted pass the next chunk of a full pass waits while a worker still has the
-    hinted group to apply (they would share the GIL), never past its bound, and not for a
-    worker whose HAProxy is down."""
+    """After a targeted pass the next chunk of a full pass waits while a worker thread still
+    has the hinted group to apply (they would share the GIL), never past its bound, and not
+    for a worker whose HAProxy is down."""
     controller.reconcile("start")
     sentinels.show("switched")
-    controller._targeted(Batch({GROUP: time.monotonic()}, "+switch-master", {}))
-    worker = controller.workers[0]  # no thread here: the group stays pending
+    worker = controller.workers[0]
+    # Taken for a thread, but none runs: the group stays pending until drained below.
+    monkeypatch.setattr(type(worker), "threaded", property(lambda _self: True))
+    start = time.monotonic()
+    controller._targeted(Batch({GROUP: start}, "+switch-master", {}))
+    assert time.monotonic() - start < 1.0  # the hand-over waited for it a bounded time only
     assert worker.urgent_pending()
     assert controller._hold_full(time.monotonic() + 10)
     assert not controller._hold_full(time.monotonic() - 1)  # the bound
