@@ -51,6 +51,8 @@ SCENARIOS: dict[str, str] = {
     "return": "SIGKILL of the master, old master restarted with its own config",
     "hold": "connection held through the failover (SIGSTOP, SENTINEL FAILOVER, SIGCONT)",
     "replica": "SIGKILL of the replica, restarted 3 s later",
+    "leader": "SIGKILL of the master, then of the Sentinel leading the failover as it sends "
+              "SLAVEOF NO ONE (double fault; that Sentinel restarted 8 s after the first kill)",
 }
 #: Setups, in table order: the two HAProxy-only peers, then this project. classic: role health
 #: checks (haproxy/haproxy-classic.cfg); redis-ha: the redis-ha Helm chart's role checks plus
@@ -130,6 +132,8 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
         return replace(base, method="hold", write_timeout_s=15.0)
     if scenario == "replica":
         return replace(base, method="replica-kill", pause_s=3.0)
+    if scenario == "leader":  # Sentinel re-elects only after 2 x failover-timeout (10 s)
+        return replace(base, method="kill", pause_s=8.0, duration_s=90.0)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
@@ -161,7 +165,45 @@ def wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
 
 
 def run_scenario(setup: Setup, scenario: str) -> Recording:
-    return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario))
+    fault = LeaderLoss(setup) if scenario == "leader" else None
+    return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario), fault)
+
+
+class LeaderLoss:
+    """A double fault (a `drill.Fault`): SIGKILL the master, then the Sentinel that leads its
+    failover the moment it sends SLAVEOF NO ONE to the replica it chose (it dies before it
+    can tell the others); `heal` restarts that Sentinel."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.killed: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def inject(self, run: DrillRun) -> str:
+        old = run.old_master
+        self.setup.actions().kill(old)
+
+        def kill_leader() -> None:
+            m = run.wait_event("+failover-state-send-slaveof-noone",
+                               lambda m: event_is_for(m, GROUP), 20.0, run.fault_t)
+            addrs = [str(a) for a in self.setup.stack.sentinel_addrs]
+            if m is None or m.source not in addrs:
+                return
+            self.killed = addrs.index(m.source)
+            self.setup.stack.kill_sentinel(self.killed)
+            run.mark("drill", f"SIGKILL failover leader sentinel {m.source}")
+
+        self._thread = threading.Thread(target=kill_leader, name="kill-leader", daemon=True)
+        self._thread.start()
+        return f"SIGKILL master {old}"
+
+    def heal(self) -> str:
+        if self._thread is not None:
+            self._thread.join(25.0)
+        if self.killed is None:
+            return "no failover leader seen within 20 s: no Sentinel killed"
+        self.setup.stack.start_sentinel(self.killed)
+        return f"sentinel #{self.killed} restarted"
 
 
 def run_measured(setup: Setup, spec: DrillSpec, after: Callable[[DrillRun], None] | None = None,

@@ -17,8 +17,10 @@ from functools import partial
 import pytest
 from itest_support import ControllerFactory, StackFactory, StatePoller, wait_state
 
+from lab.compare import LeaderLoss, Setup, run_measured, spec_for
 from lab.daemon import ControllerDaemon, ts_of
 from lab.localstack import LocalStack
+from lab.measure import summarize
 from lab.probes import EventRecorder, Mark, Reader, Writer, event_is_for, read_back
 from lab.wait import wait_until
 
@@ -182,3 +184,19 @@ def test_aborted_promotion_is_fenced_and_never_routed(
         if paused:
             stack.resume_node(f"{G}b")
         recorder.stop()
+
+
+def test_failover_leader_lost_mid_failover_loses_no_acknowledged_write(
+    stack: LocalStack, controller: ControllerDaemon
+) -> None:
+    """A double fault: the master SIGKILLed, then the Sentinel leading its failover SIGKILLed
+    the moment it sends SLAVEOF NO ONE (it never tells the others). The remaining Sentinels
+    elect again after the failover timeout; the controller routes writes only where no
+    acknowledged write is lost, and ends on the master the Sentinels name."""
+    setup = Setup("controller", stack, controller)
+    fault = LeaderLoss(setup)
+    rec = run_measured(setup, spec_for(setup, "leader"), None, fault)
+    report = summarize(rec)
+    assert fault.killed is not None, "no failover leader was seen sending SLAVEOF NO ONE"
+    assert report.failed_over and report.acked_checked > 0
+    assert report.acked_lost == 0, f"{report.acked_lost} acknowledged writes lost"
