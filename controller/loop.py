@@ -549,12 +549,9 @@ class Controller:
         """A `+switch-master` to the master whose writes HAProxy already gets: another
         Sentinel's copy of an event a pass has answered. Another pass would find nothing new
         and only compete with the HAProxy worker applying the first one's commands."""
-        ev = h.event
         d = self._decisions.get(group)
-        if ev is None or ev.channel != "+switch-master" or d is None or d.fenced:
-            return False
-        words = ev.text.split()  # <name> <old-ip> <old-port> <new-ip> <new-port> (parsed)
-        return (words[3], words[4]) == (d.master.host, str(d.master.port)) if d.master else False
+        to = h.event.switched_to if h.event is not None else None
+        return to is not None and d is not None and not d.fenced and to == d.master
 
     def _classify(self, h: Hint) -> tuple[str, str | None] | None:
         """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)

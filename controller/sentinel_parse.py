@@ -314,6 +314,7 @@ class SentinelEvent:
     channel: str
     master: str | None  # the master group it concerns, when the message names one
     text: str
+    switched_to: Address | None = None  # `+switch-master`: the new master's address
 
     @property
     def relevant(self) -> bool:
@@ -333,10 +334,12 @@ def parse_event(channel: Any, data: Any) -> SentinelEvent:
         raise SentinelReplyError(f"event: bad channel {ch!r:.80}")
     words = text.split()
     master: str | None = None
+    switched_to: Address | None = None
     if ch == "+switch-master":
         if len(words) != 5:
             raise SentinelReplyError(f"event {ch}: expected 5 words, got {text!r:.120}")
         master = words[0]
+        switched_to = Address(words[3], _port(words[4], f"event {ch}: new master port"))
     elif "@" in words:
         i = words.index("@")
         if i + 1 >= len(words):
@@ -344,4 +347,4 @@ def parse_event(channel: Any, data: Any) -> SentinelEvent:
         master = words[i + 1]
     elif len(words) >= 2 and words[0] == "master":
         master = words[1]
-    return SentinelEvent(channel=ch, master=master, text=text)
+    return SentinelEvent(channel=ch, master=master, text=text, switched_to=switched_to)

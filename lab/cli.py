@@ -258,9 +258,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    scenarios = [x for v in args.scenarios or [] for x in v.split(",") if x] or list(
-        SCENARIOS)
-    setups = [x for v in args.setups or [] for x in v.split(",") if x] or list(SETUPS)
+    scenarios = _split(args.scenarios) or list(SCENARIOS)
+    setups = _split(args.setups) or list(SETUPS)
     bad = [s for s in scenarios if s not in SCENARIOS] + [s for s in setups if s not in SETUPS]
     if bad or args.repeat < 1 or not 1 <= args.replicas <= 4:
         print(f"sentinel-haproxy drill --compare: error: unknown scenario(s) or setup(s) {bad} "

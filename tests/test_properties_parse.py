@@ -157,12 +157,14 @@ def test_parse_master_view_gives_a_view_or_a_sentinel_reply_error(
         check_master_view(m, name)
 
 
+#: INFO sentinel text as captured, mutated, as bytes, or garbage.
+INFO_TEXTS = st.one_of(
+    mutated_text(captured_info_texts()), captured_info_texts().map(str.encode), GARBAGE,
+)
+
+
 @fuzz(200)
-@given(st.one_of(
-    mutated_text(captured_info_texts()),
-    captured_info_texts().map(str.encode),
-    GARBAGE,
-))
+@given(INFO_TEXTS)
 def test_parse_info_masters_gives_names_or_a_sentinel_reply_error(raw: Any) -> None:
     """INFO sentinel text, mutated, as bytes, or garbage: the group names (none empty), or
     SentinelReplyError."""
@@ -172,11 +174,7 @@ def test_parse_info_masters_gives_names_or_a_sentinel_reply_error(raw: Any) -> N
 
 
 @fuzz(200)
-@given(st.one_of(
-    mutated_text(captured_info_texts()),
-    captured_info_texts().map(str.encode),
-    GARBAGE,
-))
+@given(INFO_TEXTS)
 def test_parse_tilt_gives_a_bool_or_a_sentinel_reply_error(raw: Any) -> None:
     """INFO sentinel text, mutated, as bytes, or garbage: a bool, or SentinelReplyError."""
     tilt = unless(SentinelReplyError, parse_tilt, raw)

@@ -433,3 +433,13 @@ def test_parse_event_garbage_raises(channel: Any, data: str, problem: str) -> No
     """Malformed events are refused, naming the problem."""
     with pytest.raises(SentinelReplyError, match=problem):
         parse_event(channel, data)
+
+
+def test_switch_master_names_the_new_master_and_refuses_a_bad_port() -> None:
+    """`+switch-master` carries the new master's address, parsed; a port that is not one
+    makes the event bad (a clear error), not a pass about garbage."""
+    ev = parse_event("+switch-master", "redis1 127.0.0.2 6379 127.0.0.3 6380")
+    assert ev.master == "redis1" and ev.switched_to == Address("127.0.0.3", 6380)
+    assert parse_event("+sdown", "master redis1 127.0.0.2 6379").switched_to is None
+    with pytest.raises(SentinelReplyError, match="port 'x' is not a number"):
+        parse_event("+switch-master", "redis1 127.0.0.2 6379 127.0.0.3 x")
