@@ -252,15 +252,15 @@ class HAProxyWorker:
         if ahead:
             self._read_ahead(ahead)
             return True
+        if lease is not None:  # first: a write server made ready is no use without a lease
+            self._push_lease(lease)  # (a fresh HAProxy's empty map refuses every write)
         if batch:
-            out = self.sync(batch)
+            out = self.sync(batch) if self.up else None  # down while pushing the lease
             with self._cond:
                 self._urgent_sync = False
-                if out.error:
+                if out is None or out.error:
                     for g, d in batch.items():
                         self._mark(g, d.since, d.urgent)
-        if lease is not None and self.up:
-            self._push_lease(lease)
         if not batch and lease is None and time.monotonic() >= self._next_probe:
             self.probe()
         return True
