@@ -433,7 +433,12 @@ class SentinelReader:
                 if problem_of(r) == "not_sentinel":
                     raise NotASentinelError(describe_error(r))
                 raise SentinelReplyError(describe_error(r))
-        return parse_head(info, myid)
+        raw = (info, myid) if isinstance(info, str) and isinstance(myid, str) else None
+        if raw is not None and c.head is not None and raw == c.head_raw:
+            return c.head
+        head = parse_head(info, myid)
+        c.head_raw = raw
+        return head
 
     def _groups(self, c: _Conn, req: _Request, replies: list[Any],
                 head_view: SentinelView | None) -> SentinelView:
@@ -498,6 +503,10 @@ class _Conn:
         self.key = str(addr)
         self.conn = _connection(addr, auth, timeout_s)
         self.head: Head | None = None  # its last head answer
+        # The replies that last head was parsed from: a quiet Sentinel sends the same bytes
+        # every full pass, and parsing 1,000 groups' INFO lines costs ~0.6 ms per Sentinel,
+        # in the loop thread, while a failover may be waiting.
+        self.head_raw: tuple[str, str] | None = None
         self.inflight: _Request | None = None
         self.waiting: list[_Round] = []
         self.retried = False

@@ -67,11 +67,14 @@ class WriteSample:
 
 @dataclass(frozen=True)
 class ReadSample:
+    """One read attempt: `t` when its reply (or error) came back, `sent` when it was sent."""
+
     t: float
     ok: bool
     node: str | None
     error: str = ""
     reader: int = 0
+    sent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ class Reader(_Client):
         return not isinstance(reply, RespError)
 
     def record(self, seq: int, sent: float, ok: bool, node: str | None, error: str) -> None:
-        self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id))
+        self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id, sent))
 
 
 # --------------------------------------------------------------------------- sentinel events

@@ -443,3 +443,32 @@ def test_switch_master_names_the_new_master_and_refuses_a_bad_port() -> None:
     assert parse_event("+sdown", "master redis1 127.0.0.2 6379").switched_to is None
     with pytest.raises(SentinelReplyError, match="port 'x' is not a number"):
         parse_event("+switch-master", "redis1 127.0.0.2 6379 127.0.0.3 x")
+
+
+def test_a_sentinel_repeating_its_head_reply_is_not_parsed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quiet Sentinel sends the same `INFO sentinel` every full pass: the reader parses it
+    once and reuses that head; a changed reply (a group added) is parsed again."""
+    from controller import sentinel as sentinel_mod
+    from controller.sentinel import Auth, SentinelReader
+
+    calls: list[str] = []
+    real = parse_head
+
+    def counting(info: Any, myid: Any) -> Head:
+        calls.append(info)
+        return real(info, myid)
+
+    monkeypatch.setattr(sentinel_mod, "parse_head", counting)
+    s = GROUPS_DOC["sentinels"][0]
+    info, myid = GROUPS_DOC["resp2"][s]["head"]
+    reader = SentinelReader([Address.parse(s)], Auth(), [])
+    try:
+        conn = next(iter(reader._conns.values()))
+        for reply in (info, (info + " ")[:-1], info + "master9:name=extra,status=ok\r\n"):
+            conn.head = reader._head(conn, [reply, myid])
+        assert len(calls) == 2  # the equal copy was not parsed
+        assert conn.head is not None and "extra" in conn.head.names
+    finally:
+        reader.close()

@@ -1,0 +1,102 @@
+"""The one-read gap of quiet faults, read by read: classic recipe vs controller (vs redis-ha).
+
+In a master SIGKILL (and the double fault `leader`) every setup loses the same read or two:
+Sentinel itself closes the client connections of the replica it promotes or reconfigures
+(`CLIENT KILL` in the MULTI that sends `SLAVEOF`). `drill --compare` reports that as a read
+outage of ~10 ms (last ok read -> next ok read: two 5 ms reader intervals), and the setups'
+medians then differ by fractions of a millisecond. This bench looks at each failed read: when
+it failed, how long it was out (`err_ms`, sent -> error), how long the reader then waited for
+its next interval (`wait_ms`, the probe's, not the setup's), and how long the next read took
+through HAProxy (`next_ms`, sent -> ok: the reconnect, the only part a setup controls), with
+the latency of every ok read in the 5 s after the fault for scale. Same stacks, clients and
+faults as `drill --compare` (lab.compare), all setups at once, `--runs` times.
+
+    .venv/bin/python bench/read_gap.py --runs 6 [--replicas 2] [--scenario leader]
+
+Prints one line per failed read and a summary per setup (medians over runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from lab.compare import SETUPS, all_at_once, restore, started
+from lab.measure import Recording
+from lab.probes import ReadSample
+
+
+def failed_reads(rec: Recording) -> list[dict[str, float]]:
+    """Each failed read at or after the fault, with the ok read before it and after it."""
+    out: list[dict[str, float]] = []
+    for reader in sorted({r.reader for r in rec.reads}):
+        rs = sorted((r for r in rec.reads if r.reader == reader and r.t >= rec.fault_t - 1.0),
+                    key=lambda r: r.t)
+        for j, r in enumerate(rs):
+            if r.ok or r.t < rec.fault_t:
+                continue
+            prev = next((x for x in reversed(rs[:j]) if x.ok), None)
+            nxt = next((x for x in rs[j + 1:] if x.ok), None)
+            if prev is None or nxt is None:
+                continue
+            out.append({"reader": reader, "at_ms": (r.t - rec.fault_t) * 1000,
+                        "err_ms": (r.t - r.sent) * 1000, "wait_ms": (nxt.sent - r.t) * 1000,
+                        "next_ms": (nxt.t - nxt.sent) * 1000, "gap_ms": (nxt.t - prev.t) * 1000})
+    return out
+
+
+def ok_latencies(reads: list[ReadSample], since: float, window_s: float = 5.0) -> list[float]:
+    return [(r.t - r.sent) * 1000 for r in reads if r.ok and since <= r.t <= since + window_s]
+
+
+def med(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=6)
+    ap.add_argument("--replicas", type=int, default=1, help="replicas per group (2: 3-node)")
+    ap.add_argument("--scenario", choices=("kill", "leader"), default="kill")
+    ap.add_argument("--setup", dest="setups", action="append", choices=SETUPS,
+                    help="default: all three")
+    args = ap.parse_args()
+    setups = tuple(args.setups or SETUPS)
+    per: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
+    errors: dict[str, list[int]] = {s: [] for s in setups}
+    gaps: dict[str, list[float]] = {s: [] for s in setups}
+    lat: dict[str, list[float]] = {s: [] for s in setups}
+    with tempfile.TemporaryDirectory(prefix="read-gap-") as tmp, \
+            started(Path(tmp), setups, args.replicas) as running:
+        for i in range(args.runs):
+            recs = all_at_once(running, args.scenario)
+            for name, rec in recs.items():
+                fails = failed_reads(rec)
+                errors[name].append(sum(1 for r in rec.reads if not r.ok and r.t >= rec.fault_t))
+                if fails:  # a run without a failed read has no gap
+                    gaps[name].append(max(f["gap_ms"] for f in fails))
+                lat[name] += ok_latencies(list(rec.reads), rec.fault_t)
+                for f in fails:
+                    per[name].append(f)
+                    print(f"run {i + 1} {name:<10} reader {f['reader']:.0f}: failed "
+                          f"{f['at_ms']:.0f} ms after the fault, out {f['err_ms']:.2f} ms, "
+                          f"reader waited {f['wait_ms']:.2f}, next read {f['next_ms']:.2f} ms, "
+                          f"gap {f['gap_ms']:.2f} ms", flush=True)
+            for s in running:
+                restore(s)
+            time.sleep(0.5)
+    print(f"\n{args.scenario}, {args.replicas + 1}-node groups, {args.runs} runs; medians in ms")
+    print(f"{'setup':<12}{'read errors/run':>16}{'errors total':>14}{'gap':>8}"
+          f"{'next read':>11}{'ok read p50':>13}{'ok p99':>8}")
+    for s in setups:
+        p99 = statistics.quantiles(lat[s], n=100)[-1] if len(lat[s]) > 1 else float("nan")
+        print(f"{s:<12}{statistics.median(errors[s]):>16.1f}{sum(errors[s]):>14}"
+              f"{med(gaps[s]):>8}{med([f['next_ms'] for f in per[s]]):>11}"
+              f"{med(lat[s]):>13}{p99:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
