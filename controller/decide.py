@@ -115,7 +115,7 @@ def decide(
         reason = (f"{promoting} answers ROLE master: the leader promotes it (old master "
                   f"{master} {'o_down' if odown else 'being failed over'}, epoch {top})")
         master, fenced = promoting, False
-    replicas = _readers(master, at_top, history.readers, rules.max_link_down_ms)
+    replicas = _readers(master, at_top, history.readers, rules.max_link_down_ms, size)
     return Decision(
         name=name,
         master=master,
@@ -217,8 +217,13 @@ def _promoting(views: Sequence[MasterView]) -> Address | None:
 
 def _readers(
     master: Address, views: Sequence[MasterView], before: frozenset[Address],
-    max_link_down_ms: int,
+    max_link_down_ms: int, size: int,
 ) -> frozenset[Address]:
+    """The nodes that serve reads: at least half of `views` (1 of 1, 1 of 2, 2 of 3, 2 of 4)
+    see each one fit. A node that does not serve yet needs that many of the group's `size`
+    Sentinels even when a pass decided before all of them answered: otherwise one of two
+    early answers adds a node (a returning one, say) that the late third answer takes out
+    again, and it flaps in and out with every re-check."""
     votes: dict[Address, int] = {}
     for view in views:
         for r in view.replicas:
@@ -227,5 +232,6 @@ def _readers(
             ok = r.healthy_for(master) or (r.addr in before and r.still_serves(max_link_down_ms))
             if ok:
                 votes[r.addr] = votes.get(r.addr, 0) + 1
-    need = (len(views) + 1) // 2  # at least half: 1 of 1, 1 of 2, 2 of 3, 2 of 4
-    return frozenset(a for a, n in votes.items() if n >= need)
+    keep = (len(views) + 1) // 2
+    start = max(keep, (size + 1) // 2)
+    return frozenset(a for a, n in votes.items() if n >= (keep if a in before else start))

@@ -104,9 +104,10 @@ def parse_stat(text: str) -> dict[tuple[str, str], tuple[int, bool]]:
     except ValueError:
         raise HAProxyReplyError("show stat: header lacks pxname/svname/scur/bck") from None
     ix_px, ix_sv, ix_scur, ix_bck = ix
+    width = max(ix) + 1
     out: dict[tuple[str, str], tuple[int, bool]] = {}
     for row in rows:
-        if len(row) <= max(ix):
+        if len(row) < width:
             raise HAProxyReplyError(f"show stat: short row {','.join(row)[:120]!r}")
         if row[ix_sv] in ("FRONTEND", "BACKEND"):
             continue

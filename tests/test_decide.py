@@ -163,8 +163,20 @@ def test_with_two_sentinels_left_one_healthy_vote_keeps_a_replica() -> None:
     """With one Sentinel gone, a replica stays ready when one of the two left sees it healthy."""
     steady, dead = views("steady"), views("replica_dead")
     gone = dataclasses.replace(steady[2], masters={}, error="connection refused")
-    assert decide(GROUP, [dead[0], steady[1], gone], 2).replicas == frozenset({node(B)})
-    assert decide(GROUP, [dead[0], dead[1], gone], 2).replicas == frozenset()
+    serving = History(readers=frozenset({node(B)}))
+    assert decide(GROUP, [dead[0], steady[1], gone], 2, serving).replicas == {node(B)}
+    assert decide(GROUP, [dead[0], dead[1], gone], 2, serving).replicas == frozenset()
+
+
+def test_a_node_starts_serving_reads_only_with_half_of_the_groups_sentinels() -> None:
+    """A node that does not serve reads yet needs at least half of the group's Sentinels (2
+    of 3) even when a pass decided on two answers: one early "healthy" that the late third
+    answer contradicts must not make it flap in and out; two of two start it."""
+    steady, dead = views("steady"), views("replica_dead")
+    pending = dataclasses.replace(steady[2], masters={}, error="no answer yet",
+                                  problem="pending")
+    assert decide(GROUP, [dead[0], steady[1], pending], 2).replicas == frozenset()
+    assert decide(GROUP, [steady[0], steady[1], pending], 2).replicas == {node(B)}
 
 
 def test_replica_votes_of_lagging_sentinels_do_not_count() -> None:
