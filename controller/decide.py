@@ -22,11 +22,15 @@ Writes (facts B.3):
 
 Reads:
 - a replica STARTS serving reads when at least half of the Sentinels at the top epoch see it
-  up and replicating from the elected master (with two Sentinels left, one stale view must
-  not empty the read backend; the returning old master is seen as unhealthy by all of them);
-- a replica that already serves reads KEEPS serving them while it is up, a replica, and its
-  link has been down no longer than `max_link_down_ms`: while its master is dead or failing
-  over it still holds every write it received (and it is the node that will be promoted);
+  up and replicating from the elected master, and at least half of the group's Sentinels
+  (2 of 3) even when a pass decided before all of them answered (one early "healthy" that
+  the late answer contradicts would make it flap); the returning old master is seen as
+  unhealthy by all of them;
+- a replica that already serves reads KEEPS serving them (half of the answers at the top
+  epoch: with two Sentinels left, one stale view must not empty the read backend) while it
+  is up, a replica, and its link has been down no longer than `max_link_down_ms`: while its
+  master is dead or failing over it still holds every write it received (and it is the node
+  that will be promoted);
 - the master is the read fallback when no replica can serve; when it is o_down, the replica
   the leader is promoting is (Sentinels that already saw it answer role master no longer
   count it as a replica).
