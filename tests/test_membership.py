@@ -29,6 +29,19 @@ def test_a_replica_only_one_sentinel_lists_serves_when_that_one_sees_it_healthy(
     assert adjusted.nodes == {node(A), node(B)}
 
 
+def test_with_a_sentinel_down_a_replica_one_of_the_two_left_lists_serves() -> None:
+    """One Sentinel of three is down and another does not list the new replica yet: decide
+    cannot start it (1 vote, half of the group is 2), but the only Sentinel that lists it
+    sees it healthy, so it serves, as with all three up."""
+    vs = without_replicas(views("steady"), {1})
+    vs[2] = dataclasses.replace(vs[2], masters={}, error="connection refused")
+    d = decide(GROUP, vs, 2)
+    assert d.replicas == frozenset()
+    adjusted, why = Membership().adjust(d, vs, frozenset(), 0.0)
+    assert adjusted.replicas == {node(B)}
+    assert "1 of 2 sentinels that list it" in why[0]
+
+
 def test_a_replica_a_listing_sentinel_sees_unhealthy_does_not_serve() -> None:
     """One listing Sentinel sees it healthy, another lists it not yet linked: no shortcut."""
     steady = views("steady")
