@@ -39,7 +39,7 @@ from controller.plan import BackendTarget, Note, Plan, plan
 log = structlog.get_logger("controller")
 
 URGENT_MAX = 64  # groups of targeted passes synced in one exchange at most
-CHUNK = 8  # groups of full passes per sync: a failover waits for one chunk at most
+CHUNK = 4  # groups of full passes per sync: a failover waits for one chunk at most
 FULL_READ_AT = 400  # backends: from this many on, read the whole state in one exchange
 MIN_BACKOFF_S = 0.05
 FRESH_FOR_S = 1.0  # a read ahead of a targeted sync is used only this soon after
