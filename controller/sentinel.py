@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import queue
 import select
 import socket
@@ -561,7 +562,7 @@ class _Conn:
         return True
 
     def send(self, cmds: list[tuple[str, ...]]) -> None:
-        self.sock.sendall(b"".join(self.conn.pack_commands(cmds)))
+        self.sock.sendall(b"".join(map(_packed, cmds)))
 
     def receive(self) -> list[Any]:
         """Every complete reply in what the socket has now."""
@@ -589,6 +590,14 @@ class _Conn:
             t.join(self.conn.socket_connect_timeout or 1.0)
         self.sock = None
         self.conn.disconnect()
+
+
+@functools.lru_cache(maxsize=16384)  # the same few commands per group, every pass
+def _packed(cmd: tuple[str, ...]) -> bytes:
+    """One command in RESP (hiredis' encoder, as redis-py's own with hiredis installed)."""
+    # hiredis' stub types the argument as a 1-tuple; any length is packed.
+    packed: bytes = hiredis.pack_command(cmd)  # type: ignore[arg-type]
+    return packed
 
 
 def _subset(view: SentinelView, groups: Sequence[str]) -> SentinelView:
