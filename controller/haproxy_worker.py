@@ -39,7 +39,11 @@ from controller.plan import BackendTarget, Note, Plan, plan
 log = structlog.get_logger("controller")
 
 URGENT_MAX = 64  # groups of targeted passes synced in one exchange at most
-CHUNK = 4  # groups of full passes per sync: a failover waits for one chunk at most
+CHUNK = 8  # groups of full passes per sync: a failover waits for one chunk at most
+# A full pass hands its groups over two at a time (loop.FULL_CHUNK); the worker gathers them
+# for up to this long into syncs of CHUNK (one HAProxy exchange, plan and read-back each),
+# where syncing each pair would double a full pass's cost. A hinted group ends the wait.
+GATHER_S = 0.004
 FULL_READ_AT = 400  # backends: from this many on, read the whole state in one exchange
 MIN_BACKOFF_S = 0.05
 FRESH_FOR_S = 1.0  # a read ahead of a targeted sync is used only this soon after
@@ -133,6 +137,7 @@ class HAProxyWorker:
         self._fresh: HAProxyState | None = None  # read ahead; used once, dropped on apply
         self._fresh_at = 0.0
         self._urgent_sync = False  # a sync of hinted groups is running (guarded by _cond)
+        self._gather_until: float | None = None  # gathering a full pass's groups until
 
     # -- the loop's side -----------------------------------------------------------------
     def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
@@ -239,6 +244,8 @@ class HAProxyWorker:
                 self._cond.wait(max(0.0, self._next_probe - now))
             if self._stop:
                 return False
+            if self._gathering(time.monotonic()):
+                return True
             batch = self._take() if self.up else {}
             self._urgent_sync = any(d.urgent for d in batch.values())
             lease = self._lease_value if self._lease_due and self.up else None
@@ -263,6 +270,23 @@ class HAProxyWorker:
                         self._mark(g, d.since, d.urgent)
         if not batch and lease is None and time.monotonic() >= self._next_probe:
             self.probe()
+        return True
+
+    def _gathering(self, now: float) -> bool:
+        """Whether to wait (bounded) for more of a full pass's groups before syncing: only
+        full-pass groups are dirty, fewer than CHUNK, and nothing else is due. Called with
+        `_cond` held; waits on it (a hinted group or a lease notifies)."""
+        few = (self.up and 0 < len(self._dirty) < CHUNK and not self._lease_due
+               and not self._prefetch and not any(d.urgent for d in self._dirty.values()))
+        if not few:
+            self._gather_until = None
+            return False
+        if self._gather_until is None:
+            self._gather_until = now + GATHER_S
+        if now >= self._gather_until:
+            self._gather_until = None
+            return False
+        self._cond.wait(self._gather_until - now)
         return True
 
     def _take(self) -> dict[str, _Dirty]:
