@@ -27,10 +27,12 @@ def ttl_for(down_after_ms: Sequence[int], configured_s: float) -> float:
     return max(MIN_TTL_S, shortest / 2000) if shortest else MIN_TTL_S * 2
 
 
-def valid_until(pongs: Sequence[float], members: int, ttl_s: float) -> float | None:
-    """Until when (same clock as `pongs`) a majority of `members` Sentinels vouch; None when
-    fewer than a majority answered at all."""
-    need = members // 2 + 1
+def valid_until(pongs: Sequence[float], members: int, ttl_s: float,
+                min_sentinels: int = 0) -> float | None:
+    """Until when (same clock as `pongs`) a majority of `members` Sentinels vouch (or
+    `min_sentinels` of them, when set: the votes the verdicts need too); None when fewer
+    answered at all."""
+    need = min_sentinels or members // 2 + 1
     recent = sorted(pongs, reverse=True)
     if members < 1 or len(recent) < need:
         return None

@@ -671,7 +671,8 @@ class Controller:
         if self.settings.write_lease:
             pongs = [w.last_pong for w in self.watchers if w.connected]
             members = self._members or len(self.watchers)
-            until = lease.valid_until(pongs, members, self.lease_ttl_s)
+            until = lease.valid_until(pongs, members, self.lease_ttl_s,
+                                      self.settings.min_sentinels)
             if until is not None and (self.lease_until is None or until > self.lease_until):
                 self.lease_until = until
             value_ms = (time.time() + ((self.lease_until or now) - now)) * 1000

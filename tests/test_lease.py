@@ -35,6 +35,15 @@ def test_lease_lasts_ttl_after_the_majority_th_most_recent_pong() -> None:
     assert lease.valid_until([], 0, 1.0) is None
 
 
+def test_min_sentinels_sets_the_pongs_the_lease_needs_as_it_sets_the_votes() -> None:
+    """`min_sentinels` (the votes a verdict needs) is also what keeps the lease: with 1, one
+    Sentinel heard of 4 known keeps it (an operator who trusts one vote is not fenced by the
+    lease); with 3 of 3, one missing pong ends it."""
+    assert lease.valid_until([10.0], 4, 1.0, min_sentinels=1) == 11.0
+    assert lease.valid_until([10.0], 4, 1.0) is None
+    assert lease.valid_until([10.0, 9.0], 3, 1.0, min_sentinels=3) is None
+
+
 @dataclasses.dataclass
 class Pinging:
     """A Watcher whose pongs the test sets."""
