@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from lab.compare import SETUPS, all_at_once, restore, started
@@ -87,7 +86,6 @@ def main() -> None:
                           f"gap {f['gap_ms']:.2f} ms", flush=True)
             for s in running:
                 restore(s)
-            time.sleep(0.5)
     print(f"\n{args.scenario}, {args.replicas + 1}-node groups, {args.runs} runs; medians in ms")
     print(f"{'setup':<12}{'read errors/run':>16}{'errors total':>14}{'gap':>8}"
           f"{'next read':>11}{'ok read p50':>13}{'ok p99':>8}")

@@ -38,7 +38,7 @@ Reads:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from controller.model import Address, Decision, MasterView, SentinelView
@@ -188,9 +188,22 @@ def _votes(
         if v.usable and name in v.masters:
             by_id.setdefault(v.identity, v.masters[name])
     answers = by_id.values()
-    size = (max([len(answers), *(a.other_sentinels + 1 for a in answers)]) if answers
-            else len({v.identity for v in views}))
+    size = group_size(answers) if answers else len({v.identity for v in views})
     return by_id, size, min_voters or size // 2 + 1
+
+
+def group_size(answers: Collection[MasterView]) -> int:
+    """The group's Sentinels as its answers report them (num-other-sentinels + 1), at least
+    as many as answered."""
+    return max([len(answers), *(a.other_sentinels + 1 for a in answers)])
+
+
+def start_votes(at_top: int, size: int) -> int:
+    """Votes a node that does not serve reads yet needs to start: half of the `at_top`
+    views at the top epoch, and half of the group's `size` Sentinels even when a pass
+    decided before all of them answered (one early "healthy" that the late answer
+    contradicts would make it flap in and out with every re-check)."""
+    return max((at_top + 1) // 2, (size + 1) // 2)
 
 
 def _why_missing(name: str, views: Sequence[SentinelView], counted: set[str]) -> str:
@@ -224,10 +237,7 @@ def _readers(
     max_link_down_ms: int, size: int,
 ) -> frozenset[Address]:
     """The nodes that serve reads: at least half of `views` (1 of 1, 1 of 2, 2 of 3, 2 of 4)
-    see each one fit. A node that does not serve yet needs that many of the group's `size`
-    Sentinels even when a pass decided before all of them answered: otherwise one of two
-    early answers adds a node (a returning one, say) that the late third answer takes out
-    again, and it flaps in and out with every re-check."""
+    see each one fit; a node that does not serve yet needs `start_votes`."""
     votes: dict[Address, int] = {}
     for view in views:
         for r in view.replicas:
@@ -237,5 +247,5 @@ def _readers(
             if ok:
                 votes[r.addr] = votes.get(r.addr, 0) + 1
     keep = (len(views) + 1) // 2
-    start = max(keep, (size + 1) // 2)
+    start = start_votes(len(views), size)
     return frozenset(a for a, n in votes.items() if n >= (keep if a in before else start))

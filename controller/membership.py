@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from controller.decide import group_size, start_votes
 from controller.model import Address, Decision, MasterView, ReplicaInfo, SentinelView
 
 Confirm = Callable[[Address, Address], bool]  # (replica, master) -> it says it replicates
@@ -77,10 +78,7 @@ class Membership:
             for r in m.replicas:
                 if not _fresh(r):
                     counts[r.addr] = counts.get(r.addr, 0) + 1
-        # decide's bar for a node that does not serve yet: half of the views at the top
-        # epoch, and half of the group's Sentinels (some may be down or not answered yet).
-        size = max([len(top), *(m.other_sentinels + 1 for m in top)])
-        need = max((len(top) + 1) // 2, (size + 1) // 2)
+        need = start_votes(len(top), group_size(top))  # decide's bar for a new reader
         for addr in sorted(a for a, n in counts.items()
                            if n < need and a not in readers and a != master):
             entries_of = [r for m in top for r in m.replicas if r.addr == addr and not _fresh(r)]
