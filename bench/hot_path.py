@@ -58,8 +58,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import hiredis
+
 from controller.haproxy import HAProxyClient, HAProxyError
 from controller.model import AdminState
+from controller.sentinel import packed_command
+from controller.sentinel_parse import group_commands
 from lab.daemon import ControllerDaemon
 from lab.localstack import free_port
 from lab.procs import ManagedProcess, start_haproxy
@@ -67,7 +71,7 @@ from lab.wait import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reconcile_scale
-from replay_sentinel import HOSTS, ReplayProcess, failover, resp_end, start_replay
+from replay_sentinel import HOSTS, ReplayProcess, failover, start_replay
 
 CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
@@ -171,15 +175,9 @@ def breakdown(rig: Rig, failovers: Sequence[tuple[int, int, float]], label: str
     return rows
 
 
-# The daemon's targeted read of one group, as it pipelines it to each Sentinel.
 def targeted_read(group: int) -> bytes:
-    out = b""
-    for cmd in (("SENTINEL", "MASTER"), ("SENTINEL", "GET-MASTER-ADDR-BY-NAME"),
-                ("SENTINEL", "REPLICAS")):
-        parts = [*(c.encode() for c in cmd), f"g{group}".encode()]
-        out += b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x)
-                                                    for x in parts)
-    return out
+    """The daemon's targeted read of one group, encoded as it pipelines it to each Sentinel."""
+    return b"".join(map(packed_command, group_commands([f"g{group}"])))
 
 
 class Prober:
@@ -197,7 +195,9 @@ class Prober:
 
     def read(self, group: int) -> tuple[list[float], float]:
         req = targeted_read(group)
-        bufs = [b""] * len(self.socks)
+        want = len(group_commands(["g"]))
+        readers = [hiredis.Reader() for _ in self.socks]
+        got = [0] * len(self.socks)
         done: list[float | None] = [None] * len(self.socks)
         t0 = time.perf_counter()
         for sock in self.socks:
@@ -211,13 +211,10 @@ class Prober:
             now = time.perf_counter()
             for sock in ready:
                 k = self.socks.index(sock)
-                bufs[k] += sock.recv(65536)
-                pos = 0
-                for _ in range(3):
-                    pos = resp_end(bufs[k], pos)
-                    if pos < 0:
-                        break
-                if pos == len(bufs[k]):
+                readers[k].feed(sock.recv(65536))
+                while readers[k].gets() is not False:
+                    got[k] += 1
+                if got[k] >= want:
                     done[k] = (now - t0) * 1000
         each = [float(d) for d in done if d is not None]
         return each, sorted(each)[1]

@@ -59,29 +59,6 @@ def resp(value: Any) -> bytes:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def resp_end(buf: bytes, pos: int = 0) -> int:
-    """Where the RESP2 reply starting at `pos` ends, -1 while incomplete (a bench client's
-    way to know a pipelined reply is all in)."""
-    eol = buf.find(b"\r\n", pos)
-    if eol < 0:
-        return -1
-    kind, head = buf[pos:pos + 1], buf[pos + 1:eol]
-    if kind in (b"+", b"-", b":"):
-        return eol + 2
-    if kind == b"$":
-        size = int(head)
-        end = eol + 2 + size + 2 if size >= 0 else eol + 2
-        return end if end <= len(buf) else -1
-    if kind == b"*":
-        p = eol + 2
-        for _ in range(max(0, int(head))):
-            p = resp_end(buf, p)
-            if p < 0:
-                return -1
-        return p
-    raise ValueError(f"not a RESP2 reply: {buf[pos:pos + 20]!r}")
-
-
 def parse_commands(buf: bytearray) -> tuple[list[list[str]], int]:
     """Complete RESP2 commands (arrays of bulk strings) at the start of `buf`, bytes used."""
     out: list[list[str]] = []

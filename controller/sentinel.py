@@ -562,7 +562,7 @@ class _Conn:
         return True
 
     def send(self, cmds: list[tuple[str, ...]]) -> None:
-        self.sock.sendall(b"".join(map(_packed, cmds)))
+        self.sock.sendall(b"".join(map(packed_command, cmds)))
 
     def receive(self) -> list[Any]:
         """Every complete reply in what the socket has now."""
@@ -593,7 +593,7 @@ class _Conn:
 
 
 @functools.lru_cache(maxsize=16384)  # the same few commands per group, every pass
-def _packed(cmd: tuple[str, ...]) -> bytes:
+def packed_command(cmd: tuple[str, ...]) -> bytes:
     """One command in RESP (hiredis' encoder, as redis-py's own with hiredis installed)."""
     # hiredis' stub types the argument as a 1-tuple; any length is packed.
     packed: bytes = hiredis.pack_command(cmd)  # type: ignore[arg-type]
