@@ -176,11 +176,15 @@ def test_client_certificate_needs_its_key() -> None:
 
 def test_daemon_subscribes_over_tls(tls: TLSSentinel, tmp_path: Path) -> None:
     """The daemon's pub/sub connection works over TLS: connected, and a hand edit is undone."""
+    # An earlier test leaves redis1a ready: take it out first, so that the daemon's own first
+    # sync shows (a hand edit before that sync is no hand edit to this daemon).
+    tls.stack.haproxy_command("set server redis1_master/redis1a state maint")
     # Not the stack's plain sentinels: the TLS one only.
     with controller_for(tls.stack, tmp_path / "daemon.log", extra_args=tls.tls_args(),
                         sentinels=[tls.addr]) as d:
         d.wait_event("sentinel_connected", sentinel=tls.addr)
-        wait_until(lambda: ready(tls.stack, "redis1_master", "redis1a"), 20, "state applied")
+        d.wait_event("server_state_changed", backend="redis1_master", server="redis1a",
+                     to="ready")
         tls.stack.haproxy_command("set server redis1_master/redis1a state maint")
         d.wait_event("drift_corrected")
         assert ready(tls.stack, "redis1_master", "redis1a")
