@@ -33,7 +33,11 @@ Reads:
   that will be promoted);
 - the master is the read fallback when no replica can serve; when it is o_down, the replica
   the leader is promoting is (Sentinels that already saw it answer role master no longer
-  count it as a replica).
+  count it as a replica);
+- a replica being promoted that served reads keeps serving them through its promotion (as
+  master too) until another node replicates from it; meanwhile the replicas that still
+  follow the old master take no new reads: Sentinel's `SLAVEOF` to them, moments later,
+  closes every connection they have (a 3-node group lost a second read to it).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Rules:
 
     max_link_down_ms: int = 60_000  # a serving replica's link may be down this long
     early_promotion: bool = True  # follow the leader's promotion at ROLE master
+    master_reads: bool = True  # the master may serve reads (setting read_fallback_to_master)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,9 @@ def decide(
         reason = (f"{promoting} answers ROLE master: the leader promotes it (old master "
                   f"{master} {'o_down' if odown else 'being failed over'}, epoch {top})")
         master, fenced = promoting, False
-    replicas = _readers(master, at_top, history.readers, rules.max_link_down_ms, size)
+    # Reads follow the node taking over (the replica being promoted, once one is chosen).
+    replicas = _readers(promoting or master, at_top, history.readers, rules.max_link_down_ms,
+                        size, rules.master_reads or promoting is not None)
     return Decision(
         name=name,
         master=master,
@@ -233,19 +240,41 @@ def _promoting(views: Sequence[MasterView]) -> Address | None:
 
 
 def _readers(
-    master: Address, views: Sequence[MasterView], before: frozenset[Address],
-    max_link_down_ms: int, size: int,
+    successor: Address, views: Sequence[MasterView], before: frozenset[Address],
+    max_link_down_ms: int, size: int, keep_successor: bool,
 ) -> frozenset[Address]:
     """The nodes that serve reads: at least half of `views` (1 of 1, 1 of 2, 2 of 3, 2 of 4)
-    see each one fit; a node that does not serve yet needs `start_votes`."""
+    see each one fit; a node that does not serve yet needs `start_votes`. `successor`: the
+    master, or the replica the leader is promoting.
+
+    With `keep_successor`, a node that served reads as a replica keeps serving them through
+    its promotion, until another node replicates from it; meanwhile the replicas that do not
+    replicate from it yet take no new reads: Sentinel is about to send them `SLAVEOF`, whose
+    `CLIENT KILL` closes every connection they have (a read moved there would be cut again).
+    """
     votes: dict[Address, int] = {}
+    following: dict[Address, int] = {}
     for view in views:
         for r in view.replicas:
-            if r.addr == master:
+            if r.addr == successor:
                 continue
-            ok = r.healthy_for(master) or (r.addr in before and r.still_serves(max_link_down_ms))
-            if ok:
+            healthy = r.healthy_for(successor)
+            if healthy or (r.addr in before and r.still_serves(max_link_down_ms)):
                 votes[r.addr] = votes.get(r.addr, 0) + 1
+            if healthy:
+                following[r.addr] = following.get(r.addr, 0) + 1
     keep = (len(views) + 1) // 2
     start = start_votes(len(views), size)
-    return frozenset(a for a, n in votes.items() if n >= (keep if a in before else start))
+    chosen = frozenset(a for a, n in votes.items() if n >= (keep if a in before else start))
+    followed = any(following.get(a, 0) >= keep for a in chosen)
+    if keep_successor and successor in before and not followed and _alive(successor, views):
+        return frozenset({successor})
+    return chosen
+
+
+def _alive(node: Address, views: Sequence[MasterView]) -> bool:
+    """No view sees `node` down (as the master it is, or as the replica it was)."""
+    return not any(
+        (v.addr == node and v.odown) or any(r.addr == node and r.down for r in v.replicas)
+        for v in views
+    )

@@ -83,6 +83,11 @@ class ReplicaInfo:
             and self.master_addr == master
         )
 
+    @property
+    def down(self) -> bool:
+        """Sentinel sees it down (subjectively, objectively, or not connected)."""
+        return bool(self.flags & _DOWN_FLAGS)
+
     def still_serves(self, max_link_down_ms: int) -> bool:
         """Alive, a replica, and not staler than `max_link_down_ms`: what a node that already
         serves reads needs to KEEP serving them. A broken link is staleness, not death: while

@@ -59,6 +59,8 @@ class BackendTarget:
                 return True, f"read fallback {fallback}, used by HAProxy while no replica is up"
             return False, "not the read fallback"
         if any(srv.matches(r) for r in d.replicas):
+            if srv.matches(d.master) or (d.promoting is not None and srv.matches(d.promoting)):
+                return True, "serves reads through its promotion, until a replica follows it"
             return True, f"serves reads: replica of {d.master}"
         if fallback is not None and srv.matches(fallback) and not d.replicas and not any(
             p.backup and p.matches(fallback) for p in peers
@@ -197,10 +199,10 @@ def _slots(
     if t.role == "write":
         sets = [([s for s in slot_servers], uncovered([d.master, *others]), {d.master})]
     else:
-        readers = sorted(d.replicas - {d.master})
-        rest = [n for n in others if n not in d.replicas]
+        readers = sorted(d.replicas)  # the master too, through its promotion (decide)
+        rest = [n for n in [d.master, *others] if n not in d.replicas]
         sets = [([s for s in slot_servers if not s.backup],
-                 uncovered([*readers, d.master, *rest]), set(readers)),
+                 uncovered([*readers, *rest]), set(readers)),
                 ([s for s in slot_servers if s.backup],
                  uncovered([fallback] if fallback is not None else []),
                  {fallback} if fallback is not None else set())]

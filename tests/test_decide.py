@@ -260,12 +260,21 @@ def test_dead_serving_replica_leaves() -> None:
     assert d.fallback == node(A), "the live master is the read fallback"
 
 
-def test_after_promotion_the_new_master_is_the_read_fallback() -> None:
-    """At the leader's promotion the new master has no replica left (2-node group): it is the
-    read fallback, so reads go on."""
+def test_after_promotion_the_new_master_keeps_serving_reads() -> None:
+    """At the leader's promotion the new master has no replica left (2-node group): having
+    served reads as a replica, it keeps serving them (no read backend change in the middle of
+    the failover), and it is the read fallback too."""
     d = decide(GROUP, views("promoted"), 2, SERVING)
-    assert d.master == node(B) and d.replicas == frozenset()
+    assert d.master == node(B) and d.replicas == frozenset({node(B)})
     assert d.fallback == node(B)
+
+
+def test_without_master_reads_the_new_master_stops_serving_reads_after_the_failover() -> None:
+    """With reads from the master turned off, the promoted node serves reads only while it is
+    being promoted, not as the master afterwards; a node that never served reads is not kept."""
+    off = Rules(master_reads=False)
+    assert decide(GROUP, views("promoted"), 2, SERVING, off).replicas == frozenset()
+    assert decide(GROUP, views("promoted"), 2).replicas == frozenset()
 
 
 # -- following the promotion early -----------------------------------------------------
@@ -301,7 +310,7 @@ def test_promoted_replica_takes_writes_once_it_answers_master() -> None:
     assert (d.master, d.fenced, d.early) == (node(B), False, True)
     assert "answers ROLE master" in d.reason
     assert d.fallback == node(B)
-    assert node(B) not in d.replicas
+    assert d.replicas == {node(B)}, "it served reads: it keeps serving them"
 
 
 def test_early_promotion_off_waits_for_sentinel() -> None:
@@ -345,6 +354,47 @@ def test_captured_selection_followed_as_soon_as_the_replica_answers_master() -> 
     """Same real replies, once the chosen replica answered ROLE master: it takes writes."""
     d = decide(GROUP, views("selected"), 2, History(promoted=selected(B)))
     assert (d.master, d.fenced, d.early) == (selected(B), False, True)
+
+
+def with_third_node(vs: list[SentinelView], c: Address) -> list[SentinelView]:
+    """The `selected` views with a third node `c` listed as another replica of the old
+    master, not chosen by the leader (a copy of the chosen replica's real entry)."""
+    out = []
+    for v in vs:
+        m = master(v)
+        b = next(r for r in m.replicas if r.addr == selected(B))
+        third = dataclasses.replace(b, addr=c, flags=b.flags - {"promoted"})
+        out.append(with_master(v, replicas=(*m.replicas, third)))
+    return out
+
+
+def test_replicas_sentinel_will_reconfigure_take_no_new_reads_during_the_promotion() -> None:
+    """3 nodes: while the leader promotes B, the other replica C still follows the old master
+    and Sentinel is about to send it SLAVEOF (which closes its connections): B keeps serving
+    reads, C takes no new ones; once C replicates from B, C serves and B leaves."""
+    c = Address(selected(B).host.rsplit(".", 1)[0] + ".4", selected(B).port)
+    both = History(readers=frozenset({selected(B), c}))
+    vs = with_third_node(views("selected"), c)
+    d = decide(GROUP, vs, 2, both)
+    assert d.fenced and d.promoting == selected(B)
+    assert d.replicas == {selected(B)}
+    follows = [with_master(v, replicas=tuple(
+        dataclasses.replace(r, master_addr=selected(B), link_ok=True, link_down_ms=0)
+        if r.addr == c else r for r in master(v).replicas)) for v in vs]
+    early = History(readers=frozenset({selected(B)}), promoted=selected(B))
+    d = decide(GROUP, follows, 2, early)
+    assert d.master == selected(B) and d.replicas == {c}
+
+
+def test_without_a_promotion_replicas_of_a_dead_master_keep_serving() -> None:
+    """Before the leader chose a replica, every replica keeps serving reads (none of them is
+    the successor yet)."""
+    c = Address(selected(B).host.rsplit(".", 1)[0] + ".4", selected(B).port)
+    vs = [with_master(v, replicas=tuple(dataclasses.replace(r, flags=r.flags - {"promoted"})
+                                        for r in master(v).replicas))
+          for v in with_third_node(views("selected"), c)]
+    d = decide(GROUP, vs, 2, History(readers=frozenset({selected(B), c})))
+    assert d.promoting is None and d.replicas == {selected(B), c}
 
 
 # -- one vote per Sentinel -------------------------------------------------------------

@@ -308,6 +308,21 @@ def test_new_master_with_no_replica_reads_through_its_backup_entry() -> None:
                    for t in texts(p))
 
 
+def test_promoted_replica_keeps_its_read_server_through_the_promotion() -> None:
+    """A 2-node failover where the promoted replica served reads: its read server stays ready
+    (no read change while clients reconnect after Sentinel closed their connections), only
+    the write backend and its backup entry change."""
+    actual = with_fallback_servers(haproxy_state(STEADY))
+    d = decide(GROUP, views("promoted"), 2, History(readers=frozenset({node(B)})))
+    p = fallback_plan(d, actual)
+    assert not any("redis1_replicas/redis1b " in t for t in texts(p))
+    assert "set server redis1_master/redis1b state ready" in texts(p)
+    reasons = {c.server: c.reason for c in plan(targets([d], WRITE, READ, True)[0],
+                                                 haproxy_state(INITIAL)).commands
+               if c.backend == "redis1_replicas" and c.after == "ready"}
+    assert "through its promotion" in reasons["redis1b"]
+
+
 def test_fallback_off_keeps_every_backup_entry_out() -> None:
     """With the read fallback off no backup entry is ever ready."""
     actual = with_fallback_servers(haproxy_state(STEADY))

@@ -101,17 +101,19 @@ def test_decide_never_goes_back_to_an_older_epoch_unless_every_sentinel_agrees(
 @fuzz(200)
 @given(decide_inputs())
 def test_decide_readers_fencing_and_fallback_are_consistent(args: Inputs) -> None:
-    """The master never serves reads as a replica, readers are replicas some top-epoch
-    Sentinel lists, an o_down or failing-over master is fenced unless the promoted replica
-    took over, and the read fallback is the master or the replica being promoted."""
+    """The master serves reads beside the replicas only as the one reader left that served
+    them before (through its promotion), readers are replicas some top-epoch Sentinel lists,
+    an o_down or failing-over master is fenced unless the promoted replica took over, and the
+    read fallback is the master or the replica being promoted."""
     vs, min_voters, history, rules_ = args
     d = decide(GROUP, vs, min_voters, history, rules_)
     if d.master is None:
         assert not d.replicas and not d.fenced and d.fallback is None
         return
     top = at_top(vs)
-    assert d.master not in d.replicas
-    assert d.replicas <= {r.addr for a in top for r in a.replicas}
+    if d.master in d.replicas:
+        assert d.replicas == {d.master} and d.master in history.readers
+    assert d.replicas - {d.master} <= {r.addr for a in top for r in a.replicas}
     if any(a.odown or a.failing_over for a in top):
         assert d.fenced != d.early
     else:
