@@ -19,6 +19,7 @@ Prints one line per failed read and a summary per setup (medians over runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 from pathlib import Path
@@ -62,14 +63,21 @@ def main() -> None:
     ap.add_argument("--scenario", choices=("kill", "leader"), default="kill")
     ap.add_argument("--setup", dest="setups", action="append", choices=SETUPS,
                     help="default: all three")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the stacks' logs here (default: a temp dir, removed)")
     args = ap.parse_args()
     setups = tuple(args.setups or SETUPS)
     per: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
     errors: dict[str, list[int]] = {s: [] for s in setups}
     gaps: dict[str, list[float]] = {s: [] for s in setups}
     lat: dict[str, list[float]] = {s: [] for s in setups}
-    with tempfile.TemporaryDirectory(prefix="read-gap-") as tmp, \
-            started(Path(tmp), setups, args.replicas) as running:
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="read-gap-")))
+        else:
+            tmp = args.workdir
+            tmp.mkdir(parents=True, exist_ok=True)
+        running = stack.enter_context(started(tmp, setups, args.replicas))
         for i in range(args.runs):
             recs = all_at_once(running, args.scenario)
             for name, rec in recs.items():

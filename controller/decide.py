@@ -275,6 +275,6 @@ def _readers(
 def _alive(node: Address, views: Sequence[MasterView]) -> bool:
     """No view sees `node` down (as the master it is, or as the replica it was)."""
     return not any(
-        (v.addr == node and v.odown) or any(r.addr == node and r.down for r in v.replicas)
+        (v.addr == node and v.odown) or any(r.addr == node and r.sdown for r in v.replicas)
         for v in views
     )

@@ -84,9 +84,10 @@ class ReplicaInfo:
         )
 
     @property
-    def down(self) -> bool:
-        """Sentinel sees it down (subjectively, objectively, or not connected)."""
-        return bool(self.flags & _DOWN_FLAGS)
+    def sdown(self) -> bool:
+        """Sentinel sees it down (`s_down`/`o_down`). Not `disconnected`: that is also a node
+        whose connections its own `SLAVEOF NO ONE` just closed (Sentinel's `CLIENT KILL`)."""
+        return bool(self.flags & {"s_down", "o_down"})
 
     def still_serves(self, max_link_down_ms: int) -> bool:
         """Alive, a replica, and not staler than `max_link_down_ms`: what a node that already

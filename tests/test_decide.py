@@ -313,6 +313,20 @@ def test_promoted_replica_takes_writes_once_it_answers_master() -> None:
     assert d.replicas == {node(B)}, "it served reads: it keeps serving them"
 
 
+def test_promoted_replica_cut_off_by_its_own_slaveof_keeps_serving_reads() -> None:
+    """The promoted replica's `SLAVEOF NO ONE` closes the other Sentinels' links to it
+    (`disconnected` for a moment): it keeps serving reads; seen `s_down`, it stops."""
+    history = History(readers=frozenset({node(B)}), promoted=node(B))
+
+    def flagged(flag: str) -> list[SentinelView]:
+        return [with_master(v, replicas=tuple(
+            dataclasses.replace(r, flags=r.flags | {flag}) if r.addr == node(B) else r
+            for r in master(v).replicas)) if i < 2 else v for i, v in enumerate(selecting())]
+
+    assert decide(GROUP, flagged("disconnected"), 2, history).replicas == {node(B)}
+    assert decide(GROUP, flagged("s_down"), 2, history).replicas == frozenset()
+
+
 def test_early_promotion_off_waits_for_sentinel() -> None:
     """With early promotion off, B answering master changes nothing until Sentinel says so."""
     d = decide(GROUP, selecting(), 2, History(promoted=node(B)), Rules(early_promotion=False))
