@@ -125,13 +125,15 @@ def decide(
                   f"{master} {'o_down' if odown else 'being failed over'}, epoch {top})")
         master, fenced = promoting, False
     # Reads follow the node taking over (the replica being promoted, once one is chosen).
-    replicas = _readers(promoting or master, at_top, history.readers, rules.max_link_down_ms,
-                        size, rules.master_reads or promoting is not None)
+    replicas, paused = _readers(promoting or master, at_top, history.readers,
+                                rules.max_link_down_ms, size,
+                                rules.master_reads or promoting is not None)
     return Decision(
         name=name,
         master=master,
         epoch=top,
         replicas=replicas,
+        paused=paused,
         fenced=fenced,
         reason=reason,
         voters=len(answers),
@@ -242,10 +244,12 @@ def _promoting(views: Sequence[MasterView]) -> Address | None:
 def _readers(
     successor: Address, views: Sequence[MasterView], before: frozenset[Address],
     max_link_down_ms: int, size: int, keep_successor: bool,
-) -> frozenset[Address]:
+) -> tuple[frozenset[Address], frozenset[Address]]:
     """The nodes that serve reads: at least half of `views` (1 of 1, 1 of 2, 2 of 3, 2 of 4)
     see each one fit; a node that does not serve yet needs `start_votes`. `successor`: the
-    master, or the replica the leader is promoting.
+    master, or the replica the leader is promoting. Also the readers paused for the promotion
+    (below): they keep their standing (`History.readers`), so that an aborted failover gives
+    them back at once.
 
     With `keep_successor`, a node that served reads as a replica keeps serving them through
     its promotion, until another node replicates from it; meanwhile the replicas that do not
@@ -268,8 +272,8 @@ def _readers(
     chosen = frozenset(a for a, n in votes.items() if n >= (keep if a in before else start))
     followed = any(following.get(a, 0) >= keep for a in chosen)
     if keep_successor and successor in before and not followed and _alive(successor, views):
-        return frozenset({successor})
-    return chosen
+        return frozenset({successor}), chosen
+    return chosen, frozenset()
 
 
 def _alive(node: Address, views: Sequence[MasterView]) -> bool:

@@ -304,7 +304,7 @@ class Controller:
         for d in decisions:
             if d.master is not None:
                 self._epochs[d.name] = d.epoch  # >= the old one, or agreed by all
-                self._readers[d.name] = d.replicas
+                self._readers[d.name] = d.replicas | d.paused
             self._watch_promotion(d, views)
         if self.nodes is not None:
             self.nodes.forget({p.addr for p in self.promotions.values()})
@@ -799,7 +799,12 @@ class Controller:
                 self.emit("failover", {"group": d.name, "from": str(old.master),
                                         "to": str(d.master), "epoch": d.epoch})
             else:
-                for r in sorted(old.replicas - d.replicas):
+                for r in sorted(d.paused - old.paused):
+                    log.info("replica_paused", group=d.name, replica=str(r),
+                             reason="follows the old master: Sentinel's SLAVEOF to it is due "
+                             "and closes its connections; no new reads until it follows "
+                             f"{d.promoting or d.master}", **self.timeline())
+                for r in sorted(old.replicas - d.replicas - d.paused):
                     log.info("replica_lost", group=d.name, replica=str(r), **self.timeline())
                     self.emit("replica_lost", {"group": d.name, "replica": str(r)})
                 for r in sorted(d.replicas - old.replicas):
@@ -841,4 +846,5 @@ class Controller:
 
 def _key(d: Decision) -> tuple[object, ...]:
     """What of a verdict HAProxy follows (the reason and vote count aside)."""
-    return (d.master, d.epoch, d.replicas, d.fenced, d.fallback, d.promoting, d.early)
+    return (d.master, d.epoch, d.replicas, d.paused, d.fenced, d.fallback, d.promoting,
+            d.early)

@@ -171,6 +171,9 @@ class Decision:
     master: Address | None  # None: undecided, HAProxy keeps its state
     epoch: int = -1
     replicas: frozenset[Address] = frozenset()  # replicas that serve reads
+    # Replicas that still count as serving reads but take no new ones for now: they follow the
+    # old master and Sentinel is about to reconfigure them (its SLAVEOF closes their clients).
+    paused: frozenset[Address] = frozenset()
     fenced: bool = False  # master o_down or being failed over: no server gets writes
     reason: str = ""  # why undecided / fenced, or the evidence used
     voters: int = 0  # sentinels whose answer was used

@@ -391,13 +391,28 @@ def test_replicas_sentinel_will_reconfigure_take_no_new_reads_during_the_promoti
     vs = with_third_node(views("selected"), c)
     d = decide(GROUP, vs, 2, both)
     assert d.fenced and d.promoting == selected(B)
-    assert d.replicas == {selected(B)}
+    assert d.replicas == {selected(B)} and d.paused == {c}
     follows = [with_master(v, replicas=tuple(
         dataclasses.replace(r, master_addr=selected(B), link_ok=True, link_down_ms=0)
         if r.addr == c else r for r in master(v).replicas)) for v in vs]
-    early = History(readers=frozenset({selected(B)}), promoted=selected(B))
+    early = History(readers=d.replicas | d.paused, promoted=selected(B))
     d = decide(GROUP, follows, 2, early)
-    assert d.master == selected(B) and d.replicas == {c}
+    assert d.master == selected(B) and d.replicas == {c} and not d.paused
+
+
+def test_an_aborted_promotion_gives_the_paused_replicas_back_at_once() -> None:
+    """The leader drops its choice (failover aborted) while C was paused: C's standing as a
+    reader was kept, so it serves again with the old master's other replica, not after a
+    fresh start."""
+    c = Address(selected(B).host.rsplit(".", 1)[0] + ".4", selected(B).port)
+    vs = with_third_node(views("selected"), c)
+    d = decide(GROUP, vs, 2, History(readers=frozenset({selected(B), c})))
+    assert d.paused == {c}
+    aborted = [with_master(v, replicas=tuple(
+        dataclasses.replace(r, flags=r.flags - {"promoted"}) for r in master(v).replicas))
+        for v in vs]
+    d = decide(GROUP, aborted, 2, History(readers=d.replicas | d.paused))
+    assert d.promoting is None and d.replicas == {selected(B), c} and not d.paused
 
 
 def test_without_a_promotion_replicas_of_a_dead_master_keep_serving() -> None:

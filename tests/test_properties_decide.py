@@ -103,8 +103,9 @@ def test_decide_never_goes_back_to_an_older_epoch_unless_every_sentinel_agrees(
 def test_decide_readers_fencing_and_fallback_are_consistent(args: Inputs) -> None:
     """The master serves reads beside the replicas only as the one reader left that served
     them before (through its promotion), readers are replicas some top-epoch Sentinel lists,
-    an o_down or failing-over master is fenced unless the promoted replica took over, and the
-    read fallback is the master or the replica being promoted."""
+    readers paused for a promotion leave the node taking over as the one reader, an o_down
+    or failing-over master is fenced unless the promoted replica took over, and the read
+    fallback is the master or the replica being promoted."""
     vs, min_voters, history, rules_ = args
     d = decide(GROUP, vs, min_voters, history, rules_)
     if d.master is None:
@@ -113,6 +114,8 @@ def test_decide_readers_fencing_and_fallback_are_consistent(args: Inputs) -> Non
     top = at_top(vs)
     if d.master in d.replicas:
         assert d.replicas == {d.master} and d.master in history.readers
+    if d.paused:  # paused for a promotion: the node taking over is the one reader meanwhile
+        assert not d.paused & d.replicas and d.replicas == {d.promoting or d.master}
     assert d.replicas - {d.master} <= {r.addr for a in top for r in a.replicas}
     if any(a.odown or a.failing_over for a in top):
         assert d.fenced != d.early
