@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--scenario", choices=("kill", "leader"), default="kill")
     ap.add_argument("--setup", dest="setups", action="append", choices=SETUPS,
                     help="default: all three")
+    ap.add_argument("--controller-arg", dest="controller_args", action="append", default=[],
+                    help="one more argument for the controller daemon (repeatable)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the stacks' logs here (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -77,7 +79,8 @@ def main() -> None:
         else:
             tmp = args.workdir
             tmp.mkdir(parents=True, exist_ok=True)
-        running = stack.enter_context(started(tmp, setups, args.replicas))
+        running = stack.enter_context(started(tmp, setups, args.replicas,
+                                                     args.controller_args))
         for i in range(args.runs):
             recs = all_at_once(running, args.scenario)
             for name, rec in recs.items():

@@ -358,7 +358,8 @@ def status_report(s: Settings, result: PassResult) -> dict[str, Any]:
 
 def _decision_json(d: Decision) -> dict[str, Any]:
     return {"master": str(d.master) if d.master else None, "epoch": d.epoch,
-            "replicas": sorted(str(r) for r in d.replicas), "fenced": d.fenced,
+            "replicas": sorted(str(r) for r in d.replicas),
+            "paused": sorted(str(r) for r in d.paused), "fenced": d.fenced,
             "nodes": sorted(str(n) for n in d.nodes),
             "reason": d.reason, "voters": d.voters}
 

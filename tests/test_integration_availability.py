@@ -58,21 +58,36 @@ def test_reads_keep_flowing_through_a_master_sigkill(
     """While the master is killed, failed over and gone, the new-connection reader reads without
     a single error: replicas keep serving while their master is down, and the promoted one
     serves through its promotion. The held connection loses at most one read: Sentinel kills
-    the promoted replica's client connections with `REPLICAOF NO ONE`."""
+    the promoted replica's client connections with `REPLICAOF NO ONE`, and (3-node) those of
+    the other replica when it reconfigures it, which meanwhile takes no new reads."""
     stack = make_stack(groups=(G,), replicas=replicas)
-    make_controller(stack)
+    d = make_controller(stack)
     with readers(stack) as rs:
         t0 = time.time()
         stack.kill_node(f"{G}a")
         new = {f"{G}b", f"{G}c"}
         wait_until(lambda: set(stack.routable().get(stack.write_backend(G), [])) & new,
                    FAILOVER_S, "writes on a new master")
+        promoted = (set(stack.routable()[stack.write_backend(G)]) & new).pop()
+        others = new - {promoted} if replicas == 2 else set()
+        # 3-node: through Sentinel's reconfiguration of the other replica (its SLAVEOF closes
+        # that replica's connections too), until it serves reads again.
+        wait_until(lambda: others <= set(stack.routable().get(stack.read_backend(G), [])),
+                   FAILOVER_S, "the other replica serving reads again")
         n = {id(r): len(r.samples) for r in rs}
         wait_until(lambda: all(len(r.samples) > n[id(r)] + 50 for r in rs), 10,
                    "50 more reads each")
     held, fresh = rs
     assert failed_reads(fresh, t0) == []
     assert len(failed_reads(held, t0)) <= 1, failed_reads(held, t0)
+    # The promoted replica kept its read server through the promotion; the other replica
+    # took no new reads until it followed the new master.
+    outs = d.events("server_state_changed", backend=stack.read_backend(G), server=promoted,
+                    to="maint")
+    changed_at = ts_of(d.events("master_changed")[0]) or 0.0
+    assert not outs if not others else all((ts_of(o) or 0.0) > changed_at for o in outs), outs
+    for other in others:
+        assert d.events("replica_paused", replica=str(stack.nodes[other].addr)), d.tail()
 
 
 @pytest.mark.parametrize("replicas", [1, 2], ids=["2-node", "3-node"])
