@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import statistics
 import tempfile
 from pathlib import Path
 
-from lab.compare import SETUPS, all_at_once, restore, started
+from lab.compare import SETUPS, Setup, all_at_once, restore, run_scenario, started
 from lab.measure import Recording
 from lab.probes import ReadSample
 
@@ -56,6 +58,18 @@ def med(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}" if values else "-"
 
 
+def frozen_run(setup: Setup, scenario: str) -> Recording:
+    """`run_scenario`, with the controller daemon (if any) stopped by SIGSTOP throughout."""
+    pid = setup.ctl.pid if setup.ctl is not None else None
+    if pid is not None:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        return run_scenario(setup, scenario)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=6)
@@ -65,6 +79,9 @@ def main() -> None:
                     help="default: all three")
     ap.add_argument("--controller-arg", dest="controller_args", action="append", default=[],
                     help="one more argument for the controller daemon (repeatable)")
+    ap.add_argument("--freeze-controller", action="store_true",
+                    help="SIGSTOP the controller daemon through each fault (HAProxy keeps the "
+                    "state it had: what the shipped config alone does with the reads)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the stacks' logs here (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -82,7 +99,8 @@ def main() -> None:
         running = stack.enter_context(started(tmp, setups, args.replicas,
                                                      args.controller_args))
         for i in range(args.runs):
-            recs = all_at_once(running, args.scenario)
+            recs = all_at_once(running, args.scenario,
+                               frozen_run if args.freeze_controller else run_scenario)
             for name, rec in recs.items():
                 fails = failed_reads(rec)
                 errors[name].append(sum(1 for r in rec.reads if not r.ok and r.t >= rec.fault_t))

@@ -74,6 +74,8 @@ class Hooks(Protocol):
 
     def haproxy_changed(self, target: str) -> None: ...  # restarted, reloaded or back
 
+    def applied(self) -> None: ...  # hinted groups synced (or this HAProxy is down): no wait
+
 
 @dataclass(frozen=True)
 class HAProxyOutcome:
@@ -264,10 +266,12 @@ class HAProxyWorker:
         if batch:
             out = self.sync(batch) if self.up else None  # down while pushing the lease
             with self._cond:
-                self._urgent_sync = False
+                urgent, self._urgent_sync = self._urgent_sync, False
                 if out is None or out.error:
                     for g, d in batch.items():
                         self._mark(g, d.since, d.urgent)
+            if urgent:  # outside `_cond`: the loop waits for this holding its own lock
+                self.hooks.applied()
         if not batch and lease is None and time.monotonic() >= self._next_probe:
             self.probe()
         return True

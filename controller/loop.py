@@ -56,11 +56,13 @@ log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
-# After a targeted pass the full pass in progress waits (at most HOLD_FULL_S, looking every
-# HOLD_POLL_S) until the HAProxy workers have applied its commands.
+# After a targeted pass the full pass in progress waits (at most HOLD_FULL_S; a worker wakes
+# the loop when it is done) until the HAProxy workers have applied its commands.
+# Events that only say the leader goes on promoting the replica it chose (`_followed`).
+PROMOTION_STEPS = frozenset({"+selected-slave", "+failover-state-send-slaveof-noone",
+                             "+failover-state-wait-promotion"})
 HOLD_FULL_S = 0.02
 HOLD_LOGS_S = 0.005  # the same for the targeted pass's own log lines, shorter
-HOLD_POLL_S = 0.0002
 # Groups per step of a full pass: a failover waits for one chunk at most. 2 rather than 8:
 # -2 ms at p99 at 1,000 groups, for ~50 % more CPU per full pass (bench/RESULTS.md).
 FULL_CHUNK = 2
@@ -192,6 +194,8 @@ class Controller:
             master_reads=settings.read_fallback_to_master,
         )
         self.hints = hints or HintQueue()
+        self._applied = threading.Condition()  # a worker synced hinted groups (`applied`)
+        self._holding = False  # the loop holds a full pass back until the workers applied
         self.counters = Counters()
         self.write_servers = self.counters.write_servers  # (haproxy, group) -> ready servers
         self.on_change = on_change  # webhook/alert hook; must not block
@@ -328,9 +332,8 @@ class Controller:
         for w in self.workers:
             w.want(by_group, sinces, urgent)
         if urgent:  # the workers have the GIL now: logging can wait, HAProxy cannot
-            deadline = time.monotonic() + HOLD_LOGS_S
-            while self._applying() and time.monotonic() < deadline:
-                time.sleep(HOLD_POLL_S)
+            with self._applied:
+                self._applied.wait_for(lambda: not self._applying(), HOLD_LOGS_S)
         self._flush_logs()
         self._note_decisions(decisions, trigger)
 
@@ -421,11 +424,9 @@ class Controller:
     def _hold_full(self, until: float) -> bool:
         """Whether the next chunk of a full pass waits: the commands of a targeted pass are
         being applied, and a chunk would compete with them for the GIL. Bounded by `until`
-        (a hung HAProxy must not hold the loop)."""
-        if time.monotonic() >= until or not self._applying():
-            return False
-        time.sleep(HOLD_POLL_S)
-        return True
+        (a hung HAProxy must not hold the loop); the loop then waits for hints, and the
+        worker's `applied` hint ends the wait."""
+        return time.monotonic() < until and self._applying()
 
     def _applying(self) -> bool:
         """A worker thread still has hinted groups to apply."""
@@ -477,8 +478,12 @@ class Controller:
         while not stop.is_set():
             try:
                 now = time.monotonic()
-                busy = work.has_groups or work.has_full or full is not None
-                wake = min(next_resync, next_lease)
+                # Set before asking the workers: one that finishes meanwhile sends `applied`.
+                self._holding = full is not None and not work.has_groups and now < hold_full_until
+                self._holding = self._holding and self._hold_full(hold_full_until)
+                busy = (work.has_groups or work.has_full or full is not None) and not self._holding
+                wake = min(next_resync, next_lease,
+                           hold_full_until if self._holding else float("inf"))
                 if self.promotions_pending():
                     wake = min(wake, next_role)
                 if self.reader.busy():  # late answers: take them in soon
@@ -537,6 +542,8 @@ class Controller:
         if h.kind == "late_answer":
             self._late(h, work)
             return
+        if h.kind == "applied":  # only ends a wait
+            return
         what = self._classify(h)
         if what is None:
             return
@@ -553,12 +560,20 @@ class Controller:
             work.group(group, trigger, h.received)
 
     def _followed(self, h: Hint, group: str) -> bool:
-        """A `+switch-master` to the master whose writes HAProxy already gets: another
-        Sentinel's copy of an event a pass has answered. Another pass would find nothing new
-        and only compete with the HAProxy worker applying the first one's commands."""
+        """An event the verdict acted on already says: a `+switch-master` to the master whose
+        writes HAProxy already gets (another Sentinel's copy of an event a pass answered), or
+        a step of the promotion of the replica the verdict already names as promoting. Another
+        pass would find nothing new and only compete for the CPU with the HAProxy worker, and
+        with the clients reconnecting after Sentinel's `CLIENT KILL` on that replica (its
+        `SLAVEOF NO ONE` closes every connection it has in the same moment)."""
         d = self._decisions.get(group)
-        to = h.event.switched_to if h.event is not None else None
-        return to is not None and d is not None and not d.fenced and to == d.master
+        ev = h.event
+        if ev is None or d is None:
+            return False
+        if ev.switched_to is not None:
+            return not d.fenced and ev.switched_to == d.master
+        return (ev.channel in PROMOTION_STEPS and d.promoting is not None
+                and ev.instance == d.promoting)
 
     def _classify(self, h: Hint) -> tuple[str, str | None] | None:
         """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)
@@ -625,6 +640,14 @@ class Controller:
 
     def haproxy_changed(self, target: str) -> None:
         self.hints.put(Hint(target, "haproxy_changed", time.monotonic()))
+
+    def applied(self) -> None:
+        """A worker synced its hinted groups: wake a hand-over waiting for it (`_hand_over`)
+        and a full pass held back for it (the loop waits for hints then)."""
+        with self._applied:
+            self._applied.notify_all()
+        if self._holding:
+            self.hints.put(Hint("", "applied", time.monotonic()))
 
     # -- bookkeeping and logs ---------------------------------------------------------
     def _note_sentinels(self, views: Sequence[SentinelView]) -> None:

@@ -633,7 +633,7 @@ def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
 
 
 HintKind = Literal["event", "connected", "disconnected", "bad_event", "late_answer",
-                   "haproxy_changed"]
+                   "haproxy_changed", "applied"]
 
 
 @dataclass(frozen=True)
@@ -641,7 +641,8 @@ class Hint:
     """Something that may mean the state changed; the loop reconciles on it. From an event
     watcher (its Sentinel's events and connection), the reader (`late_answer`: the complete
     answers of a round a pass did not wait for, `views`) or an HAProxy worker
-    (`haproxy_changed`: restarted, reloaded or back)."""
+    (`haproxy_changed`: restarted, reloaded or back; `applied`: it has applied a targeted
+    pass's commands, a full pass held back for them may go on)."""
 
     source: str  # the Sentinel ("host:port"), or the HAProxy's socket
     kind: HintKind

@@ -315,6 +315,7 @@ class SentinelEvent:
     master: str | None  # the master group it concerns, when the message names one
     text: str
     switched_to: Address | None = None  # `+switch-master`: the new master's address
+    instance: Address | None = None  # `<type> <name> <ip> <port> @ ...`: the instance's address
 
     @property
     def relevant(self) -> bool:
@@ -335,6 +336,7 @@ def parse_event(channel: Any, data: Any) -> SentinelEvent:
     words = text.split()
     master: str | None = None
     switched_to: Address | None = None
+    instance: Address | None = None
     if ch == "+switch-master":
         if len(words) != 5:
             raise SentinelReplyError(f"event {ch}: expected 5 words, got {text!r:.120}")
@@ -345,6 +347,9 @@ def parse_event(channel: Any, data: Any) -> SentinelEvent:
         if i + 1 >= len(words):
             raise SentinelReplyError(f"event {ch}: nothing after '@' in {text!r:.120}")
         master = words[i + 1]
+        if i == 4 and words[3].isdigit() and 0 < int(words[3]) < 65536:
+            instance = Address(words[2], int(words[3]))
     elif len(words) >= 2 and words[0] == "master":
         master = words[1]
-    return SentinelEvent(channel=ch, master=master, text=text, switched_to=switched_to)
+    return SentinelEvent(channel=ch, master=master, text=text, switched_to=switched_to,
+                         instance=instance)

@@ -534,6 +534,30 @@ def test_a_switch_to_the_master_already_followed_needs_no_pass(
     assert work.has_groups
 
 
+def test_a_step_of_the_promotion_already_followed_needs_no_pass(
+    controller: Controller,
+) -> None:
+    """`+failover-state-send-slaveof-noone` (and the other promotion steps) about the replica
+    the verdict already names as promoting warrants no pass: it would only compete with the
+    clients Sentinel's CLIENT KILL on that replica makes reconnect. About another replica, or
+    before the verdict names one, it does."""
+    controller.reconcile("start")
+    b = node(B)
+    text = f"slave {b} {b.host} {b.port} @ {GROUP} 127.0.0.9 1"
+    work = Pending()
+    controller._take(hint("+failover-state-send-slaveof-noone", text, time.monotonic()), work)
+    assert work.has_groups, "no promotion known yet"
+    controller._decisions[GROUP] = dataclasses.replace(controller._decisions[GROUP],
+                                                       promoting=b)
+    work = Pending()
+    controller._take(hint("+failover-state-send-slaveof-noone", text, time.monotonic()), work)
+    controller._take(hint("+selected-slave", text, time.monotonic()), work)
+    assert not work.has_groups
+    other = text.replace(f"{b.host} {b.port}", "127.0.0.8 1")
+    controller._take(hint("+selected-slave", other, time.monotonic()), work)
+    assert work.has_groups
+
+
 def test_while_a_promotion_is_watched_a_pass_waits_for_the_leader(
     controller: Controller, sentinels: FakeSentinels
 ) -> None:
@@ -575,3 +599,17 @@ def test_a_full_pass_waits_for_a_targeted_pass_commands_but_not_for_long(
     worker.drain()
     assert not worker.urgent_pending()
     assert not controller._hold_full(time.monotonic() + 10)
+
+
+def test_a_worker_done_applying_wakes_a_held_full_pass_and_nothing_else(
+    controller: Controller,
+) -> None:
+    """A worker that applied hinted groups wakes the loop (an `applied` hint) only while the
+    loop holds a full pass back for it; the hint starts no pass."""
+    controller.applied()
+    assert controller.hints.get(0.0) == []
+    controller._holding = True
+    controller.applied()
+    hints = controller.hints.get(0.0)
+    assert [h.kind for h in hints] == ["applied"]
+    assert controller._classify(hints[0]) is None

@@ -412,6 +412,15 @@ def test_parse_event_on_real_texts(
     assert (ev.channel, ev.master, ev.text, ev.relevant) == (channel, group, data, relevant)
 
 
+def test_parse_event_names_the_instance_of_instance_events() -> None:
+    """`<type> <name> <ip> <port> @ ...` events name their instance's address; others none."""
+    ev = parse_event("+failover-state-send-slaveof-noone",
+                     "slave 127.0.0.3:26533 127.0.0.3 26533 @ mymaster 127.0.0.2 26531")
+    assert ev.instance == Address("127.0.0.3", 26533)
+    assert parse_event("+try-failover", "master mymaster 127.0.0.1 26531").instance is None
+    assert parse_event("+sdown", "slave x 127.0.0.3 notaport @ m 127.0.0.2 1").instance is None
+
+
 def test_parse_event_accepts_bytes_as_redis_py_delivers_them() -> None:
     """Channel and data as bytes (a pmessage from redis-py) parse like str."""
     ev = parse_event(b"+reset-master", b"master mymaster 127.0.0.1 23921")
