@@ -35,9 +35,9 @@ Reads:
   the leader is promoting is (Sentinels that already saw it answer role master no longer
   count it as a replica);
 - a replica being promoted that served reads keeps serving them through its promotion (as
-  master too) until another node replicates from it; meanwhile the replicas that still
-  follow the old master take no new reads: Sentinel's `SLAVEOF` to them, moments later,
-  closes every connection they have (a 3-node group lost a second read to it).
+  master too, until the failover ends or another node replicates from it); meanwhile the
+  replicas that still follow the old master take no new reads: Sentinel's `SLAVEOF` to them,
+  moments later, closes every connection they have (a 3-node group lost a second read to it).
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class Rules:
 
     max_link_down_ms: int = 60_000  # a serving replica's link may be down this long
     early_promotion: bool = True  # follow the leader's promotion at ROLE master
-    master_reads: bool = True  # the master may serve reads (setting read_fallback_to_master)
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,7 @@ def decide(
         master, fenced = promoting, False
     # Reads follow the node taking over (the replica being promoted, once one is chosen).
     replicas, paused = _readers(promoting or master, at_top, history.readers,
-                                rules.max_link_down_ms, size,
-                                rules.master_reads or promoting is not None)
+                                rules.max_link_down_ms, size, promoting is not None)
     return Decision(
         name=name,
         master=master,
@@ -251,10 +249,11 @@ def _readers(
     (below): they keep their standing (`History.readers`), so that an aborted failover gives
     them back at once.
 
-    With `keep_successor`, a node that served reads as a replica keeps serving them through
-    its promotion, until another node replicates from it; meanwhile the replicas that do not
-    replicate from it yet take no new reads: Sentinel is about to send them `SLAVEOF`, whose
-    `CLIENT KILL` closes every connection they have (a read moved there would be cut again).
+    With `keep_successor` (a promotion in progress), a node that served reads as a replica
+    keeps serving them through its promotion, until another node replicates from it or the
+    failover ends; meanwhile the replicas that do not replicate from it yet take no new
+    reads: Sentinel is about to send them `SLAVEOF`, whose `CLIENT KILL` closes every
+    connection they have (a read moved there would be cut again).
     """
     votes: dict[Address, int] = {}
     following: dict[Address, int] = {}

@@ -191,7 +191,6 @@ class Controller:
         self.rules = Rules(
             max_link_down_ms=int(settings.max_replica_link_down_s * 1000),
             early_promotion=settings.early_promotion and nodes is not None,
-            master_reads=settings.read_fallback_to_master,
         )
         self.hints = hints or HintQueue()
         self._applied = threading.Condition()  # a worker synced hinted groups (`applied`)

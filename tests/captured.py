@@ -93,3 +93,17 @@ def haproxy_text(name: str) -> str:
 def haproxy_state(name: str) -> HAProxyState:
     """A captured `show info; show servers state; show stat -1 4 -1` reply, parsed."""
     return parse_state_batch(haproxy_text(name))
+
+
+def selecting(state: str = "master_down") -> list[SentinelView]:
+    """The `state` views with the last Sentinel as a leader that chose B: its entry flagged
+    failover_in_progress, B flagged `promoted` (the window before +promoted-slave); every
+    Sentinel sees the master o_down by then."""
+    vs = [with_master(v, flags=master(v).flags | {"o_down"}) for v in views(state)]
+    leader = vs[-1]
+    m = master(leader)
+    reps = tuple(dataclasses.replace(r, flags=r.flags | {"promoted"}) if r.addr == node(B)
+                 else r for r in m.replicas)
+    vs[-1] = with_master(leader, flags=m.flags | {"failover_in_progress"}, replicas=reps,
+                         failover_state="wait_promotion")
+    return vs

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from captured import GROUP, A, B, load, master, node, views, with_master
+from captured import GROUP, A, B, load, master, node, selecting, views, with_master
 
 from controller.decide import History, Rules, decidable, decide
 from controller.model import Address, SentinelView
@@ -260,38 +260,16 @@ def test_dead_serving_replica_leaves() -> None:
     assert d.fallback == node(A), "the live master is the read fallback"
 
 
-def test_after_promotion_the_new_master_keeps_serving_reads() -> None:
-    """At the leader's promotion the new master has no replica left (2-node group): having
-    served reads as a replica, it keeps serving them (no read backend change in the middle of
-    the failover), and it is the read fallback too."""
+def test_after_promotion_the_new_master_is_the_read_fallback() -> None:
+    """At +promoted-slave the failover is over for the verdict (the leader names no replica
+    being promoted) and the new master has no replica left (2-node group): it serves reads as
+    the read fallback, even though it served reads as a replica before."""
     d = decide(GROUP, views("promoted"), 2, SERVING)
-    assert d.master == node(B) and d.replicas == frozenset({node(B)})
+    assert d.master == node(B) and d.replicas == frozenset()
     assert d.fallback == node(B)
 
 
-def test_without_master_reads_the_new_master_stops_serving_reads_after_the_failover() -> None:
-    """With reads from the master turned off, the promoted node serves reads only while it is
-    being promoted, not as the master afterwards; a node that never served reads is not kept."""
-    off = Rules(master_reads=False)
-    assert decide(GROUP, views("promoted"), 2, SERVING, off).replicas == frozenset()
-    assert decide(GROUP, views("promoted"), 2).replicas == frozenset()
-
-
 # -- following the promotion early -----------------------------------------------------
-
-
-def selecting(state: str = "master_down") -> list[SentinelView]:
-    """The `state` views with the last Sentinel as a leader that chose B: its entry flagged
-    failover_in_progress, B flagged `promoted` (the window before +promoted-slave); every
-    Sentinel sees the master o_down by then."""
-    vs = [with_master(v, flags=master(v).flags | {"o_down"}) for v in views(state)]
-    leader = vs[-1]
-    m = master(leader)
-    reps = tuple(dataclasses.replace(r, flags=r.flags | {"promoted"}) if r.addr == node(B)
-                 else r for r in m.replicas)
-    vs[-1] = with_master(leader, flags=m.flags | {"failover_in_progress"}, replicas=reps,
-                         failover_state="wait_promotion")
-    return vs
 
 
 def test_leader_choice_is_named_while_writes_stay_fenced() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from captured import GROUP, A, B, haproxy_state, node, views
+from captured import GROUP, A, B, haproxy_state, node, selecting, views
 
 from controller.decide import History, decide
 from controller.model import Address, AdminState, Decision, HAProxyState
@@ -313,7 +313,8 @@ def test_promoted_replica_keeps_its_read_server_through_the_promotion() -> None:
     (no read change while clients reconnect after Sentinel closed their connections), only
     the write backend and its backup entry change."""
     actual = with_fallback_servers(haproxy_state(STEADY))
-    d = decide(GROUP, views("promoted"), 2, History(readers=frozenset({node(B)})))
+    d = decide(GROUP, selecting(), 2, History(readers=frozenset({node(B)}), promoted=node(B)))
+    assert d.early
     p = fallback_plan(d, actual)
     assert not any("redis1_replicas/redis1b " in t for t in texts(p))
     assert "set server redis1_master/redis1b state ready" in texts(p)
