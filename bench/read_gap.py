@@ -12,6 +12,11 @@ the latency of every ok read in the 5 s after the fault for scale. Same stacks, 
 faults as `drill --compare` (lab.compare), all setups at once, `--runs` times.
 
     .venv/bin/python bench/read_gap.py --runs 6 [--replicas 2] [--scenario leader]
+        [--setup classic --setup controller] [--controller-arg=--no-early-promotion]
+        [--freeze-controller] [--workdir DIR]
+
+`--freeze-controller` SIGSTOPs the daemon through each fault (HAProxy keeps the state it had):
+what the shipped HAProxy config alone does with the reads, apart from the daemon's activity.
 
 Prints one line per failed read and a summary per setup (medians over runs).
 """
