@@ -56,11 +56,11 @@ log = structlog.get_logger("controller")
 
 INCIDENT_QUIET_S = 30.0  # a failover timeline ends after this long without failover events
 TARGETED_MAX = 64  # groups read by one targeted pass at most (a burst: a few passes)
-# After a targeted pass the full pass in progress waits (at most HOLD_FULL_S; a worker wakes
-# the loop when it is done) until the HAProxy workers have applied its commands.
 # Events that only say the leader goes on promoting the replica it chose (`_followed`).
 PROMOTION_STEPS = frozenset({"+selected-slave", "+failover-state-send-slaveof-noone",
                              "+failover-state-wait-promotion"})
+# After a targeted pass the full pass in progress waits (at most HOLD_FULL_S; a worker wakes
+# the loop when it is done) until the HAProxy workers have applied its commands.
 HOLD_FULL_S = 0.02
 HOLD_LOGS_S = 0.005  # the same for the targeted pass's own log lines, shorter
 # Groups per step of a full pass: a failover waits for one chunk at most. 2 rather than 8:
