@@ -59,7 +59,7 @@ class BackendTarget:
                 return True, f"read fallback {fallback}, used by HAProxy while no replica is up"
             return False, "not the read fallback"
         if any(srv.matches(r) for r in d.replicas):
-            if srv.matches(d.master) or (d.promoting is not None and srv.matches(d.promoting)):
+            if d.promoting is not None and srv.matches(d.promoting):  # decide keeps it
                 return True, "serves reads through its promotion, until a replica follows it"
             return True, f"serves reads: replica of {d.master}"
         if fallback is not None and srv.matches(fallback) and not d.replicas and not any(
