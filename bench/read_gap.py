@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import signal
 import statistics
@@ -51,12 +52,18 @@ def failed_reads(rec: Recording) -> list[dict[str, float]]:
                 continue
             out.append({"reader": reader, "at_ms": (r.t - rec.fault_t) * 1000,
                         "err_ms": (r.t - r.sent) * 1000, "wait_ms": (nxt.sent - r.t) * 1000,
-                        "next_ms": (nxt.t - nxt.sent) * 1000, "gap_ms": (nxt.t - prev.t) * 1000})
+                        "next_ms": (nxt.t - nxt.sent) * 1000, "gap_ms": (nxt.t - prev.t) * 1000,
+                        "error_t": r.t, "next_sent_t": nxt.sent})
     return out
 
 
 def ok_latencies(reads: list[ReadSample], since: float, window_s: float = 5.0) -> list[float]:
     return [(r.t - r.sent) * 1000 for r in reads if r.ok and since <= r.t <= since + window_s]
+
+
+def stamp(t: float) -> str:
+    """Wall-clock time as the daemon's log lines have it (UTC ISO), to the microsecond."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%H:%M:%S.%f")
 
 
 def med(values: list[float]) -> str:
@@ -117,7 +124,8 @@ def main() -> None:
                     print(f"run {i + 1} {name:<10} reader {f['reader']:.0f}: failed "
                           f"{f['at_ms']:.0f} ms after the fault, out {f['err_ms']:.2f} ms, "
                           f"reader waited {f['wait_ms']:.2f}, next read {f['next_ms']:.2f} ms, "
-                          f"gap {f['gap_ms']:.2f} ms", flush=True)
+                          f"gap {f['gap_ms']:.2f} ms (error at {stamp(f['error_t'])}, "
+                          f"next read sent at {stamp(f['next_sent_t'])})", flush=True)
             for s in running:
                 restore(s)
     print(f"\n{args.scenario}, {args.replicas + 1}-node groups, {args.runs} runs; medians in ms")
