@@ -75,6 +75,7 @@ from replay_sentinel import HOSTS, ReplayProcess, failover, start_replay
 
 CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
+KEEP_LOGS: Path | None = None  # --keep-logs: where each rig's daemon log is copied
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -360,6 +361,10 @@ class Rig:
             p.stop()
         for s in self.servers:
             s.stop()
+        log = getattr(self, "log", None)  # unset when the rig failed to start
+        if KEEP_LOGS is not None and log is not None and log.exists():
+            KEEP_LOGS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, KEEP_LOGS / f"daemon-N{self.n}-{int(time.time())}.log")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -496,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--probes", type=int, default=100,
                    help="replay-server reads timed from the bench after `latency` (0: none)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep-logs", type=Path, default=None,
+                   help="copy each daemon's log into this directory before its rig stops")
     args = p.parse_args(argv)
+    global KEEP_LOGS  # a bench-wide option, read by Rig.stop
+    KEEP_LOGS = args.keep_logs
     # The replay servers are threads of this process: without this, a reply waits up to 5 ms
     # for the GIL (the daemon sets the same for its own threads).
     sys.setswitchinterval(0.0005)
