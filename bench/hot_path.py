@@ -28,7 +28,10 @@ Scenarios (`--scenario`, repeatable; default all):
   `--publishers 1` publishes each `+switch-master` from one replay server only (the others'
   events usually land inside the first pass and start a second one).
 - `burst`: N = `--burst-groups` (1000), 100 of them fail over 10 ms apart (one second); each
-  group's own event -> its new master ready (broken down as above).
+  group's own event -> its new master ready (broken down as above), the daemon's CPU time
+  and its full passes from the first event to 2 s after the last. `--new-epoch`: each
+  replay server also publishes `+new-epoch` 1 s before each group's `+switch-master` (a real
+  failover's election; names no group).
 - `slow`: as `latency` with one of the three Sentinels answering its command connection
   500 ms late (`--slow-s`); N = 1 and 1000.
 - `hung`: N = 100, two HAProxy; the first is SIGSTOPped, then `--hung-failovers` failovers:
@@ -417,9 +420,21 @@ def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
         published: list[tuple[int, float, str]] = []
         rig.tail.poll()
         mark = len(rig.tail.lines)
+        # 10 ms apart; with --new-epoch each group's `+new-epoch` 1 s before its switch, from
+        # each publisher (a real failover's leader election, ~1 s before `+switch-master`).
+        lead_s = 1.0 if args.new_epoch else 0.0
+        steps = [(k * 0.01 + lead_s, "switch", k, i) for k, i in enumerate(groups)]
+        if args.new_epoch:
+            steps += [(k * 0.01, "epoch", k, i) for k, i in enumerate(groups)]
+        steps.sort()
+        cpu0 = rig.cpu_s()
         t0 = time.monotonic()
-        for k, i in enumerate(groups):
-            time.sleep(max(0.0, t0 + k * 0.01 - time.monotonic()))  # 10 ms apart
+        for at, what, k, i in steps:
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            if what == "epoch":
+                for srv in rig.servers[:rig.publishers]:
+                    srv.publish("+new-epoch", str(1000 + k))
+                continue
             t_pub, new = failover(rig.servers, i, rig.publishers)
             published.append((i, t_pub, new))
         own, ext = [], []
@@ -430,11 +445,20 @@ def scenario_burst(args: argparse.Namespace) -> list[dict[str, Any]]:
             own.append(float(line["latency_ms"]))
             ext.append((ts(line) - t_pub) * 1000)
             marks.append((i, mark, own[-1]))
-        label = f"burst N={n}, 100 fail over in 1 s"
+        # The daemon's CPU over a fixed window: the events, then 2 s for the passes they start.
+        time.sleep(max(0.0, t0 + lead_s + 3.0 - time.monotonic()))
+        cpu_ms = (rig.cpu_s() - cpu0) * 1000
+        rig.tail.poll()
+        full = sum(1 for e in rig.tail.lines[mark:]
+                   if e.get("event") == "pass" and e.get("scope") == "full")
+        label = f"burst N={n}, 100 fail over in 1 s" + (" +new-epoch"
+                                                        if args.new_epoch else "")
         rows = [stats(f"{label}: hint -> applied (daemon)", own),
                 *breakdown(rig, marks, label),
                 stats(f"{label}: publish -> applied", ext)]
         rows[-1]["over_50ms"] = sum(1 for x in ext if x > 50)
+        rows.append({"what": f"{label}: daemon CPU ms, full passes", "n": 1,
+                     "p50": round(cpu_ms, 1), "p90": full})  # in the p50 / p90 columns
         rows[-1]["problems"] = rig.problems()
         return rows
     finally:
@@ -500,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="replay servers publishing each +switch-master (latency, burst)")
     p.add_argument("--probes", type=int, default=100,
                    help="replay-server reads timed from the bench after `latency` (0: none)")
+    p.add_argument("--new-epoch", action="store_true",
+                   help="burst: each replay server also publishes `+new-epoch` 1 s before each "
+                   "group's `+switch-master`, as a real failover's election does")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy each daemon's log into this directory before its rig stops")

@@ -8,8 +8,9 @@ A pass reads Sentinels -> `decide` per group -> hands each HAProxy's worker the 
   not grow with the fleet;
 - a full pass reads every Sentinel's TILT state, ID and groups, then every group, in chunks:
   on start, on every Sentinel (re)connect or loss, when an HAProxy restarts, reloads or comes
-  back, on hints that name no group, when the write lease expires or is renewed, and every
-  `resync_interval_s`. It is the safety net: the only pass that can find drift anywhere.
+  back, on hints that name no group (`+new-epoch` aside: logged only), when the write lease
+  expires or is renewed, and every `resync_interval_s`. It is the safety net: the only pass
+  that can find drift anywhere.
 
 With a roster (`roster`) the Sentinels' answers have their hostnames resolved before deciding,
 replicas their lists miss right after `+slave` are filled in after it, and it asks for
@@ -47,7 +48,7 @@ from controller.plan import BackendTarget, targets
 from controller.redis_nodes import NodeError
 from controller.roster import Roster
 from controller.sentinel import Enough, Hint, HintQueue, OnLate
-from controller.sentinel_parse import FAILOVER_EVENTS
+from controller.sentinel_parse import FAILOVER_EVENTS, TIMELINE_EVENTS
 from controller.settings import Settings
 
 __all__ = ["Controller", "Counters", "HAProxyOutcome", "HAProxyTarget", "PassResult"]
@@ -599,13 +600,15 @@ class Controller:
             if self._incident_t0 is None or h.received - self._incident_last > INCIDENT_QUIET_S:
                 self._incident_t0 = h.received
             self._incident_last = h.received
-        if not ev.relevant:
+        if not ev.relevant and ev.channel not in TIMELINE_EVENTS:
             log.debug("sentinel_event", sentinel=h.source, channel=ev.channel, text=ev.text)
             return None
         # Logged once the pass it starts has handed HAProxy its commands (`_flush_logs`): a
         # log line costs as much as reading a Sentinel. The line keeps its own time.
         self._deferred.append(("sentinel_event", dict(
             sentinel=h.source, channel=ev.channel, text=ev.text, **self.timeline(h.received))))
+        if not ev.relevant:
+            return None
         if ev.master is None or ev.master not in self.reader.master_names:
             return ev.channel, None  # no group named, or one not known yet
         return ev.channel, ev.master

@@ -275,13 +275,13 @@ def hint(channel: str, text: str, received: float = 100.0) -> Hint:
 
 def test_hints_that_warrant_a_pass(controller: Controller) -> None:
     """An event naming a known group asks for a pass of that group only; events naming no
-    group, or a group not known yet, and connection changes ask for a full pass; noise and
-    groups not managed ask for none."""
+    group, or a group not known yet, and connection changes ask for a full pass; noise,
+    `+new-epoch` and groups not managed ask for none."""
     assert controller._classify(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1")) \
         == ("+switch-master", GROUP)
     assert controller._classify(hint("+sdown", f"master {GROUP} 127.0.0.2 1")) == ("+sdown",
                                                                                    GROUP)
-    assert controller._classify(hint("+new-epoch", "3")) == ("+new-epoch", None)
+    assert controller._classify(hint("+new-epoch", "3")) is None  # see the test below
     assert controller._classify(hint("+tilt", "#tilt mode entered")) == ("+tilt", None)
     assert controller._classify(hint("+vote-for-leader", "1ce51fd96d 1")) is None
     assert controller._classify(hint("+switch-master", "other 127.0.0.2 1 127.0.0.3 1")) is None
@@ -291,6 +291,17 @@ def test_hints_that_warrant_a_pass(controller: Controller) -> None:
         "sentinel_disconnected", None)
     assert controller._classify(Hint("/s", "haproxy_changed", 1.0)) == ("haproxy_changed", None)
     assert controller._classify(Hint("127.0.0.1:1", "bad_event", 1.0, detail="x")) is None
+
+
+def test_new_epoch_is_logged_in_the_timeline_without_a_pass(controller: Controller) -> None:
+    """`+new-epoch` names no group and always comes with an event that does: it starts no
+    pass (a full pass on it read every group at every failover), but operators still see it
+    in the failover timeline as a `sentinel_event` line."""
+    with capture_logs() as logs:
+        assert controller._classify(hint("+new-epoch", "3")) is None
+        controller._flush_logs()
+    (line,) = [e for e in logs if e["event"] == "sentinel_event"]
+    assert (line["channel"], line["text"], line["log_level"]) == ("+new-epoch", "3", "info")
 
 
 def test_event_for_a_group_not_known_yet_asks_for_a_full_pass(sentinels: FakeSentinels) -> None:

@@ -369,7 +369,7 @@ EVENTS = [
     ("+switch-master", "mymaster 127.0.0.1 26531 127.0.0.1 26533", "mymaster", True),
     ("+sdown", "master mymaster 127.0.0.1 26531", "mymaster", True),
     ("+odown", "master mymaster 127.0.0.1 26531 #quorum 2/2", "mymaster", True),
-    ("+new-epoch", "1", None, True),
+    ("+new-epoch", "1", None, False),  # logged in the timeline only (TIMELINE_EVENTS)
     ("+tilt", "#tilt mode entered", None, True),
     ("+vote-for-leader", "1ce51fd96d63567819d9a31470ba1d4b6d674ef2 1", None, False),
     (
