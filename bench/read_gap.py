@@ -1,17 +1,19 @@
 """The one-read gap of quiet faults, read by read: classic recipe vs controller (vs redis-ha).
 
-In a master SIGKILL (and the double fault `leader`) every setup loses the same read or two:
-Sentinel itself closes the client connections of the replica it promotes or reconfigures
-(`CLIENT KILL` in the MULTI that sends `SLAVEOF`). `drill --compare` reports that as a read
-outage of ~10 ms (last ok read -> next ok read: two 5 ms reader intervals), and the setups'
-medians then differ by fractions of a millisecond. This bench looks at each failed read: when
-it failed, how long it was out (`err_ms`, sent -> error), how long the reader then waited for
-its next interval (`wait_ms`, the probe's, not the setup's), and how long the next read took
-through HAProxy (`next_ms`, sent -> ok: the reconnect, the only part a setup controls), with
-the latency of every ok read in the 5 s after the fault for scale. Same stacks, clients and
-faults as `drill --compare` (lab.compare), all setups at once, `--runs` times.
+In a master SIGKILL (the double fault `leader`, the held connection `hold` too) every setup
+loses the same read or two: Sentinel itself closes the client connections of the replica it
+promotes or reconfigures (`CLIENT KILL` in the MULTI that sends `SLAVEOF`). `drill --compare`
+reports that as a read outage of ~10 ms (last ok read -> next ok read: two 5 ms reader
+intervals), and the setups' medians then differ by fractions of a millisecond. This bench
+looks at each failed read: when it failed, how long it was out (`err_ms`, sent -> error), how
+long the reader then waited for its next interval (`wait_ms`, the probe's, not the setup's),
+and how long the next read took through HAProxy (`next_ms`, sent -> ok: the reconnect, the
+only part a setup controls), with the latency of every ok read in the 5 s after the fault for
+scale, and the wall-clock times of the error and of the next read (to line up with the
+daemon's log, `--workdir`). Same stacks, clients and faults as `drill --compare`
+(lab.compare), all setups at once, `--runs` times.
 
-    .venv/bin/python bench/read_gap.py --runs 6 [--replicas 2] [--scenario leader]
+    .venv/bin/python bench/read_gap.py --runs 6 [--replicas 2] [--scenario leader|hold]
         [--setup classic --setup controller] [--controller-arg=--no-early-promotion]
         [--freeze-controller] [--workdir DIR]
 
@@ -86,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--replicas", type=int, default=1, help="replicas per group (2: 3-node)")
-    ap.add_argument("--scenario", choices=("kill", "leader"), default="kill")
+    ap.add_argument("--scenario", choices=("kill", "leader", "hold"), default="kill")
     ap.add_argument("--setup", dest="setups", action="append", choices=SETUPS,
                     help="default: all three")
     ap.add_argument("--controller-arg", dest="controller_args", action="append", default=[],
