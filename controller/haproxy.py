@@ -22,6 +22,7 @@ from controller.haproxy_parse import (
     parse_maps,
     parse_state_batch,
     parse_targeted_batch,
+    sendable,
     set_addr_ok,
     split_replies,
     targeted_batch,
@@ -136,7 +137,8 @@ class HAProxyClient:
         if backends is None:
             return self._read_state(STATE_BATCH, parse_state_batch)
         out: HAProxyState | None = None
-        for chunk in _chunks(list(backends)):
+        # A name HAProxy cannot have (a group named with a `;`) is a backend it lacks.
+        for chunk in _chunks([b for b in backends if sendable(b)]):
             line = targeted_batch(chunk)
             part = self._read_state(line, functools.partial(_parse_targeted, backends=chunk))
             if out is not None and part.info != out.info:

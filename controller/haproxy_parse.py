@@ -20,12 +20,18 @@ STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 _NO_BACKEND = ("Can't find backend.", "No such proxy.")
 
 
+def sendable(backend: str) -> bool:
+    """Whether a backend name can be sent in a batch (HAProxy's own config accepts none
+    with a blank or `;`: such a backend cannot exist)."""
+    return bool(backend) and not any(c.isspace() or c == ";" for c in backend)
+
+
 def targeted_batch(backends: list[str]) -> str:
     """One exchange reading identity and some backends only (`parse_targeted_batch` reads it):
     `show info`, then `show servers state B; show stat B 4 -1` per backend."""
     parts = ["show info"]
     for b in backends:
-        if not b or any(c.isspace() or c == ";" for c in b):
+        if not sendable(b):
             raise HAProxyReplyError(f"backend name {b!r} cannot be sent in a batch")
         parts += [f"show servers state {b}", f"show stat {b} 4 -1"]
     return "; ".join(parts)

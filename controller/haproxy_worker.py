@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -139,6 +139,7 @@ class HAProxyWorker:
         self._fresh: HAProxyState | None = None  # read ahead; used once, dropped on apply
         self._fresh_at = 0.0
         self._urgent_sync = False  # a sync of hinted groups is running (guarded by _cond)
+        self._forgotten: set[str] = set()  # groups to forget in this thread (guarded by _cond)
         self._gather_until: float | None = None  # gathering a full pass's groups until
 
     # -- the loop's side -----------------------------------------------------------------
@@ -155,6 +156,33 @@ class HAProxyWorker:
                 self._wanted[group] = ts
                 self._mark(group, since[group], urgent)
             self._cond.notify_all()
+
+    def forget(self, groups: Collection[str]) -> None:
+        """These groups are no longer the controller's (no Sentinel monitors them): drop what
+        is wanted for them now, and their drift and gauges in this worker's thread. Their
+        backends in HAProxy are left as they are; a restart of this HAProxy no longer
+        re-applies them."""
+        with self._cond:
+            for g in groups:
+                self._wanted.pop(g, None)
+                self._dirty.pop(g, None)
+            self._forgotten |= set(groups)
+            self._cond.notify_all()
+        if self._thread is None:  # inline (the command line, tests): now
+            with self._cond:
+                forgotten, self._forgotten = self._forgotten, set()
+            self._drop_forgotten(forgotten)
+
+    def _drop_forgotten(self, groups: set[str]) -> None:
+        """The worker thread's part of `forget`: drift, plan notes, gauges."""
+        for g in groups:
+            self._notes.pop(g, None)
+            self._drift.pop(g, None)
+            self.counters.write_servers.pop((self.target, g), None)
+        slots = self.counters.nodes_without_slot
+        for key in [k for k in list(slots) if k[0] == self.target and k[1] in groups]:
+            del slots[key]
+        self._publish_drift()
 
     def prefetch(self, groups: Sequence[str]) -> None:
         """A targeted pass about these groups has started: read their backends now, while
@@ -253,6 +281,9 @@ class HAProxyWorker:
             lease = self._lease_value if self._lease_due and self.up else None
             self._lease_due = self._lease_due and lease is None
             ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
+            forgotten, self._forgotten = self._forgotten, set()
+        if forgotten:
+            self._drop_forgotten(forgotten)
         now = time.monotonic()
         if not self.up:
             if now >= self._next_probe:
@@ -264,14 +295,21 @@ class HAProxyWorker:
         if lease is not None:  # first: a write server made ready is no use without a lease
             self._push_lease(lease)  # (a fresh HAProxy's empty map refuses every write)
         if batch:
-            out = self.sync(batch) if self.up else None  # down while pushing the lease
-            with self._cond:
-                urgent, self._urgent_sync = self._urgent_sync, False
-                if out is None or out.error:
-                    for g, d in batch.items():
-                        self._mark(g, d.since, d.urgent)
-            if urgent:  # outside `_cond`: the loop waits for this holding its own lock
-                self.hooks.applied()
+            out: HAProxyOutcome | None = None
+            raised = True
+            try:
+                out = self.sync(batch) if self.up else None  # down while pushing the lease
+                raised = False
+            finally:  # a bug in the sync (logged by `_run`) must not lose the batch
+                with self._cond:
+                    urgent, self._urgent_sync = self._urgent_sync, False
+                    if out is None or out.error:
+                        for g, d in batch.items():
+                            if g in self._wanted:  # not forgotten meanwhile
+                                # After a bug, not urgent: the loop must not wait for it.
+                                self._mark(g, d.since, d.urgent and not raised)
+                if urgent:  # outside `_cond`: the loop waits for this holding its own lock
+                    self.hooks.applied()
         if not batch and lease is None and time.monotonic() >= self._next_probe:
             self.probe()
         return True
@@ -439,6 +477,9 @@ class HAProxyWorker:
                 owner = group_of.get(c.backend)
                 if owner is not None:
                     self._drift[owner] = (self._drift.get(owner) or 0) + 1
+        self._publish_drift()
+
+    def _publish_drift(self) -> None:
         values = list(self._drift.values())
         total = None if None in values else sum(v or 0 for v in values)
         self.counters.drift[self.target] = total

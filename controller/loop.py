@@ -45,7 +45,7 @@ from controller.haproxy_worker import HAProxyOutcome, HAProxyTarget, HAProxyWork
 from controller.model import Address, Decision, SentinelView
 from controller.pending import Batch, Pending
 from controller.plan import BackendTarget, targets
-from controller.redis_nodes import NodeError
+from controller.redis_nodes import NodeError, NodeQuiet
 from controller.roster import Roster
 from controller.sentinel import Enough, Hint, HintQueue, OnLate
 from controller.sentinel_parse import FAILOVER_EVENTS, TIMELINE_EVENTS
@@ -344,6 +344,7 @@ class Controller:
         waited for, every HAProxy synced inline. `groups` None: a full pass."""
         start = time.monotonic()
         waited = 0.0  # for the Sentinels
+        full = groups is None
         if groups is None:
             head = self.reader.head(self._skip(), patient=True)
             waited = time.monotonic() - start
@@ -360,6 +361,8 @@ class Controller:
             w.apply = apply and not self.settings.dry_run
             outcomes += w.drain(full_read=True)
         self.counters.passes += 1
+        if full:
+            self._forget_gone()
         result = PassResult(trigger, tuple(views), tuple(decisions), tuple(outcomes),
                             (time.monotonic() - start) * 1000)
         self._log_pass(trigger, "full" if len(groups) == len(self.reader.master_names)
@@ -414,12 +417,31 @@ class Controller:
         if p.done < len(p.groups):
             return False
         self.reader.poll()  # late head answers that came meanwhile count in the summary
+        self._forget_gone()
         self._set_members(p.members, p.down_after_ms)
         self.counters.passes += 1
         self._log_pass(p.trigger, "full", len(p.groups), (time.monotonic() - p.started) * 1000,
                        p.head, p.undecided, p.sentinels_s * 1000)
         self.discover()
         return True
+
+    def _forget_gone(self) -> None:
+        """After a full pass: groups no Sentinel monitors any more (`SENTINEL REMOVE`
+        everywhere) lose every trace, so that none stays undecided (and `/healthz`
+        unhealthy) for ever, and an HAProxy restart does not bring back their last state.
+        Their backends stay as they are."""
+        groups = (set(self._decisions) | set(self._undecided)) - set(self.reader.master_names)
+        for g in sorted(groups):
+            log.info("group_forgotten", group=g,
+                     detail="no Sentinel monitors it any more; its HAProxy backends are left "
+                     "as they are")
+            for d in (self._decisions, self._undecided, self.counters.undecided_since,
+                      self.promotions, self._epochs, self._readers, self._asked):
+                d.pop(g, None)
+        if groups:
+            self.counters.undecided = set(self._undecided)
+            for w in self.workers:
+                w.forget(groups)
 
     def _hold_full(self, until: float) -> bool:
         """Whether the next chunk of a full pass waits: the commands of a targeted pass are
@@ -531,6 +553,11 @@ class Controller:
                 self._flush_logs()
             except Exception:
                 log.exception("unexpected_error", where="loop")
+                # The work in hand is lost: a full pass finds whatever it was about. Not at
+                # once (a chunk that raises would raise again), but the periodic resync
+                # keeps its schedule whatever step raised.
+                full = None
+                next_resync = min(next_resync, time.monotonic() + s.resync_interval_s)
                 stop.wait(0.1)  # never spin on a persistent bug
         for w in self.watchers:
             w.stop()
@@ -683,8 +710,8 @@ class Controller:
 
     def verdicts(self) -> dict[str, Decision]:
         """The last verdict per group (decided or not): for metrics and status."""
-        out = dict(self._decisions)
-        for group, reason in self._undecided.items():
+        out = dict(self._decisions)  # copies: the loop thread changes them meanwhile
+        for group, reason in dict(self._undecided).items():
             out[group] = Decision(name=group, master=None, reason=reason)
         return out
 
@@ -782,6 +809,8 @@ class Controller:
                 continue
             try:
                 role = self.nodes.role(p.addr)
+            except NodeQuiet:  # timed out just before: its error is logged already
+                continue
             except NodeError as e:
                 if str(e) != p.error:
                     log.warning("role_check_failed", group=group, replica=str(p.addr),

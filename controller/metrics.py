@@ -61,7 +61,7 @@ class _Collector(Collector):
         state = GaugeMetricFamily("sentinel_haproxy_sentinel_state", "1 for each Sentinel's "
                                   "current state: ok, tilt, unreachable, auth, not_sentinel, "
                                   "bad_reply", labels=["sentinel", "state"])
-        for sentinel, st in sorted(self.ctl.sentinel_states.items()):
+        for sentinel, st in sorted(dict(self.ctl.sentinel_states).items()):
             state.add_metric([sentinel, st], 1)
         yield state
         master = GaugeMetricFamily("sentinel_haproxy_group_master", "The master this instance "
@@ -126,7 +126,7 @@ def health(ctl: Controller) -> tuple[bool, str]:
     failing = sorted(t for t, since in dict(c.failing_since).items() if now - since > grace)
     if failing:
         return False, "HAProxy refuses commands or keeps drift: " + ", ".join(failing)
-    stuck = sorted(g for g, since in c.undecided_since.items() if now - since > grace)
+    stuck = sorted(g for g, since in dict(c.undecided_since).items() if now - since > grace)
     if stuck:
         return False, "undecided: " + ", ".join(stuck)
     return True, "ok"

@@ -5,12 +5,16 @@ become a master, up to ~1 s before the leader's own INFO poll says so (`+promote
 and the roster to hear from a replica the Sentinels forgot (`SENTINEL RESET`) whether it
 still replicates from the master.
 One kept connection per node (no pool, no retries: errors surface), short timeouts, the same
-password/ACL/TLS options as for Sentinel but their own settings (`redis_*`).
+password/ACL/TLS options as for Sentinel but their own settings (`redis_*`). A node that did
+not answer within the timeout is not asked again for QUIET_AFTER_TIMEOUT_S (a NodeError says
+so at once): the caller is the loop, and a node that drops packets would otherwise hold it
+for the whole timeout on every ask (ROLE is polled every few ms during a promotion).
 Must not decide anything and must not change anything on a node: it only reads ROLE.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -36,8 +40,15 @@ def linked_master(reply: list[Any]) -> Address | None:
     return Address(host, port) if state == "connected" else None
 
 
+QUIET_AFTER_TIMEOUT_S = 1.0
+
+
 class NodeError(Exception):
     """A node could not be asked, or answered something that is not a ROLE reply."""
+
+
+class NodeQuiet(NodeError):
+    """Not asked: the node timed out less than QUIET_AFTER_TIMEOUT_S ago (nothing new)."""
 
 
 class RedisNodes:
@@ -47,6 +58,7 @@ class RedisNodes:
         self.auth = auth
         self.timeout_s = timeout_s
         self._conns: dict[Address, Any] = {}
+        self._quiet_until: dict[Address, float] = {}  # node -> not asked before (monotonic)
 
     def role(self, addr: Address) -> str:
         """`master`, `slave` or `sentinel`, as the node says; NodeError naming the node.
@@ -56,6 +68,9 @@ class RedisNodes:
         return str(self._role_reply(addr)[0])
 
     def _role_reply(self, addr: Address) -> list[Any]:
+        if time.monotonic() < self._quiet_until.get(addr, 0.0):
+            raise NodeQuiet(f"redis node {addr}: no answer within {self.timeout_s:g}s less than "
+                            f"{QUIET_AFTER_TIMEOUT_S:g}s ago; not asked again yet")
         try:
             try:
                 reply = self._ask(addr)
@@ -66,7 +81,10 @@ class RedisNodes:
                 reply = self._ask(addr)
         except redis.RedisError as e:
             self._drop(addr)
+            if isinstance(e, redis.TimeoutError):
+                self._quiet_until[addr] = time.monotonic() + QUIET_AFTER_TIMEOUT_S
             raise NodeError(f"redis node {addr}: {describe_error(e)}") from None
+        self._quiet_until.pop(addr, None)
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
             self._drop(addr)
             raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
@@ -91,6 +109,7 @@ class RedisNodes:
         """Close the connections to every node not in `keep`."""
         for addr in [a for a in self._conns if a not in keep]:
             self._drop(addr)
+        self._quiet_until = {a: t for a, t in self._quiet_until.items() if a in keep}
 
     def close(self) -> None:
         self.forget(set())

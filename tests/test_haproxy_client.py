@@ -126,6 +126,15 @@ def test_state_parses_a_live_reply_with_sessions(haproxy: HAProxy) -> None:
                        "one session on g_master/n1")
 
 
+def test_a_backend_name_haproxy_cannot_have_reads_as_a_missing_backend(haproxy: HAProxy) -> None:
+    """Reading some backends where one name has a `;` or a blank (a Sentinel group named
+    so): that one is simply not there (HAProxy cannot have it), the others are read; no
+    exception (a worker would lose its whole batch to it)."""
+    client = HAProxyClient(str(haproxy.sock))
+    state = client.state(["a;b_master", "c d_master", "g_master"])
+    assert set(state.backends) == {"g_master"}
+
+
 def test_large_batch_is_split_below_the_line_limit(haproxy: HAProxy) -> None:
     """Hundreds of commands (over 16 kB as one line) all run and each gets its result."""
     client = HAProxyClient(str(haproxy.sock))

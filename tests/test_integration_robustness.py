@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 from itest_support import (
     ControllerFactory,
     expected_state,
@@ -19,7 +20,7 @@ from itest_support import (
 )
 
 from lab.daemon import ControllerDaemon
-from lab.localstack import LocalStack
+from lab.localstack import LocalStack, free_port
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,37 @@ def test_forged_hello_bad_event_does_not_kill_the_daemon(
                           server="redis1a", to="ready")
     wait_state(stack, {"redis1": "redis1a"}, timeout_s=10)
     assert node_behind_write(stack, "redis1") == "redis1a"
+
+
+def test_group_removed_from_the_sentinels_one_by_one_is_forgotten_everywhere(
+    stack: LocalStack, make_controller: ControllerFactory
+) -> None:
+    """A group removed from the Sentinels one after the other (a pass in between) is
+    forgotten once no Sentinel monitors it: one `group_forgotten` line, and nothing of it is
+    left in the metrics (no verdict, no write server, not undecided, so `/healthz` cannot
+    report it for ever); the other group is untouched."""
+    address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
+    ctl = make_controller(stack, "--metrics-address", address)
+    ghost_port = stack.layout.redis_port  # nothing listens on 127.0.0.99: a dead master
+    for i in range(stack.layout.sentinels):
+        assert stack.sentinel_command(i, "SENTINEL", "MONITOR", "ghost", "127.0.0.99",
+                                      ghost_port, 2) == "OK"
+    ctl.wait_event("master_known", group="ghost")
+
+    def metrics() -> str:
+        return requests.get(f"http://{address}/metrics", timeout=5).text
+
+    wait_until(lambda: 'group="ghost"' in metrics(), 10, "the group in the metrics")
+    for i in range(stack.layout.sentinels - 1):
+        assert stack.sentinel_command(i, "SENTINEL", "REMOVE", "ghost") == "OK"
+    mark = ctl.mark()
+    ctl.wait_event("pass", since=mark)
+    assert stack.sentinel_command(stack.layout.sentinels - 1, "SENTINEL", "REMOVE",
+                                  "ghost") == "OK"
+    ctl.wait_event("group_forgotten", group="ghost")
+    wait_until(lambda: 'group="ghost"' not in metrics(), 10, "the group gone from the metrics")
+    assert requests.get(f"http://{address}/healthz", timeout=5).status_code == 200
+    assert servers_state(stack) == expected_state(stack, {"redis1": "redis1a"})
 
 
 def test_group_removed_from_every_sentinel_is_forgotten(

@@ -624,3 +624,51 @@ def test_a_worker_done_applying_wakes_a_held_full_pass_and_nothing_else(
     hints = controller.hints.get(0.0)
     assert [h.kind for h in hints] == ["applied"]
     assert controller._classify(hints[0]) is None
+
+
+def test_a_group_no_sentinel_monitors_any_more_is_forgotten(sentinels: FakeSentinels) -> None:
+    """A group that was undecided when the last Sentinel stopped monitoring it (`SENTINEL
+    REMOVE` on each in turn) is forgotten at the next full pass: no verdict, no undecided
+    clock (so `/healthz` does not stay unhealthy for ever), nothing wanted from HAProxy (a
+    restarted HAProxy does not get its old state back); one `group_forgotten` line."""
+    settings = Settings(sentinels=SENTINELS)
+    haproxy = FakeHAProxy()
+    ctl = Controller(settings, sentinels, [haproxy])
+    ctl.reconcile("start")
+    assert GROUP in ctl.verdicts() and GROUP in ctl.workers[0]._wanted
+    sentinels.views = [SentinelView(v.sentinel, error="down") for v in views("steady")]
+    ctl.reconcile("resync")
+    assert ctl.counters.undecided == {GROUP} and GROUP in ctl.counters.undecided_since
+    sentinels.views = views("steady")
+    sentinels.names = []  # every Sentinel answered, none monitors it
+    with capture_logs() as logs:
+        ctl.reconcile("resync")
+    assert [e["group"] for e in logs if e["event"] == "group_forgotten"] == [GROUP]
+    assert GROUP not in ctl.verdicts()
+    assert ctl.counters.undecided == set() and ctl.counters.undecided_since == {}
+    assert GROUP not in ctl.workers[0]._wanted
+    assert (haproxy.target, GROUP) not in ctl.counters.write_servers
+
+
+def test_a_sync_that_raises_loses_neither_its_groups_nor_the_loop_s_wait(
+    controller: Controller, haproxy: FakeHAProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a worker's sync (an exception that is not an HAProxy error) is logged by the
+    thread and the batch stays to do, no longer marked urgent (the loop does not wait for
+    it), and the loop is told the hinted groups are done with."""
+    controller.reconcile("start")
+    w = controller.workers[0]
+    w._thread = threading.current_thread()  # as if threaded: `_once` is what the thread runs
+    told: list[bool] = []
+    monkeypatch.setattr(controller, "applied", lambda: told.append(True))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(w, "sync", broken)
+    w.want({GROUP: w._wanted[GROUP]}, {GROUP: 1.0}, urgent=True)
+    with pytest.raises(RuntimeError):
+        w._once()
+    assert told == [True]
+    assert not w.urgent_pending()
+    assert w.pending() == 1

@@ -1,0 +1,63 @@
+"""controller.redis_nodes.RedisNodes against a node that accepts connections and never
+answers (a node whose replies are dropped): the adapter's own timeout and quiet period."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from controller.model import Address
+from controller.redis_nodes import NodeError, NodeQuiet, RedisNodes
+from controller.sentinel import Auth
+from lab.wait import wait_until
+
+
+@pytest.fixture
+def silent_node() -> Iterator[tuple[Address, list[socket.socket]]]:
+    """A listener on loopback that accepts every connection and never writes a byte."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield Address("127.0.0.1", srv.getsockname()[1]), accepted
+    stop.set()
+    t.join(2)
+    for c in accepted:
+        c.close()
+    srv.close()
+
+
+def test_a_node_that_timed_out_is_not_asked_again_at_once(
+    silent_node: tuple[Address, list[socket.socket]],
+) -> None:
+    """The first ROLE times out (NodeError naming the node); the next one within the quiet
+    period fails at once, without a new connection: the loop that polls ROLE every few ms
+    is not held for the whole timeout each time."""
+    addr, accepted = silent_node
+    nodes = RedisNodes(Auth(), timeout_s=0.05)
+    with pytest.raises(NodeError, match=str(addr)):
+        nodes.role(addr)
+    wait_until(lambda: len(accepted) == 1, 2, "the listener to accept the connection")
+    with pytest.raises(NodeQuiet, match="not asked again yet"):
+        nodes.role(addr)
+    assert len(accepted) == 1
+    nodes.forget(set())  # a node no longer watched: its quiet period goes with it
+    with pytest.raises(NodeError, match="Timeout"):
+        nodes.role(addr)
+    nodes.close()
