@@ -43,6 +43,9 @@ class HAProxyError(Exception):
         self.target = target
         self.command = command
         self.refused = refused  # HAProxy answered, and said no (as opposed to unreachable)
+        # `run` split in several exchanges: the results of those that went through before
+        # this one failed (HAProxy ran them: they must be reported all the same).
+        self.partial: list[CommandResult] = []
         where = f" (command: {command!r})" if command else ""
         super().__init__(f"haproxy {target}: {message}{where}")
 
@@ -170,13 +173,21 @@ class HAProxyClient:
         for c in commands:
             if ";" in c.text or "\n" in c.text:
                 raise HAProxyError(self.target, "command contains ';' or a newline", c.text)
+        batches: list[list[Command]] = []
+        for c in commands:
             if batch and size + len(c.text) + 2 > _MAX_LINE_BYTES:
-                results.extend(self._run_batch(batch))
+                batches.append(batch)
                 batch, size = [], 0
             batch.append(c)
             size += len(c.text) + 2
         if batch:
-            results.extend(self._run_batch(batch))
+            batches.append(batch)
+        for b in batches:
+            try:
+                results.extend(self._run_batch(b))
+            except HAProxyError as e:
+                e.partial = results
+                raise
         return results
 
     def _run_batch(self, batch: Sequence[Command]) -> list[CommandResult]:

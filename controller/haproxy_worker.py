@@ -383,8 +383,10 @@ class HAProxyWorker:
         try:
             results = self.h.run(p.commands)
         except HAProxyError as e:
+            if e.partial:  # applied before the exchange that failed: in the audit trail too
+                self._report(e.partial, groups, wanted, edited)
             self._down(str(e))
-            return HAProxyOutcome(self.target, state, p, error=str(e))
+            return HAProxyOutcome(self.target, state, p, tuple(e.partial), error=str(e))
         self._report(results, groups, wanted, edited)
         out = HAProxyOutcome(self.target, state, p, tuple(results))
         return self._verify(groups, wanted, out)

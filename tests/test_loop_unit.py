@@ -672,3 +672,29 @@ def test_a_sync_that_raises_loses_neither_its_groups_nor_the_loop_s_wait(
     assert told == [True]
     assert not w.urgent_pending()
     assert w.pending() == 1
+
+
+class SplitFailHAProxy(FakeHAProxy):
+    """An HAProxy whose command exchange fails after the first command went through (a
+    command list split in two exchanges, the second timing out)."""
+
+    def run(self, commands: Sequence[Command]) -> list[CommandResult]:
+        done = [CommandResult(commands[0], self.apply(commands[0].text))]
+        e = HAProxyError(self.target, "no complete reply within 2s", commands[1].text)
+        e.partial = done
+        raise e
+
+
+def test_commands_applied_before_a_failed_exchange_are_reported(
+    sentinels: FakeSentinels,
+) -> None:
+    """When the second exchange of a sync fails, the change the first one made (HAProxy ran
+    it) still has its `server_state_changed` line and is counted as applied."""
+    h = SplitFailHAProxy()
+    ctl = Controller(Settings(sentinels=SENTINELS, masters=(GROUP,)), sentinels, [h])
+    with capture_logs() as logs:
+        ctl.reconcile("start")
+    changed = [e for e in logs if e["event"] == "server_state_changed"]
+    assert len(changed) == 1 and ctl.counters.commands_applied == 1
+    assert h.applied[0].endswith(f"{changed[0]['backend']}/{changed[0]['server']} state "
+                                 f"{changed[0]['to']}")
