@@ -164,8 +164,10 @@ class HAProxyClient:
     def run(self, commands: Sequence[Command]) -> list[CommandResult]:
         """Run commands in order, batched `;`-joined; one result per command.
 
-        Fails as a whole (HAProxyError) only when the exchange itself fails; a refused
-        command is a result with its output (HAProxy has no transactions: the rest ran).
+        Nothing is sent when a command cannot be (`;` or a newline in it). Fails
+        (HAProxyError) only when an exchange fails; the results of the exchanges before it are
+        on the error (`partial`: HAProxy ran those). A refused command is a result with its
+        output (HAProxy has no transactions: the rest ran).
         """
         results: list[CommandResult] = []
         batch: list[Command] = []
