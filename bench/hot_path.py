@@ -79,6 +79,7 @@ from replay_sentinel import HOSTS, ReplayProcess, failover, start_replay
 CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
 KEEP_LOGS: Path | None = None  # --keep-logs: where each rig's daemon log is copied
+DAEMON_ARGS: list[str] = []  # --daemon-arg: extra flags for every rig's daemon
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -298,7 +299,8 @@ class Rig:
             self.log = self.tmp / "daemon.log"
             self.daemon = ControllerDaemon([s.addr for s in self.servers],
                                            [c.target for c in self.clients], self.log,
-                                           resync_interval_s=resync_s)
+                                           resync_interval_s=resync_s,
+                                           extra_args=DAEMON_ARGS)
             self.tail = LogTail(self.log)
             self.daemon.start()
             wait_until(self._converged, CONVERGE_DEADLINE_S, f"N={n}: daemon converged",
@@ -530,9 +532,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy each daemon's log into this directory before its rig stops")
+    p.add_argument("--daemon-arg", action="append", default=[],
+                   help="an extra flag for the daemon, e.g. --daemon-arg=--log-level=debug "
+                   "(repeatable)")
     args = p.parse_args(argv)
-    global KEEP_LOGS  # a bench-wide option, read by Rig.stop
+    global KEEP_LOGS, DAEMON_ARGS  # bench-wide options, read by Rig
     KEEP_LOGS = args.keep_logs
+    DAEMON_ARGS = list(args.daemon_arg)
     # The replay servers are threads of this process: without this, a reply waits up to 5 ms
     # for the GIL (the daemon sets the same for its own threads).
     sys.setswitchinterval(0.0005)

@@ -28,7 +28,7 @@ from lab.probes import (
     EventRecorder,
     HAProxyWatcher,
     Mark,
-    Reader,
+    ReaderProcess,
     Writer,
     current_master,
     read_back,
@@ -284,7 +284,8 @@ def run_drill(
         for i in range(spec.writers)
     ]
     readers = [
-        Reader(spec.read, f"{prefix}:probe", stop, reconnect_each=i % 2 == 1, reader_id=i)
+        ReaderProcess(spec.read, f"{prefix}:probe", stop, reconnect_each=i % 2 == 1,
+                      reader_id=i)
         for i in range(spec.readers)
     ] if spec.read else []
     threads: list[threading.Thread] = [*writers, *readers]
@@ -302,6 +303,9 @@ def run_drill(
         except WaitTimeout:
             raise DrillError(f"writes through {spec.write} are not acked by the master "
                              f"{old} before the fault: is HAProxy routing to it?") from None
+        for rd in readers:
+            if not rd.ready.wait(ReaderProcess.START_S) or rd.error:
+                raise DrillError(f"reader {rd.reader_id}: {rd.error or 'did not start'}")
         time.sleep(spec.warmup_s)
         if fault is None and spec.method == "replica-kill":
             target = pick_replica(spec, old)
@@ -350,6 +354,9 @@ def run_drill(
         if watcher is not None:
             watcher.stop()
     end_t = time.time()
+    broken = [f"reader {rd.reader_id}: {rd.error}" for rd in readers if rd.error]
+    if broken:
+        raise DrillError("; ".join(broken))
     final = current_master(spec.sentinels, spec.master)
     writes = tuple(sorted((w for wr in writers for w in wr.samples), key=lambda w: w.t))
     readback: dict[str, str | None] = {}
@@ -443,7 +450,7 @@ def _fault_phase(
 
 
 def _replica_phase(
-    spec: DrillSpec, actions: Actions, run: DrillRun, readers: Sequence[Reader], target: str,
+    spec: DrillSpec, actions: Actions, run: DrillRun, readers: Sequence[ReaderProcess], target: str,
     say: Callable[[str], None],
 ) -> None:
     time.sleep(spec.pause_s)

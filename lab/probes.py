@@ -16,6 +16,7 @@ Must not change anything in Redis, Sentinel or HAProxy (the writers write their 
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -217,6 +218,97 @@ class Reader(_Client):
 
     def record(self, seq: int, sent: float, ok: bool, node: str | None, error: str) -> None:
         self.samples.append(ReadSample(time.time(), ok, node, error, self.reader_id, sent))
+
+
+class ReaderProcess(threading.Thread):
+    """A `Reader` in a process of its own, its samples streamed back into `samples`.
+
+    The drill's writers, its event recorder and its HAProxy watcher are threads of the drill's
+    process and share one GIL: a reader thread among them wakes late exactly when the writes
+    come back after a failover (writers reconnecting, 1 write per ms each), so a setup that
+    restores writes sooner was charged for it in its read outage (bench/RESULTS.md). An
+    application's readers do not wait for another program's writers. The child (spawned: the
+    drill's process has threads) runs the same `Reader`; this thread only relays its samples.
+    """
+
+    SEND_EVERY_S = 0.05  # the child hands over its new samples this often
+    START_S = 10.0  # bound on the child's start-up (imports)
+
+    def __init__(self, addr: Address, key: str, stop: threading.Event,
+                 interval_s: float = 0.005, timeout_s: float = 1.0,
+                 reconnect_each: bool = False, reader_id: int = 0) -> None:
+        super().__init__(name=f"reader-process-{reader_id}", daemon=True)
+        self.args = (addr, key, interval_s, timeout_s, reconnect_each, reader_id)
+        self.stop_event = stop
+        self.reader_id = reader_id
+        self.samples: list[ReadSample] = []
+        self.ready = threading.Event()  # the child's reader runs
+        self.error = ""
+        self.pid: int | None = None  # the child's
+
+    def run(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_reader_child, args=(there, *self.args), daemon=True,
+                           name=f"reader-{self.reader_id}")
+        proc.start()
+        self.pid = proc.pid
+        there.close()
+        stopping = False
+        deadline = time.monotonic() + self.START_S
+        try:
+            while True:
+                if self.stop_event.is_set() and not stopping:
+                    here.send("stop")
+                    stopping = True
+                    deadline = time.monotonic() + self.START_S
+                if not self.ready.is_set() and time.monotonic() > deadline:
+                    self.error = "reader process did not start"
+                    return
+                if stopping and time.monotonic() > deadline:
+                    self.error = "reader process did not stop"
+                    return
+                if not here.poll(0.02):
+                    continue
+                batch = here.recv()
+                if batch is None:  # the child stopped and sent everything
+                    return
+                self.ready.set()
+                self.samples.extend(batch)
+        except (EOFError, OSError) as e:
+            self.error = f"reader process: {e or type(e).__name__}"
+        finally:
+            self.ready.set()
+            proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()  # by its PID (multiprocessing keeps it)
+                proc.join(2.0)
+            here.close()
+
+
+def _reader_child(conn: Any, addr: Address, key: str, interval_s: float, timeout_s: float,
+                  reconnect_each: bool, reader_id: int) -> None:
+    """`ReaderProcess`'s child: run a `Reader`, send new samples every SEND_EVERY_S."""
+    stop = threading.Event()
+    reader = Reader(addr, key, stop, interval_s, timeout_s, reconnect_each, reader_id)
+    reader.start()
+    conn.send([])  # ready
+    sent = 0
+    stopping = False
+    while reader.is_alive():
+        if not stopping and conn.poll(ReaderProcess.SEND_EVERY_S):
+            conn.recv()
+            stop.set()
+            stopping = True
+        elif stopping:
+            reader.join(ReaderProcess.SEND_EVERY_S)
+        n = len(reader.samples)
+        if n > sent:
+            conn.send(reader.samples[sent:n])
+            sent = n
+    conn.send(reader.samples[sent:])
+    conn.send(None)
+    conn.close()
 
 
 # --------------------------------------------------------------------------- sentinel events

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 from itest_support import ControllerFactory, StackFactory, StatePoller, wait_state
@@ -21,7 +22,15 @@ from lab.compare import LeaderLoss, Setup, run_measured, spec_for
 from lab.daemon import ControllerDaemon, ts_of
 from lab.localstack import LocalStack
 from lab.measure import summarize
-from lab.probes import EventRecorder, Mark, Reader, Writer, event_is_for, read_back
+from lab.probes import (
+    EventRecorder,
+    Mark,
+    Reader,
+    ReaderProcess,
+    Writer,
+    event_is_for,
+    read_back,
+)
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -216,3 +225,25 @@ def test_failover_leader_lost_mid_failover_loses_no_acknowledged_write(
     assert fault.killed is not None, "no failover leader was seen sending SLAVEOF NO ONE"
     assert report.failed_over and report.acked_checked > 0
     assert report.acked_lost == 0, f"{report.acked_lost} acknowledged writes lost"
+
+
+def test_a_reader_process_streams_its_reads_back_and_exits_on_stop(stack: LocalStack) -> None:
+    """The drill's reader in a process of its own: its reads (with the node that answered) come
+    back while it runs, a node that is killed shows as failed reads, and on stop it
+    hands over the rest and its process is gone."""
+    node = stack.master_of(G)
+    stop = threading.Event()
+    rp = ReaderProcess(node.addr, "k", stop, interval_s=0.005, reader_id=7)
+    rp.start()
+    try:
+        assert rp.ready.wait(ReaderProcess.START_S), rp.error
+        wait_until(lambda: sum(s.ok for s in rp.samples) >= 20, 10, "20 reads back")
+        assert {s.node for s in rp.samples if s.ok} == {str(node.addr)}
+        assert {s.reader for s in rp.samples} == {7}
+        stack.kill_node(node.name)
+        wait_until(lambda: any(not s.ok for s in rp.samples), 10, "a failed read")
+    finally:
+        stop.set()
+        rp.join(15)
+    assert not rp.is_alive() and not rp.error, rp.error
+    assert rp.pid is not None and not Path(f"/proc/{rp.pid}").exists()
