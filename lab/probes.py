@@ -5,7 +5,8 @@ never steer.
   frontend at a fixed pace and record every attempt with its wall-clock time and the Redis node
   that answered (the server side address of the connection, `CLIENT INFO` laddr, asked once per
   connection: free per command), on lab.resp connections, so that every error is seen as it
-  happens (no client-side retries hiding an outage);
+  happens (no client-side retries hiding an outage); `ReaderProcess` runs a `Reader` in a
+  process of its own (the drill's readers: no GIL shared with the writers);
 - `EventRecorder`: a pub/sub subscription (`PSUBSCRIBE *`) to every Sentinel, each message
   stamped on receipt;
 - `HAProxyWatcher`: polls `show servers state` and records when a server becomes routable or not.
