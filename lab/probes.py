@@ -293,23 +293,28 @@ def _reader_child(conn: Any, addr: Address, key: str, interval_s: float, timeout
     stop = threading.Event()
     reader = Reader(addr, key, stop, interval_s, timeout_s, reconnect_each, reader_id)
     reader.start()
-    conn.send([])  # ready
-    sent = 0
-    stopping = False
-    while reader.is_alive():
-        if not stopping and conn.poll(ReaderProcess.SEND_EVERY_S):
-            conn.recv()
-            stop.set()
-            stopping = True
-        elif stopping:
-            reader.join(ReaderProcess.SEND_EVERY_S)
-        n = len(reader.samples)
-        if n > sent:
-            conn.send(reader.samples[sent:n])
-            sent = n
-    conn.send(reader.samples[sent:])
-    conn.send(None)
-    conn.close()
+    try:
+        conn.send([])  # ready
+        sent = 0
+        stopping = False
+        while reader.is_alive():
+            if not stopping and conn.poll(ReaderProcess.SEND_EVERY_S):
+                conn.recv()  # "stop"
+                stop.set()
+                stopping = True
+            elif stopping:
+                reader.join(ReaderProcess.SEND_EVERY_S)
+            n = len(reader.samples)
+            if n > sent:
+                conn.send(reader.samples[sent:n])
+                sent = n
+        conn.send(reader.samples[sent:])
+        conn.send(None)
+    except (EOFError, OSError):  # the drill went away: stop quietly, nobody reads the rest
+        stop.set()
+        reader.join(ReaderProcess.START_S)
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- sentinel events

@@ -8,6 +8,7 @@ request); every wait is a bounded poll of a condition.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from pathlib import Path
 import pytest
 from itest_support import ControllerFactory, StackFactory, StatePoller, wait_state
 
+from controller.model import Address
 from lab.compare import LeaderLoss, Setup, run_measured, spec_for
 from lab.daemon import ControllerDaemon, ts_of
-from lab.localstack import LocalStack
+from lab.localstack import LocalStack, free_port
 from lab.measure import summarize
 from lab.probes import (
     EventRecorder,
@@ -28,6 +30,7 @@ from lab.probes import (
     Reader,
     ReaderProcess,
     Writer,
+    _reader_child,
     event_is_for,
     read_back,
 )
@@ -247,3 +250,23 @@ def test_a_reader_process_streams_its_reads_back_and_exits_on_stop(stack: LocalS
         rp.join(15)
     assert not rp.is_alive() and not rp.error, rp.error
     assert rp.pid is not None and not Path(f"/proc/{rp.pid}").exists()
+
+
+def test_a_reader_process_whose_drill_is_gone_stops_quietly() -> None:
+    """A reader process whose drill went away (its end of the pipe closed, e.g. killed) stops
+    on its own with exit code 0, instead of reading for ever or dying with a traceback."""
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    addr = Address("127.0.0.1", free_port(["127.0.0.1"]))  # nothing listens: reads fail fast
+    proc = ctx.Process(target=_reader_child, args=(there, addr, "k", 0.005, 0.2, True, 0))
+    proc.start()
+    there.close()
+    try:
+        assert here.poll(ReaderProcess.START_S) and here.recv() == []  # it runs
+        here.close()
+        proc.join(ReaderProcess.START_S)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
