@@ -52,6 +52,23 @@ def procs_under(workdir: Path) -> list[int]:
     return out
 
 
+def children_of(pid: int) -> list[int]:
+    """PIDs of the live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Field 4 (ppid) comes after the command name, which may hold spaces: split after ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
 # --------------------------------------------------------------------------- processes
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from itest_support import procs_under
+from itest_support import children_of, procs_under
 
 from lab.localstack import Layout
 from lab.wait import wait_until
@@ -150,5 +150,43 @@ def test_a_sigtermed_drill_stops_every_process_it_started() -> None:
     assert proc.returncode == 130, out
     assert "interrupted: every stack stopped" in out
     wait_until(lambda: not [p for p in started if alive(p)], 15, "the stack's processes gone")
+    assert procs_under(workdir) == []
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_drill_sigtermed_while_it_measures_stops_its_reader_processes() -> None:
+    """`drill` stopped with SIGTERM while its readers (each a process of its own) are reading:
+    the drill exits as on Ctrl-C and none of its child processes is left (the readers are
+    stopped by their PIDs, and a reader whose drill is gone stops by itself)."""
+    workdir = Path(tempfile.mkdtemp(prefix="drill-rd-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "drill", "--compare", "--yes", "--setup",
+         "controller", "--repeat", "1", "--scenario", "hold", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def readers() -> list[int]:
+            out = []
+            for child in children_of(proc.pid):
+                try:
+                    cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"multiprocessing" in cmd:
+                    out.append(child)
+            return out
+
+        wait_until(lambda: len(readers()) >= 2 or proc.poll() is not None, 120,
+                   "the drill's reader processes running")
+        assert proc.poll() is None, proc.communicate()[0]
+        started = readers()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, out
+    wait_until(lambda: not [p for p in started if alive(p)], 15, "the reader processes gone")
     assert procs_under(workdir) == []
     shutil.rmtree(workdir, ignore_errors=True)
