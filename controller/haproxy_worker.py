@@ -179,10 +179,14 @@ class HAProxyWorker:
             self._notes.pop(g, None)
             self._drift.pop(g, None)
             self.counters.write_servers.pop((self.target, g), None)
+        self._drop_slot_gauges(groups)
+        self._publish_drift()
+
+    def _drop_slot_gauges(self, groups: Collection[str]) -> None:
+        """This HAProxy's `nodes_without_slot` gauges of these groups."""
         slots = self.counters.nodes_without_slot
         for key in [k for k in list(slots) if k[0] == self.target and k[1] in groups]:
             del slots[key]
-        self._publish_drift()
 
     def prefetch(self, groups: Sequence[str]) -> None:
         """A targeted pass about these groups has started: read their backends now, while
@@ -576,11 +580,9 @@ class HAProxyWorker:
                 log.info("resolved", problem=note.event, group=note.group,
                          backend=note.backend, haproxy=self.target)
             self._notes[g] = current
-            slots = self.counters.nodes_without_slot
-            for key in [k for k in list(slots) if k[:2] == (self.target, g)]:
-                del slots[key]
-            slots.update({(self.target, n.group, n.backend): n.count
-                          for n in current if n.count})
+            self._drop_slot_gauges({g})
+            self.counters.nodes_without_slot.update(
+                {(self.target, n.group, n.backend): n.count for n in current if n.count})
 
 
 def _admin(state: HAProxyState) -> dict[tuple[str, str], AdminState]:

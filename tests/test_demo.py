@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,30 +126,44 @@ def test_demo_runs_from_the_generated_config(tmp_path: Path) -> None:
     assert procs_under(tmp_path) == []
 
 
+@contextmanager
+def drill_in(workdir: Path, scenario: str) -> Iterator[subprocess.Popen[str]]:
+    """`drill --compare` of the controller setup running `scenario` once in `workdir`; killed
+    by its PID on the way out if a test left it running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "drill", "--compare", "--yes", "--setup",
+         "controller", "--repeat", "1", "--scenario", scenario, "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def sigterm(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM the running drill; its output once it exited (exit code 130 asserted)."""
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    return out
+
+
 def test_a_sigtermed_drill_stops_every_process_it_started() -> None:
     """`drill --compare` stopped with SIGTERM while its stack runs (as a CI job's timeout or
     `kill` does) stops the Redis nodes, Sentinels, HAProxy and controller it started, like
     Ctrl-C; before, they were left running."""
     # A short path: HAProxy's admin socket path must fit a Unix socket address (108 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="drill-term-"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller", "drill", "--compare", "--yes", "--setup",
-         "controller", "--repeat", "1", "--scenario", "kill", "--workdir", str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    with drill_in(workdir, "kill") as proc:
         log = workdir / "controller" / "controller.log"  # the daemon starts last
         wait_until(lambda: log.exists() or proc.poll() is not None, 60,
                    "the drill's stack started")
-        assert proc.poll() is None, proc.communicate()[0]
         started = procs_under(workdir)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 130, out
+        out = sigterm(proc)
     assert "interrupted: every stack stopped" in out
     wait_until(lambda: not [p for p in started if alive(p)], 15, "the stack's processes gone")
     assert procs_under(workdir) == []
@@ -159,12 +175,7 @@ def test_a_drill_sigtermed_while_it_measures_stops_its_reader_processes() -> Non
     the drill exits as on Ctrl-C and none of its child processes is left (the readers are
     stopped by their PIDs, and a reader whose drill is gone stops by itself)."""
     workdir = Path(tempfile.mkdtemp(prefix="drill-rd-"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller", "drill", "--compare", "--yes", "--setup",
-         "controller", "--repeat", "1", "--scenario", "hold", "--workdir", str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    with drill_in(workdir, "hold") as proc:
         def readers() -> list[int]:
             out = []
             for child in children_of(proc.pid):
@@ -178,15 +189,8 @@ def test_a_drill_sigtermed_while_it_measures_stops_its_reader_processes() -> Non
 
         wait_until(lambda: len(readers()) >= 2 or proc.poll() is not None, 120,
                    "the drill's reader processes running")
-        assert proc.poll() is None, proc.communicate()[0]
         started = readers()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 130, out
+        sigterm(proc)
     wait_until(lambda: not [p for p in started if alive(p)], 15, "the reader processes gone")
     assert procs_under(workdir) == []
     shutil.rmtree(workdir, ignore_errors=True)
