@@ -33,15 +33,17 @@ import signal
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lab.compare import SETUPS, Setup, all_at_once, restore, run_scenario, started
 from lab.measure import Recording
 from lab.probes import ReadSample
 
 
-def failed_reads(rec: Recording) -> list[dict[str, float]]:
-    """Each failed read at or after the fault, with the ok read before it and after it."""
-    out: list[dict[str, float]] = []
+def failed_reads(rec: Recording) -> list[dict[str, Any]]:
+    """Each failed read at or after the fault, with the ok read before it and after it (and
+    the nodes that answered them: `node` is where the reader's connection was)."""
+    out: list[dict[str, Any]] = []
     for reader in sorted({r.reader for r in rec.reads}):
         rs = sorted((r for r in rec.reads if r.reader == reader and r.t >= rec.fault_t - 1.0),
                     key=lambda r: r.t)
@@ -55,7 +57,8 @@ def failed_reads(rec: Recording) -> list[dict[str, float]]:
             out.append({"reader": reader, "at_ms": (r.t - rec.fault_t) * 1000,
                         "err_ms": (r.t - r.sent) * 1000, "wait_ms": (nxt.sent - r.t) * 1000,
                         "next_ms": (nxt.t - nxt.sent) * 1000, "gap_ms": (nxt.t - prev.t) * 1000,
-                        "error_t": r.t, "next_sent_t": nxt.sent})
+                        "error_t": r.t, "next_sent_t": nxt.sent,
+                        "prev_node": prev.node or "?", "next_node": nxt.node or "?"})
     return out
 
 
@@ -100,7 +103,7 @@ def main() -> None:
                     help="keep the stacks' logs here (default: a temp dir, removed)")
     args = ap.parse_args()
     setups = tuple(args.setups or SETUPS)
-    per: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
+    per: dict[str, list[dict[str, Any]]] = {s: [] for s in setups}
     errors: dict[str, list[int]] = {s: [] for s in setups}
     gaps: dict[str, list[float]] = {s: [] for s in setups}
     lat: dict[str, list[float]] = {s: [] for s in setups}
@@ -126,7 +129,8 @@ def main() -> None:
                     print(f"run {i + 1} {name:<10} reader {f['reader']:.0f}: failed "
                           f"{f['at_ms']:.0f} ms after the fault, out {f['err_ms']:.2f} ms, "
                           f"reader waited {f['wait_ms']:.2f}, next read {f['next_ms']:.2f} ms, "
-                          f"gap {f['gap_ms']:.2f} ms (error at {stamp(f['error_t'])}, "
+                          f"gap {f['gap_ms']:.2f} ms, {f['prev_node']} -> {f['next_node']} "
+                          f"(error at {stamp(f['error_t'])}, "
                           f"next read sent at {stamp(f['next_sent_t'])})", flush=True)
             for s in running:
                 restore(s)

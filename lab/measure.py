@@ -52,7 +52,7 @@ class DrillReport:
     switch_to_write_ms: float | None  # first +switch-master -> first write on new master
     acked_checked: int
     acked_lost: int  # acknowledged writes missing or wrong on the final master
-    acked_elsewhere: int  # writes acked after the fault by a node that is not the final master
+    acked_elsewhere: int  # writes sent after the fault landed, acked by a non-final master
     reads_ok: int
     read_errors: int
     read_outage_ms: float | None  # longest run of failed reads (last ok -> next ok)
@@ -192,9 +192,14 @@ def summarize(rec: Recording) -> DrillReport:
     promoted = first_mark(rec.marks, "+promoted-slave", rec.master, rec.fault_t)
     switch = first_mark(rec.marks, "+switch-master", rec.master, rec.fault_t)
     checked, lost = lost_writes(rec.writes, rec.readback)
+    # From when the fault landed (its "fault" mark, stamped once the action returned), by
+    # send time: a write sent between `fault_t` and the SIGKILL's delivery was the old
+    # master's to acknowledge, and it was replicated (it is no lost write either).
+    landed = min((m.t for m in rec.marks if m.kind == "fault" and m.t >= rec.fault_t),
+                 default=rec.fault_t)
     elsewhere = sum(
         1 for w in rec.writes
-        if w.ok and w.t >= rec.fault_t and w.node is not None and w.node != new
+        if w.ok and w.sent >= landed and w.node is not None and w.node != new
     )
     outage = write_outage(surviving(rec.writes, rec.readback), rec.fault_t, target)
     reads_after = [r for r in rec.reads if r.t >= rec.fault_t]
@@ -228,7 +233,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("promoted_to_write_ms", "+promoted-slave -> first write on new master, ms"),
     ("switch_to_write_ms", "first +switch-master -> first write on new master, ms"),
     ("acked_lost", "acknowledged writes lost"),
-    ("acked_elsewhere", "writes acked by a non-master after the fault"),
+    ("acked_elsewhere", "writes sent after the fault, acked by a non-master"),
     ("writes_failed", "write errors"),
     ("read_errors", "read errors"),
     ("read_outage_ms", "read outage, worst reader (longest), ms"),

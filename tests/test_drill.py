@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from lab.measure import (
@@ -138,6 +140,20 @@ def test_summary_times_promotion_and_switch_against_the_first_write_on_the_new_m
     # every ack before the fault is missing from the read-back, plus the late one
     assert r.acked_lost == 100 + 1
     assert "acknowledged writes lost" in format_report(r)
+
+
+def test_a_write_sent_before_the_fault_landed_is_not_counted_as_acked_by_a_non_master() -> None:
+    """A write the old master acknowledges after `fault_t` but that was sent before the
+    fault's action returned (its "fault" mark) is the old master's to acknowledge: not counted
+    in `acked_elsewhere`; one sent after the mark is."""
+    rec = recording()
+    landed = T0 + 0.0004
+    early = WriteSample(T0 + 0.0003, T0 + 0.0001, 0, 9_000, "k:0:9000", True, OLD)
+    late = WriteSample(T0 + 0.0009, T0 + 0.0005, 0, 9_001, "k:0:9001", True, OLD)
+    rec = dataclasses.replace(
+        rec, writes=(*rec.writes, early, late),
+        marks=(*rec.marks, Mark(landed, "fault", "drill", f"SIGKILL master {OLD}")))
+    assert summarize(rec).acked_elsewhere == summarize(recording()).acked_elsewhere + 1
 
 
 def test_first_mark_ignores_events_before_the_fault() -> None:
