@@ -18,7 +18,9 @@ re-check passes of the groups a `+slave` (or the like) named, and for a full pas
 node's name resolves elsewhere.
 
 Hints that arrive while a pass runs are merged per group into the next pass (`pending`);
-targeted passes go before the rest of a full pass. A pass asks every Sentinel at once and goes
+targeted passes go before the rest of a full pass. A hint about a group that a read asked for
+after the hint arrived needs no pass: that read answers it (a full pass's chunk then hands the
+group over as a targeted pass would, its latency counted from the hint). A pass asks every Sentinel at once and goes
 on as soon as the answers settle every group it reads (`decide.decidable`); when the answers it
 did not wait for would change a verdict, the group is passed again with them. Events only
 shorten the wait; a missed event changes nothing. The loop never dies from a bug: it logs
@@ -394,7 +396,7 @@ class Controller:
                       sentinels_s=time.monotonic() - started)
         return p
 
-    def _full_step(self, p: _FullPass) -> bool:
+    def _full_step(self, p: _FullPass, work: Pending) -> bool:
         """The next chunk of a full pass; True when the pass is over. One chunk per pass also
         asks each group's other Sentinels (discovery), a different chunk each pass: the
         groups usually share their Sentinels, and asking for all of them every pass would cost
@@ -405,7 +407,18 @@ class Controller:
             discover = p.done // FULL_CHUNK == self.counters.passes % chunks
             views, decisions = self._read_decide(chunk, None, early=True, discover=discover)
             p.sentinels_s += self._round_s
-            self._hand_over(decisions, p.trigger, p.since, urgent=False)
+            # An event about a chunk's group that came just before the chunk asked is answered
+            # by this read (`_take` drops it): its group goes over as a targeted pass's would,
+            # its latency counted from the event, not from the start of the full pass.
+            answered = self._take_queued(work)
+            hinted = [d for d in decisions if d.name in answered]
+            if hinted:
+                first = min((answered[d.name] for d in hinted), key=lambda a: a[0])
+                self._hand_over(hinted, first[1], {d.name: answered[d.name][0] for d in hinted},
+                                urgent=True)
+            rest = [d for d in decisions if d.name not in answered]
+            if rest:
+                self._hand_over(rest, p.trigger, p.since, urgent=False)
             p.done += len(chunk)
             p.undecided += sum(1 for d in decisions if d.master is None)
             for v in views:
@@ -512,10 +525,7 @@ class Controller:
                     wake = min(wake, now + LATE_POLL_S)
                 if self.roster is not None:
                     wake = min(wake, self.roster.next_due())
-                for h in self.hints.get(0.0 if busy else max(0.0, wake - now)):
-                    if self.roster is not None:
-                        self.roster.hint(h)
-                    self._take(h, work)
+                self._take_queued(work, 0.0 if busy else max(0.0, wake - now))
                 self.reader.poll()  # late answers come back as hints
                 now = time.monotonic()
                 if self.hints.take_overflow():
@@ -545,7 +555,7 @@ class Controller:
                 elif full is not None and self._hold_full(hold_full_until):
                     pass
                 elif full is not None:
-                    if self._full_step(full):
+                    if self._full_step(full, work):
                         full = None
                         next_resync = time.monotonic() + s.resync_interval_s
                 elif (due := work.take_full()) is not None:
@@ -564,27 +574,43 @@ class Controller:
         for hw in self.workers:
             hw.stop()
 
-    def _take(self, h: Hint, work: Pending) -> None:
-        """Merge one hint into the work to do."""
+    def _take_queued(self, work: Pending, wait_s: float = 0.0) -> dict[str, tuple[float, str]]:
+        """Merge the hints queued (waiting up to `wait_s` for one) into the work to do;
+        returns the groups of those a read already answered: group -> (earliest such hint,
+        its trigger)."""
+        answered: dict[str, tuple[float, str]] = {}
+        for h in self.hints.get(wait_s):
+            if self.roster is not None:
+                self.roster.hint(h)
+            done = self._take(h, work)
+            if done is not None and (done[0] not in answered
+                                     or h.received < answered[done[0]][0]):
+                answered[done[0]] = (h.received, done[1])
+        return answered
+
+    def _take(self, h: Hint, work: Pending) -> tuple[str, str] | None:
+        """Merge one hint into the work to do. (group, trigger) when the hint needs no pass
+        because the Sentinels were asked about its group after it arrived."""
         if h.kind == "late_answer":
             self._late(h, work)
-            return
+            return None
         if h.kind == "applied":  # only ends a wait
-            return
+            return None
         what = self._classify(h)
         if what is None:
-            return
+            return None
         trigger, group = what
         if group is None:
             work.full(trigger, h.received)
         elif h.received < self._asked.get(group, 0.0):
             # The Sentinels were asked about the group after this hint arrived: that read saw
             # what the event says (the same event from each Sentinel is one pass, not three).
-            return
+            return group, trigger
         elif self._followed(h, group):
-            return
+            return None
         else:
             work.group(group, trigger, h.received)
+        return None
 
     def _followed(self, h: Hint, group: str) -> bool:
         """An event the verdict acted on already says: a `+switch-master` to the master whose

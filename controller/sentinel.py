@@ -1,9 +1,9 @@
 """Sentinel adapter: the only module that talks to Sentinels.
 
 Two jobs, both per Sentinel:
-- `SentinelReader`: one pipelined round trip per Sentinel (all Sentinels in parallel, one
-  thread each) giving the groups' address, config-epoch, flags and replicas, and, when a full
-  pass starts, each Sentinel's TILT state, ID and groups;
+- `SentinelReader`: one pipelined round trip per Sentinel (all Sentinels at once, on one
+  `select` in the caller's thread) giving the groups' address, config-epoch, flags and
+  replicas, and, when a full pass starts, each Sentinel's TILT state, ID and groups;
 - `EventWatcher`: a thread holding a pub/sub connection (`PSUBSCRIBE *`). redis-py does not
   notice a hung Sentinel and reconnects silently after a restart (facts 0.4), so the watcher
   disables redis-py's retries, pings on the pub/sub connection itself, declares the

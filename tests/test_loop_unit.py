@@ -523,6 +523,32 @@ def test_hint_already_answered_by_a_later_read_is_not_passed_again(
     assert work.has_groups
 
 
+def test_an_event_a_full_pass_chunk_answers_counts_from_the_event_not_from_the_pass(
+    controller: Controller, sentinels: FakeSentinels,
+) -> None:
+    """An event that arrives just before a full pass's chunk asks about its group needs no
+    pass of its own (the chunk's read answers it), but the chunk hands that group over as a
+    targeted pass would: urgent, with the event's trigger, its latency counted from the event
+    (it was counted from the start of the full pass: 300+ ms for a failover applied in a
+    few)."""
+    controller.reconcile("start")
+    p = controller._start_full("resync", time.monotonic() - 0.3)
+    sentinels.show("switched")
+    received = time.monotonic()
+    controller.hints.put(hint("+switch-master", f"{GROUP} 127.0.0.2 1 127.0.0.3 1", received))
+    work = Pending()
+    with capture_logs() as logs:
+        assert controller._full_step(p, work)
+        controller.workers[0].drain()
+    assert not work.has_groups  # no pass of its own
+    changed = next(e for e in logs if e["event"] == "master_changed")
+    assert changed["trigger"] == "+switch-master"
+    ready = next(e for e in logs if e["event"] == "server_state_changed"
+                 and e["backend"] == W and e["to"] == "ready")
+    assert ready["latency_ms"] < (time.monotonic() - received) * 1000 + 1
+    assert ready["latency_ms"] < 300
+
+
 def test_a_switch_to_the_master_already_followed_needs_no_pass(
     controller: Controller,
 ) -> None:
