@@ -20,11 +20,11 @@ node's name resolves elsewhere.
 Hints that arrive while a pass runs are merged per group into the next pass (`pending`);
 targeted passes go before the rest of a full pass. A hint about a group that a read asked for
 after the hint arrived needs no pass: that read answers it (a full pass's chunk then hands the
-group over as a targeted pass would, its latency counted from the hint). A pass asks every Sentinel at once and goes
-on as soon as the answers settle every group it reads (`decide.decidable`); when the answers it
-did not wait for would change a verdict, the group is passed again with them. Events only
-shorten the wait; a missed event changes nothing. The loop never dies from a bug: it logs
-`unexpected_error` and goes on.
+group over as a targeted pass would, its latency counted from the hint). A pass asks every
+Sentinel at once and goes on as soon as the answers settle every group it reads
+(`decide.decidable`); when the answers it did not wait for would change a verdict, the group
+is passed again with them. Events only shorten the wait; a missed event changes nothing. The
+loop never dies from a bug: it logs `unexpected_error` and goes on.
 Must not talk to Sentinel, HAProxy or Redis nodes except through their adapters.
 """
 
