@@ -18,6 +18,13 @@ changes"):
   when the caller can ask it ROLE). A node removed with a reset (stopped, detached) is not
   confirmed, or not rediscovered within the grace: it leaves the read backend.
 
+A replica that does not serve reads yet (new, or back after a crash) and that answers
+(`confirmed`) starts only once it says itself that it is a replica of the master with its
+link up: the Sentinels' view of a replica's link is up to 10 s old (INFO period), and a
+replica that has just restarted answers LOADING, then serves the data of its last save until
+its resync is done. Such a replica is `held` until it does. One that cannot be asked (no
+answer, not allowed) starts on the Sentinels' word, as before.
+
 `Decision.nodes` gets every node the group has: the master, every replica a usable Sentinel
 lists, and the retained ones (they keep their HAProxy slots).
 """
@@ -30,7 +37,9 @@ from collections.abc import Callable, Sequence
 from controller.decide import group_size, start_votes
 from controller.model import Address, Decision, MasterView, ReplicaInfo, SentinelView
 
-Confirm = Callable[[Address, Address], bool]  # (replica, master) -> it says it replicates
+# (replica, master) -> True: it says it replicates from the master, link up; False: it
+# answered otherwise; None: it could not be asked (the Sentinels' word stands).
+Confirm = Callable[[Address, Address], bool | None]
 
 
 def _fresh(r: ReplicaInfo) -> bool:
@@ -52,6 +61,9 @@ class Membership:
         self.absent_grace_ms = absent_grace_ms
         self._absent_since: dict[str, dict[Address, float]] = {}  # group -> replica -> ms
         self._master: dict[str, Address] = {}
+        # group -> replicas the Sentinels would start serving reads but that do not say they
+        # are linked to the master yet (the last `adjust` with `confirmed`)
+        self.held: dict[str, frozenset[Address]] = {}
 
     def adjust(
         self,
@@ -99,7 +111,7 @@ class Membership:
                 since = absent_since.setdefault(addr, now_ms)
                 if not same_master or now_ms - since > self.absent_grace_ms:
                     continue
-                if confirmed is not None and not confirmed(addr, master):
+                if confirmed is not None and confirmed(addr, master) is not True:
                     continue
                 readers.add(addr)
                 why.append(f"{addr}: no sentinel knows it (reset?) for "
@@ -113,6 +125,21 @@ class Membership:
                 self._absent_since[d.name] = absent_since
             else:
                 self._absent_since.pop(d.name, None)
+        # A replica that does not serve reads yet starts only once it says so itself (ROLE: a
+        # replica of the master, link `connected`), when it can be asked: Sentinel polls a
+        # replica's INFO every 10 s, so right after a restart (its `-sdown` comes with the
+        # first PING reply, which it gives while still LOADING its data) the Sentinels still
+        # show its link as it was before the crash; until its resync is done it answers
+        # LOADING, or data as old as its last save.
+        held: frozenset[Address] = frozenset()
+        if confirmed is not None:
+            held = frozenset(a for a in sorted(readers - before - {master})
+                             if confirmed(a, master) is False)
+            readers -= held
+        if held:
+            self.held[d.name] = held
+        else:
+            self.held.pop(d.name, None)
         nodes = {master} | everywhere | readers
         if d.fallback is not None:
             nodes.add(d.fallback)

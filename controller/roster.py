@@ -120,8 +120,16 @@ class Roster:
     def adjust(
         self, d: Decision, views: Sequence[SentinelView], before: frozenset[Address]
     ) -> Decision:
+        held_before = self.membership.held.get(d.name, frozenset())
         d, why = self.membership.adjust(d, views, before, time.monotonic() * 1000,
                                         self._confirm if self.nodes is not None else None)
+        held = self.membership.held.get(d.name, frozenset())
+        for r in sorted(held - held_before):
+            log.info("replica_not_ready", group=d.name, replica=str(r),
+                     reason=f"the Sentinels see it healthy, but it does not say it is linked "
+                     f"to {d.master} yet (loading or resyncing): no reads until it does")
+        if held:  # nothing else would pass the group again when its resync is done
+            self._recheck(d.name)
         shown = {w.split(": ", 1)[0] for w in why}
         old = self._kept.get(d.name, set())
         for w in why:
@@ -131,16 +139,19 @@ class Roster:
         self._kept[d.name] = shown
         return d
 
-    def _confirm(self, replica: Address, master: Address) -> bool:
-        """The absent replica says it is linked to `master` (ROLE)."""
+    def _confirm(self, replica: Address, master: Address) -> bool | None:
+        """Whether the replica says it is linked to `master` (ROLE); None: it could not be
+        asked (membership: an absent replica is then not kept, a new one starts on the
+        Sentinels' word)."""
         if self.nodes is None:
-            return False
+            return None
         try:
             said = self.nodes.replica_of(replica)
-        except Exception as e:  # NodeError and anything odd: not confirmed
+        except Exception as e:  # NodeError and anything odd: no answer
             log.debug("replica_not_confirmed", replica=str(replica), error=str(e))
-            # Not allowed to ask (no redis_password): no answer either way, the grace decides.
-            return "authentication" in str(e)
+            # Not allowed to ask (no redis_password): no answer either way; for an absent
+            # replica the grace decides.
+            return True if "authentication" in str(e) else None
         if said is None:
             return False
         if said.ip is None:
@@ -152,14 +163,18 @@ class Roster:
     # -- extra passes ---------------------------------------------------------------------
     def hint(self, h: Hint) -> None:
         if h.event is not None and h.event.channel in RECHECK_EVENTS:
-            now = time.monotonic()
-            if self._recheck_until <= now:
-                self.recheck_groups = set()
-            if h.event.master is not None:
-                self.recheck_groups.add(h.event.master)
-            self._recheck_until = now + self.recheck_window_s
-            if self._next_recheck <= now:
-                self._next_recheck = now + self.recheck_interval_s
+            self._recheck(h.event.master)
+
+    def _recheck(self, group: str | None) -> None:
+        """Re-check passes of `group` (all groups when None) for the next `recheck_window_s`."""
+        now = time.monotonic()
+        if self._recheck_until <= now:
+            self.recheck_groups = set()
+        if group is not None:
+            self.recheck_groups.add(group)
+        self._recheck_until = max(self._recheck_until, now + self.recheck_window_s)
+        if self._next_recheck <= now:
+            self._next_recheck = now + self.recheck_interval_s
 
     def next_due(self) -> float:
         """Monotonic time of the next extra check (re-check pass or re-resolution)."""

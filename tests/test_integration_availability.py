@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from itest_support import ControllerFactory, StackFactory, StatePoller, wait_state
+from itest_support import ControllerFactory, StackFactory, StatePoller, ready, wait_state
 
 from controller.model import Address
 from lab.compare import LeaderLoss, Setup, run_measured, spec_for
@@ -32,8 +32,10 @@ from lab.probes import (
     Writer,
     _reader_child,
     event_is_for,
+    laddr_of,
     read_back,
 )
+from lab.resp import RespConn, RespError
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -124,6 +126,62 @@ def test_replica_sigkill_costs_new_readers_nothing(
             assert len(failed_reads(r, t0)) <= 1, failed_reads(r, t0)
         served = {s.node for s in rs[1].samples if s.t >= dead and s.ok}
         assert str(stack.nodes[f"{G}b"].addr) not in served
+
+
+def test_a_restarted_replica_serves_no_read_before_it_has_resynced(
+    make_stack: StackFactory, make_controller: ControllerFactory
+) -> None:
+    """A replica SIGKILLed and restarted without its data (a new pod, a lost volume) must
+    resync in full: until its link is up it serves an empty dataset (here for 2 s: the master's
+    `repl-diskless-sync-delay`, 5 s by Redis's default), then answers LOADING, while every
+    Sentinel still shows its link as it was before the crash (a replica's INFO is polled every
+    10 s). The controller asks the node itself before it serves reads again: every read of
+    the port returns the value (the master serves them meanwhile, as the fallback), and the
+    replica serves reads again once it has resynced."""
+    stack = make_stack(groups=(G,), replicas=1)
+    controller = make_controller(stack)
+    master = stack.nodes[f"{G}a"].addr
+    with RespConn(master, 5.0) as c:
+        c.pipeline(("SET", "k", "v"), ("CONFIG", "SET", "repl-diskless-sync-delay", "2"))
+    wait_until(lambda: stack.redis_command(f"{G}b", "GET", "k") == "v", 30,
+               "the replica to have the data")
+    stop = threading.Event()
+    reads: list[tuple[float, object, str]] = []
+
+    def read_each_time() -> None:  # a new connection per read, as Reader(reconnect_each)
+        while not stop.wait(0.002):
+            try:
+                with RespConn(stack.read_frontend(G), 1.0) as c:
+                    info, value = c.pipeline(("CLIENT", "INFO"), ("GET", "k"))
+                reads.append((time.time(), value, laddr_of(info) or "?"))
+            except (OSError, ConnectionError, ValueError, RespError) as e:
+                reads.append((time.time(), f"error: {e}", "?"))
+
+    backend, server = stack.read_backend(G), f"{G}b"
+    mark = controller.mark()
+    probe = threading.Thread(target=read_each_time, daemon=True)
+    probe.start()
+    try:
+        stack.kill_node(server)
+        wait_until(lambda: not ready(stack, backend, server), 10, "the dead replica out")
+        wait_until(lambda: controller.events("replica_lost", since=mark), 10, "replica_lost")
+        # Comes back without its data (a new pod, a lost volume): a full resync.
+        (stack.log_path(server).parent / "dump.rdb").unlink(missing_ok=True)
+        restarted = time.time()
+        stack.start_node(server)
+        wait_until(lambda: ready(stack, backend, server), 60, "the replica to serve reads again")
+        back = time.time()
+        time.sleep(0.2)  # reads on the replica itself (not a wait for a condition)
+    finally:
+        stop.set()
+        probe.join(5)
+    after = [r for r in reads if r[0] >= restarted]
+    wrong = [r for r in after if r[1] != "v"]
+    assert not wrong, f"{len(wrong)} of {len(after)} reads after the restart: {wrong[:5]}"
+    assert any(n == str(stack.nodes[server].addr) for t, _, n in after if t >= back), \
+        "the resynced replica served no read"
+    assert controller.events("replica_not_ready", since=mark, replica=str(
+        stack.nodes[server].addr)), "the replica was never held back"
 
 
 def promotion_marks(rec: EventRecorder, since: float) -> list[Mark]:

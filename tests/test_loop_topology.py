@@ -149,6 +149,42 @@ def test_plus_slave_schedules_quick_rechecks() -> None:
     assert roster.recheck_groups == {GROUP}  # the loop re-checks that group only
 
 
+class Linked:
+    """A ReplicaProbe stand-in: the master each node says it is linked to (None: LOADING,
+    resyncing), as ROLE would."""
+
+    def __init__(self) -> None:
+        self.says: dict[Address, Address | None] = {}
+
+    def replica_of(self, addr: Address) -> Address | None:
+        return self.says.get(addr)
+
+
+def test_a_replica_that_is_not_linked_yet_is_held_out_of_reads_and_rechecked(
+    names: Names,
+) -> None:
+    """A replica the Sentinels see healthy but that does not say it is linked to the master
+    (restarted, still loading or resyncing) gets no read slot: one `replica_not_ready` line,
+    re-check passes of its group scheduled (nothing else would pass it again when it is
+    done), the master serves reads as the fallback; once it says it is linked it serves."""
+    s = FakeSentinels("steady")
+    h = FakeHAProxy("haproxy_slots_initial.txt")
+    probe = Linked()
+    roster = Roster(Resolver(cache_s=0.0, lookup=names), probe, recheck_interval_s=0.01,
+                    recheck_window_s=0.05, resolve_interval_s=0.0)
+    ctl = Controller(Settings(sentinels=SENTINELS, masters=(GROUP,)), s, [h], roster=roster)
+    with capture_logs() as logs:
+        ctl.reconcile("start")
+        ctl.reconcile("recheck", [GROUP])
+    assert ready_slots(h, R) == {"slot-fallback1": node(A)}
+    assert [e["replica"] for e in logs if e["event"] == "replica_not_ready"] == [str(node(B))]
+    assert roster.recheck_groups == {GROUP}
+    assert roster.next_due() < time.monotonic() + 0.05
+    probe.says[node(B)] = node(A)
+    ctl.reconcile("recheck", [GROUP])
+    assert set(ready_slots(h, R).values()) == {node(B), node(A)}
+
+
 def test_a_pass_over_other_groups_does_not_forget_a_named_node(names: Names) -> None:
     """A targeted pass reads some groups only: a named node of a group it did not read is not
     forgotten, so the next read of its own group does not report its address again."""

@@ -144,3 +144,32 @@ def test_entries_listed_again_before_their_first_info_count_for_nothing() -> Non
     assert node(B) not in d.replicas  # decide alone: 1 vote of the 2 needed
     kept, why = Membership().adjust(d, vs, frozenset({node(B)}), 0.0)
     assert node(B) in kept.replicas and "1 of 3 sentinels" in why[0]
+
+
+def test_a_replica_that_starts_serving_reads_must_say_it_is_linked_to_the_master() -> None:
+    """A replica every Sentinel sees healthy (their view of its link is up to 10 s old) that
+    does not serve reads yet is asked itself: while it does not say it is a replica of the
+    master with its link up (LOADING, resyncing after a restart) it is held, keeps its node
+    (slot) and serves nothing; once it says so it serves. One that already serves is not
+    asked; one that cannot be asked starts on the Sentinels' word."""
+    vs = views("steady")
+    d = decide(GROUP, vs, 2)
+    assert d.replicas == {node(B)}
+    asked: list[tuple[Address, Address]] = []
+
+    def loading(replica: Address, master: Address) -> bool:
+        asked.append((replica, master))
+        return False
+
+    m = Membership()
+    held, _ = m.adjust(d, vs, frozenset(), 0.0, loading)
+    assert held.replicas == frozenset() and node(B) in held.nodes
+    assert m.held == {GROUP: {node(B)}}
+    assert asked == [(node(B), node(A))]
+    linked, _ = m.adjust(d, vs, frozenset(), 0.0, lambda r, mm: True)
+    assert linked.replicas == {node(B)} and m.held == {}
+    asked.clear()
+    serving, _ = m.adjust(d, vs, frozenset({node(B)}), 0.0, loading)
+    assert serving.replicas == {node(B)} and asked == [] and m.held == {}
+    unasked, _ = m.adjust(d, vs, frozenset(), 0.0, lambda r, mm: None)  # no answer
+    assert unasked.replicas == {node(B)} and m.held == {}  # the Sentinels' word stands
