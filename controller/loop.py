@@ -338,6 +338,8 @@ class Controller:
                 self._applied.wait_for(lambda: not self._applying(), HOLD_LOGS_S)
         self._flush_logs()
         self._note_decisions(decisions, trigger)
+        if self.roster is not None:  # replicas held back: asked only now, after the hand-over
+            self.roster.ask_held()
 
     # -- passes --------------------------------------------------------------------------
     def reconcile(self, trigger: str, groups: Sequence[str] | None = None,

@@ -19,7 +19,7 @@ changes"):
   confirmed, or not rediscovered within the grace: it leaves the read backend.
 
 A replica that does not serve reads yet (new, or back after a crash) and that answers
-(`confirmed`) starts only once it says itself that it is a replica of the master with its
+(`linked`) starts only once it says itself that it is a replica of the master with its
 link up: the Sentinels' view of a replica's link is up to 10 s old (INFO period), and a
 replica that has just restarted answers LOADING, then serves the data of its last save until
 its resync is done. Such a replica is `held` until it does. One that cannot be asked (no
@@ -62,7 +62,7 @@ class Membership:
         self._absent_since: dict[str, dict[Address, float]] = {}  # group -> replica -> ms
         self._master: dict[str, Address] = {}
         # group -> replicas the Sentinels would start serving reads but that do not say they
-        # are linked to the master yet (the last `adjust` with `confirmed`)
+        # are linked to the master yet (the last `adjust` with `linked`)
         self.held: dict[str, frozenset[Address]] = {}
 
     def adjust(
@@ -72,9 +72,12 @@ class Membership:
         before: frozenset[Address],
         now_ms: float,
         confirmed: Confirm | None = None,
+        linked: Confirm | None = None,
     ) -> tuple[Decision, list[str]]:
         """`d` with the partly listed and the retained replicas added to `replicas`, and
-        `nodes` filled; plus one line per replica added this way (for the log)."""
+        `nodes` filled; plus one line per replica added this way (for the log).
+        `confirmed`: asks a retained replica now; `linked`: what a replica starting to serve
+        said last (it must not ask: a pass must not wait for a node before its hand-over)."""
         if d.master is None:
             return d, []
         master = d.master
@@ -132,9 +135,9 @@ class Membership:
         # show its link as it was before the crash; until its resync is done it answers
         # LOADING, or data as old as its last save.
         held: frozenset[Address] = frozenset()
-        if confirmed is not None:
+        if linked is not None:
             held = frozenset(a for a in sorted(readers - before - {master})
-                             if confirmed(a, master) is False)
+                             if linked(a, master) is False)
             readers -= held
         if held:
             self.held[d.name] = held

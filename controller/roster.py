@@ -18,6 +18,7 @@ Must not talk to Sentinel or HAProxy; nothing here decides who is master.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -33,6 +34,8 @@ from controller.topology import addresses_by_group, canonical_views, identities
 log = structlog.get_logger("controller")
 
 RECHECK_EVENTS = frozenset({"+slave", "+reset-master", "+convert-to-slave", "+slave-reconf-done"})
+SAID_FOR_S = 0.05  # a replica's answer about its link counts this long (the pass it starts)
+SAID_KEPT = 4096  # answers kept at most (bounded memory)
 
 
 class ReplicaProbe(Protocol):
@@ -64,6 +67,11 @@ class Roster:
         self._problems: dict[Address, str] = {}
         self.recheck_groups: set[str] = set()  # groups the re-check passes are for
         self._kept: dict[str, set[str]] = {}  # group -> replicas added by membership
+        # Replicas starting to serve reads: to ask whether they are linked (-> group, master),
+        # and what each said (linked / not / no answer, to which master, when).
+        self._to_ask: dict[Address, tuple[str, Address]] = {}
+        self._said: dict[Address, tuple[bool | None, Address, float]] = {}
+        self._reported: set[Address] = set()  # held replicas `replica_not_ready` was said of
         self._recheck_until = 0.0
         self._next_recheck = 0.0
         self._next_resolve = time.monotonic() + resolve_interval_s
@@ -121,13 +129,12 @@ class Roster:
         self, d: Decision, views: Sequence[SentinelView], before: frozenset[Address]
     ) -> Decision:
         held_before = self.membership.held.get(d.name, frozenset())
-        d, why = self.membership.adjust(d, views, before, time.monotonic() * 1000,
-                                        self._confirm if self.nodes is not None else None)
+        asking = self.nodes is not None
+        d, why = self.membership.adjust(
+            d, views, before, time.monotonic() * 1000, self._confirm if asking else None,
+            functools.partial(self._said_linked, d.name) if asking else None)
         held = self.membership.held.get(d.name, frozenset())
-        for r in sorted(held - held_before):
-            log.info("replica_not_ready", group=d.name, replica=str(r),
-                     reason=f"the Sentinels see it healthy, but it does not say it is linked "
-                     f"to {d.master} yet (loading or resyncing): no reads until it does")
+        self._reported -= held_before - held
         if held:  # nothing else would pass the group again when its resync is done
             self._recheck(d.name)
         shown = {w.split(": ", 1)[0] for w in why}
@@ -138,6 +145,36 @@ class Roster:
                          reason=w.split(": ", 1)[1])
         self._kept[d.name] = shown
         return d
+
+    def _said_linked(self, group: str, replica: Address, master: Address) -> bool | None:
+        """What a replica starting to serve reads said about its link when asked last (within
+        `recheck_interval_s`); not asked yet: False, and it is asked by `ask_held`, after the
+        pass has handed its verdicts over."""
+        said = self._said.get(replica)
+        if said is not None and said[1] == master and time.monotonic() - said[2] <= SAID_FOR_S:
+            return said[0]
+        self._to_ask[replica] = (group, master)
+        return False
+
+    def ask_held(self) -> None:
+        """Ask the replicas `adjust` held back for not having said yet whether they are
+        linked (ROLE); a group whose replica answered, or could not be asked, is passed again
+        at once. Called by the loop after a pass's hand-over: never on the way to HAProxy."""
+        to_ask, self._to_ask = self._to_ask, {}
+        for replica, (group, master) in to_ask.items():
+            said = self._confirm(replica, master)
+            self._said[replica] = (said, master, time.monotonic())
+            if said is not False:
+                self._recheck(group, at_once=True)
+            elif replica not in self._reported:
+                self._reported.add(replica)
+                log.info("replica_not_ready", group=group, replica=str(replica),
+                         reason=f"the Sentinels see it healthy, but it does not say it is "
+                         f"linked to {master} yet (loading or resyncing): no reads until it "
+                         "does")
+        if len(self._said) > SAID_KEPT:  # bounded: only the latest answers matter
+            for a in sorted(self._said, key=lambda r: self._said[r][2])[:-SAID_KEPT]:
+                del self._said[a]
 
     def _confirm(self, replica: Address, master: Address) -> bool | None:
         """Whether the replica says it is linked to `master` (ROLE); None: it could not be
@@ -165,15 +202,18 @@ class Roster:
         if h.event is not None and h.event.channel in RECHECK_EVENTS:
             self._recheck(h.event.master)
 
-    def _recheck(self, group: str | None) -> None:
-        """Re-check passes of `group` (all groups when None) for the next `recheck_window_s`."""
+    def _recheck(self, group: str | None, at_once: bool = False) -> None:
+        """Re-check passes of `group` (all groups when None) for the next `recheck_window_s`,
+        the first after `recheck_interval_s` (`at_once`: now)."""
         now = time.monotonic()
         if self._recheck_until <= now:
             self.recheck_groups = set()
         if group is not None:
             self.recheck_groups.add(group)
         self._recheck_until = max(self._recheck_until, now + self.recheck_window_s)
-        if self._next_recheck <= now:
+        if at_once:
+            self._next_recheck = now
+        elif self._next_recheck <= now:
             self._next_recheck = now + self.recheck_interval_s
 
     def next_due(self) -> float:

@@ -6,6 +6,7 @@ tests/fakes.py; names are resolved by a function, not DNS."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from captured import GROUP, A, B, node, views, with_master
@@ -151,12 +152,14 @@ def test_plus_slave_schedules_quick_rechecks() -> None:
 
 class Linked:
     """A ReplicaProbe stand-in: the master each node says it is linked to (None: LOADING,
-    resyncing), as ROLE would."""
+    resyncing), as ROLE would; `check` runs on every ask."""
 
     def __init__(self) -> None:
         self.says: dict[Address, Address | None] = {}
+        self.check: Callable[[], None] = lambda: None
 
     def replica_of(self, addr: Address) -> Address | None:
+        self.check()
         return self.says.get(addr)
 
 
@@ -164,24 +167,35 @@ def test_a_replica_that_is_not_linked_yet_is_held_out_of_reads_and_rechecked(
     names: Names,
 ) -> None:
     """A replica the Sentinels see healthy but that does not say it is linked to the master
-    (restarted, still loading or resyncing) gets no read slot: one `replica_not_ready` line,
-    re-check passes of its group scheduled (nothing else would pass it again when it is
-    done), the master serves reads as the fallback; once it says it is linked it serves."""
+    (restarted, still loading or resyncing) gets no read slot: it is asked only once the
+    pass has handed its verdict to the HAProxy worker (a node never delays a hand-over), one
+    `replica_not_ready` line, re-check passes of its group scheduled (nothing else would pass
+    it again when it is done), the master serves reads as the fallback; once it says it is
+    linked it serves."""
     s = FakeSentinels("steady")
     h = FakeHAProxy("haproxy_slots_initial.txt")
     probe = Linked()
     roster = Roster(Resolver(cache_s=0.0, lookup=names), probe, recheck_interval_s=0.01,
                     recheck_window_s=0.05, resolve_interval_s=0.0)
     ctl = Controller(Settings(sentinels=SENTINELS, masters=(GROUP,)), s, [h], roster=roster)
+
+    pending_when_asked: list[int] = []
+    probe.check = lambda: pending_when_asked.append(ctl.workers[0].pending())
     with capture_logs() as logs:
         ctl.reconcile("start")
         ctl.reconcile("recheck", [GROUP])
-    assert ready_slots(h, R) == {"slot-fallback1": node(A)}
+    assert set(ready_slots(h, R).values()) == {node(A)}  # the fallback
+    assert pending_when_asked and set(pending_when_asked) == {1}, "asked before the hand-over"
     assert [e["replica"] for e in logs if e["event"] == "replica_not_ready"] == [str(node(B))]
     assert roster.recheck_groups == {GROUP}
     assert roster.next_due() < time.monotonic() + 0.05
     probe.says[node(B)] = node(A)
-    ctl.reconcile("recheck", [GROUP])
+
+    def serves() -> bool:
+        ctl.reconcile("recheck", [GROUP])
+        return node(B) in ready_slots(h, R).values()
+
+    wait_until(serves, 5, "the linked replica to serve reads", 0.02)
     assert set(ready_slots(h, R).values()) == {node(B), node(A)}
 
 

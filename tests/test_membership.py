@@ -162,14 +162,14 @@ def test_a_replica_that_starts_serving_reads_must_say_it_is_linked_to_the_master
         return False
 
     m = Membership()
-    held, _ = m.adjust(d, vs, frozenset(), 0.0, loading)
+    held, _ = m.adjust(d, vs, frozenset(), 0.0, linked=loading)
     assert held.replicas == frozenset() and node(B) in held.nodes
     assert m.held == {GROUP: {node(B)}}
     assert asked == [(node(B), node(A))]
-    linked, _ = m.adjust(d, vs, frozenset(), 0.0, lambda r, mm: True)
+    linked, _ = m.adjust(d, vs, frozenset(), 0.0, linked=lambda r, mm: True)
     assert linked.replicas == {node(B)} and m.held == {}
     asked.clear()
-    serving, _ = m.adjust(d, vs, frozenset({node(B)}), 0.0, loading)
+    serving, _ = m.adjust(d, vs, frozenset({node(B)}), 0.0, linked=loading)
     assert serving.replicas == {node(B)} and asked == [] and m.held == {}
-    unasked, _ = m.adjust(d, vs, frozenset(), 0.0, lambda r, mm: None)  # no answer
+    unasked, _ = m.adjust(d, vs, frozenset(), 0.0, linked=lambda r, mm: None)  # no answer
     assert unasked.replicas == {node(B)} and m.held == {}  # the Sentinels' word stands
