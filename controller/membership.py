@@ -18,12 +18,13 @@ changes"):
   when the caller can ask it ROLE). A node removed with a reset (stopped, detached) is not
   confirmed, or not rediscovered within the grace: it leaves the read backend.
 
-A replica that does not serve reads yet (new, or back after a crash) and that answers
-(`linked`) starts only once it says itself that it is a replica of the master with its
-link up: the Sentinels' view of a replica's link is up to 10 s old (INFO period), and a
-replica that has just restarted answers LOADING, then serves the data of its last save until
-its resync is done. Such a replica is `held` until it does. One that cannot be asked (no
-answer, not allowed) starts on the Sentinels' word, as before.
+A replica that stopped serving reads (down, disconnected, unlinked) and comes back starts only
+once it says itself (`linked`) that it is a replica of the master with its link up: the
+Sentinels' view of a replica's link is up to 10 s old (INFO period), and a replica that has
+just restarted answers LOADING, or serves an empty or old dataset, until its resync is done.
+Such a replica is `held` until it does. One that cannot be asked (no answer, not allowed)
+starts on the Sentinels' word, as before; so does one never seen serving (a new replica, or
+every replica when the controller starts: their INFO is new to the Sentinels too).
 
 `Decision.nodes` gets every node the group has: the master, every replica a usable Sentinel
 lists, and the retained ones (they keep their HAProxy slots).
@@ -64,6 +65,7 @@ class Membership:
         # group -> replicas the Sentinels would start serving reads but that do not say they
         # are linked to the master yet (the last `adjust` with `linked`)
         self.held: dict[str, frozenset[Address]] = {}
+        self._left: dict[str, set[Address]] = {}  # group -> replicas that stopped serving
 
     def adjust(
         self,
@@ -128,15 +130,17 @@ class Membership:
                 self._absent_since[d.name] = absent_since
             else:
                 self._absent_since.pop(d.name, None)
-        # A replica that does not serve reads yet starts only once it says so itself (ROLE: a
-        # replica of the master, link `connected`), when it can be asked: Sentinel polls a
-        # replica's INFO every 10 s, so right after a restart (its `-sdown` comes with the
-        # first PING reply, which it gives while still LOADING its data) the Sentinels still
-        # show its link as it was before the crash; until its resync is done it answers
-        # LOADING, or data as old as its last save.
+        # A replica that left the read side (down, disconnected, unlinked) and comes back
+        # starts only once it says so itself (ROLE: a replica of the master, link
+        # `connected`), when it can be asked: Sentinel polls a replica's INFO every 10 s, so
+        # right after a restart (its `-sdown` comes with the first PING reply, which it gives
+        # while still LOADING its data) the Sentinels still show its link as it was before
+        # the crash; until its resync is done it serves an empty or old dataset, or LOADING.
+        # (A replica never seen serving is judged on the Sentinels' INFO of it, which is new.)
+        left = self._left.get(d.name, set())
         held: frozenset[Address] = frozenset()
         if linked is not None:
-            held = frozenset(a for a in sorted(readers - before - {master})
+            held = frozenset(a for a in sorted((readers - before - {master}) & left)
                              if linked(a, master) is False)
             readers -= held
         if held:
@@ -146,4 +150,9 @@ class Membership:
         nodes = {master} | everywhere | readers
         if d.fallback is not None:
             nodes.add(d.fallback)
+        left = ((left | (before - readers - d.paused)) - readers - {master}) & nodes
+        if left:
+            self._left[d.name] = left
+        else:
+            self._left.pop(d.name, None)
         return dataclasses.replace(d, replicas=frozenset(readers), nodes=frozenset(nodes)), why

@@ -34,7 +34,6 @@ from controller.topology import addresses_by_group, canonical_views, identities
 log = structlog.get_logger("controller")
 
 RECHECK_EVENTS = frozenset({"+slave", "+reset-master", "+convert-to-slave", "+slave-reconf-done"})
-SAID_FOR_S = 0.05  # a replica's answer about its link counts this long (the pass it starts)
 SAID_KEPT = 4096  # answers kept at most (bounded memory)
 
 
@@ -147,11 +146,11 @@ class Roster:
         return d
 
     def _said_linked(self, group: str, replica: Address, master: Address) -> bool | None:
-        """What a replica starting to serve reads said about its link when asked last (within
-        `recheck_interval_s`); not asked yet: False, and it is asked by `ask_held`, after the
-        pass has handed its verdicts over."""
-        said = self._said.get(replica)
-        if said is not None and said[1] == master and time.monotonic() - said[2] <= SAID_FOR_S:
+        """What a replica coming back to serve reads said about its link when `ask_held` asked
+        it after the last pass (each answer counts for one pass); not asked since: False, and
+        it is asked after this pass has handed its verdicts over."""
+        said = self._said.pop(replica, None)
+        if said is not None and said[1] == master:
             return said[0]
         self._to_ask[replica] = (group, master)
         return False

@@ -163,15 +163,15 @@ class Linked:
         return self.says.get(addr)
 
 
-def test_a_replica_that_is_not_linked_yet_is_held_out_of_reads_and_rechecked(
+def test_a_replica_back_but_not_linked_yet_is_held_out_of_reads_and_rechecked(
     names: Names,
 ) -> None:
-    """A replica the Sentinels see healthy but that does not say it is linked to the master
-    (restarted, still loading or resyncing) gets no read slot: it is asked only once the
-    pass has handed its verdict to the HAProxy worker (a node never delays a hand-over), one
-    `replica_not_ready` line, re-check passes of its group scheduled (nothing else would pass
-    it again when it is done), the master serves reads as the fallback; once it says it is
-    linked it serves."""
+    """A replica that went down and that the Sentinels see healthy again but that does not
+    say it is linked to the master (restarted, still loading or resyncing) gets no read slot:
+    it is asked only once the pass has handed its verdict to the HAProxy worker (a node never
+    delays a hand-over), one `replica_not_ready` line, re-check passes of its group scheduled
+    (nothing else would pass it again when it is done), the master serves reads as the
+    fallback; once it says it is linked it serves."""
     s = FakeSentinels("steady")
     h = FakeHAProxy("haproxy_slots_initial.txt")
     probe = Linked()
@@ -181,8 +181,14 @@ def test_a_replica_that_is_not_linked_yet_is_held_out_of_reads_and_rechecked(
 
     pending_when_asked: list[int] = []
     probe.check = lambda: pending_when_asked.append(ctl.workers[0].pending())
+    ctl.reconcile("start")
+    assert set(ready_slots(h, R).values()) == {node(B), node(A)}  # never seen: not asked
+    assert not pending_when_asked
+    s.show("replica_dead")
+    ctl.reconcile("+sdown", [GROUP])
+    s.show("steady")
     with capture_logs() as logs:
-        ctl.reconcile("start")
+        ctl.reconcile("-sdown", [GROUP])
         ctl.reconcile("recheck", [GROUP])
     assert set(ready_slots(h, R).values()) == {node(A)}  # the fallback
     assert pending_when_asked and set(pending_when_asked) == {1}, "asked before the hand-over"

@@ -146,12 +146,13 @@ def test_entries_listed_again_before_their_first_info_count_for_nothing() -> Non
     assert node(B) in kept.replicas and "1 of 3 sentinels" in why[0]
 
 
-def test_a_replica_that_starts_serving_reads_must_say_it_is_linked_to_the_master() -> None:
-    """A replica every Sentinel sees healthy (their view of its link is up to 10 s old) that
-    does not serve reads yet is asked itself: while it does not say it is a replica of the
-    master with its link up (LOADING, resyncing after a restart) it is held, keeps its node
-    (slot) and serves nothing; once it says so it serves. One that already serves is not
-    asked; one that cannot be asked starts on the Sentinels' word."""
+def test_a_replica_back_to_serve_reads_must_say_it_is_linked_to_the_master() -> None:
+    """A replica that stopped serving (here: s_down) and that every Sentinel sees healthy
+    again (their view of its link is up to 10 s old) is asked itself: while it does not say it
+    is a replica of the master with its link up (LOADING, resyncing after a restart) it is
+    held, keeps its node (slot) and serves nothing; once it says so it serves. A replica
+    never seen serving (new, or every one when the controller starts) and one that serves
+    are not asked; one that cannot be asked comes back on the Sentinels' word."""
     vs = views("steady")
     d = decide(GROUP, vs, 2)
     assert d.replicas == {node(B)}
@@ -162,14 +163,21 @@ def test_a_replica_that_starts_serving_reads_must_say_it_is_linked_to_the_master
         return False
 
     m = Membership()
+    first, _ = m.adjust(d, vs, frozenset(), 0.0, linked=loading)
+    assert first.replicas == {node(B)} and asked == []  # never seen serving: not asked
+    dead = views("replica_dead")
+    gone, _ = m.adjust(decide(GROUP, dead, 2), dead, frozenset({node(B)}), 0.0,
+                       linked=loading)
+    assert gone.replicas == frozenset()
     held, _ = m.adjust(d, vs, frozenset(), 0.0, linked=loading)
     assert held.replicas == frozenset() and node(B) in held.nodes
     assert m.held == {GROUP: {node(B)}}
     assert asked == [(node(B), node(A))]
-    linked, _ = m.adjust(d, vs, frozenset(), 0.0, linked=lambda r, mm: True)
-    assert linked.replicas == {node(B)} and m.held == {}
+    back, _ = m.adjust(d, vs, frozenset(), 0.0, linked=lambda r, mm: True)
+    assert back.replicas == {node(B)} and m.held == {}
     asked.clear()
     serving, _ = m.adjust(d, vs, frozenset({node(B)}), 0.0, linked=loading)
     assert serving.replicas == {node(B)} and asked == [] and m.held == {}
+    m.adjust(decide(GROUP, dead, 2), dead, frozenset({node(B)}), 0.0, linked=loading)
     unasked, _ = m.adjust(d, vs, frozenset(), 0.0, linked=lambda r, mm: None)  # no answer
     assert unasked.replicas == {node(B)} and m.held == {}  # the Sentinels' word stands
