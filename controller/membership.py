@@ -62,8 +62,8 @@ class Membership:
         self.absent_grace_ms = absent_grace_ms
         self._absent_since: dict[str, dict[Address, float]] = {}  # group -> replica -> ms
         self._master: dict[str, Address] = {}
-        # group -> replicas the Sentinels would start serving reads but that do not say they
-        # are linked to the master yet (the last `adjust` with `linked`)
+        # group -> replicas back that the Sentinels would let serve reads but that have not
+        # said they are linked to the master yet (the last `adjust` with `linked`)
         self.held: dict[str, frozenset[Address]] = {}
         self._left: dict[str, set[Address]] = {}  # group -> replicas that stopped serving
 
@@ -78,8 +78,9 @@ class Membership:
     ) -> tuple[Decision, list[str]]:
         """`d` with the partly listed and the retained replicas added to `replicas`, and
         `nodes` filled; plus one line per replica added this way (for the log).
-        `confirmed`: asks a retained replica now; `linked`: what a replica starting to serve
-        said last (it must not ask: a pass must not wait for a node before its hand-over)."""
+        `confirmed`: asks a retained replica now; `linked`: what a replica coming back to
+        serve said last (it must not ask: a pass must not wait for a node before its
+        hand-over)."""
         if d.master is None:
             return d, []
         master = d.master

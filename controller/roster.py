@@ -1,13 +1,16 @@
 """The loop's view of which nodes each group has: between reading Sentinel and deciding.
 
-Three jobs, each one call from the loop (controller.loop keeps only the calls):
+Four jobs, each one call from the loop (controller.loop keeps only the calls):
 - `normalize(views)`: resolve every hostname the Sentinels name (controller.resolver, the only
   DNS) and rewrite the views with one identity per node (controller.topology); log a node's
   address when it appears or changes, and a node that cannot be routed (name not resolved,
   only unusable addresses, two names on one address) with its reason, once per change;
 - `adjust(decision, views, before)`: fill in replicas the Sentinels' lists miss right after
   `+slave` or `SENTINEL RESET` (controller.membership), asking an absent replica ROLE when a
-  Redis node adapter is there;
+  Redis node adapter is there; hold back a replica that comes back to serve reads until it
+  says itself that it is linked to the master;
+- `ask_held()`, after a pass's hand-over (a node never delays one): ask those replicas ROLE,
+  and pass their group again at once when they answered;
 - re-check passes: a Sentinel publishes `+slave` before it knows the new replica's link status
   and nothing follows when it learns it (facts), so every `+slave`, `+reset-master`,
   `+convert-to-slave` and `+slave-reconf-done` schedules passes `recheck_interval_s` apart for
