@@ -319,9 +319,10 @@ class Controller:
         return views, decisions
 
     def _hand_over(self, decisions: Sequence[Decision], trigger: str,
-                   since: Mapping[str, float] | float, urgent: bool) -> None:
+                   since: Mapping[str, float] | float, urgent: bool, last: bool = True) -> None:
         """Give every HAProxy worker the groups' wanted state, then log the verdict changes;
-        `since`: when the hint each group answers arrived (its latency counts from there)."""
+        `since`: when the hint each group answers arrived (its latency counts from there).
+        `last`: no other hand-over of the pass follows (held replicas are asked after it)."""
         routed = self._fenced_by_lease(decisions) if self.lease_expired() else decisions
         wanted, _undecided_notes = targets(  # undecided: logged by _note_decisions
             routed, self.settings.write_backend, self.settings.read_backend,
@@ -338,7 +339,7 @@ class Controller:
                 self._applied.wait_for(lambda: not self._applying(), HOLD_LOGS_S)
         self._flush_logs()
         self._note_decisions(decisions, trigger)
-        if self.roster is not None:  # replicas held back: asked only now, after the hand-over
+        if self.roster is not None and last:  # held replicas: asked after the hand-over
             self.roster.ask_held()
 
     # -- passes --------------------------------------------------------------------------
@@ -414,11 +415,11 @@ class Controller:
             # its latency counted from the event, not from the start of the full pass.
             answered = self._take_queued(work)
             hinted = [d for d in decisions if d.name in answered]
+            rest = [d for d in decisions if d.name not in answered]
             if hinted:
                 first = min((answered[d.name] for d in hinted), key=lambda a: a[0])
                 self._hand_over(hinted, first[1], {d.name: answered[d.name][0] for d in hinted},
-                                urgent=True)
-            rest = [d for d in decisions if d.name not in answered]
+                                urgent=True, last=not rest)
             if rest:
                 self._hand_over(rest, p.trigger, p.since, urgent=False)
             p.done += len(chunk)
