@@ -75,6 +75,9 @@ FULL_CHUNK = 2
 PRIME_CHUNK = 8
 LATE_ROUNDS_KEPT = 4096  # early verdicts kept for comparing late answers (bounded)
 LATE_POLL_S = 0.001  # while Sentinel answers are awaited, take them in this often
+# Sentinel sends `REPLICAOF NO ONE` within a timer tick or two of choosing the replica
+# (`+selected-slave`); a watch still waiting after this long asks ten times less often.
+PROMOTION_FAST_S = 1.0
 
 
 class SentinelSource(Protocol):
@@ -104,9 +107,10 @@ class SentinelSource(Protocol):
 
 
 class NodeRoles(Protocol):
-    """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`); errors: NodeError."""
+    """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`): ROLE of each node
+    asked, or the NodeError that says why it could not be asked."""
 
-    def role(self, addr: Address) -> str: ...
+    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]: ...
 
     def forget(self, keep: set[Address]) -> None: ...
 
@@ -130,6 +134,7 @@ class Promotion:
 
     addr: Address
     until: float  # monotonic: the group's failover timeout after it was first seen
+    since: float = field(default_factory=time.monotonic)  # monotonic: the watch started
     is_master: bool = False
     error: str = ""  # last ROLE failure, logged once
     leaders: frozenset[str] = frozenset()  # Sentinels whose answers name it: awaited by passes
@@ -539,9 +544,11 @@ class Controller:
                     if self.renew_lease():
                         work.full("write_lease", now)
                 if self.promotions_pending() and now >= next_role:
-                    next_role = now + s.promotion_poll_interval_s
                     for g in self.poll_promotions():
                         work.group(g, "role_master", time.monotonic())
+                    # Counted from the sweep's end: the loop keeps time for its other work
+                    # however many replicas are being promoted at once.
+                    next_role = time.monotonic() + self.promotion_poll_s()
                 if self.roster is not None and (extra := self.roster.due()):
                     rechecked = self.roster.recheck_groups if extra == "recheck" else set()
                     for g in rechecked:
@@ -832,19 +839,18 @@ class Controller:
         if self.nodes is None:
             return []
         now = time.monotonic()
+        asked = {g: p for g, p in self.promotions.items() if not p.is_master and now < p.until}
+        roles = self.nodes.roles([p.addr for p in asked.values()])
         changed: list[str] = []
-        for group, p in self.promotions.items():
-            if p.is_master or now >= p.until:
+        for group, p in asked.items():
+            role = roles[p.addr]
+            if isinstance(role, NodeQuiet):  # timed out just before: its error is logged already
                 continue
-            try:
-                role = self.nodes.role(p.addr)
-            except NodeQuiet:  # timed out just before: its error is logged already
-                continue
-            except NodeError as e:
-                if str(e) != p.error:
+            if isinstance(role, NodeError):
+                if str(role) != p.error:
                     log.warning("role_check_failed", group=group, replica=str(p.addr),
-                                error=str(e))
-                p.error = str(e)
+                                error=str(role))
+                p.error = str(role)
                 continue
             if role == "master":
                 p.is_master = True
@@ -852,6 +858,15 @@ class Controller:
                 log.info("promoted_replica_is_master", group=group, replica=str(p.addr),
                          **self.timeline())
         return changed
+
+    def promotion_poll_s(self) -> float:
+        """How long until the next ROLE sweep: `promotion_poll_interval_s`, ten times that
+        once every pending watch is older than PROMOTION_FAST_S (a failover that stalls
+        costs the loop and the node little for the rest of its timeout)."""
+        now = time.monotonic()
+        fast = any(not p.is_master and now - p.since < PROMOTION_FAST_S
+                   for p in self.promotions.values())
+        return self.settings.promotion_poll_interval_s * (1 if fast else 10)
 
     def promotions_pending(self) -> bool:
         now = time.monotonic()

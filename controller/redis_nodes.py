@@ -15,6 +15,7 @@ Must not decide anything and must not change anything on a node: it only reads R
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 import redis
@@ -65,45 +66,79 @@ class RedisNodes:
 
         A kept connection the node closed is replaced once, at once: Sentinel kills the
         promoted replica's client connections together with `REPLICAOF NO ONE`."""
-        return str(self._role_reply(addr)[0])
+        return str(self._receive(addr, self._send(addr))[0])
 
-    def _role_reply(self, addr: Address) -> list[Any]:
+    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
+        """`role` of several nodes, each answer or its error. Every ROLE is sent before any
+        answer is read: a sweep over the replicas of many failovers at once (a host with
+        many masters died) waits about one round trip, not one per node."""
+        out: dict[Address, str | NodeError] = {}
+        sent: dict[Address, bool] = {}
+        for addr in dict.fromkeys(addrs):  # one question in flight per connection
+            try:
+                sent[addr] = self._send(addr)
+            except NodeError as e:
+                out[addr] = e
+        for addr, kept in sent.items():
+            try:
+                out[addr] = str(self._receive(addr, kept)[0])
+            except NodeError as e:
+                out[addr] = e
+        return out
+
+    def _send(self, addr: Address) -> bool:
+        """Send ROLE; True when it went on a kept connection (which the node may have closed
+        since: `_receive` then asks once more on a new one)."""
         if time.monotonic() < self._quiet_until.get(addr, 0.0):
             raise NodeQuiet(f"redis node {addr}: no answer within {self.timeout_s:g}s less than "
                             f"{QUIET_AFTER_TIMEOUT_S:g}s ago; not asked again yet")
+        conn = self._conns.get(addr)
         try:
-            try:
-                reply = self._ask(addr)
-            except redis.ConnectionError as e:
-                if isinstance(e, redis.TimeoutError) or addr not in self._conns:
-                    raise
-                self._drop(addr)
-                reply = self._ask(addr)
+            if conn is not None:
+                try:
+                    conn.send_command("ROLE", check_health=False)
+                    return True
+                except redis.ConnectionError as e:
+                    if isinstance(e, redis.TimeoutError):
+                        raise
+                    self._drop(addr)
+            conn = self._conns[addr] = self._connect(addr)
+            conn.send_command("ROLE", check_health=False)
+            return False
         except redis.RedisError as e:
-            self._drop(addr)
-            if isinstance(e, redis.TimeoutError):
-                self._quiet_until[addr] = time.monotonic() + QUIET_AFTER_TIMEOUT_S
-            raise NodeError(f"redis node {addr}: {describe_error(e)}") from None
+            raise self._failed(addr, e) from None
+
+    def _receive(self, addr: Address, kept: bool) -> list[Any]:
+        """The answer to `_send`, checked to be a ROLE reply."""
+        try:
+            reply = self._conns[addr].read_response()
+        except redis.ConnectionError as e:
+            if not kept or isinstance(e, redis.TimeoutError):
+                raise self._failed(addr, e) from None
+            self._drop(addr)  # closed by the node since the last ask: once more, on a new one
+            return self._receive(addr, self._send(addr))
+        except redis.RedisError as e:
+            raise self._failed(addr, e) from None
         self._quiet_until.pop(addr, None)
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
             self._drop(addr)
             raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
         return reply
 
+    def _failed(self, addr: Address, e: redis.RedisError) -> NodeError:
+        """Drop the connection after an error (and ask no more for a while after a timeout)."""
+        self._drop(addr)
+        if isinstance(e, redis.TimeoutError):
+            self._quiet_until[addr] = time.monotonic() + QUIET_AFTER_TIMEOUT_S
+        return NodeError(f"redis node {addr}: {describe_error(e)}")
+
     def replica_of(self, addr: Address) -> Address | None:
         """The master a replica is linked to (ROLE `slave`, state `connected`), else None;
         NodeError naming the node when it cannot be asked."""
         try:
-            return linked_master(self._role_reply(addr))
+            return linked_master(self._receive(addr, self._send(addr)))
         except ValueError as e:
             raise NodeError(f"redis node {addr}: {e}") from None
-
-    def _ask(self, addr: Address) -> Any:
-        conn = self._conns.get(addr)
-        if conn is None:
-            conn = self._conns[addr] = self._connect(addr)
-        conn.send_command("ROLE", check_health=False)
-        return conn.read_response()
 
     def forget(self, keep: set[Address]) -> None:
         """Close the connections to every node not in `keep`."""

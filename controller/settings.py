@@ -48,7 +48,7 @@ class Settings:
     redis_tls_cert_file: str = ""
     redis_tls_key_file: str = ""
     early_promotion: bool = True  # writes follow the promoted replica at ROLE master
-    promotion_poll_interval_s: float = 0.005  # ROLE of the replica being promoted, this often
+    promotion_poll_interval_s: float = 0.001  # ROLE of the replica being promoted, this often
     read_fallback_to_master: bool = True  # the master serves reads while no replica can
     write_lease: bool = True  # HAProxy takes new writes only while the controller vouches
     write_lease_ttl_s: float = 0.0  # 0: half the groups' shortest down-after, at least 1 s

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pytest
 from captured import GROUP, A, B, node, views, with_master
@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from controller.decide import decide
 from controller.haproxy import CommandResult, HAProxyError
 from controller.haproxy_worker import CHUNK
-from controller.loop import Controller, Promotion
+from controller.loop import PROMOTION_FAST_S, Controller, Promotion
 from controller.model import (
     Address,
     AdminState,
@@ -30,6 +30,7 @@ from controller.model import (
     SentinelView,
 )
 from controller.pending import Batch, Pending
+from controller.redis_nodes import NodeError
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
@@ -245,8 +246,8 @@ def test_undecided_is_emitted_once_and_compared_with_the_last_verdict(
 class PromotedNodes:
     """Redis nodes that all answer ROLE master."""
 
-    def role(self, addr: Address) -> str:
-        return "master"
+    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
+        return dict.fromkeys(addrs, "master")
 
     def forget(self, keep: set[Address]) -> None:
         pass
@@ -267,6 +268,22 @@ def test_a_failover_timeout_too_big_for_a_float_does_not_break_the_pass(
     assert d.fenced and d.promoting is not None
     assert controller.promotions[GROUP].addr == d.promoting
     assert (controller.poll_promotions() == [GROUP]) is watched
+
+
+def test_a_promotion_watch_asks_less_often_after_its_first_second(
+    sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """The replica being promoted is asked ROLE every `promotion_poll_interval_s` while its
+    watch is young (Sentinel sends `REPLICAOF NO ONE` within a tick or two of choosing it);
+    a watch still waiting after PROMOTION_FAST_S is asked ten times less often, for the rest
+    of the failover timeout."""
+    sentinels.show("selected")
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), promotion_poll_interval_s=0.002)
+    controller = Controller(settings, sentinels, [haproxy], nodes=PromotedNodes())
+    controller.reconcile("+selected-slave")
+    assert controller.promotion_poll_s() == 0.002
+    controller.promotions[GROUP].since -= PROMOTION_FAST_S
+    assert controller.promotion_poll_s() == pytest.approx(0.02)
 
 
 def hint(channel: str, text: str, received: float = 100.0) -> Hint:

@@ -10,6 +10,7 @@ elected master.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import structlog
@@ -43,11 +44,12 @@ class FakeNodes:
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
 
-    def role(self, addr: Address) -> str:
-        answer = self.answers.pop(0) if self.answers else "slave"
-        if answer == "error":
-            raise NodeError(f"{addr}: connection refused")
-        return answer
+    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
+        out: dict[Address, str | NodeError] = {}
+        for addr in addrs:
+            answer = self.answers.pop(0) if self.answers else "slave"
+            out[addr] = NodeError(f"{addr}: connection refused") if answer == "error" else answer
+        return out
 
     def forget(self, keep: set[Address]) -> None:
         pass

@@ -12,6 +12,7 @@ import pytest
 from controller.model import Address
 from controller.redis_nodes import NodeError, NodeQuiet, RedisNodes
 from controller.sentinel import Auth
+from lab.localstack import LocalStack
 from lab.wait import wait_until
 
 
@@ -61,3 +62,29 @@ def test_a_node_that_timed_out_is_not_asked_again_at_once(
     with pytest.raises(NodeError, match="Timeout"):
         nodes.role(addr)
     nodes.close()
+
+
+@pytest.mark.integration
+def test_roles_asks_real_nodes_at_once_and_survives_the_promotion_client_kill(
+    stack: LocalStack,
+) -> None:
+    """`roles` answers each real node's ROLE in one sweep; after `CLIENT KILL TYPE normal`
+    (what Sentinel sends with `REPLICAOF NO ONE`) the kept connections are replaced and the
+    next sweep answers again; a SIGSTOPped node is a NodeError naming it while the other
+    node's answer still comes back."""
+    a, b = stack.layout.nodes()["redis1a"].addr, stack.layout.nodes()["redis1b"].addr
+    nodes = RedisNodes(Auth(), timeout_s=0.2)
+    try:
+        assert nodes.roles([a, b, a]) == {a: "master", b: "slave"}
+        for name in ("redis1a", "redis1b"):
+            stack.redis_command(name, "CLIENT", "KILL", "TYPE", "normal")
+        assert nodes.roles([a, b]) == {a: "master", b: "slave"}
+        stack.pause_node("redis1b")
+        try:
+            got = nodes.roles([a, b])
+        finally:
+            stack.resume_node("redis1b")
+        assert got[a] == "master"
+        assert isinstance(got[b], NodeError) and str(b) in str(got[b])
+    finally:
+        nodes.close()
