@@ -123,9 +123,11 @@ def decide(
         reason = (f"{promoting} answers ROLE master: the leader promotes it (old master "
                   f"{master} {'o_down' if odown else 'being failed over'}, epoch {top})")
         master, fenced = promoting, False
-    # Reads follow the node taking over (the replica being promoted, once one is chosen).
+    # Reads follow the node taking over (the replica being promoted, once one is chosen)
+    # through the whole failover: its promotion, then the other replicas' reconfiguration.
+    in_failover = promoting is not None or any(a.reconfiguring for a in at_top)
     replicas, paused = _readers(promoting or master, at_top, history.readers,
-                                rules.max_link_down_ms, size, promoting is not None)
+                                rules.max_link_down_ms, size, in_failover)
     return Decision(
         name=name,
         master=master,
@@ -249,10 +251,11 @@ def _readers(
     (below): they keep their standing (`History.readers`), so that an aborted failover gives
     them back at once.
 
-    With `keep_successor` (a promotion in progress), a node that served reads as a replica
-    keeps serving them through its promotion, until another node replicates from it or the
-    failover ends; meanwhile the replicas that do not replicate from it yet take no new
-    reads: Sentinel is about to send them `SLAVEOF`, whose `CLIENT KILL` closes every
+    With `keep_successor` (a failover in progress: the leader promotes the successor, or
+    has promoted it and reconfigures the other replicas), a node that served reads as a
+    replica keeps serving them through its promotion, until another node replicates from it
+    or the failover ends; meanwhile the replicas that do not replicate from it yet take no
+    new reads: Sentinel is about to send them `SLAVEOF`, whose `CLIENT KILL` closes every
     connection they have (a read moved there would be cut again).
     """
     votes: dict[Address, int] = {}

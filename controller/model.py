@@ -126,6 +126,15 @@ class MasterView:
         return chosen[0] if len(chosen) == 1 else None
 
     @property
+    def reconfiguring(self) -> bool:
+        """This Sentinel, as failover leader, has promoted the node GET-MASTER-ADDR now names
+        and is pointing the other replicas at it (`failover-state reconf_slaves`, until its
+        `+switch-master`): each gets `SLAVEOF`, whose `CLIENT KILL` closes its connections.
+        The leader's entry keeps the old address with `failover_in_progress` meanwhile
+        (tests/data/sentinel_reconf*.json)."""
+        return self.master_entry_addr != self.addr and "failover_in_progress" in self.flags
+
+    @property
     def odown(self) -> bool:
         """The master this view names is objectively down (flags describe that very address)."""
         return self.master_entry_addr == self.addr and "o_down" in self.flags

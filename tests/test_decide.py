@@ -260,13 +260,16 @@ def test_dead_serving_replica_leaves() -> None:
     assert d.fallback == node(A), "the live master is the read fallback"
 
 
-def test_after_promotion_the_new_master_is_the_read_fallback() -> None:
-    """At +promoted-slave the failover is over for the verdict (the leader names no replica
-    being promoted) and the new master has no replica left (2-node group): it serves reads as
-    the read fallback, even though it served reads as a replica before."""
+def test_after_promotion_the_new_master_serves_reads_until_the_failover_ends() -> None:
+    """At +promoted-slave the new master takes writes (the leader names it) while the leader
+    still reconfigures replicas: it keeps serving reads in its replica slot (it served reads
+    before) and is the read fallback; once the failover is over (every Sentinel switched) a
+    2-node group's master serves reads as the fallback only."""
     d = decide(GROUP, views("promoted"), 2, SERVING)
-    assert d.master == node(B) and d.replicas == frozenset()
-    assert d.fallback == node(B)
+    assert d.master == node(B) and not d.fenced
+    assert d.replicas == {node(B)} and d.fallback == node(B)
+    d = decide(GROUP, views("switched"), None, History(seen_epoch=1, readers=d.replicas))
+    assert d.master == node(B) and d.replicas == frozenset() and d.fallback == node(B)
 
 
 # -- following the promotion early -----------------------------------------------------
@@ -531,3 +534,36 @@ def test_an_early_promotion_is_not_left_before_every_sentinel_answered() -> None
 def node_in(doc: dict[str, Any], name: str) -> Address:
     host, _, port = str(doc["nodes"][name]).rpartition(":")
     return Address(host, int(port))
+
+
+# -- the other replicas' reconfiguration (3-node group, captured) ----------------------
+
+
+def reconf_node(state: str, which: str) -> Address:
+    """The new master ("new") or the other replica ("other") of a sentinel_reconf* capture."""
+    doc = load(state)
+    leader = master(next(v for v in views(state) if v.sentinel == doc["leader"]))
+    return leader.addr if which == "new" else next(
+        r.addr for r in leader.replicas if r.addr != leader.addr)
+
+
+def test_replicas_not_yet_reconfigured_take_no_new_reads_after_the_promotion() -> None:
+    """3 nodes, real replies after the leader's +promoted-slave (`reconf_slaves`, only the
+    leader at the new epoch): the new master takes writes and keeps serving reads; the other
+    replica, still following the dead master, is paused (Sentinel's `SLAVEOF` to it, with its
+    `CLIENT KILL`, is due) instead of taking new reads it would lose."""
+    new, other = reconf_node("reconf", "new"), reconf_node("reconf", "other")
+    d = decide(GROUP, views("reconf"), None, History(readers=frozenset({new, other})))
+    assert d.master == new and not d.fenced
+    assert d.replicas == {new} and d.paused == {other}
+
+
+def test_a_replica_being_reconfigured_takes_no_new_reads() -> None:
+    """Real replies once the leader sent the other replica `SLAVEOF` (`reconf_sent`; the
+    other Sentinels switched and list it anew): the new master still serves the reads; the
+    other replica takes none until a majority sees it replicate from the new master."""
+    new, other = reconf_node("reconf_sent", "new"), reconf_node("reconf_sent", "other")
+    d = decide(GROUP, views("reconf_sent"), None, History(seen_epoch=1, readers=frozenset(
+        {new, other})))
+    assert d.master == new and not d.fenced
+    assert d.replicas == {new} and other not in d.replicas

@@ -8,6 +8,7 @@ request); every wait is a bounded poll of a condition.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -72,10 +73,14 @@ def test_reads_keep_flowing_through_a_master_sigkill(
     a single error: replicas keep serving while their master is down, and the promoted one
     serves through its promotion. The held connection loses at most one read: Sentinel kills
     the promoted replica's client connections with `REPLICAOF NO ONE`, and (3-node) those of
-    the other replica when it reconfigures it, which meanwhile takes no new reads."""
+    the other replica when it reconfigures it, which meanwhile takes no new reads: not during
+    the promotion, nor between the leader's `+promoted-slave` and its `SLAVEOF` to it."""
     stack = make_stack(groups=(G,), replicas=replicas)
     d = make_controller(stack)
-    with readers(stack) as rs:
+    recorder = EventRecorder(stack.sentinel_addrs)
+    assert recorder.start()
+    with contextlib.ExitStack() as cleanup, readers(stack) as rs:
+        cleanup.callback(recorder.stop)
         t0 = time.time()
         stack.kill_node(f"{G}a")
         new = {f"{G}b", f"{G}c"}
@@ -101,7 +106,16 @@ def test_reads_keep_flowing_through_a_master_sigkill(
     changed_at = ts_of(d.events("master_changed")[0]) or 0.0
     assert all((ts_of(o) or 0.0) > changed_at for o in outs), outs
     for other in others:
-        assert d.events("replica_paused", replica=str(stack.nodes[other].addr)), d.tail()
+        addr = str(stack.nodes[other].addr)
+        paused = d.events("replica_paused", replica=addr)
+        assert paused, d.tail()
+        sent = [m.t for m in recorder.snapshot() if m.kind == "+slave-reconf-sent"
+                and f"{addr} " in m.text and m.t >= t0]
+        assert sent, "no +slave-reconf-sent for the other replica"
+        back = [ts_of(ln) or 0.0 for ln in d.events(
+            "server_state_changed", backend=stack.read_backend(G), server=other, to="ready")]
+        paused_at = ts_of(paused[0]) or 0.0
+        assert all(t > sent[0] for t in back if t > paused_at), (back, sent, d.tail())
 
 
 @pytest.mark.parametrize("replicas", [1, 2], ids=["2-node", "3-node"])
