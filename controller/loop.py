@@ -838,8 +838,7 @@ class Controller:
         master."""
         if self.nodes is None:
             return []
-        now = time.monotonic()
-        asked = {g: p for g, p in self.promotions.items() if not p.is_master and now < p.until}
+        asked = self._watching()
         roles = self.nodes.roles([p.addr for p in asked.values()])
         changed: list[str] = []
         for group, p in asked.items():
@@ -864,13 +863,16 @@ class Controller:
         once every pending watch is older than PROMOTION_FAST_S (a failover that stalls
         costs the loop and the node little for the rest of its timeout)."""
         now = time.monotonic()
-        fast = any(not p.is_master and now - p.since < PROMOTION_FAST_S
-                   for p in self.promotions.values())
+        fast = any(now - p.since < PROMOTION_FAST_S for p in self._watching().values())
         return self.settings.promotion_poll_interval_s * (1 if fast else 10)
 
     def promotions_pending(self) -> bool:
+        return bool(self._watching())
+
+    def _watching(self) -> dict[str, Promotion]:
+        """The promotions still asked ROLE: not master yet, within the failover timeout."""
         now = time.monotonic()
-        return any(not p.is_master and now < p.until for p in self.promotions.values())
+        return {g: p for g, p in self.promotions.items() if not p.is_master and now < p.until}
 
     def _note_decisions(self, decisions: Sequence[Decision], trigger: str) -> None:
         """Log verdict changes: one line when a group becomes undecided or decided again,

@@ -61,17 +61,12 @@ class RedisNodes:
         self._conns: dict[Address, Any] = {}
         self._quiet_until: dict[Address, float] = {}  # node -> not asked before (monotonic)
 
-    def role(self, addr: Address) -> str:
-        """`master`, `slave` or `sentinel`, as the node says; NodeError naming the node.
-
+    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
+        """ROLE of each node (`master`, `slave`, `sentinel`), or the NodeError naming it. Every
+        ROLE is sent before any answer is read: a sweep over the replicas of many failovers
+        at once (a host with many masters died) waits about one round trip, not one per node.
         A kept connection the node closed is replaced once, at once: Sentinel kills the
         promoted replica's client connections together with `REPLICAOF NO ONE`."""
-        return str(self._receive(addr, self._send(addr))[0])
-
-    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
-        """`role` of several nodes, each answer or its error. Every ROLE is sent before any
-        answer is read: a sweep over the replicas of many failovers at once (a host with
-        many masters died) waits about one round trip, not one per node."""
         out: dict[Address, str | NodeError] = {}
         sent: dict[Address, bool] = {}
         for addr in dict.fromkeys(addrs):  # one question in flight per connection
