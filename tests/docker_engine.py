@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from itest_support import running
+
 from lab.wait import WaitTimeout, wait_until
 
 T = TypeVar("T")
@@ -218,7 +220,7 @@ class Engine:
         """Whether dockerd is alive (our own child is reaped when it has exited)."""
         if self.proc is not None:
             return self.proc.poll() is None
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and running(self.pid)
 
     @classmethod
     def reap_stale(cls) -> list[str]:
@@ -233,7 +235,7 @@ class Engine:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except (OSError, ValueError):
                 pid, cmdline = 0, b""
-            if pid and _alive(pid) and str(stale.data_root).encode() in cmdline:
+            if pid and running(pid) and str(stale.data_root).encode() in cmdline:
                 stale.pid = pid
                 out.append(f"stopped dockerd {pid} left running by an earlier run in {d}")
                 out += stale.stop()
@@ -291,13 +293,13 @@ class Engine:
                 wait_for(lambda: not self.running(), 10, f"dockerd {pid} to die")
 
         def gone() -> bool:
-            return not [p for p in children if _alive(p)]
+            return not [p for p in children if running(p)]
 
         try:
             wait_for(gone, 15, "dockerd's children to exit", interval_s=0.1)
         except WaitTimeout:
             for child in children:
-                if _alive(child):
+                if running(child):
                     problems.append(f"pid {child} ({_comm(child)}) outlived dockerd: killed")
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child, signal.SIGKILL)
@@ -408,14 +410,6 @@ def _run(cmd: list[str], env: Mapping[str, str], timeout_s: float, check: bool,
 
 def _pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _comm(pid: int) -> str:

@@ -52,6 +52,30 @@ def procs_under(workdir: Path) -> list[int]:
     return out
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie counts as gone: it has exited, and one whose parent
+    exited first stays a zombie here forever (this machine's PID 1 reaps no orphan), e.g. the
+    fork a Redis node was saving an RDB with when it was stopped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def describe(pids: list[int]) -> str:
+    """``pid (command) state`` of each of ``pids``, for a failure message."""
+    out = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            out.append(f"{pid} {stat[stat.index('('):stat.rindex(')') + 1]} "
+                       f"{stat.rsplit(')', 1)[1].split()[0]}")
+        except (OSError, ValueError, IndexError):
+            out.append(f"{pid} (gone)")
+    return ", ".join(out)
+
+
 def children_of(pid: int) -> list[int]:
     """PIDs of the live processes whose parent is ``pid`` (from /proc)."""
     out = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -15,20 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from itest_support import children_of, procs_under
+from itest_support import children_of, describe, procs_under, running
 
 from lab.localstack import Layout
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def demo_argv(layout: Layout, workdir: Path, *extra: str) -> list[str]:
@@ -55,7 +46,7 @@ def test_quick_demo_prints_the_map_and_leaves_no_process(tmp_path: Path) -> None
         res.stdout
     )
     assert f"read  :{layout.first_frontend_port + 1} -> redis1b" in res.stdout
-    assert [p for p in pids if alive(p)] == []
+    assert [p for p in pids if running(p)] == []
     assert procs_under(tmp_path) == []
     assert (tmp_path / "controller" / "controller.log").exists()
 
@@ -97,7 +88,7 @@ def test_failover_demo_shows_sentinel_and_controller_steps_and_keeps_old_master_
     # asynchronous replication: at most the one write in flight when SIGKILL lands
     lost = re.search(r"acknowledged writes lost: (\d+) of", out)
     assert lost is not None and int(lost.group(1)) <= 1
-    assert [p for p in pids if alive(p)] == []
+    assert [p for p in pids if running(p)] == []
     assert procs_under(tmp_path) == []
 
 
@@ -122,7 +113,7 @@ def test_demo_runs_from_the_generated_config(tmp_path: Path) -> None:
     lost = re.search(r"acknowledged writes lost: (\d+) of", out)
     assert lost is not None and int(lost.group(1)) <= 1
     line = next(ln for ln in out.splitlines() if ln.startswith("processes:"))
-    assert [p for p in (int(x) for x in line.split(":", 1)[1].split()) if alive(p)] == []
+    assert [p for p in (int(x) for x in line.split(":", 1)[1].split()) if running(p)] == []
     assert procs_under(tmp_path) == []
 
 
@@ -165,7 +156,8 @@ def test_a_sigtermed_drill_stops_every_process_it_started() -> None:
         started = procs_under(workdir)
         out = sigterm(proc)
     assert "interrupted: every stack stopped" in out
-    wait_until(lambda: not [p for p in started if alive(p)], 15, "the stack's processes gone")
+    wait_until(lambda: not [p for p in started if running(p)], 15, "the stack's processes gone",
+               context=lambda: describe([p for p in started if running(p)]))
     assert procs_under(workdir) == []
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -191,6 +183,7 @@ def test_a_drill_sigtermed_while_it_measures_stops_its_reader_processes() -> Non
                    "the drill's reader processes running")
         started = readers()
         sigterm(proc)
-    wait_until(lambda: not [p for p in started if alive(p)], 15, "the reader processes gone")
+    wait_until(lambda: not [p for p in started if running(p)], 15, "the reader processes gone",
+               context=lambda: describe([p for p in started if running(p)]))
     assert procs_under(workdir) == []
     shutil.rmtree(workdir, ignore_errors=True)
