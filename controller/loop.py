@@ -47,7 +47,7 @@ from controller.haproxy_worker import HAProxyOutcome, HAProxyTarget, HAProxyWork
 from controller.model import Address, Decision, SentinelView
 from controller.pending import Batch, Pending
 from controller.plan import BackendTarget, targets
-from controller.redis_nodes import NodeError, NodeQuiet
+from controller.redis_nodes import NodeError, NodeQuiet, Role
 from controller.roster import Roster
 from controller.sentinel import Enough, Hint, HintQueue, OnLate
 from controller.sentinel_parse import FAILOVER_EVENTS, TIMELINE_EVENTS
@@ -110,7 +110,7 @@ class NodeRoles(Protocol):
     """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`): ROLE of each node
     asked, or the NodeError that says why it could not be asked."""
 
-    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]: ...
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]: ...
 
     def forget(self, keep: set[Address]) -> None: ...
 
@@ -851,7 +851,7 @@ class Controller:
                                 error=str(role))
                 p.error = str(role)
                 continue
-            if role == "master":
+            if role.kind == "master":
                 p.is_master = True
                 changed.append(group)
                 log.info("promoted_replica_is_master", group=group, replica=str(p.addr),

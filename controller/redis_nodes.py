@@ -1,9 +1,10 @@
 """Redis node adapter: the only module that talks to Redis nodes themselves (not Sentinel).
 
-It asks one node its ROLE: the loop uses it to see the replica the failover leader promotes
-become a master, up to ~1 s before the leader's own INFO poll says so (`+promoted-slave`),
-and the roster to hear from a replica the Sentinels forgot (`SENTINEL RESET`) whether it
-still replicates from the master.
+It asks nodes their ROLE, all of them in one sweep (parsed into a frozen `Role`): the loop
+uses it to see the replica the failover leader promotes become a master, up to ~1 s before
+the leader's own INFO poll says so (`+promoted-slave`), and the roster to hear from replicas
+coming back to serve reads, or forgotten by the Sentinels (`SENTINEL RESET`), whether they
+replicate from the master.
 One kept connection per node (no pool, no retries: errors surface), short timeouts, the same
 password/ACL/TLS options as for Sentinel but their own settings (`redis_*`). A node that did
 not answer within the timeout is not asked again for QUIET_AFTER_TIMEOUT_S (a NodeError says
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -26,19 +28,28 @@ from controller.model import Address
 from controller.sentinel import Auth, describe_error
 
 
-def linked_master(reply: list[Any]) -> Address | None:
-    """A ROLE reply -> the master a replica is linked to, None unless it is a replica whose
-    link is up (`["slave", host, port, "connected", offset]`; `connect`/`connecting`/`sync`
-    while it is not). ValueError on a reply of another shape."""
-    if not reply or not isinstance(reply[0], str):
+@dataclass(frozen=True)
+class Role:
+    """A node's ROLE reply: `kind` (`master`, `slave`, `sentinel`) and, for a replica whose
+    link is up, the master it is `linked_to` (None while it connects or syncs)."""
+
+    kind: str
+    linked_to: Address | None = None
+
+
+def parse_role(reply: Any) -> Role:
+    """A ROLE reply -> Role (`["slave", host, port, "connected", offset]` for a linked
+    replica; `connect`/`connecting`/`sync` while it is not). ValueError on a reply of another
+    shape."""
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
         raise ValueError(f"unexpected ROLE reply {reply!r:.80}")
     if reply[0] != "slave":
-        return None
+        return Role(reply[0])
     try:
         host, port, state = str(reply[1]), int(reply[2]), str(reply[3])
     except (IndexError, TypeError, ValueError):
         raise ValueError(f"unexpected ROLE reply {reply!r:.80}") from None
-    return Address(host, port) if state == "connected" else None
+    return Role("slave", Address(host, port) if state == "connected" else None)
 
 
 QUIET_AFTER_TIMEOUT_S = 1.0
@@ -61,13 +72,13 @@ class RedisNodes:
         self._conns: dict[Address, Any] = {}
         self._quiet_until: dict[Address, float] = {}  # node -> not asked before (monotonic)
 
-    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
-        """ROLE of each node (`master`, `slave`, `sentinel`), or the NodeError naming it. Every
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]:
+        """ROLE of each node, or the NodeError naming it. Every
         ROLE is sent before any answer is read: a sweep over the replicas of many failovers
         at once (a host with many masters died) waits about one round trip, not one per node.
         A kept connection the node closed is replaced once, at once: Sentinel kills the
         promoted replica's client connections together with `REPLICAOF NO ONE`."""
-        out: dict[Address, str | NodeError] = {}
+        out: dict[Address, Role | NodeError] = {}
         sent: dict[Address, bool] = {}
         for addr in dict.fromkeys(addrs):  # one question in flight per connection
             try:
@@ -76,7 +87,7 @@ class RedisNodes:
                 out[addr] = e
         for addr, kept in sent.items():
             try:
-                out[addr] = str(self._receive(addr, kept)[0])
+                out[addr] = self._receive(addr, kept)
             except NodeError as e:
                 out[addr] = e
         return out
@@ -103,8 +114,8 @@ class RedisNodes:
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
 
-    def _receive(self, addr: Address, kept: bool) -> list[Any]:
-        """The answer to `_send`, checked to be a ROLE reply."""
+    def _receive(self, addr: Address, kept: bool) -> Role:
+        """The answer to `_send`, parsed."""
         try:
             reply = self._conns[addr].read_response()
         except redis.ConnectionError as e:
@@ -115,10 +126,11 @@ class RedisNodes:
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
         self._quiet_until.pop(addr, None)
-        if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
+        try:
+            return parse_role(reply)
+        except ValueError as e:
             self._drop(addr)
-            raise NodeError(f"redis node {addr}: unexpected ROLE reply {reply!r:.80}")
-        return reply
+            raise NodeError(f"redis node {addr}: {e}") from None
 
     def _failed(self, addr: Address, e: redis.RedisError) -> NodeError:
         """Drop the connection after an error (and ask no more for a while after a timeout)."""
@@ -126,14 +138,6 @@ class RedisNodes:
         if isinstance(e, redis.TimeoutError):
             self._quiet_until[addr] = time.monotonic() + QUIET_AFTER_TIMEOUT_S
         return NodeError(f"redis node {addr}: {describe_error(e)}")
-
-    def replica_of(self, addr: Address) -> Address | None:
-        """The master a replica is linked to (ROLE `slave`, state `connected`), else None;
-        NodeError naming the node when it cannot be asked."""
-        try:
-            return linked_master(self._receive(addr, self._send(addr)))
-        except ValueError as e:
-            raise NodeError(f"redis node {addr}: {e}") from None
 
     def forget(self, keep: set[Address]) -> None:
         """Close the connections to every node not in `keep`."""

@@ -10,7 +10,8 @@ Four jobs, each one call from the loop (controller.loop keeps only the calls):
   Redis node adapter is there; hold back a replica that comes back to serve reads until it
   says itself that it is linked to the master;
 - `ask_held()`, after a pass's hand-over (a node never delays one): ask those replicas ROLE,
-  and pass their group again at once when they answered;
+  all in one sweep (a slow node costs one timeout, not one per replica held), and pass their
+  group again at once when they answered;
 - re-check passes: a Sentinel publishes `+slave` before it knows the new replica's link status
   and nothing follows when it learns it (facts), so every `+slave`, `+reset-master`,
   `+convert-to-slave` and `+slave-reconf-done` schedules passes `recheck_interval_s` apart for
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import structlog
 
 from controller.membership import Membership
 from controller.model import Address, Decision, SentinelView
+from controller.redis_nodes import NodeError, Role
 from controller.resolver import Resolver
 from controller.sentinel import Hint
 from controller.topology import addresses_by_group, canonical_views, identities
@@ -41,9 +43,10 @@ SAID_KEPT = 4096  # answers kept at most (bounded memory)
 
 
 class ReplicaProbe(Protocol):
-    """What the roster needs from Redis nodes (`redis_nodes.RedisNodes`); errors: NodeError."""
+    """What the roster needs from Redis nodes (`redis_nodes.RedisNodes`): ROLE of each node
+    asked, or the NodeError that says why it could not be asked."""
 
-    def replica_of(self, addr: Address) -> Address | None: ...
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]: ...
 
 
 class Roster:
@@ -160,12 +163,15 @@ class Roster:
 
     def ask_held(self) -> None:
         """Ask the replicas `adjust` held back for not having said yet whether they are
-        linked (ROLE); a group whose replica answered, or could not be asked, is passed again
-        at once. Called by the loop after a pass's hand-over: never on the way to HAProxy."""
+        linked (ROLE, one sweep); a group whose replica answered, or could not be asked, is
+        passed again at once. Called by the loop after a pass's hand-over: never on the way
+        to HAProxy."""
         to_ask, self._to_ask = self._to_ask, {}
+        said_by = self._ask({replica: master for replica, (_, master) in to_ask.items()})
+        now = time.monotonic()
         for replica, (group, master) in to_ask.items():
-            said = self._confirm(replica, master)
-            self._said[replica] = (said, master, time.monotonic())
+            said = said_by[replica]
+            self._said[replica] = (said, master, now)
             if said is not False:
                 self._recheck(group, at_once=True)
             elif replica not in self._reported:
@@ -179,25 +185,40 @@ class Roster:
                 del self._said[a]
 
     def _confirm(self, replica: Address, master: Address) -> bool | None:
-        """Whether the replica says it is linked to `master` (ROLE); None: it could not be
-        asked (membership: an absent replica is then not kept, a new one starts on the
-        Sentinels' word)."""
-        if self.nodes is None:
-            return None
+        """Whether the replica says it is linked to `master` (membership asks a replica the
+        Sentinels forgot); None: it could not be asked (an absent replica is then not kept,
+        a new one starts on the Sentinels' word)."""
+        return self._ask({replica: master})[replica]
+
+    def _ask(self, masters: dict[Address, Address]) -> dict[Address, bool | None]:
+        """For each replica (key), whether it says (ROLE, one sweep) it is linked to its
+        master (value); None: it could not be asked."""
+        if self.nodes is None or not masters:
+            return dict.fromkeys(masters)
         try:
-            said = self.nodes.replica_of(replica)
-        except Exception as e:  # NodeError and anything odd: no answer
-            log.debug("replica_not_confirmed", replica=str(replica), error=str(e))
-            # Not allowed to ask (no redis_password): no answer either way; for an absent
-            # replica the grace decides.
-            return True if "authentication" in str(e) else None
-        if said is None:
-            return False
-        if said.ip is None:
-            r = self.resolver.resolve(said.host)
-            ident, _ = identities([said, master], {said.host: r})
-            said = ident.get(said, said)
-        return Address(said.ip or said.host, said.port) == master
+            roles = self.nodes.roles(list(masters))
+        except Exception:  # a bug: say so; the pass goes on without answers
+            log.exception("unexpected_error", where="role sweep")
+            return dict.fromkeys(masters)
+        out: dict[Address, bool | None] = {}
+        for replica, master in masters.items():
+            role = roles.get(replica)
+            if not isinstance(role, Role):
+                log.debug("replica_not_confirmed", replica=str(replica), error=str(role))
+                # Not allowed to ask (no redis_password): no answer either way; for an absent
+                # replica the grace decides.
+                out[replica] = True if "authentication" in str(role) else None
+                continue
+            said = role.linked_to
+            if said is None:
+                out[replica] = False
+                continue
+            if said.ip is None:
+                r = self.resolver.resolve(said.host)
+                ident, _ = identities([said, master], {said.host: r})
+                said = ident.get(said, said)
+            out[replica] = Address(said.ip or said.host, said.port) == master
+        return out
 
     # -- extra passes ---------------------------------------------------------------------
     def hint(self, h: Hint) -> None:

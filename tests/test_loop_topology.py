@@ -6,7 +6,7 @@ tests/fakes.py; names are resolved by a function, not DNS."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import pytest
 from captured import GROUP, A, B, node, views, with_master
@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from controller.loop import Controller
 from controller.model import Address, SentinelView
+from controller.redis_nodes import NodeError, Role
 from controller.resolver import Resolver
 from controller.roster import Roster
 from controller.sentinel import Hint
@@ -157,10 +158,12 @@ class Linked:
     def __init__(self) -> None:
         self.says: dict[Address, Address | None] = {}
         self.check: Callable[[], None] = lambda: None
+        self.sweeps: list[list[Address]] = []  # the nodes of each ROLE sweep
 
-    def replica_of(self, addr: Address) -> Address | None:
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]:
         self.check()
-        return self.says.get(addr)
+        self.sweeps.append(list(addrs))
+        return {a: Role("slave", self.says.get(a)) for a in addrs}
 
 
 def test_a_replica_back_but_not_linked_yet_is_held_out_of_reads_and_rechecked(
@@ -203,6 +206,26 @@ def test_a_replica_back_but_not_linked_yet_is_held_out_of_reads_and_rechecked(
 
     wait_until(serves, 5, "the linked replica to serve reads", 0.02)
     assert set(ready_slots(h, R).values()) == {node(B), node(A)}
+
+
+def test_held_replicas_of_many_groups_are_asked_in_one_sweep(names: Names) -> None:
+    """Replicas held back in several groups (a host with many masters came back) are asked
+    ROLE in one sweep after the hand-over, not one by one (a slow node would cost one
+    timeout each); each answer counts for its own group's next pass, and every group whose
+    replica answered is passed again."""
+    probe = Linked()
+    roster = Roster(Resolver(cache_s=0.0, lookup=names), probe)
+    held = {f"g{i}": (Address(f"127.0.1.{i}", 6379), Address(f"127.0.2.{i}", 6379))
+            for i in range(1, 4)}
+    for group, (replica, master) in held.items():
+        assert roster._said_linked(group, replica, master) is False  # held: asked after
+    probe.says = {held["g1"][0]: held["g1"][1], held["g3"][0]: Address("127.0.9.9", 6379)}
+    roster.ask_held()
+    assert probe.sweeps == [[replica for replica, _ in held.values()]]
+    said = {g: roster._said_linked(g, r, m) for g, (r, m) in held.items()}
+    assert said == {"g1": True, "g2": False, "g3": False}
+    assert probe.sweeps[1:] == []  # answers are used, not asked again within the pass
+    assert roster.recheck_groups == {"g1"}
 
 
 def test_a_pass_over_other_groups_does_not_forget_a_named_node(names: Names) -> None:

@@ -30,7 +30,7 @@ from controller.model import (
     SentinelView,
 )
 from controller.pending import Batch, Pending
-from controller.redis_nodes import NodeError
+from controller.redis_nodes import NodeError, Role
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
@@ -246,8 +246,8 @@ def test_undecided_is_emitted_once_and_compared_with_the_last_verdict(
 class PromotedNodes:
     """Redis nodes that all answer ROLE master."""
 
-    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
-        return dict.fromkeys(addrs, "master")
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]:
+        return dict.fromkeys(addrs, Role("master"))
 
     def forget(self, keep: set[Address]) -> None:
         pass

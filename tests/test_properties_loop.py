@@ -30,7 +30,7 @@ from strategies import (
 
 from controller.loop import Controller
 from controller.model import Address, AdminState, SentinelView
-from controller.redis_nodes import NodeError
+from controller.redis_nodes import NodeError, Role
 from controller.sentinel_parse import SentinelReplyError, parse_groups
 from controller.settings import Settings
 
@@ -44,11 +44,12 @@ class FakeNodes:
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
 
-    def roles(self, addrs: Collection[Address]) -> dict[Address, str | NodeError]:
-        out: dict[Address, str | NodeError] = {}
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]:
+        out: dict[Address, Role | NodeError] = {}
         for addr in addrs:
             answer = self.answers.pop(0) if self.answers else "slave"
-            out[addr] = NodeError(f"{addr}: connection refused") if answer == "error" else answer
+            out[addr] = (NodeError(f"{addr}: connection refused") if answer == "error"
+                         else Role(answer))
         return out
 
     def forget(self, keep: set[Address]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.model import Address
-from controller.redis_nodes import NodeError, NodeQuiet, RedisNodes
+from controller.redis_nodes import NodeError, NodeQuiet, RedisNodes, Role
 from controller.sentinel import Auth
 from lab.localstack import LocalStack
 from lab.wait import wait_until
@@ -53,7 +53,7 @@ def test_a_node_that_timed_out_is_not_asked_again_at_once(
     addr, accepted = silent_node
     nodes = RedisNodes(Auth(), timeout_s=0.05)
 
-    def role() -> str:
+    def role() -> Role:
         answer = nodes.roles([addr])[addr]
         if isinstance(answer, NodeError):
             raise answer
@@ -75,23 +75,28 @@ def test_a_node_that_timed_out_is_not_asked_again_at_once(
 def test_roles_asks_real_nodes_at_once_and_survives_the_promotion_client_kill(
     stack: LocalStack,
 ) -> None:
-    """`roles` answers each real node's ROLE in one sweep; after `CLIENT KILL TYPE normal`
+    """`roles` answers each real node's ROLE in one sweep (the replica linked to the master);
+    after `CLIENT KILL TYPE normal`
     (what Sentinel sends with `REPLICAOF NO ONE`) the kept connections are replaced and the
     next sweep answers again; a SIGSTOPped node is a NodeError naming it while the other
     node's answer still comes back."""
     a, b = stack.layout.nodes()["redis1a"].addr, stack.layout.nodes()["redis1b"].addr
     nodes = RedisNodes(Auth(), timeout_s=0.2)
     try:
-        assert nodes.roles([a, b, a]) == {a: "master", b: "slave"}
+        first = nodes.roles([a, b, a])
+        assert list(first) == [a, b] and first[a] == Role("master")
+        wait_until(lambda: nodes.roles([b])[b] == Role("slave", a), 10,
+                   "the replica to say it is linked to the master")
         for name in ("redis1a", "redis1b"):
             stack.redis_command(name, "CLIENT", "KILL", "TYPE", "normal")
-        assert nodes.roles([a, b]) == {a: "master", b: "slave"}
+        kinds = {k: r.kind for k, r in nodes.roles([a, b]).items() if isinstance(r, Role)}
+        assert kinds == {a: "master", b: "slave"}
         stack.pause_node("redis1b")
         try:
             got = nodes.roles([a, b])
         finally:
             stack.resume_node("redis1b")
-        assert got[a] == "master"
+        assert got[a] == Role("master")
         assert isinstance(got[b], NodeError) and str(b) in str(got[b])
     finally:
         nodes.close()
