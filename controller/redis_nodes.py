@@ -73,11 +73,12 @@ class RedisNodes:
         self._quiet_until: dict[Address, float] = {}  # node -> not asked before (monotonic)
 
     def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]:
-        """ROLE of each node, or the NodeError naming it. Every
-        ROLE is sent before any answer is read: a sweep over the replicas of many failovers
-        at once (a host with many masters died) waits about one round trip, not one per node.
-        A kept connection the node closed is replaced once, at once: Sentinel kills the
-        promoted replica's client connections together with `REPLICAOF NO ONE`."""
+        """ROLE of each node, or the NodeError naming it. Every ROLE is sent before any
+        answer is read, and the answers share one deadline (`timeout_s` after the last send):
+        a sweep over the replicas of many failovers at once (a host with many masters died)
+        waits about one round trip, and nodes that do not answer cost one timeout together,
+        not one each. A kept connection the node closed is replaced once, at once: Sentinel
+        kills the promoted replica's client connections together with `REPLICAOF NO ONE`."""
         out: dict[Address, Role | NodeError] = {}
         sent: dict[Address, bool] = {}
         for addr in dict.fromkeys(addrs):  # one question in flight per connection
@@ -85,9 +86,10 @@ class RedisNodes:
                 sent[addr] = self._send(addr)
             except NodeError as e:
                 out[addr] = e
+        deadline = time.monotonic() + self.timeout_s
         for addr, kept in sent.items():
             try:
-                out[addr] = self._receive(addr, kept)
+                out[addr] = self._receive(addr, kept, deadline)
             except NodeError as e:
                 out[addr] = e
         return out
@@ -114,15 +116,18 @@ class RedisNodes:
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
 
-    def _receive(self, addr: Address, kept: bool) -> Role:
-        """The answer to `_send`, parsed."""
+    def _receive(self, addr: Address, kept: bool, deadline: float) -> Role:
+        """The answer to `_send`, parsed; a timeout if none has begun by `deadline`."""
+        conn = self._conns[addr]
         try:
-            reply = self._conns[addr].read_response()
+            if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                raise redis.TimeoutError(f"Timeout reading from {addr}")
+            reply = conn.read_response()
         except redis.ConnectionError as e:
             if not kept or isinstance(e, redis.TimeoutError):
                 raise self._failed(addr, e) from None
             self._drop(addr)  # closed by the node since the last ask: once more, on a new one
-            return self._receive(addr, self._send(addr))
+            return self._receive(addr, self._send(addr), time.monotonic() + self.timeout_s)
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
         self._quiet_until.pop(addr, None)

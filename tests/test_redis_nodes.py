@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -98,5 +99,32 @@ def test_roles_asks_real_nodes_at_once_and_survives_the_promotion_client_kill(
             stack.resume_node("redis1b")
         assert got[a] == Role("master")
         assert isinstance(got[b], NodeError) and str(b) in str(got[b])
+    finally:
+        nodes.close()
+
+
+@pytest.mark.integration
+def test_nodes_that_stop_answering_cost_one_timeout_together(stack: LocalStack) -> None:
+    """Both nodes SIGSTOPped after a sweep that connected to them: the next sweep's answers
+    share one deadline, so it waits one timeout for the two of them (not one each) and names
+    each node in its error."""
+    a, b = stack.layout.nodes()["redis1a"].addr, stack.layout.nodes()["redis1b"].addr
+    timeout_s = 1.0
+    nodes = RedisNodes(Auth(), timeout_s=timeout_s)
+    try:
+        assert all(isinstance(r, Role) for r in nodes.roles([a, b]).values())
+        stack.pause_node("redis1a")
+        stack.pause_node("redis1b")
+        try:
+            started = time.monotonic()
+            got = nodes.roles([a, b])
+            took = time.monotonic() - started
+        finally:
+            stack.resume_node("redis1a")
+            stack.resume_node("redis1b")
+        for addr in (a, b):
+            answer = got[addr]
+            assert isinstance(answer, NodeError) and str(addr) in str(answer), answer
+        assert took < 1.8 * timeout_s, f"{took:.2f} s: one timeout per node"
     finally:
         nodes.close()
