@@ -45,6 +45,7 @@ Prints tables (n, p50, p90, p99, max in ms); `--json` for machine output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -56,7 +57,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,21 @@ CONVERGE_DEADLINE_S = 120.0
 APPLY_DEADLINE_S = 30.0
 KEEP_LOGS: Path | None = None  # --keep-logs: where each rig's daemon log is copied
 DAEMON_ARGS: list[str] = []  # --daemon-arg: extra flags for every rig's daemon
+PIN = False  # --pin: the daemon and HAProxy on CPU 0, the replayed Sentinels and bench on CPU 1
+
+
+@contextlib.contextmanager
+def on_cpu(cpu: int) -> Iterator[None]:
+    """With --pin: what this thread starts meanwhile (children inherit it) runs on `cpu`
+    only; this thread then goes back to the bench's CPU (1)."""
+    if not PIN:
+        yield
+        return
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, {1})
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -292,8 +308,9 @@ class Rig:
                 sock = d / "admin.sock"
                 cfg = d / "haproxy.cfg"
                 cfg.write_text(reconcile_scale.haproxy_config(n, sock) + lease_frontend(d))
-                self.procs.append(start_haproxy(cfg, sock, d, name=f"haproxy{k}",
-                                                timeout_s=reconcile_scale.HAPROXY_START_S))
+                with on_cpu(0):
+                    self.procs.append(start_haproxy(cfg, sock, d, name=f"haproxy{k}",
+                                                    timeout_s=reconcile_scale.HAPROXY_START_S))
                 self.clients.append(HAProxyClient(str(sock), timeout_s=10.0))
             self.servers = start_replay(n, [free_port([h]) for h in HOSTS], delays)
             self.log = self.tmp / "daemon.log"
@@ -302,7 +319,8 @@ class Rig:
                                            resync_interval_s=resync_s,
                                            extra_args=DAEMON_ARGS)
             self.tail = LogTail(self.log)
-            self.daemon.start()
+            with on_cpu(0):
+                self.daemon.start()
             wait_until(self._converged, CONVERGE_DEADLINE_S, f"N={n}: daemon converged",
                        interval_s=0.1)
         except BaseException:
@@ -529,6 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--new-epoch", action="store_true",
                    help="burst: each replay server also publishes `+new-epoch` 1 s before each "
                    "group's `+switch-master`, as a real failover's election does")
+    p.add_argument("--pin", action="store_true",
+                   help="the daemon and HAProxy on CPU 0, the replayed Sentinels and the bench "
+                   "on CPU 1 (the harness off the daemon's core, as Sentinels on other hosts "
+                   "are in production)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy each daemon's log into this directory before its rig stops")
@@ -536,9 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="an extra flag for the daemon, e.g. --daemon-arg=--log-level=debug "
                    "(repeatable)")
     args = p.parse_args(argv)
-    global KEEP_LOGS, DAEMON_ARGS  # bench-wide options, read by Rig
+    global KEEP_LOGS, DAEMON_ARGS, PIN  # bench-wide options, read by Rig
     KEEP_LOGS = args.keep_logs
     DAEMON_ARGS = list(args.daemon_arg)
+    PIN = args.pin
+    if PIN:
+        if not {0, 1} <= os.sched_getaffinity(0):
+            p.error("--pin needs CPUs 0 and 1")
+        os.sched_setaffinity(0, {1})  # before any thread or child: they inherit it
     # The replay servers are threads of this process: without this, a reply waits up to 5 ms
     # for the GIL (the daemon sets the same for its own threads).
     sys.setswitchinterval(0.0005)
