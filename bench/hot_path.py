@@ -39,6 +39,9 @@ Scenarios (`--scenario`, repeatable; default all):
 - `idle`: N = 1 and 1000, nothing happens for `--idle-s` (30 s): the daemon's CPU time
   (utime+stime from /proc) per second of wall clock, with the default resync (5 s) and without
   periodic passes (resync 1 h: the cost between them).
+`--pin` (any scenario): the daemon and HAProxy on CPU 0, the bench and its replay servers on
+CPU 1, so that the harness does not share the daemon's core (Sentinels run on other hosts in
+production).
 Prints tables (n, p50, p90, p99, max in ms); `--json` for machine output.
 """
 
