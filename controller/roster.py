@@ -10,8 +10,8 @@ Four jobs, each one call from the loop (controller.loop keeps only the calls):
   Redis node adapter is there; hold back a replica that comes back to serve reads until it
   says itself that it is linked to the master;
 - `ask_held()`, after a pass's hand-over (a node never delays one): ask those replicas ROLE,
-  all in one sweep (a slow node costs one timeout, not one per replica held), and pass their
-  group again at once when they answered;
+  all in one sweep (nodes that stop answering cost one timeout together, not one each), and
+  pass their group again at once when they answered;
 - re-check passes: a Sentinel publishes `+slave` before it knows the new replica's link status
   and nothing follows when it learns it (facts), so every `+slave`, `+reset-master`,
   `+convert-to-slave` and `+slave-reconf-done` schedules passes `recheck_interval_s` apart for
