@@ -87,9 +87,13 @@ class RedisNodes:
             except NodeError as e:
                 out[addr] = e
         deadline = time.monotonic() + self.timeout_s
-        for addr, kept in sent.items():
+        for i, (addr, kept) in enumerate(sent.items()):
             try:
-                out[addr] = self._receive(addr, kept, deadline)
+                # The first answer is read as it comes (its socket timeout is the deadline);
+                # only the later ones are polled for first. redis-py's poll costs a few
+                # syscalls per read, which the 1 ms promotion watch of one replica felt: the
+                # reads of a 3-node double fault reconnected ~0.15 ms later (bench/RESULTS.md).
+                out[addr] = self._receive(addr, kept, deadline if i else None)
             except NodeError as e:
                 out[addr] = e
         return out
@@ -116,18 +120,20 @@ class RedisNodes:
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
 
-    def _receive(self, addr: Address, kept: bool, deadline: float) -> Role:
-        """The answer to `_send`, parsed; a timeout if none has begun by `deadline`."""
+    def _receive(self, addr: Address, kept: bool, deadline: float | None) -> Role:
+        """The answer to `_send`, parsed; a timeout if none has begun by `deadline` (None:
+        within the socket timeout)."""
         conn = self._conns[addr]
         try:
-            if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
+            if deadline is not None and not conn.can_read(
+                    timeout=max(0.0, deadline - time.monotonic())):
                 raise redis.TimeoutError(f"Timeout reading from {addr}")
             reply = conn.read_response()
         except redis.ConnectionError as e:
             if not kept or isinstance(e, redis.TimeoutError):
                 raise self._failed(addr, e) from None
             self._drop(addr)  # closed by the node since the last ask: once more, on a new one
-            return self._receive(addr, self._send(addr), time.monotonic() + self.timeout_s)
+            return self._receive(addr, self._send(addr), None)
         except redis.RedisError as e:
             raise self._failed(addr, e) from None
         self._quiet_until.pop(addr, None)
