@@ -47,7 +47,7 @@ from controller.haproxy_worker import HAProxyOutcome, HAProxyTarget, HAProxyWork
 from controller.model import Address, Decision, SentinelView
 from controller.pending import Batch, Pending
 from controller.plan import BackendTarget, targets
-from controller.redis_nodes import NodeError, NodeQuiet, Role
+from controller.redis_nodes import NodeError, NodeQuiet, RoleAsker
 from controller.roster import Roster
 from controller.sentinel import Enough, Hint, HintQueue, OnLate
 from controller.sentinel_parse import FAILOVER_EVENTS, TIMELINE_EVENTS
@@ -106,11 +106,9 @@ class SentinelSource(Protocol):
     def poll(self) -> None: ...
 
 
-class NodeRoles(Protocol):
-    """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`): ROLE of each node
-    asked, or the NodeError that says why it could not be asked."""
-
-    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]: ...
+class NodeRoles(RoleAsker, Protocol):
+    """What the loop needs from Redis nodes (`redis_nodes.RedisNodes`): the roster's ROLE
+    sweep, and dropping the connections of nodes no longer watched."""
 
     def forget(self, keep: set[Address]) -> None: ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,6 +26,13 @@ from redis.retry import Retry
 
 from controller.model import Address
 from controller.sentinel import Auth, describe_error
+
+
+class RoleAsker(Protocol):
+    """What the loop and the roster need from Redis nodes (`RedisNodes` is one): ROLE of each
+    node asked, or the NodeError that says why it could not be asked."""
+
+    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]: ...
 
 
 @dataclass(frozen=True)

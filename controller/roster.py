@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Collection, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
 import structlog
 
 from controller.membership import Membership
 from controller.model import Address, Decision, SentinelView
-from controller.redis_nodes import NodeError, Role
+from controller.redis_nodes import Role, RoleAsker
 from controller.resolver import Resolver
 from controller.sentinel import Hint
 from controller.topology import addresses_by_group, canonical_views, identities
@@ -42,18 +41,11 @@ RECHECK_EVENTS = frozenset({"+slave", "+reset-master", "+convert-to-slave", "+sl
 SAID_KEPT = 4096  # answers kept at most (bounded memory)
 
 
-class ReplicaProbe(Protocol):
-    """What the roster needs from Redis nodes (`redis_nodes.RedisNodes`): ROLE of each node
-    asked, or the NodeError that says why it could not be asked."""
-
-    def roles(self, addrs: Collection[Address]) -> dict[Address, Role | NodeError]: ...
-
-
 class Roster:
     def __init__(
         self,
         resolver: Resolver,
-        nodes: ReplicaProbe | None = None,
+        nodes: RoleAsker | None = None,
         absent_grace_s: float = 20.0,
         recheck_interval_s: float = 0.1,
         recheck_window_s: float = 2.0,

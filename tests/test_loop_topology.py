@@ -152,7 +152,7 @@ def test_plus_slave_schedules_quick_rechecks() -> None:
 
 
 class Linked:
-    """A ReplicaProbe stand-in: the master each node says it is linked to (None: LOADING,
+    """A RoleAsker stand-in: the master each node says it is linked to (None: LOADING,
     resyncing), as ROLE would; `check` runs on every ask."""
 
     def __init__(self) -> None:
