@@ -614,7 +614,7 @@ class Controller:
             # The Sentinels were asked about the group after this hint arrived: that read saw
             # what the event says (the same event from each Sentinel is one pass, not three).
             return group, trigger
-        elif self._followed(h, group):
+        elif self._followed(h, group) or self._left_to_rechecks(h):
             return None
         else:
             work.group(group, trigger, h.received)
@@ -635,6 +635,21 @@ class Controller:
             return not d.fenced and ev.switched_to == d.master
         return (ev.channel in PROMOTION_STEPS and d.promoting is not None
                 and ev.instance == d.promoting)
+
+    def _left_to_rechecks(self, h: Hint) -> bool:
+        """An event whose pass at once would find nothing the next passes do not: a Sentinel
+        publishes `+config-update-from` and, in the same instant, the `+switch-master` that
+        says where it went (facts B.2: that one is passed, or is `_followed`); it publishes
+        `+slave` before it has the replica's INFO (an entry that counts for nothing yet), and
+        the roster's re-check passes (the first `recheck_interval_s` later) find its link.
+        Both come as a burst from each Sentinel right as the leader's `SLAVEOF` closes the
+        connections of the replica it reconfigures: a pass then only competes for the CPU
+        with the readers reconnecting (drill: their next read after the cut)."""
+        ev = h.event
+        if ev is None:
+            return False
+        return ev.channel == "+config-update-from" or (
+            ev.channel == "+slave" and self.roster is not None)
 
     def _classify(self, h: Hint) -> tuple[str, str | None] | None:
         """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)

@@ -31,6 +31,8 @@ from controller.model import (
 )
 from controller.pending import Batch, Pending
 from controller.redis_nodes import NodeError, Role
+from controller.resolver import Resolver
+from controller.roster import Roster
 from controller.sentinel import Hint
 from controller.sentinel_parse import parse_event
 from controller.settings import Settings
@@ -609,6 +611,37 @@ def test_a_step_of_the_promotion_already_followed_needs_no_pass(
     assert not work.has_groups
     other = text.replace(f"{b.host} {b.port}", "127.0.0.8 1")
     controller._take(hint("+selected-slave", other, time.monotonic()), work)
+    assert work.has_groups
+
+
+def test_the_switch_burst_of_a_sentinel_leaves_membership_to_the_rechecks(
+    controller: Controller,
+) -> None:
+    """A Sentinel's `+config-update-from` (its `+switch-master`, published in the same instant,
+    says where it went) and its `+slave` (an entry without INFO yet) warrant no pass of their
+    own: `+slave` schedules the roster's re-check passes instead (without a roster, which
+    would schedule none, it is passed). The `+switch-master` to another node still does."""
+    controller.reconcile("start")
+    slave = f"slave 127.0.0.9:1 127.0.0.9 1 @ {GROUP} 127.0.0.2 1"
+    work = Pending()
+    controller._take(hint("+slave", slave, time.monotonic()), work)
+    assert work.has_groups, "no roster"
+    controller = Controller(controller.settings, controller.reader, controller.haproxies,
+                            roster=Roster(Resolver()))
+    controller.reconcile("start")
+    assert controller.roster is not None
+    master = controller._decisions[GROUP].master
+    assert master is not None
+    work = Pending()
+    controller._take(hint("+config-update-from", f"sentinel {'a' * 40} 127.0.0.9 26379 @ "
+                          f"{GROUP} {master.host} {master.port}", time.monotonic()), work)
+    controller.roster.hint(h := hint("+slave", f"slave 127.0.0.9:1 127.0.0.9 1 @ {GROUP} "
+                                     f"{master.host} {master.port}", time.monotonic()))
+    controller._take(h, work)
+    assert not work.has_groups
+    assert GROUP in controller.roster.recheck_groups
+    controller._take(hint("+switch-master", f"{GROUP} {master.host} {master.port} 127.0.0.9 1",
+                          time.monotonic()), work)
     assert work.has_groups
 
 
