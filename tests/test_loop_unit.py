@@ -626,22 +626,22 @@ def test_the_switch_burst_of_a_sentinel_leaves_membership_to_the_rechecks(
     work = Pending()
     controller._take(hint("+slave", slave, time.monotonic()), work)
     assert work.has_groups, "no roster"
-    controller = Controller(controller.settings, controller.reader, controller.haproxies,
-                            roster=Roster(Resolver()))
-    controller.reconcile("start")
-    assert controller.roster is not None
-    master = controller._decisions[GROUP].master
+    rostered = Controller(controller.settings, controller.reader, controller.haproxies,
+                        roster=Roster(Resolver()))
+    rostered.reconcile("start")
+    assert rostered.roster is not None
+    master = rostered._decisions[GROUP].master
     assert master is not None
     work = Pending()
-    controller._take(hint("+config-update-from", f"sentinel {'a' * 40} 127.0.0.9 26379 @ "
-                          f"{GROUP} {master.host} {master.port}", time.monotonic()), work)
-    controller.roster.hint(h := hint("+slave", f"slave 127.0.0.9:1 127.0.0.9 1 @ {GROUP} "
-                                     f"{master.host} {master.port}", time.monotonic()))
-    controller._take(h, work)
+    rostered._take(hint("+config-update-from", f"sentinel {'a' * 40} 127.0.0.9 26379 @ "
+                        f"{GROUP} {master.host} {master.port}", time.monotonic()), work)
+    rostered.roster.hint(h := hint("+slave", f"slave 127.0.0.9:1 127.0.0.9 1 @ {GROUP} "
+                                   f"{master.host} {master.port}", time.monotonic()))
+    rostered._take(h, work)
     assert not work.has_groups
-    assert GROUP in controller.roster.recheck_groups
-    controller._take(hint("+switch-master", f"{GROUP} {master.host} {master.port} 127.0.0.9 1",
-                          time.monotonic()), work)
+    assert GROUP in rostered.roster.recheck_groups
+    rostered._take(hint("+switch-master", f"{GROUP} {master.host} {master.port} 127.0.0.9 1",
+                        time.monotonic()), work)
     assert work.has_groups
 
 
