@@ -637,19 +637,14 @@ class Controller:
                 and ev.instance == d.promoting)
 
     def _left_to_rechecks(self, h: Hint) -> bool:
-        """An event whose pass at once would find nothing the next passes do not: a Sentinel
-        publishes `+config-update-from` and, in the same instant, the `+switch-master` that
-        says where it went (facts B.2: that one is passed, or is `_followed`); it publishes
-        `+slave` before it has the replica's INFO (an entry that counts for nothing yet), and
-        the roster's re-check passes (the first `recheck_interval_s` later) find its link.
-        Both come as a burst from each Sentinel right as the leader's `SLAVEOF` closes the
-        connections of the replica it reconfigures: a pass then only competes for the CPU
-        with the readers reconnecting (drill: their next read after the cut)."""
+        """A `+slave` when there is a roster: the Sentinel publishes it before it has the
+        replica's INFO (an entry that counts for nothing yet), and the roster's re-check passes
+        (the first `recheck_interval_s` later) find its link. Each Sentinel publishes it in a
+        burst right as the leader's `SLAVEOF` closes the connections of the replica it
+        reconfigures: a pass then only competes for the CPU with the readers reconnecting
+        (drill: their next read after the cut). Without a roster nothing re-checks: passed."""
         ev = h.event
-        if ev is None:
-            return False
-        return ev.channel == "+config-update-from" or (
-            ev.channel == "+slave" and self.roster is not None)
+        return ev is not None and ev.channel == "+slave" and self.roster is not None
 
     def _classify(self, h: Hint) -> tuple[str, str | None] | None:
         """Log a hint; what it warrants: (trigger, group) for a targeted pass, (trigger, None)

@@ -288,7 +288,6 @@ RELEVANT_EVENTS = frozenset(
         "-role-change",
         "+slave",
         "+slave-reconf-done",
-        "+config-update-from",
         "+tilt",
         "-tilt",
         "+reset-master",
@@ -300,12 +299,16 @@ RELEVANT_EVENTS = frozenset(
     }
 )
 
-# Logged in the failover timeline, but no pass: `+new-epoch <n>` names no group (a pass on it
-# reads every group from every Sentinel: ~0.25 s of CPU at 1,000 groups, per Sentinel per
-# failover) and never comes alone: the leader publishes it with `+try-failover <group>`, a
-# voter with `+vote-for-leader` (whose state about the group does not change), a Sentinel
-# back from TILT with `+config-update-from ... @ <group>` (facts B.1, B.2).
-TIMELINE_EVENTS = frozenset({"+new-epoch"})
+# Logged in the failover timeline, but no pass: they never come alone, and what comes with
+# them starts the pass.
+# - `+new-epoch <n>` names no group (a pass on it reads every group from every Sentinel:
+#   ~0.25 s of CPU at 1,000 groups, per Sentinel per failover): the leader publishes it with
+#   `+try-failover <group>`, a voter with `+vote-for-leader` (whose state about the group does
+#   not change), a Sentinel back from TILT with `+config-update-from ... @ <group>`;
+# - `+config-update-from`: a Sentinel publishes it only where it takes a newer configuration
+#   of a group from another one, and in the same instant the `+switch-master` that says where
+#   it went (facts B.1, B.2).
+TIMELINE_EVENTS = frozenset({"+new-epoch", "+config-update-from"})
 
 # Events that come just before or exactly at a change of master: they open a failover timeline.
 FAILOVER_EVENTS = frozenset(

@@ -383,7 +383,7 @@ EVENTS = [
         "sentinel 1ce51fd96d63567819d9a31470ba1d4b6d674ef2 127.0.0.1 26535 @ mymaster "
         "127.0.0.1 26531",
         "mymaster",
-        True,
+        False,  # logged in the timeline only: its `+switch-master` starts the pass
     ),
     (
         "-role-change",
