@@ -6,6 +6,7 @@ masks any key that looks like a secret, as a second line of defence.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -16,9 +17,15 @@ import structlog
 _SECRET_WORDS = ("password", "secret", "token", "passwd")
 
 
+@functools.lru_cache(maxsize=1024)  # the keys are the code's own: a few dozen names
+def _secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(w in lowered for w in _SECRET_WORDS)
+
+
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        if any(w in key.lower() for w in _SECRET_WORDS) and event[key]:
+        if _secret_key(key) and event[key]:
             event[key] = "***"
     return event
 

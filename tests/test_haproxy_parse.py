@@ -43,6 +43,15 @@ def test_info_stopping_flag() -> None:
     assert parse_info(text).stopping is True
 
 
+def test_info_reads_only_its_fields_wherever_they_are() -> None:
+    """Only Pid, Start_time_sec and Stopping are read, from any line: blanks around the colon
+    count for nothing, a field given twice counts with its last value, a similar name
+    (`Pid_max`) is not the field."""
+    text = "Name: HAProxy\nPid_max: 9\n  Pid :  41\nStart_time_sec: 5\nPid: 42\n"
+    info = parse_info(text)
+    assert (info.pid, info.start_time_s, info.stopping) == (42, 5, False)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -164,6 +173,29 @@ def test_stat_skips_frontend_and_backend_rows() -> None:
     assert ("g_write", "FRONTEND") not in sessions
     assert ("g_master", "BACKEND") not in sessions
     assert sessions == parse_stat(parts(BITS)[2])
+
+
+def test_stat_quoted_fields_parse_as_plain_ones() -> None:
+    """HAProxy quotes no field of its own, so plain lines are split on commas; a reply with a
+    quoted field goes through the csv module, and the same values give the same result."""
+    header, *rows = parts(BITS)[2].splitlines()
+    quoted = [",".join(f'"{c}"' for c in row.split(",")) for row in rows]
+    assert parse_stat("\n".join([header, *quoted])) == parse_stat(parts(BITS)[2])
+
+
+def test_stat_columns_are_found_by_name_wherever_they_are() -> None:
+    """Columns are found by header name: with `bck` moved to the last column (a row is split
+    only as far as the columns read), the same servers, sessions and backup flags come out."""
+    header, *rows = parts(BITS)[2].splitlines()
+    names = header[2:].split(",")
+    at = names.index("bck")
+
+    def moved(cols: list[str]) -> list[str]:
+        return cols[:at] + cols[at + 1:] + [cols[at]]
+
+    text = "\n".join(["# " + ",".join(moved(names)),
+                      *(",".join(moved(r.split(","))) for r in rows)])
+    assert parse_stat(text) == parse_stat(parts(BITS)[2])
 
 
 def test_stat_garbage_raises() -> None:
