@@ -61,10 +61,6 @@ def parse_info(text: str) -> HAProxyInfo:
         raise HAProxyReplyError(f"show info: bad number ({e})") from None
 
 
-_STATE_COLUMNS = ("be_name", "srv_name", "srv_addr", "srv_admin_state", "srv_op_state")
-_STATE_OPTIONAL = ("srv_port", "srv_fqdn")
-
-
 def parse_servers_state(text: str) -> dict[str, dict[str, ServerState]]:
     """`show servers state` (format version 1) -> backend -> server -> state, sessions 0."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -74,31 +70,26 @@ def parse_servers_state(text: str) -> dict[str, dict[str, ServerState]]:
         raise HAProxyReplyError(
             f"show servers state: unsupported format version {lines[0][:40]!r} (want 1)"
         )
-    cols: dict[str, int] | None = None  # column -> its index in the last header line
+    header: list[str] | None = None
     out: dict[str, dict[str, ServerState]] = {}
     for line in lines[1:]:
         if line.startswith("#"):
             header = line[1:].split()
-            # A name twice in the header: its last column, as `dict(zip(header, words))` had.
-            cols = {name: i for i, name in enumerate(header)}
             continue
-        if cols is None:
+        if header is None:
             raise HAProxyReplyError("show servers state: data before the header line")
-        words = line.split()
+        row = dict(zip(header, line.split(), strict=False))
         try:
-            be, name, addr, admin, op = (words[cols[c]] for c in _STATE_COLUMNS)
-            port, fqdn = (words[i] if (i := cols.get(c, len(words))) < len(words) else "-"
-                          for c in _STATE_OPTIONAL)
             srv = ServerState(
-                backend=be,
-                name=name,
-                addr=addr,
-                port=int(port) if port != "-" else 0,
-                admin=admin_from_bits(int(admin)),
-                op_state=int(op),
-                fqdn=fqdn,
+                backend=row["be_name"],
+                name=row["srv_name"],
+                addr=row["srv_addr"],
+                port=int(row["srv_port"]) if row.get("srv_port", "-") != "-" else 0,
+                admin=admin_from_bits(int(row["srv_admin_state"])),
+                op_state=int(row["srv_op_state"]),
+                fqdn=row.get("srv_fqdn", "-"),
             )
-        except (KeyError, IndexError, ValueError) as e:
+        except (KeyError, ValueError) as e:
             raise HAProxyReplyError(f"show servers state: bad line {line[:120]!r} ({e})") from None
         out.setdefault(srv.backend, {})[srv.name] = srv
     return out
