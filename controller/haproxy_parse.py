@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 from controller.model import HAProxyInfo, HAProxyState, ServerState, admin_from_bits
@@ -157,7 +158,14 @@ def parse_state_batch(text: str) -> HAProxyState:
 def parse_targeted_batch(text: str, backends: list[str]) -> HAProxyState:
     """The reply to `targeted_batch(backends)`; a backend HAProxy does not have is left out
     (as in the full state), any other error raises."""
-    outputs = split_replies(text, 1 + 2 * len(backends))
+    return parse_targeted_outputs(split_replies(text, 1 + 2 * len(backends)), backends)
+
+
+def parse_targeted_outputs(outputs: Sequence[str], backends: list[str]) -> HAProxyState:
+    """`parse_targeted_batch` on a reply already split per command (`show info`, then two
+    outputs per backend)."""
+    if len(outputs) != 1 + 2 * len(backends):
+        raise HAProxyReplyError(f"expected {1 + 2 * len(backends)} outputs, got {len(outputs)}")
     info = parse_info(outputs[0])
     out: dict[str, dict[str, ServerState]] = {}
     for i, b in enumerate(backends):

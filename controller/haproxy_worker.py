@@ -8,7 +8,7 @@ targeted passes first, then those from full passes in chunks (so that a full pas
 groups never holds a failover back for long).
 
 One sync of some groups: read their backends (with `show info`, so that a restart is seen on
-every exchange), plan, apply in one exchange (write outs before ins), read them back and
+every exchange), plan, apply (write outs before ins) and read them back in one exchange, and
 verify. A server whose admin state is not what this worker left it in was changed by someone
 else: logged as a hand edit when it is put back.
 
@@ -32,7 +32,7 @@ from typing import Protocol
 import structlog
 
 from controller.counters import Counters
-from controller.haproxy import CommandResult, HAProxyError
+from controller.haproxy import AppliedAndRead, CommandResult, HAProxyError
 from controller.model import AdminState, Command, HAProxyInfo, HAProxyState
 from controller.plan import BackendTarget, Note, Plan, plan
 
@@ -59,6 +59,9 @@ class HAProxyTarget(Protocol):
     def state(self, backends: Sequence[str] | None = None) -> HAProxyState: ...
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]: ...
+
+    def run_and_read(self, commands: Sequence[Command], backends: Sequence[str] | None
+                     ) -> AppliedAndRead: ...
 
     def maps(self) -> list[str]: ...
 
@@ -384,16 +387,17 @@ class HAProxyWorker:
             self._set_drift(groups, wanted, p.commands)
             return HAProxyOutcome(self.target, state, p, drift_after=p.drift)
         self._fresh = None
-        try:
-            results = self.h.run(p.commands)
+        try:  # the read-back goes in the same exchange when it fits (`run_and_read`)
+            done = self.h.run_and_read(p.commands,
+                                       None if len(backends) >= FULL_READ_AT else backends)
         except HAProxyError as e:
             if e.partial:  # applied before the exchange that failed: in the audit trail too
                 self._report(e.partial, groups, wanted, edited)
             self._down(str(e))
             return HAProxyOutcome(self.target, state, p, tuple(e.partial), error=str(e))
-        self._report(results, groups, wanted, edited)
-        out = HAProxyOutcome(self.target, state, p, tuple(results))
-        return self._verify(groups, wanted, out)
+        self._report(done.results, groups, wanted, edited)
+        out = HAProxyOutcome(self.target, state, p, tuple(done.results))
+        return self._verify(groups, wanted, out, done)
 
     def _read_ahead(self, backends: set[str]) -> None:
         try:
@@ -442,16 +446,15 @@ class HAProxyWorker:
             self.counters.failing_since.setdefault(self.target, time.monotonic())
 
     def _verify(self, groups: dict[str, _Dirty], wanted: Sequence[BackendTarget],
-                o: HAProxyOutcome) -> HAProxyOutcome:
-        """Read back and plan again; anything left is drift we could not fix."""
-        backends = [t.backend for t in wanted]
-        try:
-            state = self.h.state(None if len(backends) >= FULL_READ_AT else backends)
-        except HAProxyError as e:
-            for b in backends:  # unknown: the next sync cannot call it a hand edit
+                o: HAProxyOutcome, done: AppliedAndRead) -> HAProxyOutcome:
+        """Plan again on the state read back after the commands; anything left is drift we
+        could not fix."""
+        state = done.state
+        if state is None:  # unknown: the next sync cannot call a change a hand edit
+            for b in {t.backend for t in wanted}:
                 for key in [k for k in self._left if k[0] == b]:
                     del self._left[key]
-            log.warning("verify_failed", haproxy=self.target, error=str(e))
+            log.warning("verify_failed", haproxy=self.target, error=done.read_error)
             self._set_drift(groups, wanted, None)
             return dataclasses.replace(o, drift_after=None)
         left = plan(wanted, state)

@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 
 from captured import GROUP, haproxy_state, views
 
-from controller.haproxy import CommandResult, HAProxyError
+from controller.haproxy import AppliedAndRead, CommandResult, HAProxyError
 from controller.model import (
     Address,
     AdminState,
@@ -151,6 +151,15 @@ class FakeHAProxy:
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]:
         return [CommandResult(c, self.apply(c.text)) for c in commands]
+
+    def run_and_read(self, commands: Sequence[Command], backends: Sequence[str] | None
+                     ) -> AppliedAndRead:
+        """As the client's: the commands, then the read (here never in one exchange)."""
+        results = self.run(commands)
+        try:
+            return AppliedAndRead(results, self.state(backends))
+        except HAProxyError as e:
+            return AppliedAndRead(results, None, str(e))
 
     def apply(self, text: str) -> str:
         """One command as HAProxy would run it; returns its output ("" on success)."""

@@ -74,6 +74,18 @@ def haproxy(tmp_path: Path) -> Iterator[HAProxy]:
         listener.close()
 
 
+def recorded_lines(client: HAProxyClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every line the client sends from now on (one per exchange)."""
+    lines: list[str] = []
+    exchange = client.exchange
+
+    def recording(line: str) -> str:
+        lines.append(line)
+        return exchange(line)
+    monkeypatch.setattr(client, "exchange", recording)
+    return lines
+
+
 def cmd(text: str) -> Command:
     backend, server = text.split()[-3].split("/") if "state" in text else ("", "")
     return Command(text, backend, server, reason="test")
@@ -148,12 +160,48 @@ def test_large_batch_is_split_below_the_line_limit(haproxy: HAProxy) -> None:
     assert [r.command for r in results] == commands
 
 
+def test_run_and_read_sees_its_own_commands_applied_in_one_exchange(
+        haproxy: HAProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands and the read of their backends go in one line; the read shows the new admin
+    states (HAProxy runs a line in order), and a refused command keeps its own result."""
+    client = HAProxyClient(str(haproxy.sock))
+    lines = recorded_lines(client, monkeypatch)
+    done = client.run_and_read([cmd("set server g_master/n1 state maint"),
+                                cmd("set server g_master/nosuch state ready"),
+                                cmd("set server g_master/n2 state ready")], ["g_master"])
+    assert len(lines) == 1
+    assert [(r.ok, r.output) for r in done.results] == [(True, ""), (False, "No such server."),
+                                                          (True, "")]
+    assert done.state is not None and not done.read_error
+    assert done.state.info.pid == haproxy.proc.pid
+    g = done.state.backends["g_master"]
+    assert (g["n1"].admin, g["n2"].admin) == (AdminState.MAINT, AdminState.READY)
+
+
+def test_run_and_read_too_long_for_one_line_runs_then_reads(
+        haproxy: HAProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands that do not fit in one line with the read: run in batches, then read; the
+    same results and state as in one exchange."""
+    client = HAProxyClient(str(haproxy.sock))
+    lines = recorded_lines(client, monkeypatch)
+    commands = [cmd(f"set server g_master/n2 state {'ready' if i % 2 else 'maint'}")
+                for i in range(800)]
+    done = client.run_and_read(commands, ["g_master"])
+    assert len(lines) > 2 and lines[-1].startswith("show info; show servers state g_master")
+    assert len(done.results) == 800 and all(r.ok for r in done.results)
+    assert done.state is not None
+    assert done.state.backends["g_master"]["n2"].admin is AdminState.READY
+
+
 def test_command_with_separator_is_refused_before_sending(haproxy: HAProxy) -> None:
     """A command containing ';' (it would become two commands) is refused, naming it."""
     client = HAProxyClient(str(haproxy.sock))
     with pytest.raises(HAProxyError, match="contains ';'") as e:
         client.run([cmd("set server g_master/n1 state maint; set server g_master/n2 state ready")])
     assert e.value.command.startswith("set server g_master/n1")
+    with pytest.raises(HAProxyError, match="contains ';'"):
+        client.run_and_read([cmd("set server g_master/n1 state maint; set server g_master/n2"
+                                 " state ready")], ["g_master"])
     assert client.state().backends["g_master"]["n1"].admin is AdminState.READY
 
 
