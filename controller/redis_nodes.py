@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from controller.model import Address
-from controller.sentinel import Auth, describe_error
+from controller.sentinel import NO_LIB_INFO, Auth, describe_error
 
 
 class RoleAsker(Protocol):
@@ -181,5 +181,5 @@ class RedisNodes:
             host=addr.host, port=addr.port, username=self.auth.username,
             password=self.auth.password, protocol=2, decode_responses=True,
             socket_connect_timeout=self.timeout_s, socket_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0), client_name="sentinel-haproxy", **kwargs,
+            retry=Retry(NoBackoff(), 0), client_name="sentinel-haproxy", **NO_LIB_INFO, **kwargs,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import queue
 import select
 import socket
@@ -70,6 +71,18 @@ class Auth:
         return f"Auth(username={self.username!r}, password={'***' if self.password else None})"
 
 
+#: redis-py sends `CLIENT SETINFO LIB-NAME` and `LIB-VER` on every connect, one round trip
+#: each; the controller's connections skip both (`CLIENT SETNAME` names them). A reconnect to
+#: the replica being promoted, right after Sentinel's `CLIENT KILL`, is then SETNAME and ROLE:
+#: two round trips, not four. redis-py 8 takes `driver_info=None` (lib_name/lib_version None
+#: are deprecated there), redis-py 5 only the latter.
+NO_LIB_INFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.connection.AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def _client(addr: Address, auth: Auth, timeout_s: float, sock_timeout: float | None) -> Any:
     kwargs: dict[str, Any] = {}
     if auth.tls:
@@ -86,6 +99,7 @@ def _client(addr: Address, auth: Auth, timeout_s: float, sock_timeout: float | N
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),  # errors must surface: we reconnect ourselves
         client_name="sentinel-haproxy",
+        **NO_LIB_INFO,
         **kwargs,
     )
 
@@ -628,6 +642,7 @@ def _connection(addr: Address, auth: Auth, timeout_s: float) -> Any:
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         client_name="sentinel-haproxy",
+        **NO_LIB_INFO,
         **kwargs,
     )
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import hiredis
 import pytest
 
 from controller.model import Address
@@ -43,6 +44,37 @@ def silent_node() -> Iterator[tuple[Address, list[socket.socket]]]:
     for c in accepted:
         c.close()
     srv.close()
+
+
+def test_a_connection_to_a_node_is_named_and_asks_nothing_else() -> None:
+    """A (re)connect sends `CLIENT SETNAME` and then ROLE, nothing more: not redis-py's two
+    `CLIENT SETINFO` round trips (Redis 7.0 refuses them anyway), which a reconnect to the
+    replica being promoted, right after Sentinel's `CLIENT KILL`, would wait for."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    seen: list[list[str]] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        reader = hiredis.Reader(encoding="utf-8")
+        with conn:
+            while (data := conn.recv(65536)):
+                reader.feed(data)
+                while (cmd := reader.gets()) is not False:
+                    seen.append(cmd)
+                    conn.sendall(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n" if cmd[0] == "ROLE"
+                                 else b"+OK\r\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    addr = Address("127.0.0.1", srv.getsockname()[1])
+    nodes = RedisNodes(Auth(), timeout_s=2.0)
+    try:
+        assert nodes.roles([addr]) == {addr: Role("master")}
+    finally:
+        nodes.close()
+        t.join(2)
+        srv.close()
+    assert seen == [["CLIENT", "SETNAME", "sentinel-haproxy"], ["ROLE"]]
 
 
 def test_a_node_that_timed_out_is_not_asked_again_at_once(
