@@ -1,5 +1,6 @@
-"""controller.redis_nodes.RedisNodes against a node that accepts connections and never
-answers (a node whose replies are dropped): the adapter's own timeout and quiet period."""
+"""controller.redis_nodes.RedisNodes: what a connection sends (a recording listener), against
+a node that accepts connections and never answers (a node whose replies are dropped: the
+adapter's own timeout and quiet period), and against real nodes."""
 
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def test_a_connection_to_a_node_is_named_and_asks_nothing_else() -> None:
     `CLIENT SETINFO` round trips (Redis 7.0 refuses them anyway), which a reconnect to the
     replica being promoted, right after Sentinel's `CLIENT KILL`, would wait for."""
     srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(5.0)  # bounded: the test fails, it does not hang
     seen: list[list[str]] = []
 
     def serve() -> None:
         conn, _ = srv.accept()
+        conn.settimeout(5.0)
         reader = hiredis.Reader(encoding="utf-8")
         with conn:
             while (data := conn.recv(65536)):
