@@ -197,16 +197,9 @@ class HAProxyClient:
 
     def _run_read_line(self, line: str, commands: Sequence[Command], backends: list[str]
                        ) -> AppliedAndRead:
-        text = self.exchange(line)
+        results, outputs = self._run_line(line, commands, reads=1 + 2 * len(backends))
         try:
-            outputs = split_replies(text, len(commands) + 1 + 2 * len(backends))
-        except HAProxyReplyError as e:  # cut short: which commands ran is unknown, as in run
-            raise HAProxyError(self.target, str(e), line[:200]) from None
-        results = [CommandResult(c, out.strip()) for c, out in zip(commands,
-                                                                   outputs[:len(commands)],
-                                                                   strict=True)]
-        try:
-            state = parse_targeted_outputs(outputs[len(commands):], backends)
+            state = parse_targeted_outputs(outputs, backends)
         except HAProxyReplyError as e:
             return AppliedAndRead(results, None, f"haproxy {self.target}: bad state reply: {e}")
         return AppliedAndRead(results, state)
@@ -247,13 +240,21 @@ class HAProxyClient:
                 raise HAProxyError(self.target, "command contains ';' or a newline", c.text)
 
     def _run_batch(self, batch: Sequence[Command]) -> list[CommandResult]:
-        line = "; ".join(c.text for c in batch)
+        return self._run_line("; ".join(c.text for c in batch), batch)[0]
+
+    def _run_line(self, line: str, commands: Sequence[Command], reads: int = 0
+                  ) -> tuple[list[CommandResult], list[str]]:
+        """One exchange of `line`: `commands`, then `reads` more commands. Returns the
+        commands' results and the other outputs as they are; a reply cut short raises (which
+        commands ran is then unknown)."""
         text = self.exchange(line)
         try:
-            outputs = split_replies(text, len(batch))
+            outputs = split_replies(text, len(commands) + reads)
         except HAProxyReplyError as e:
             raise HAProxyError(self.target, str(e), line[:200]) from None
-        return [CommandResult(c, out.strip()) for c, out in zip(batch, outputs, strict=True)]
+        n = len(commands)
+        return ([CommandResult(c, out.strip()) for c, out in zip(commands, outputs[:n],
+                                                                  strict=True)], outputs[n:])
 
 
 def _parse_targeted(text: str, backends: list[str]) -> HAProxyState:
