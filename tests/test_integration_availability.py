@@ -65,16 +65,46 @@ def failed_reads(r: Reader, since: float) -> list[str]:
     return [f"{s.t - since:+.3f}s {s.error}" for s in r.samples if s.t >= since and not s.ok]
 
 
+# Sentinel's promotion is one MULTI/EXEC on the replica: REPLICAOF NO ONE (the node logs
+# "MASTER MODE enabled"), CONFIG REWRITE (an fsync), CLIENT KILL TYPE normal. The kill
+# follows the log line by the rewrite's time; this bounds it generously on a busy CI machine.
+KILL_AFTER_LOG_S = 0.25
+
+
+def promoted_at(stack: LocalStack, node: str) -> float | None:
+    """When Sentinel made `node` master: its log's `MASTER MODE enabled` line (local time, ms;
+    the log's clock is this machine's), or None when the log has no such line."""
+    for line in stack.log_path(node).read_text(errors="replace").splitlines():
+        if "MASTER MODE enabled" in line:
+            # "1234:M 27 Nov 2026 20:31:16.298 * MASTER MODE enabled (user request ...)"
+            stamp = line.split(" ", 1)[1].split(" * ", 1)[0]
+            whole, ms = stamp.rsplit(".", 1)
+            return time.mktime(time.strptime(whole, "%d %b %Y %H:%M:%S")) + int(ms) / 1000
+    return None
+
+
+def cut_by_the_promotion(r: Reader, since: float, cut: float | None) -> list[str]:
+    """The failed reads that were in flight when Sentinel's CLIENT KILL closed every
+    connection of the promoted replica: closed mid-request, just after it became master."""
+    if cut is None:
+        return []
+    return [f"{s.t - since:+.3f}s {s.error}" for s in r.samples
+            if s.t >= since and not s.ok and "closed" in s.error
+            and s.sent <= cut + KILL_AFTER_LOG_S and cut - 0.002 <= s.t <= cut + KILL_AFTER_LOG_S]
+
+
 @pytest.mark.parametrize("replicas", [1, 2], ids=["2-node", "3-node"])
 def test_reads_keep_flowing_through_a_master_sigkill(
     make_stack: StackFactory, make_controller: ControllerFactory, replicas: int
 ) -> None:
     """While the master is killed, failed over and gone, the new-connection reader reads without
-    a single error: replicas keep serving while their master is down, and the promoted one
-    serves through its promotion. The held connection loses at most one read: Sentinel kills
-    the promoted replica's client connections with `REPLICAOF NO ONE`, and (3-node) those of
-    the other replica when it reconfigures it, which meanwhile takes no new reads: not during
-    the promotion, nor between the leader's `+promoted-slave` and its `SLAVEOF` to it."""
+    an error, but for one read in flight at the instant Sentinel promotes the replica (its
+    CLIENT KILL closes that node's connections): replicas keep serving while their master is
+    down, and the promoted one serves through its promotion. The held connection loses at
+    most one read: Sentinel kills the promoted replica's client connections with `REPLICAOF
+    NO ONE`, and (3-node) those of the other replica when it reconfigures it, which meanwhile
+    takes no new reads: not during the promotion, nor between the leader's `+promoted-slave`
+    and its `SLAVEOF` to it."""
     stack = make_stack(groups=(G,), replicas=replicas)
     d = make_controller(stack)
     recorder = EventRecorder(stack.sentinel_addrs)
@@ -96,7 +126,12 @@ def test_reads_keep_flowing_through_a_master_sigkill(
         wait_until(lambda: all(len(r.samples) > n[id(r)] + 50 for r in rs), 10,
                    "50 more reads each")
     held, fresh = rs
-    assert failed_reads(fresh, t0) == []
+    # A read in flight on the promoted replica at Sentinel's CLIENT KILL is lost whatever
+    # HAProxy does (its connection is closed under it; no other node can answer it in time):
+    # at most that one, every other read of the new-connection reader answered.
+    cut = cut_by_the_promotion(fresh, t0, promoted_at(stack, promoted))
+    assert len(cut) <= 1, cut
+    assert [f for f in failed_reads(fresh, t0) if f not in cut] == []
     assert len(failed_reads(held, t0)) <= 1, failed_reads(held, t0)
     # The promoted replica kept its read server through the promotion (out, if at all, only
     # after the writes moved to it: when the failover ends, or a replica follows it); the
