@@ -3,12 +3,14 @@
 One short-lived connection per exchange (0.1 ms on a unix socket, facts A.2): a fresh
 connection always reaches the current worker after a reload, where a kept one would stay
 on the old, stopping worker (facts 0.3). Several commands go in one `;`-joined line, so a
-failover is one exchange. Every reply is checked; an error carries its command.
+failover is one exchange. Every reply is checked; an error carries its command. `hold` keeps
+one idle session open (reopened every second), only to see HAProxy go away the moment it does.
 Must not decide anything: it reads state and runs the commands it is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import time
@@ -88,6 +90,8 @@ class HAProxyClient:
                 raise ValueError("haproxy socket: empty path")
             self._family = socket.AF_UNIX
             self._addr = target
+        self._held: socket.socket | None = None  # the session `hold` keeps open
+        self._release = False  # `release` ended it, not HAProxy
 
     def exchange(self, line: str) -> str:
         """Send one line, read the reply to EOF (non-interactive mode)."""
@@ -115,6 +119,45 @@ class HAProxyClient:
         except OSError as e:
             raise HAProxyError(self.target, f"cannot talk to the socket: {e}", line[:120]) from e
         return b"".join(chunks).decode("utf-8", "replace")
+
+    def hold(self, max_s: float, on_open: Callable[[], None] | None = None) -> bool:
+        """Keep one session open, sending nothing, for up to `max_s`: HAProxy closes every
+        session as it stops or dies, so its end is seen at once. True when HAProxy ended it
+        (stopped, died, or its `stats timeout` ran out), False after `max_s` or `release()`.
+        `on_open` runs once it is connected. Raises HAProxyError when it cannot connect.
+
+        The session is closed by us within `max_s`: after a master-worker reload it keeps the
+        old worker alive at most that long (facts 0.3).
+        """
+        try:
+            with socket.socket(self._family, socket.SOCK_STREAM) as s:
+                s.settimeout(self.timeout_s)
+                s.connect(self._addr)
+                self._release = False
+                self._held = s
+                try:
+                    if on_open is not None:
+                        on_open()
+                    s.settimeout(max_s)
+                    s.recv(1)  # b"": closed; HAProxy sends nothing unasked
+                    released, self._release = self._release, False
+                    return not released
+                except TimeoutError:
+                    return False
+                except ConnectionError:  # reset: HAProxy went away
+                    return True
+                finally:
+                    self._held = None
+        except OSError as e:
+            raise HAProxyError(self.target, f"cannot talk to the socket: {e}") from e
+
+    def release(self) -> None:
+        """End a `hold` in progress (from another thread) at once."""
+        s = self._held
+        if s is not None:
+            self._release = True
+            with contextlib.suppress(OSError):  # it may have ended meanwhile
+                s.shutdown(socket.SHUT_RDWR)
 
     def info(self) -> HAProxyInfo:
         text = self.exchange("show info")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +47,15 @@ GATHER_S = 0.004
 FULL_READ_AT = 400  # backends: from this many on, read the whole state in one exchange
 MIN_BACKOFF_S = 0.05
 FRESH_FOR_S = 1.0  # a read ahead of a targeted sync is used only this soon after
+# The watch: one idle session held open (`hold`), reopened this often; its end says at once
+# that HAProxy stopped or died, where the probe every `poll_interval_s` would see it later.
+WATCH_HOLD_S = 1.0
+# While the watch cannot connect: try again this often (a refused connect costs microseconds),
+# so that a restarted HAProxy is seen, probed and given its state within ~10 ms of listening;
+# WATCH_SLOW_S once it has been gone WATCH_FAST_FOR_S (a long outage costs a connect a tick).
+WATCH_RETRY_S = 0.01
+WATCH_FAST_FOR_S = 5.0
+WATCH_SLOW_S = 0.1
 
 
 class HAProxyTarget(Protocol):
@@ -64,6 +73,10 @@ class HAProxyTarget(Protocol):
                      ) -> AppliedAndRead: ...
 
     def maps(self) -> list[str]: ...
+
+    def hold(self, max_s: float, on_open: Callable[[], None] | None = None) -> bool: ...
+
+    def release(self) -> None: ...
 
     def set_map(self, file: str, key: str, value: str) -> None: ...
 
@@ -144,6 +157,8 @@ class HAProxyWorker:
         self._urgent_sync = False  # a sync of hinted groups is running (guarded by _cond)
         self._forgotten: set[str] = set()  # groups to forget in this thread (guarded by _cond)
         self._gather_until: float | None = None  # gathering a full pass's groups until
+        self._watch_thread: threading.Thread | None = None
+        self._watch_stop = threading.Event()
 
     # -- the loop's side -----------------------------------------------------------------
     def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
@@ -231,13 +246,20 @@ class HAProxyWorker:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"haproxy-{self.target}")
         self._thread.start()
+        self._watch_thread = threading.Thread(target=self._watch, daemon=True,
+                                              name=f"haproxy-watch-{self.target}")
+        self._watch_thread.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        self._watch_stop.set()
+        self.h.release()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout_s)
 
     def drain(self, full_read: bool = False) -> list[HAProxyOutcome]:
         """Inline mode (no thread): sync every dirty group now, in one sync; the outcome
@@ -320,6 +342,33 @@ class HAProxyWorker:
         if not batch and lease is None and time.monotonic() >= self._next_probe:
             self.probe()
         return True
+
+    def _watch(self) -> None:
+        """Hold an idle session open and wake the worker to probe the moment it ends, or the
+        moment HAProxy can be reached again after it could not: a restart is then seen within
+        WATCH_RETRY_S of the new HAProxy listening. Decides nothing (the probe does)."""
+        gone_since: float | None = None
+        while not self._watch_stop.is_set():
+            try:
+                ended = self.h.hold(WATCH_HOLD_S,
+                                    on_open=self._probe_now if gone_since is not None else None)
+                gone_since = None
+                if ended and not self._watch_stop.is_set():
+                    self._probe_now()
+            except HAProxyError:
+                if gone_since is None:
+                    gone_since = time.monotonic()
+                    self._probe_now()
+                fast = time.monotonic() - gone_since < WATCH_FAST_FOR_S
+                self._watch_stop.wait(WATCH_RETRY_S if fast else WATCH_SLOW_S)
+            except Exception:  # a bug: say so and go on; never spin on it
+                log.exception("unexpected_error", where="haproxy watch", haproxy=self.target)
+                self._watch_stop.wait(1.0)
+
+    def _probe_now(self) -> None:
+        with self._cond:
+            self._next_probe = time.monotonic()
+            self._cond.notify_all()
 
     def _gathering(self, now: float) -> bool:
         """Whether to wait (bounded) for more of a full pass's groups before syncing: only

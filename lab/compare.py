@@ -53,6 +53,8 @@ SCENARIOS: dict[str, str] = {
     "replica": "SIGKILL of the replica, restarted 3 s later",
     "leader": "SIGKILL of the master, then of the Sentinel leading the failover as it sends "
               "SLAVEOF NO ONE (double fault; that Sentinel restarted 8 s after the first kill)",
+    "proxy": "SIGKILL of HAProxy, started again from its config 1 s later (a container "
+             "restart: every runtime state lost)",
 }
 #: Setups, in table order: the two HAProxy-only peers, then this project. classic: role health
 #: checks (haproxy/haproxy-classic.cfg); redis-ha: the redis-ha Helm chart's role checks plus
@@ -134,6 +136,8 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
         return replace(base, method="replica-kill", pause_s=3.0)
     if scenario == "leader":  # Sentinel re-elects only after 2 x failover-timeout (10 s)
         return replace(base, method="kill", pause_s=8.0, duration_s=90.0)
+    if scenario == "proxy":
+        return replace(base, method="proxy-restart", pause_s=1.0)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
@@ -165,7 +169,11 @@ def wait_conversion(run: DrillRun, addr: str, since: float, timeout_s: float,
 
 
 def run_scenario(setup: Setup, scenario: str) -> Recording:
-    fault = LeaderLoss(setup) if scenario == "leader" else None
+    fault: Fault | None = None
+    if scenario == "leader":
+        fault = LeaderLoss(setup)
+    elif scenario == "proxy":
+        fault = ProxyRestart(setup)
     return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario), fault)
 
 
@@ -204,6 +212,24 @@ class LeaderLoss:
             return "no failover leader seen within 20 s: no Sentinel killed"
         self.setup.stack.start_sentinel(self.killed)
         return f"sentinel #{self.killed} restarted"
+
+
+class ProxyRestart:
+    """HAProxy crashes (SIGKILL by PID) and is started again from its config when healed, as
+    a restarted container is: its server states and maps are the config's again (a `drill.Fault`;
+    no Redis node is touched)."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    def inject(self, run: DrillRun) -> str:
+        pid = self.setup.stack.haproxy_pid
+        self.setup.stack.kill_haproxy()
+        return f"SIGKILL HAProxy (pid {pid})"
+
+    def heal(self) -> str:
+        self.setup.stack.start_haproxy()
+        return f"HAProxy started again (pid {self.setup.stack.haproxy_pid})"
 
 
 def run_measured(setup: Setup, spec: DrillSpec, after: Callable[[DrillRun], None] | None = None,

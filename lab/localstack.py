@@ -826,6 +826,11 @@ class LocalStack:
     def stop_haproxy(self) -> None:
         self._haproxy.stop()
 
+    def kill_haproxy(self, sig: int = signal.SIGKILL, timeout_s: float = 15) -> None:
+        """A crash: `sig` to HAProxy by PID, wait until it is gone (`start_haproxy` brings it
+        back from its config, every runtime state lost)."""
+        self._haproxy.kill(sig, timeout_s)
+
     def start_haproxy(self, timeout_s: float = 10) -> None:
         self._start_haproxy(time.monotonic() + timeout_s)
 

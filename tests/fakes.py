@@ -14,7 +14,9 @@ controller.haproxy_worker.HAProxyTarget); neither talks to anything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
 
 from captured import GROUP, haproxy_state, views
 
@@ -111,6 +113,26 @@ class FakeHAProxy:
         self.down = False
         self.map_files: list[str] = []  # maps this HAProxy loaded (e.g. a lease.map)
         self.map_entries: dict[tuple[str, str], str] = {}
+        self._released = threading.Event()
+
+    def hold(self, max_s: float, on_open: Callable[[], None] | None = None) -> bool:
+        """As the client's, in memory: raises while down; else True once this HAProxy
+        restarts or goes down, False after `max_s` or `release()` (looks every 10 ms)."""
+        if self.down:
+            raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        self._released.clear()
+        if on_open is not None:
+            on_open()
+        began = self.state_.info
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and not self._released.is_set():
+            if self.down or self.state_.info != began:
+                return True
+            self._released.wait(0.01)
+        return False
+
+    def release(self) -> None:
+        self._released.set()
 
     def restart(self) -> None:
         """A restarted HAProxy: config state again, new Pid and start time."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,44 @@ def test_stopped_haproxy_raises_naming_the_target(haproxy: HAProxy) -> None:
     haproxy.proc.kill(signal.SIGTERM, timeout_s=5)  # SIGTERM, then until it has exited
     with pytest.raises(HAProxyError, match=re.escape(str(haproxy.sock))):
         client.info()
+
+
+def test_held_session_ends_the_moment_haproxy_dies(haproxy: HAProxy) -> None:
+    """`hold` keeps an idle session open; a SIGKILL of HAProxy ends it (True, HAProxy ended
+    it), long before its `max_s`; once HAProxy is gone, `hold` cannot connect and raises
+    naming the socket."""
+    client = HAProxyClient(str(haproxy.sock))
+    opened = threading.Event()
+    ended: list[bool] = []
+    t = threading.Thread(target=lambda: ended.append(client.hold(30.0, opened.set)))
+    t.start()
+    try:
+        assert opened.wait(5)
+        haproxy.proc.kill(signal.SIGKILL, timeout_s=5)
+        t.join(5)
+        assert ended == [True]
+    finally:
+        client.release()
+        t.join(5)
+    with pytest.raises(HAProxyError, match=re.escape(str(haproxy.sock))):
+        client.hold(1.0)
+
+
+def test_held_session_is_ours_to_end(haproxy: HAProxy) -> None:
+    """`hold` returns False after `max_s` (HAProxy kept the idle session) and at once on
+    `release()` from another thread; HAProxy keeps answering meanwhile."""
+    client = HAProxyClient(str(haproxy.sock))
+    assert client.hold(0.2) is False
+    opened = threading.Event()
+    ended: list[bool] = []
+    t = threading.Thread(target=lambda: ended.append(client.hold(30.0, opened.set)))
+    t.start()
+    try:
+        assert opened.wait(5)
+        assert client.info().pid == haproxy.proc.pid
+        client.release()
+        t.join(5)
+        assert ended == [False]
+    finally:
+        client.release()
+        t.join(5)

@@ -375,3 +375,23 @@ def test_a_reader_process_whose_drill_is_gone_stops_quietly() -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+
+
+def test_a_crashed_haproxy_is_seen_at_once_and_set_right_when_it_is_back(
+    make_stack: StackFactory, make_controller: ControllerFactory
+) -> None:
+    """HAProxy SIGKILLed, then started again from its config (every server `disabled`: it
+    routes nothing until told). With the periodic probe at a minute and no write lease
+    (nothing else would ask it), the controller's idle watch session ends with the crash
+    (`haproxy_unreachable`), it sees the new HAProxy listening and gives it the state
+    (`haproxy_restarted`): the master behind the write port, the replica behind the read
+    port."""
+    stack = make_stack(groups=(G,), replicas=1)
+    d = make_controller(stack, "--haproxy-poll-interval-s", "60", "--no-write-lease")
+    mark = d.mark()
+    stack.kill_haproxy()
+    d.wait_event("haproxy_unreachable", since=mark, timeout_s=10)
+    stack.start_haproxy()
+    wait_state(stack, {G: f"{G}a"}, read_ready={G: {f"{G}b"}}, timeout_s=10,
+               what="the state back after the restart")
+    d.wait_event("haproxy_restarted", since=mark, timeout_s=10)

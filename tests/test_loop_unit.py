@@ -16,6 +16,7 @@ from captured import GROUP, A, B, node, views, with_master
 from fakes import FakeHAProxy, FakeSentinels
 from structlog.testing import capture_logs
 
+from controller import haproxy_worker
 from controller.decide import decide
 from controller.haproxy import CommandResult, HAProxyError
 from controller.haproxy_worker import CHUNK
@@ -513,6 +514,38 @@ def test_hung_haproxy_delays_neither_the_other_one_nor_the_loop_and_is_caught_up
         hung.hung.clear()
         wait_until(lambda: admin_of(hung)[W] == {"redis1a": "maint", "redis1b": "ready"},
                    2.0, "the hung HAProxy caught up", 0.005)
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_a_restarted_haproxy_is_seen_by_the_watch_not_by_the_next_probe(
+    sentinels: FakeSentinels, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's loop with the periodic probe and the probe backoff at a minute and no
+    write lease (nothing else asks the HAProxy): when it goes down its idle watch session
+    ends, and the worker probes and marks it down at once; when it is back, restarted (its
+    config's state), the watch's next connect makes the worker probe and set it right, where
+    the probe would have come a minute later."""
+    monkeypatch.setattr(haproxy_worker, "MIN_BACKOFF_S", 60.0)
+    h = FakeHAProxy()
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=60.0,
+                        resync_interval_s=60.0, write_lease=False)
+    ctl = Controller(settings, sentinels, [h])
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: admin_of(h) == STEADY, 5, "initial state")
+        h.down = True
+        wait_until(lambda: ctl.counters.haproxy_up.get(h.target) is False, 5,
+                   "the HAProxy seen down")
+        h.restart()
+        assert admin_of(h) != STEADY
+        h.down = False
+        wait_until(lambda: admin_of(h) == STEADY, 5, "the restarted HAProxy set right")
+        assert ctl.counters.haproxy_up[h.target] is True
     finally:
         stop.set()
         loop.join(5)
