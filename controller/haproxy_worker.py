@@ -16,7 +16,10 @@ When its HAProxy fails (timeout, refused socket) the worker keeps the wanted sta
 `show info`, with backoff up to `poll_interval_s`, until it answers (a hung HAProxy gets no
 command that it could run late, when it wakes up), then syncs every group: its state may be
 anything (restarted, hand-edited, a late command ran). It also asks `show info` every
-`poll_interval_s` when idle, to see a restart or reload, and pushes the write lease.
+`poll_interval_s` when idle, to see a reload, and pushes the write lease. A second thread, the
+watch, holds one idle session open: its end (HAProxy died or stopped) wakes the worker to
+probe at once, and so does the watch's first connect after HAProxy could not be reached (a
+restart is seen within ~10 ms of the new HAProxy listening).
 Must not decide anything, nor talk to anything but its HAProxy (through `HAProxyTarget`).
 """
 
