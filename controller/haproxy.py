@@ -244,7 +244,8 @@ class HAProxyClient:
         try:
             state = parse_targeted_outputs(outputs, backends)
         except HAProxyReplyError as e:
-            return AppliedAndRead(results, None, f"haproxy {self.target}: bad state reply: {e}")
+            err = HAProxyError(self.target, f"bad state reply: {e}", line[:120])
+            return AppliedAndRead(results, None, str(err))
         return AppliedAndRead(results, state)
 
     def run(self, commands: Sequence[Command]) -> list[CommandResult]:

@@ -162,6 +162,7 @@ class HAProxyWorker:
         self._gather_until: float | None = None  # gathering a full pass's groups until
         self._watch_thread: threading.Thread | None = None
         self._watch_stop = threading.Event()
+        self._probe_asked = False  # the watch wants a probe now (guarded by _cond)
 
     # -- the loop's side -----------------------------------------------------------------
     def want(self, wanted: Mapping[str, tuple[BackendTarget, ...]],
@@ -302,7 +303,7 @@ class HAProxyWorker:
         with self._cond:
             now = time.monotonic()
             work = self.up and (bool(self._dirty) or self._lease_due or bool(self._prefetch))
-            if not work and not self._stop:
+            if not work and not self._stop and not self._probe_asked:
                 self._cond.wait(max(0.0, self._next_probe - now))
             if self._stop:
                 return False
@@ -314,11 +315,12 @@ class HAProxyWorker:
             self._lease_due = self._lease_due and lease is None
             ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
             forgotten, self._forgotten = self._forgotten, set()
+            asked = self._probe_asked  # cleared by the probe that answers it
         if forgotten:
             self._drop_forgotten(forgotten)
         now = time.monotonic()
         if not self.up:
-            if now >= self._next_probe:
+            if asked or now >= self._next_probe:
                 self.probe()
             return True
         if ahead:
@@ -342,7 +344,7 @@ class HAProxyWorker:
                                 self._mark(g, d.since, d.urgent and not raised)
                 if urgent:  # outside `_cond`: the loop waits for this holding its own lock
                     self.hooks.applied()
-        if not batch and lease is None and time.monotonic() >= self._next_probe:
+        if asked or (not batch and lease is None and time.monotonic() >= self._next_probe):
             self.probe()
         return True
 
@@ -369,8 +371,10 @@ class HAProxyWorker:
                 self._watch_stop.wait(1.0)
 
     def _probe_now(self) -> None:
+        """Ask the worker for a probe. A flag, not `_next_probe`: the worker's own schedule
+        (a failed probe's backoff) must not overwrite the watch's request."""
         with self._cond:
-            self._next_probe = time.monotonic()
+            self._probe_asked = True
             self._cond.notify_all()
 
     def _gathering(self, now: float) -> bool:
@@ -400,6 +404,8 @@ class HAProxyWorker:
     def probe(self) -> bool:
         """`show info`; True when this HAProxy restarted, reloaded or came back (then every
         group is synced again and the loop is told)."""
+        with self._cond:
+            self._probe_asked = False  # this probe answers any request made before it
         self._next_probe = time.monotonic() + (self.poll_interval_s if self.up
                                                else self._backoff)
         try:

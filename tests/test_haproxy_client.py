@@ -227,17 +227,24 @@ def test_stopped_haproxy_raises_naming_the_target(haproxy: HAProxy) -> None:
         client.info()
 
 
+def held_in_a_thread(client: HAProxyClient) -> tuple[threading.Thread, list[bool]]:
+    """`client.hold(30 s)` running in a thread, once its session is open; the list gets what
+    `hold` returned."""
+    opened = threading.Event()
+    ended: list[bool] = []
+    t = threading.Thread(target=lambda: ended.append(client.hold(30.0, opened.set)), daemon=True)
+    t.start()
+    assert opened.wait(5), "the held session did not open"
+    return t, ended
+
+
 def test_held_session_ends_the_moment_haproxy_dies(haproxy: HAProxy) -> None:
     """`hold` keeps an idle session open; a SIGKILL of HAProxy ends it (True, HAProxy ended
     it), long before its `max_s`; once HAProxy is gone, `hold` cannot connect and raises
     naming the socket."""
     client = HAProxyClient(str(haproxy.sock))
-    opened = threading.Event()
-    ended: list[bool] = []
-    t = threading.Thread(target=lambda: ended.append(client.hold(30.0, opened.set)))
-    t.start()
+    t, ended = held_in_a_thread(client)
     try:
-        assert opened.wait(5)
         haproxy.proc.kill(signal.SIGKILL, timeout_s=5)
         t.join(5)
         assert ended == [True]
@@ -253,12 +260,8 @@ def test_held_session_is_ours_to_end(haproxy: HAProxy) -> None:
     `release()` from another thread; HAProxy keeps answering meanwhile."""
     client = HAProxyClient(str(haproxy.sock))
     assert client.hold(0.2) is False
-    opened = threading.Event()
-    ended: list[bool] = []
-    t = threading.Thread(target=lambda: ended.append(client.hold(30.0, opened.set)))
-    t.start()
+    t, ended = held_in_a_thread(client)
     try:
-        assert opened.wait(5)
         assert client.info().pid == haproxy.proc.pid
         client.release()
         t.join(5)
