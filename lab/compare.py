@@ -9,7 +9,11 @@ on both at once, with the same writers, readers and fault:
            again until Sentinel converts it ~10 s later);
 - hold:    a connection held through the failover: SIGSTOP of the master, SENTINEL FAILOVER,
            SIGCONT once Sentinel switched;
-- replica: SIGKILL of the replica, restarted 3 s later (read errors).
+- replica: SIGKILL of the replica, restarted 3 s later (read errors);
+- leader:  SIGKILL of the master, then of the Sentinel leading its failover;
+- proxy:   SIGKILL of HAProxy (master and worker), started again 1 s later;
+- reload:  master-worker reload of HAProxy (SIGUSR2 to its master).
+Every setup's HAProxy runs in master-worker mode (`-W`), as the official image runs it.
 Between scenarios both stacks are brought back to "two nodes, one master, one linked replica,
 HAProxy routing accordingly" (not measured). `--repeat N` gives the median and the worst.
 lab.partition runs its network partitions on the same stacks (`started`, `all_at_once`,
@@ -43,7 +47,7 @@ from lab.localstack import (
 from lab.measure import METRICS, Recording, aggregate, fmt_num
 from lab.probes import Mark, current_master, event_is_for
 from lab.resp import RespError
-from lab.wait import wait_until
+from lab.wait import WaitTimeout, wait_until
 
 GROUP = "redis1"
 SCENARIOS: dict[str, str] = {
@@ -55,6 +59,8 @@ SCENARIOS: dict[str, str] = {
               "SLAVEOF NO ONE (double fault; that Sentinel restarted 8 s after the first kill)",
     "proxy": "SIGKILL of HAProxy, started again from its config 1 s later (a container "
              "restart: every runtime state lost)",
+    "reload": "master-worker reload of HAProxy (SIGUSR2): a new worker starts from the config; "
+              "established connections stay on the old one",
 }
 #: Setups, in table order: the two HAProxy-only peers, then this project. classic: role health
 #: checks (haproxy/haproxy-classic.cfg); redis-ha: the redis-ha Helm chart's role checks plus
@@ -100,11 +106,13 @@ class CompareActions(StackActions):
 def layouts(setups: Sequence[str] = SETUPS, replicas: int = 1,
             **overrides: object) -> dict[str, Layout]:
     """One-group layouts on distinct loopback addresses and free ports, one per setup
-    (`overrides`: other Layout fields, the same for every setup)."""
+    (`overrides`: other Layout fields, the same for every setup). HAProxy runs in master-worker
+    mode, as a container runs it (and so that it can be reloaded)."""
+    fields: dict[str, object] = {"haproxy_master_worker": True, **overrides}
     return {
         name: Layout.for_tests(groups=(GROUP,), haproxy_config=CONFIGS[name], replicas=replicas,
                                first_node_ip=2 + 40 * i, first_sentinel_ip=30 + 40 * i,
-                               **overrides)
+                               **fields)
         for i, name in enumerate(setups)
     }
 
@@ -138,6 +146,8 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
         return replace(base, method="kill", pause_s=8.0, duration_s=90.0)
     if scenario == "proxy":
         return replace(base, method="proxy-restart", pause_s=1.0)
+    if scenario == "reload":
+        return replace(base, method="proxy-reload", pause_s=1.0)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
@@ -174,6 +184,8 @@ def run_scenario(setup: Setup, scenario: str) -> Recording:
         fault = LeaderLoss(setup)
     elif scenario == "proxy":
         fault = ProxyRestart(setup)
+    elif scenario == "reload":
+        fault = ProxyReload(setup)
     return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario), fault)
 
 
@@ -215,21 +227,78 @@ class LeaderLoss:
 
 
 class ProxyRestart:
-    """HAProxy crashes (SIGKILL by PID) and is started again from its config when healed, as
-    a restarted container is: its server states and maps are the config's again (a `drill.Fault`;
-    no Redis node is touched)."""
+    """HAProxy crashes (SIGKILL to its process group: master and workers) and is started again
+    from its config when healed, as a restarted container is: its server states and maps are
+    the config's again (a `drill.Fault`; no Redis node is touched)."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
 
     def inject(self, run: DrillRun) -> str:
+        # Nothing slow before the kill: a write acked between the fault time and the kill
+        # counts as the end of the outage (measured: listing the workers from /proc first
+        # took the write outage from ~1.1 s to 6 ms).
         pid = self.setup.stack.haproxy_pid
         self.setup.stack.kill_haproxy()
-        return f"SIGKILL HAProxy (pid {pid})"
+        return f"SIGKILL HAProxy (process group {pid}: master and workers)"
 
     def heal(self) -> str:
         self.setup.stack.start_haproxy()
         return f"HAProxy started again (pid {self.setup.stack.haproxy_pid})"
+
+
+class ProxyReload:
+    """A master-worker reload of HAProxy (a `drill.Fault`): SIGUSR2 to its master by PID, as
+    `docker kill -s USR2` does; a new worker starts from the config and takes new connections,
+    the old one keeps its established ones until they close.
+
+    Nothing to heal, but `heal` waits (bounded) until the write frontend steadily gives fresh
+    connections the master: the persistent writer, still on the old worker, acks at once and
+    would end the drill before the new worker's gap is over (measured: a controller setup
+    whose new worker refused writes for longer than the 1 s pause)."""
+
+    STEADY_S = 0.5  # fresh connections on the master, none failing, for this long
+    WAIT_S = 20.0  # within the drill's 30 s
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    def inject(self, run: DrillRun) -> str:
+        master = self.setup.stack.haproxy_pid
+        old, new = self.setup.stack.reload_haproxy()
+        return f"SIGUSR2 HAProxy master (pid {master}): worker {old} -> {new}"
+
+    def heal(self) -> str:
+        start = time.time()
+        since: list[float] = []  # start of the current run of fresh connections on the master
+
+        def steady() -> bool:
+            if not self._master_through_write():
+                since.clear()
+                return False
+            if not since:
+                since.append(time.time())
+            return time.time() - since[0] >= self.STEADY_S
+
+        try:
+            wait_until(steady, self.WAIT_S, "fresh write connections on the master",
+                       interval_s=0.01)
+        except WaitTimeout:
+            return (f"reloaded; fresh connections through the write frontend not steadily on "
+                    f"the master within {self.WAIT_S:.0f} s")
+        return (f"reloaded; fresh connections through the write frontend on the master, "
+                f"{self.STEADY_S:g} s in a row, after {(since[0] - start) * 1000:.0f} ms of "
+                "checking")
+
+    def _master_through_write(self) -> bool:
+        """One fresh connection through the write frontend reaches a node that says master."""
+        stack = self.setup.stack
+        try:
+            reply = resp.command(stack.write_frontend(GROUP), "ROLE", timeout_s=0.5,
+                                 password=stack.layout.redis_password or None)
+        except (OSError, RespError):
+            return False
+        return isinstance(reply, list) and bool(reply) and reply[0] == "master"
 
 
 def run_measured(setup: Setup, spec: DrillSpec, after: Callable[[DrillRun], None] | None = None,

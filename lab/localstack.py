@@ -2,16 +2,18 @@
 
 What it does: starts, for every master group of a :class:`Layout`, two ``redis-server`` nodes
 (``<group>a`` master, ``<group>b`` replica), ``Layout.sentinels`` ``redis-sentinel`` processes and
-one ``haproxy``, all as plain child processes of the caller (``subprocess.Popen``, foreground,
-``daemonize no``). Each Redis node and each sentinel listens on its own loopback address
-(127.0.0.2, 127.0.0.3, ... and 127.0.0.20, ...) with one shared port, as containers would; HAProxy's
-frontends and stats page bind 127.0.0.1. The configs are the shipped files with only hostnames,
-ports, the admin socket path and a few process-local lines (bind address, dir, log) substituted, so
-what runs here is what ships. Every process has its own directory with its config and log file
+one ``haproxy`` (with ``Layout.haproxy_master_worker``: ``-W``, a master and its workers), all
+as plain child processes of the caller (``subprocess.Popen``, foreground, ``daemonize no``).
+Each Redis node and each sentinel listens on its own loopback address (127.0.0.2, 127.0.0.3, ...
+and 127.0.0.20, ...) with one shared port, as containers would; HAProxy's frontends and stats
+page bind 127.0.0.1. The configs are the shipped files with only hostnames, ports, the admin
+socket path and a few process-local lines (bind address, dir, log) substituted, so what runs here
+is what ships. Every process has its own directory with its config and log file
 inside the stack's workdir. Used by the ``demo`` command and by every integration test fixture.
 
 What it must not do: stop anything it did not start (processes are signalled by the PID of the
-``Popen`` that started them, never by name: no pkill/killall); daemonize or detach processes it
+``Popen`` that started them, HAProxy's master-worker set by that PID's process group, never by
+name: no pkill/killall); daemonize or detach processes it
 cannot track; synchronise with fixed sleeps (every wait polls a condition until a deadline and
 raises lab.wait.WaitTimeout naming what it waited for); write anywhere outside its workdir (except
 a short temporary directory for the admin socket when the workdir path is too long for a unix
@@ -41,7 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from controller.haproxy import HAProxyClient
+from controller.haproxy import HAProxyClient, HAProxyError
 from controller.model import Address, HAProxyState
 from controller.settings import Settings
 from lab import resp
@@ -53,7 +55,7 @@ from lab.procs import (
     ProcessError,
     start_haproxy,
 )
-from lab.wait import wait_until
+from lab.wait import NOT_YET, WaitTimeout, wait_until
 
 #: The repository's haproxy/ and sentinel/ directories, reached through symlinks inside the
 #: package (lab/shipped-files/), so that a wheel carries them as package data.
@@ -76,6 +78,10 @@ PORT_RANGE = (20000, 32000)
 
 #: A unix socket path must fit in sun_path (108 bytes including the NUL).
 _MAX_UNIX_PATH = 100
+
+#: reload_haproxy: SIGUSR2 is sent again when no new worker answered within this time (one
+#: sent in the first few hundred ms after the master's start can be lost).
+RELOAD_RESEND_S = 1.0
 
 Role = Literal["master", "replica"]
 
@@ -203,6 +209,9 @@ class Layout:
     #: frontends and a TCP admin socket (``admin_tcp_port``) on ``[::1]``.
     ipv6: bool = False
     admin_tcp_port: int = 0  # ipv6: HAProxy's admin socket on [::1] for the controller
+    #: HAProxy in master-worker mode (``-W``, as the official image runs it): a master process
+    #: and a worker; :meth:`LocalStack.reload_haproxy` reloads it (SIGUSR2 to the master).
+    haproxy_master_worker: bool = False
 
     def __post_init__(self) -> None:
         if not self.groups or len(set(self.groups)) != len(self.groups):
@@ -307,6 +316,7 @@ _SECTION_RE = re.compile(
 )
 _BIND_RE = re.compile(r"^(\s+bind\s+)\S*?:(\d+)(.*)$")
 _SOCKET_RE = re.compile(r"^(\s+stats\s+socket\s+)(\S+)(.*)$")
+_STATE_FILE_RE = re.compile(r"^(\s+server-state-file\s+)(\S+)(.*)$")
 _SERVER_RE = re.compile(r"^(\s+server\s+\S+\s+)(\S+?):(\d+)(.*)$")
 _GROUP_SECTION_RE = re.compile(r"^(.+)_(write|read|master|replicas)$")
 #: haproxy-redis-ha.cfg: one Sentinel-vote backend per node (``check_if_redis1a_is_master``).
@@ -435,6 +445,9 @@ def _render_haproxy_line(
         tcp = (f"\n{m.group(1)}ipv6@::1:{layout.admin_tcp_port} level admin"
                if layout.admin_tcp_port else "")
         return f"{m.group(1)}{socket_path}{m.group(3)}{tcp}"
+    m = _STATE_FILE_RE.match(line)
+    if m:  # beside the socket, where the controller keeps it (its default haproxy_state_file)
+        return f"{m.group(1)}{socket_path.parent / Path(m.group(2)).name}{m.group(3)}"
     m = _EXPECT_RE.match(line)
     if m and m.group(2) in nodes:
         return f"{m.group(1)}{nodes[m.group(2)].host}{m.group(3)}"
@@ -798,7 +811,16 @@ class LocalStack:
 
     @property
     def haproxy_pid(self) -> int | None:
+        """The PID of the HAProxy process the stack started (in master-worker mode: the
+        master's; `show info` names the worker)."""
         return self._haproxy.pid
+
+    def haproxy_pids(self) -> list[int]:
+        """Every live HAProxy process of the stack: in master-worker mode its master and every
+        worker (old ones too, while a client connection keeps them), else the one process."""
+        if self.layout.haproxy_master_worker:
+            return self._haproxy.group_pids()
+        return [pid] if (pid := self._haproxy.pid) is not None else []
 
     def haproxy(self, timeout_s: float = 2.0) -> HAProxyClient:
         """A Runtime API client on the stack's admin socket."""
@@ -828,17 +850,49 @@ class LocalStack:
 
     def kill_haproxy(self, sig: int = signal.SIGKILL, timeout_s: float = 15) -> None:
         """A crash: `sig` to HAProxy by PID, wait until it is gone (`start_haproxy` brings it
-        back from its config, every runtime state lost)."""
+        back from its config, every runtime state lost). In master-worker mode `sig` goes to
+        its process group, master and every worker, as a container's end kills every process
+        in it."""
         self._haproxy.kill(sig, timeout_s)
+
+    def reload_haproxy(self, timeout_s: float = 10) -> tuple[int, int]:
+        """A master-worker reload: SIGUSR2 to HAProxy's master by its PID; wait until `show
+        info` (a fresh connection) names a new worker that is not stopping. Returns (old, new)
+        worker PIDs. The old worker serves its established connections until they close.
+
+        Needs Layout.haproxy_master_worker. A SIGUSR2 that reaches the master in the first few
+        hundred ms after its start can be lost (measured): it is sent again when no new worker
+        answers within RELOAD_RESEND_S.
+        """
+        if not self.layout.haproxy_master_worker:
+            raise LocalStackError("reload_haproxy needs Layout.haproxy_master_worker (-W)")
+        deadline = time.monotonic() + timeout_s
+        old = self.haproxy().info().pid
+
+        def new_worker() -> int | None:
+            info = self.haproxy(1.0).info()
+            return info.pid if info.pid != old and not info.stopping else None
+
+        while True:
+            self._haproxy.send_signal(signal.SIGUSR2)
+            attempt = min(deadline, time.monotonic() + RELOAD_RESEND_S)
+            try:
+                return old, self._wait_haproxy(f"a new HAProxy worker (not {old}) after SIGUSR2",
+                                               new_worker, attempt)
+            except WaitTimeout:
+                if time.monotonic() >= deadline:
+                    raise
 
     def start_haproxy(self, timeout_s: float = 10) -> None:
         self._start_haproxy(time.monotonic() + timeout_s)
 
     def pause_haproxy(self) -> None:
-        self._haproxy.send_signal(signal.SIGSTOP)
+        """SIGSTOP HAProxy (in master-worker mode its whole process group: the workers carry
+        the traffic)."""
+        self._haproxy.send_signal(signal.SIGSTOP, self.layout.haproxy_master_worker)
 
     def resume_haproxy(self) -> None:
-        self._haproxy.send_signal(signal.SIGCONT)
+        self._haproxy.send_signal(signal.SIGCONT, self.layout.haproxy_master_worker)
 
     def haproxy_command(self, cmd: str, timeout_s: float = 5.0) -> str:
         """Send one command line on a fresh connection to the admin socket; return the reply."""
@@ -960,9 +1014,26 @@ class LocalStack:
     def _start_haproxy(self, deadline: float) -> None:
         self.haproxy_socket.parent.mkdir(parents=True, exist_ok=True)
         self._write_haproxy_config()
+        flags = ("-W",) if self.layout.haproxy_master_worker else ()
         self._haproxy = start_haproxy(self.haproxy_config_path, self.haproxy_socket,
-                                      self.workdir / "haproxy",
+                                      self.workdir / "haproxy", flags,
                                       timeout_s=max(0.0, deadline - time.monotonic()))
+
+    def _wait_haproxy(self, what: str, cond: Callable[[], int | None], deadline: float) -> int:
+        """wait_until `cond` on the admin socket (its errors mean "not yet"), failing at once
+        if HAProxy exits."""
+
+        def cond_or_exited() -> int | None:
+            code = self._haproxy.exited()
+            if code is not None:
+                raise LocalStackError(f"haproxy exited with code {code} while waiting for "
+                                      f"{what}; log {self._haproxy.log}:\n"
+                                      f"{self._haproxy.log_tail()}")
+            return cond()
+
+        return wait_until(cond_or_exited, max(0.0, deadline - time.monotonic()), what,
+                          not_yet=(HAProxyError, *NOT_YET),
+                          context=lambda: self._haproxy.log_tail(8))
 
     def _wait_ping(self, proc: ManagedProcess, addr: Address, deadline: float) -> None:
         secret = (self.layout.sentinel_password if proc in self._sentinels
