@@ -86,6 +86,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     pol.add_argument("--write-lease-map", metavar="FILE",
                      help="the HAProxy map that holds the lease, by file name or path "
                      "(lease.map)")
+    pol.add_argument("--haproxy-state-file", metavar="NAME|PATH",
+                     help="HAProxy's server-state file, rewritten after every change so that a "
+                     "restarted or reloaded HAProxy starts from it: a name, beside each unix "
+                     "socket, or one absolute path; '' none (server-state)")
     pol.add_argument("--max-replica-link-down-s", type=float, metavar="S",
                      help="a replica whose link to its master is down keeps serving reads this "
                      "long (60)")
@@ -102,7 +106,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--sentinel-ping-interval-s", type=float, metavar="S")
     t.add_argument("--sentinel-dead-after-s", type=float, metavar="S")
     t.add_argument("--promotion-poll-interval-s", type=float, metavar="S",
-                   help="how often the replica being promoted is asked ROLE (0.005)")
+                   help="how often the replica being promoted is asked ROLE (0.001)")
     tp = p.add_argument_group("topology: slots, names, re-checks")
     tp.add_argument("--slot-prefix", metavar="NAME",
                     help="servers NAME<n> and NAME-fallback<n> are slots (slot)")
@@ -508,6 +512,7 @@ def layout_of(s: Settings) -> haproxy_config.Layout:
         first_port=s.first_frontend_port, stats_port=s.stats_port, bind_address=s.bind_address,
         admin_socket=s.admin_socket, fixed_ports=s.fixed_ports(), group_slots=s.slots_for(),
         lease_map=s.write_lease_map if s.write_lease else "",
+        state_file=s.state_file_for(s.admin_socket) or "",
     )
 
 

@@ -48,6 +48,8 @@ class Layout:
     group_slots: Mapping[str, int] = field(default_factory=dict)
     # The write lease's map file (controller.lease), next to the config; "": no lease check.
     lease_map: str = "lease.map"
+    # The server-state file the controller keeps (Settings.state_file_for); "": none.
+    state_file: str = ""
 
 
 def ports(groups: Iterable[str], layout: Layout) -> dict[str, tuple[int, int]]:
@@ -147,6 +149,11 @@ def render(groups: Iterable[str], layout: Layout, only: Iterable[str] = (),
 """
     default_path = "    # Relative file names (the lease map) are next to this file.\n" \
         "    default-path config\n" if layout.lease_map else ""
+    state_file = "" if not layout.state_file else (
+        "    # The server states the controller last applied, kept by it: a restarted or\n"
+        "    # reloaded HAProxy starts from them (writes wait for the write lease).\n"
+        f"    server-state-file {layout.state_file}\n")
+    load_state = "" if not layout.state_file else "    load-server-state-from-file global\n"
     stats = "" if not layout.stats_port else f"""\
 listen stats
     mode http
@@ -165,7 +172,9 @@ group(s): {', '.join(shown) or '-'}.
 # Controller-driven, slot-based: every backend declares server slots (`server-template`, all
 # `disabled`, an IP placeholder); the sentinel-haproxy controller gives each node Sentinel
 # knows for the group a slot (`set server B/S addr IP port P`) and sets its state. A
-# (re)started HAProxy routes nothing until the controller has re-applied Sentinel's verdict.
+# (re)started HAProxy starts from the server-state file the controller keeps (the states it
+# last applied); without one it routes nothing until the controller has re-applied
+# Sentinel's verdict.
 # Write backends: exactly the elected master is ready; no health check; `maint` also shuts the
 # sessions; a failed connect is retried every 100 ms on whatever server is ready then.
 # Read backends: healthy replicas ready, the master as `backup` fallback (slot-fallback*);
@@ -179,7 +188,7 @@ global
     # Admin socket for the Runtime API: the controller needs level admin.
     stats socket {layout.admin_socket} mode 660 level admin
     stats timeout 30s
-
+{state_file}
 defaults
     mode tcp
     log global
@@ -188,5 +197,5 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout connect 1s
-
+{load_state}
 {stats}{body}"""

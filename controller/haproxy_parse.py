@@ -89,6 +89,7 @@ def parse_servers_state(text: str) -> dict[str, dict[str, ServerState]]:
                 admin=admin_from_bits(int(row["srv_admin_state"])),
                 op_state=int(row["srv_op_state"]),
                 fqdn=row.get("srv_fqdn", "-"),
+                line=line.strip(),
             )
         except (KeyError, ValueError) as e:
             raise HAProxyReplyError(f"show servers state: bad line {line[:120]!r} ({e})") from None

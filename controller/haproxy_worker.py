@@ -19,7 +19,9 @@ anything (restarted, hand-edited, a late command ran). It also asks `show info` 
 `poll_interval_s` when idle, to see a reload, and pushes the write lease. A second thread, the
 watch, holds one idle session open: its end (HAProxy died or stopped) wakes the worker to
 probe at once, and so does the watch's first connect after HAProxy could not be reached (a
-restart is seen a few ms after the new HAProxy listens).
+restart is seen a few ms after the new HAProxy listens). Each state read is kept for
+HAProxy's server-state file (`haproxy_state_file`), written when a server changed, after the
+hinted groups are synced: a restarted or reloaded HAProxy starts from it.
 Must not decide anything, nor talk to anything but its HAProxy (through `HAProxyTarget`).
 """
 
@@ -36,6 +38,7 @@ import structlog
 
 from controller.counters import Counters
 from controller.haproxy import AppliedAndRead, CommandResult, HAProxyError
+from controller.haproxy_state_file import ServerStateFile
 from controller.model import AdminState, Command, HAProxyInfo, HAProxyState
 from controller.plan import BackendTarget, Note, Plan, plan
 
@@ -126,6 +129,7 @@ class HAProxyWorker:
         apply: bool = True,
         lease_map: str = "lease.map",
         write_lease: bool = True,
+        state_file: str | None = None,
     ) -> None:
         self.h = h
         self.target = h.target
@@ -135,12 +139,22 @@ class HAProxyWorker:
         self.apply = apply
         self.lease_map = lease_map
         self.write_lease = write_lease
+        # HAProxy's server-state file, if it has one (None: not kept)
+        self.state_file = None if state_file is None else ServerStateFile(state_file)
+        self._state_file_error = ""  # the last failure to write it, logged once
         self._cond = threading.Condition()
         # Guarded by _cond: what the loop wants.
         self._wanted: dict[str, tuple[BackendTarget, ...]] = {}
         self._dirty: dict[str, _Dirty] = {}
         self._lease_value: str | None = None
         self._lease_due = False
+        # A new HAProxy (first seen, restarted, back) gets its lease only once every group
+        # handed over is synced: it may hold states older than the wanted ones (from before
+        # this controller, or from its server-state file). A reload the probe has not seen
+        # yet may get a renewal first: the new worker started from the file, which holds
+        # what this worker applied and read back (a fence applied in the very instant of the
+        # reload aside, until the probe sees it).
+        self._sync_first = True
         self._prefetch: set[str] = set()  # backends to read ahead of a targeted sync
         self._stop = False
         # The worker's own (its thread, or the caller in inline mode).
@@ -279,6 +293,7 @@ class HAProxyWorker:
             with self._cond:
                 for g, d in groups.items():
                     self._mark(g, d.since, d.urgent)
+        self._save_state_file()
         return [out]
 
     def _mark(self, group: str, since: float, urgent: bool) -> None:
@@ -311,7 +326,9 @@ class HAProxyWorker:
                 return True
             batch = self._take() if self.up else {}
             self._urgent_sync = any(d.urgent for d in batch.values())
-            lease = self._lease_value if self._lease_due and self.up else None
+            held = self._sync_first and bool(batch or self._dirty)
+            self._sync_first = held
+            lease = self._lease_value if self._lease_due and self.up and not held else None
             self._lease_due = self._lease_due and lease is None
             ahead, self._prefetch = (self._prefetch, set()) if not batch else (set(), set())
             forgotten, self._forgotten = self._forgotten, set()
@@ -344,6 +361,11 @@ class HAProxyWorker:
                                 self._mark(g, d.since, d.urgent and not raised)
                 if urgent:  # outside `_cond`: the loop waits for this holding its own lock
                     self.hooks.applied()
+        if self.state_file is not None and self.state_file.changed:
+            with self._cond:  # a hinted group waiting goes first (the file: ~2 ms at 1,000)
+                hinted = any(d.urgent for d in self._dirty.values())
+            if not hinted:
+                self._save_state_file()
         if asked or (not batch and lease is None and time.monotonic() >= self._next_probe):
             self.probe()
         return True
@@ -433,6 +455,8 @@ class HAProxyWorker:
                 self._down(str(e))
                 return HAProxyOutcome(self.target, None, Plan(), error=str(e))
         self._seen(state.info)
+        if self.state_file is not None:
+            self.state_file.record(state)
         edited = _admin_changes(self._left, state)
         p = plan(wanted, state)
         self._log_notes(groups, p.notes)
@@ -445,6 +469,11 @@ class HAProxyWorker:
             self._set_drift(groups, wanted, p.commands)
             return HAProxyOutcome(self.target, state, p, drift_after=p.drift)
         self._fresh = None
+        if not self.write_lease:
+            # An HAProxy restarted in the next instant must not route what is being taken
+            # out. With the lease it cannot take writes before this worker synced it; without,
+            # the file must say so first, at ~0.1 ms on the failover's path.
+            self._save_state_file({(c.backend, c.server) for c in p.commands if _unroutes(c)})
         try:  # the read-back goes in the same exchange when it fits (`run_and_read`)
             done = self.h.run_and_read(p.commands,
                                        None if len(backends) >= FULL_READ_AT else backends)
@@ -461,6 +490,8 @@ class HAProxyWorker:
         try:
             self._fresh_at = time.monotonic()
             self._fresh = self.h.state(sorted(backends))
+            if self.state_file is not None:
+                self.state_file.record(self._fresh)
         except HAProxyError as e:
             self._fresh = None
             self._down(str(e))
@@ -515,6 +546,8 @@ class HAProxyWorker:
             log.warning("verify_failed", haproxy=self.target, error=done.read_error)
             self._set_drift(groups, wanted, None)
             return dataclasses.replace(o, drift_after=None)
+        if self.state_file is not None:
+            self.state_file.record(state)
         left = plan(wanted, state)
         if left.drift:
             log.warning("drift_remains", haproxy=self.target, commands=left.drift)
@@ -586,6 +619,7 @@ class HAProxyWorker:
         self._left.clear()
         self._lease_file_known = False
         with self._cond:
+            self._sync_first = bool(self._wanted)
             if self._lease_value is not None:
                 self._lease_due = True
             if old is not None or was_down:
@@ -595,6 +629,25 @@ class HAProxyWorker:
         if old is not None or was_down:
             self.hooks.haproxy_changed(self.target)
         return True
+
+    def _save_state_file(self, fenced: Collection[tuple[str, str]] = ()) -> None:
+        """Write the server-state file when a server changed (or `fenced` ones go out);
+        a failure is logged once and changes nothing else: the file only narrows a gap."""
+        f = self.state_file
+        if f is None or not self.apply or not (fenced or f.changed):  # `status` changes nothing
+            return
+        try:
+            f.save(fenced)
+        except OSError as e:
+            if str(e) != self._state_file_error:
+                log.warning("server_state_file_failed", haproxy=self.target, path=str(f.path),
+                            error=str(e), detail="a restarted or reloaded HAProxy routes "
+                            "nothing until the controller reaches it")
+            self._state_file_error = str(e)
+            return
+        if self._state_file_error:
+            log.info("server_state_file_written", haproxy=self.target, path=str(f.path))
+            self._state_file_error = ""
 
     def _push_lease(self, value_ms: str) -> None:
         if not self._lease_file_known:
@@ -649,6 +702,11 @@ class HAProxyWorker:
 def _admin(state: HAProxyState) -> dict[tuple[str, str], AdminState]:
     return {(be, name): srv.admin for be, servers in state.backends.items()
             for name, srv in servers.items()}
+
+
+def _unroutes(c: Command) -> bool:
+    """The command takes its server out of service, or points it elsewhere."""
+    return c.text.endswith(" state maint") or " addr " in c.text
 
 
 def _admin_changes(

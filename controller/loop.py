@@ -207,7 +207,9 @@ class Controller:
         self.workers = [
             HAProxyWorker(h, self.counters, self, settings.haproxy_poll_interval_s,
                           apply=not settings.dry_run, lease_map=settings.write_lease_map,
-                          write_lease=settings.write_lease)
+                          write_lease=settings.write_lease,
+                          state_file=None if settings.dry_run
+                          else settings.state_file_for(h.target))
             for h in self.haproxies
         ]
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
@@ -223,6 +225,10 @@ class Controller:
         self._lease_expired_logged = False
         self._members = 0  # Sentinels of the groups, as they report (num-other-sentinels + 1)
         self._push_lease_now = True
+        # HAProxy gets a lease only once every group was synced by a full pass: a running one
+        # may hold the states of before this controller started (or, restarted meanwhile,
+        # its server-state file's), and the lease would let writes reach a stale master.
+        self._full_pass_done = False
         self._duplicates: set[frozenset[str]] = set()  # address sets already reported
         self._incident_t0: float | None = None
         self._incident_last = 0.0
@@ -371,6 +377,7 @@ class Controller:
         self.counters.passes += 1
         if full:
             self._forget_gone()
+            self._full_pass_done = True
         result = PassResult(trigger, tuple(views), tuple(decisions), tuple(outcomes),
                             (time.monotonic() - start) * 1000)
         self._log_pass(trigger, "full" if len(groups) == len(self.reader.master_names)
@@ -566,6 +573,8 @@ class Controller:
                     if self._full_step(full, work):
                         full = None
                         next_resync = time.monotonic() + s.resync_interval_s
+                        if not self._full_pass_done:
+                            self._full_pass_done = self._push_lease_now = True
                 elif (due := work.take_full()) is not None:
                     full = self._start_full(*due)
                 self._flush_logs()
@@ -775,8 +784,9 @@ class Controller:
             value_ms = (time.time() + ((self.lease_until or now) - now)) * 1000
         else:
             value_ms = (time.time() + 10 * 365 * 86400) * 1000  # off: never expires
-        for w in self.workers:
-            w.set_lease(str(int(value_ms)))
+        if self._full_pass_done:
+            for w in self.workers:
+                w.set_lease(str(int(value_ms)))
         expired = self.lease_expired()
         changed = expired != self._lease_expired_logged
         if expired and changed:

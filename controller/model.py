@@ -229,6 +229,9 @@ class ServerState:
     sessions: int = 0  # scur
     fqdn: str = "-"
     backup: bool = False  # a `backup` server: HAProxy uses it only while no other one is up
+    # HAProxy's own `show servers state` line, uninterpreted: only written back to its
+    # server-state file (haproxy_state_file); not part of the state's value.
+    line: str = field(default="", compare=False, repr=False)
 
     def matches(self, node: Address) -> bool:
         """A server stands for a Redis node when address (or FQDN) and port agree."""

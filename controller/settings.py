@@ -53,6 +53,9 @@ class Settings:
     write_lease: bool = True  # HAProxy takes new writes only while the controller vouches
     write_lease_ttl_s: float = 0.0  # 0: half the groups' shortest down-after, at least 1 s
     write_lease_map: str = "lease.map"  # the HAProxy map (file name or path) holding it
+    # HAProxy's server-state file, kept after every change: a name beside each unix socket, or
+    # one absolute path (one socket only); "" none. Its config loads it on (re)start.
+    haproxy_state_file: str = "server-state"
     max_replica_link_down_s: float = 60.0  # a serving replica may lag its master this long
     min_sentinels: int = 0  # 0: a majority of the group's Sentinels (as they report)
     resync_interval_s: float = 5.0
@@ -109,6 +112,18 @@ class Settings:
                 raise SettingsError(f"group_slots: {item!r} is not GROUP=COUNT")
             out[name.strip()] = int(n)
         return out
+
+    def state_file_for(self, socket: str) -> str | None:
+        """Where the server-state file of the HAProxy at `socket` goes; None: nowhere (off,
+        or a relative name and a `tcp:` socket, which has no directory)."""
+        name = self.haproxy_state_file
+        if not name:
+            return None
+        if os.path.isabs(name):
+            return name
+        if socket.startswith("tcp:"):
+            return None
+        return os.path.join(os.path.dirname(socket) or ".", name)
 
     def password(self) -> str | None:
         """The Sentinel password, from the setting or its file."""
@@ -230,6 +245,13 @@ def validate(s: Settings) -> None:
             "the Sentinels' pongs")
     if not s.write_lease_map or any(c.isspace() or c == ";" for c in s.write_lease_map):
         raise SettingsError(f"write_lease_map: {s.write_lease_map!r} is not a map file name")
+    if any(c.isspace() or c == ";" for c in s.haproxy_state_file):
+        raise SettingsError(f"haproxy_state_file: {s.haproxy_state_file!r} is not a file name")
+    if os.path.isabs(s.haproxy_state_file) and len(s.haproxy_sockets) > 1:
+        raise SettingsError(
+            f"haproxy_state_file: {s.haproxy_state_file!r} is one path for "
+            f"{len(s.haproxy_sockets)} HAProxy sockets; each HAProxy needs its own file: give "
+            "a name (it goes beside each socket)")
     if s.sentinel_dead_after_s <= s.sentinel_ping_interval_s:
         raise SettingsError(
             "sentinel_dead_after_s must be longer than sentinel_ping_interval_s "

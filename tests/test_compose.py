@@ -356,7 +356,9 @@ def test_kubernetes_sentinels_announce_hostnames_and_nodes_their_pod_names() -> 
     """Sentinel monitors and reports pod DNS names; each node announces its own; HAProxy runs
     the generated slot config (no node named in it)."""
     from controller import __version__
-    from controller.haproxy_config import Layout, render
+    from controller.cli import layout_of
+    from controller.haproxy_config import render
+    from controller.settings import Settings
 
     docs = kube_docs()
     scripts = docs[("ConfigMap", "redis-scripts")]["data"]
@@ -367,7 +369,7 @@ def test_kubernetes_sentinels_announce_hostnames_and_nodes_their_pod_names() -> 
     assert '--replica-announce-ip "$me"' in scripts["start-redis.sh"]
     assert 'me="$POD_NAME.redis.$ns"' in scripts["start-redis.sh"]
     cfg = docs[("ConfigMap", "haproxy-config")]["data"]["haproxy.cfg"]
-    assert cfg == render(["redis1"], Layout(), version=__version__)
+    assert cfg == render(["redis1"], layout_of(Settings()), version=__version__)
 
 
 def test_kubernetes_pod_shares_the_socket_and_reads_the_password_from_the_secret() -> None:

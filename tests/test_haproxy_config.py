@@ -70,8 +70,10 @@ def test_shipped_slots_config_is_the_generator_output() -> None:
     """haproxy/haproxy-slots.cfg = `sentinel-haproxy config` for redis1..3 (regenerate with
     `sentinel-haproxy config --master redis1 --master redis2 --master redis3 -o ...`)."""
     from controller import __version__
+    from controller.cli import layout_of
+    from controller.settings import Settings
 
-    want = render(["redis1", "redis2", "redis3"], Layout(), version=__version__)
+    want = render(["redis1", "redis2", "redis3"], layout_of(Settings()), version=__version__)
     assert SHIPPED.read_text() == want
 
 

@@ -380,14 +380,16 @@ def test_a_reader_process_whose_drill_is_gone_stops_quietly() -> None:
 def test_a_crashed_haproxy_is_seen_at_once_and_set_right_when_it_is_back(
     make_stack: StackFactory, make_controller: ControllerFactory
 ) -> None:
-    """HAProxy SIGKILLed, then started again from its config (every server `disabled`: it
-    routes nothing until told). With the periodic probe at a minute and no write lease
-    (nothing else would ask it), the controller's idle watch session ends with the crash
+    """HAProxy SIGKILLed, then started again from its config (every server `disabled`, and
+    no server-state file kept: it routes nothing until told). With the periodic probe at a
+    minute and no write lease (nothing else would ask it), the controller's idle watch
+    session ends with the crash
     (`haproxy_unreachable`), it sees the new HAProxy listening and gives it the state
     (`haproxy_restarted`): the master behind the write port, the replica behind the read
     port."""
     stack = make_stack(groups=(G,), replicas=1)
-    d = make_controller(stack, "--haproxy-poll-interval-s", "60", "--no-write-lease")
+    d = make_controller(stack, "--haproxy-poll-interval-s", "60", "--no-write-lease",
+                        "--haproxy-state-file", "")
     mark = d.mark()
     stack.kill_haproxy()
     d.wait_event("haproxy_unreachable", since=mark, timeout_s=10)

@@ -180,10 +180,13 @@ def test_replica_killed_leaves_read_backend_and_returns(
         assert node_host(r) == stack.nodes["redis1b"].host
 
 
-def test_haproxy_restart_state_restored(stack: LocalStack, controller: ControllerDaemon) -> None:
-    """After an HAProxy restart (every server back to `disabled`) the controller restores the state
-    and writes work.
+def test_haproxy_restart_state_restored(
+    stack: LocalStack, make_controller: ControllerFactory
+) -> None:
+    """After an HAProxy restart (every server back to `disabled`: no server-state file kept)
+    the controller restores the state and writes work.
     """
+    controller = make_controller(stack, "--haproxy-state-file", "")
     old_pid = stack.haproxy_pid
     mark = controller.mark()
     stack.restart_haproxy()

@@ -74,9 +74,25 @@ def test_renewal_writes_the_lease_into_the_map_as_epoch_ms() -> None:
     now = time.monotonic()
     ws = [Pinging(Address(f"10.0.0.{i}", 1), last_pong=now) for i in range(3)]
     c = controller(h, ws)
+    c.reconcile("start")
     assert not c.renew_lease()
     value = int(h.map_entries[("/etc/haproxy/lease.map", "lease")])
     assert abs(value - (time.time() + 1.0) * 1000) < 200
+
+
+def test_no_lease_is_pushed_before_a_full_pass_synced_every_group() -> None:
+    """A controller that just started gives HAProxy no lease until its first full pass has
+    synced every group: the states HAProxy holds may be from before it (a stale master), and
+    the lease would let writes reach them."""
+    h = FakeHAProxy()
+    h.map_files = ["lease.map"]
+    ws = [Pinging(Address(f"10.0.0.{i}", 1), last_pong=time.monotonic()) for i in range(3)]
+    c = controller(h, ws)
+    c.renew_lease()
+    assert h.map_entries == {}
+    c.reconcile("start")
+    c.renew_lease()
+    assert ("lease.map", "lease") in h.map_entries
 
 
 def test_expired_lease_fences_every_write_backend_until_renewed() -> None:
@@ -115,6 +131,7 @@ def test_lease_off_writes_a_far_future_lease_and_never_fences() -> None:
     settings = Settings(sentinels=("a:1",), masters=(GROUP,), write_lease=False)
     c = Controller(settings, FakeSentinels("steady"), [h], [])
     c.lease_until = None
+    c.reconcile("start")
     c.renew_lease()
     assert int(h.map_entries[("lease.map", "lease")]) > (time.time() + 365 * 86400) * 1000
     assert not c.lease_expired()

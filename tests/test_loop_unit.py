@@ -552,6 +552,66 @@ def test_a_restarted_haproxy_is_seen_by_the_watch_not_by_the_next_probe(
     assert not loop.is_alive()
 
 
+class Ordered(FakeHAProxy):
+    """A fake HAProxy that has the lease map and records, in order, every command and every
+    lease pushed into the map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.map_files = ["lease.map"]
+        self.ops: list[str] = []
+
+    def set_map(self, file: str, key: str, value: str) -> None:
+        super().set_map(file, key, value)
+        self.ops.append("lease")
+
+    def apply(self, text: str) -> str:
+        self.ops.append(text)
+        return super().apply(text)
+
+
+def test_a_returning_haproxy_gets_its_lease_only_after_every_group_is_synced(
+    sentinels: FakeSentinels,
+) -> None:
+    """An HAProxy back from down (it may have started from a stale server-state file) gets
+    the lease only after its groups were synced: never writes to a master it still holds
+    from before; and a starting controller pushes none before its first full pass synced."""
+    h = Ordered()
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=0.05,
+                        resync_interval_s=60.0, write_lease=False)
+    ctl = Controller(settings, sentinels, [h])
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: admin_of(h) == STEADY and "lease" in h.ops, 5, "initial state")
+        first = h.ops.index("lease")
+        assert any(op.endswith(f"{W}/redis1a state ready") for op in h.ops[:first])
+        h.down = True
+        wait_until(lambda: ctl.counters.haproxy_up.get(h.target) is False, 5,
+                   "the HAProxy seen down")
+        h.restart()
+        h.state_ = with_admin(h.state_, W, "redis1b", AdminState.READY)  # a stale file's
+        h.ops.clear()
+        h.down = False
+        wait_until(lambda: admin_of(h) == STEADY and "lease" in h.ops, 5,
+                   "the returning HAProxy synced and given the lease")
+        first = h.ops.index("lease")
+        assert f"set server {W}/redis1b state maint" in h.ops[:first]
+        assert [op for op in h.ops[first:] if op != "lease"] == []
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def with_admin(state: HAProxyState, backend: str, server: str,
+               admin: AdminState) -> HAProxyState:
+    servers = dict(state.backends[backend])
+    servers[server] = dataclasses.replace(servers[server], admin=admin)
+    return HAProxyState(state.info, {**state.backends, backend: servers})
+
+
 def admin_of(h: FakeHAProxy) -> dict[str, dict[str, str]]:
     """Admin states straight from the fake's memory (asking a hung one would block)."""
     return {b: {n: s.admin.value for n, s in servers.items()}

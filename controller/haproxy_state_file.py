@@ -1,0 +1,105 @@
+"""HAProxy's server-state file, kept by the controller for one HAProxy.
+
+A (re)started or reloaded HAProxy whose config has `server-state-file <path>` and
+`load-server-state-from-file global` starts with the states this file holds, where from the
+config alone it would route nothing (every server `disabled`) until the controller reaches it.
+So reads flow through a reload or a restart at once, and go on flowing when HAProxy restarts
+while the controller is away. Writes stay behind the write lease, which a new HAProxy does not
+have until the controller gives it one, after it has synced every group (`haproxy_worker`).
+
+Holds the last line HAProxy printed for each server (`show servers state`, kept by the parser
+as `ServerState.line`) and writes them all, atomically (a temporary file renamed over the
+old one), when a server's state changed. Servers about to be taken out of service are written
+in maint before their commands go out (`save(fenced=...)`): an HAProxy that starts in between
+gets less routed, never a server the controller is removing.
+Must not decide anything, nor talk to HAProxy's socket; it reads nothing back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+from controller.model import HAProxyState, ServerState
+
+# `show servers state`, format version 1 (HAProxy 2.6): the loader reads the version line and
+# skips comment lines; the header is for people.
+VERSION = "1"
+HEADER = ("# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+          "srv_iweight srv_time_since_last_change srv_check_status srv_check_result "
+          "srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id "
+          "srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr "
+          "srv_agent_addr srv_agent_port")
+ADMIN_FIELD = 6  # srv_admin_state
+FORCED_MAINT = 0x01  # SRV_ADMF_FMAINT: what `set server ... state maint` sets
+
+
+class ServerStateFile:
+    """The file at `path`, and the server lines it is written from."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._servers: dict[tuple[str, str], ServerState] = {}
+        self._changed = False
+        self._written: str | None = None  # the text last written
+
+    @property
+    def changed(self) -> bool:
+        """A server's state differs from what was last written."""
+        return self._changed
+
+    def record(self, state: HAProxyState) -> None:
+        """Keep the servers of every backend `state` holds (a read of some backends leaves the
+        others as they were)."""
+        for backend, servers in state.backends.items():
+            for name, srv in servers.items():
+                key = (backend, name)
+                if not srv.line:
+                    continue
+                old = self._servers.get(key)
+                if old is None or _routing(old) != _routing(srv):
+                    self._changed = True
+                self._servers[key] = srv
+
+    def save(self, fenced: Collection[tuple[str, str]] = ()) -> bool:
+        """Write the file (when the text differs from the last one written); `fenced`:
+        (backend, server) pairs written in maint whatever their last line says. True when
+        written. Raises OSError when it cannot be (its directory is HAProxy's: never made
+        here)."""
+        lines = [VERSION, HEADER]
+        for key, srv in self._servers.items():
+            lines.append(_in_maint(srv.line) if key in fenced else srv.line)
+        text = "\n".join(lines) + "\n"
+        self._changed = False
+        if text == self._written:
+            return False
+        # One writer per file (one worker per HAProxy): a fixed temporary name will do, and
+        # costs less than a unique one on the path of a failover.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: HAProxy, another user, must read it
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)  # atomic: a starting HAProxy reads the old or the new
+        self._written = text
+        return True
+
+
+def _routing(srv: ServerState) -> tuple[object, ...]:
+    """What the file is for; not the session count, nor the line's clock, which always move."""
+    return srv.addr, srv.port, srv.admin, srv.op_state, srv.fqdn
+
+
+def _in_maint(line: str) -> str:
+    fields = line.split()
+    try:
+        fields[ADMIN_FIELD] = str(int(fields[ADMIN_FIELD]) | FORCED_MAINT)
+    except (IndexError, ValueError):  # not a state line: HAProxy's loader skips it, so do we
+        return "# " + line
+    return " ".join(fields)
+
