@@ -9,9 +9,9 @@ have until the controller gives it one, after it has synced every group (`haprox
 
 Holds the last line HAProxy printed for each server (`show servers state`, kept by the parser
 as `ServerState.line`) and writes them all, atomically (a temporary file renamed over the
-old one), when a server's state changed. Servers about to be taken out of service are written
-in maint before their commands go out (`save(fenced=...)`): an HAProxy that starts in between
-gets less routed, never a server the controller is removing.
+old one), when a server's state changed. `save(fenced=...)` writes servers about to be taken
+out of service in maint (the worker does so before their commands go out when the write lease
+is off): an HAProxy that starts in between gets less routed, never a server being removed.
 Must not decide anything, nor talk to HAProxy's socket; it reads nothing back.
 """
 

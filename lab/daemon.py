@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -172,17 +173,20 @@ class ControllerDaemon:
 
     # -- HAProxy following Sentinel ----------------------------------------------------
     def wait_in_sync(self, groups: Sequence[str], timeout_s: float = 15.0) -> None:
-        """Until every group's write backend has exactly one routable server on each HAProxy."""
+        """Until every group's write backend has exactly one routable server on each HAProxy,
+        and each takes new writes (its lease given)."""
 
         def in_sync() -> bool:
             if not self.alive():
                 raise ProcessError(f"controller exited; log {self.log_path}:\n{self.tail()}")
             try:
-                return all(one_writer(s, groups) for s in self.haproxy_sockets)
+                return all(one_writer(s, groups) and lease_given(s)
+                           for s in self.haproxy_sockets)
             except HAProxyError:
                 return False
 
-        wait_until(in_sync, timeout_s, "HAProxy to follow Sentinel (one writer per group)",
+        wait_until(in_sync, timeout_s, "HAProxy to follow Sentinel (one writer per group, "
+                   "the write lease given)",
                    context=lambda: f"controller log {self.log_path}:\n{self.tail()}")
 
 
@@ -203,6 +207,21 @@ def one_writer(socket_path: str, groups: Sequence[str]) -> bool:
         if sum(1 for s in servers.values() if s.routable) != 1:
             return False
     return True
+
+
+def lease_given(socket_path: str) -> bool:
+    """HAProxy's write lease (its `lease.map`) is in the future, or its config has none: it
+    takes new write connections. The controller gives it only after syncing every group (at
+    its start, after an HAProxy restart): a moment after the servers are set."""
+    client = HAProxyClient(socket_path, 1.0)
+    files = [f for f in client.maps() if f.rsplit("/", 1)[-1] == "lease.map"]
+    if not files:
+        return True
+    for line in client.exchange(f"show map {files[0]}").splitlines():
+        words = line.split()  # "<ref> lease <epoch ms>"
+        if len(words) == 3 and words[1] == "lease" and words[2].isdigit():
+            return int(words[2]) > time.time() * 1000
+    return False
 
 
 def ts_of(line: Mapping[str, Any]) -> float | None:

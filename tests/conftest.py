@@ -19,6 +19,7 @@ from itest_support import (
     controller_for,
     servers_state,
     start_stack,
+    wait_lease,
     wait_state,
 )
 
@@ -92,6 +93,7 @@ def make_controller(
         if wait:
             wait_state(stack, {g: g + "a" for g in stack.layout.groups}, timeout_s=30,
                        what="initial state applied by the controller")
+            wait_lease(stack)
         return proc
 
     yield make

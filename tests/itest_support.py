@@ -24,7 +24,7 @@ from typing import ClassVar, Self
 
 from controller.haproxy import HAProxyClient, HAProxyError
 from controller.model import AdminState
-from lab.daemon import ControllerDaemon, clean_env
+from lab.daemon import ControllerDaemon, clean_env, lease_given
 from lab.localstack import Layout, LocalStack, PortInUseError, free_port, write_haproxy_config
 from lab.procs import ManagedProcess, start_haproxy
 from lab.resp import RespConn, RespError
@@ -228,6 +228,12 @@ def wait_state(
         what or f"haproxy state with masters {dict(masters)}",
         context=lambda: f"wanted {want}\nhaproxy has {servers_state(stack)}", not_yet=_NOT_YET,
     )
+
+
+def wait_lease(stack: LocalStack, timeout_s: float = 20.0) -> None:
+    """Until HAProxy takes new writes (`lease_given`)."""
+    wait_until(lambda: lease_given(str(stack.haproxy_socket)), timeout_s,
+               "HAProxy's write lease from the controller", not_yet=_NOT_YET)
 
 
 def wait_backend(

@@ -21,6 +21,7 @@ from itest_support import (
     node_host,
     servers_state,
     wait_backend,
+    wait_lease,
     wait_sentinels_agree,
     wait_state,
 )
@@ -193,6 +194,7 @@ def test_haproxy_restart_state_restored(
     assert stack.haproxy_pid != old_pid
     wait_state(stack, {"redis1": "redis1a"}, timeout_s=20, what="state restored after restart")
     controller.wait_event("haproxy_restarted", since=mark)
+    wait_lease(stack)  # given after every group is synced
     with connect_write(stack, "redis1") as c:
         assert node_host(c) == stack.nodes["redis1a"].host
         assert c.command("SET", "after-restart", "1") == "OK"
@@ -287,5 +289,6 @@ def test_controller_restarted_mid_failover_converges_and_cuts_old_sessions(
         held.close()
     controller.wait_event("server_state_changed", since=mark, backend="redis1_master",
                           server="redis1a", to="sessions-closed")
+    wait_lease(stack)  # a restarted controller gives it after its first full pass
     assert node_behind_write(stack, "redis1") == "redis1b"
     assert 1 in list_values(stack, "redis1b", "acked")
