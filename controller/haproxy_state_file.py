@@ -12,6 +12,9 @@ as `ServerState.line`) and writes them all, atomically (a temporary file renamed
 old one), when a server's state changed. `save(fenced=...)` writes servers about to be taken
 out of service in maint (the worker does so before their commands go out when the write lease
 is off): an HAProxy that starts in between gets less routed, never a server being removed.
+`FileOpens` tells when another process opens the file: an HAProxy starting (a restart, or a
+master-worker reload, which nothing else shows until the new worker is asked) loads it ~15
+ms before it answers on its socket (measured on 2.6).
 Must not decide anything, nor talk to HAProxy's socket; it reads nothing back.
 """
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from pathlib import Path
+
+from inotify_simple import INotify, flags
 
 from controller.model import HAProxyState, ServerState
 
@@ -103,3 +108,26 @@ def _in_maint(line: str) -> str:
         return "# " + line
     return " ".join(fields)
 
+
+
+class FileOpens:
+    """Another process opened the state file (inotify on its directory; the controller itself
+    only ever opens a temporary file beside it). Raises OSError when the directory cannot be
+    watched."""
+
+    def __init__(self, path: Path) -> None:
+        self._name = path.name
+        self._inotify = INotify()
+        try:
+            self._inotify.add_watch(str(path.parent), flags.OPEN)
+        except OSError:
+            self._inotify.close()
+            raise
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block up to `timeout_s`; True when the file was opened meanwhile."""
+        events = self._inotify.read(timeout=max(0, int(timeout_s * 1000)))
+        return any(e.name == self._name for e in events)
+
+    def close(self) -> None:
+        self._inotify.close()

@@ -38,7 +38,7 @@ import structlog
 
 from controller.counters import Counters
 from controller.haproxy import AppliedAndRead, CommandResult, HAProxyError
-from controller.haproxy_state_file import ServerStateFile
+from controller.haproxy_state_file import FileOpens, ServerStateFile
 from controller.model import AdminState, Command, HAProxyInfo, HAProxyState
 from controller.plan import BackendTarget, Note, Plan, plan
 
@@ -62,6 +62,12 @@ WATCH_HOLD_S = 1.0
 WATCH_RETRY_S = 0.002
 WATCH_FAST_FOR_S = 5.0
 WATCH_SLOW_S = 0.1
+# The state file opened by another process: an HAProxy is starting (a reload shows nothing
+# else until the new worker is asked). Its new worker answers ~15 ms later: ask `show info`
+# this often, for up to this long, until the identity changes (a config check, `haproxy -c`,
+# opens it too, and costs this much asking).
+CATCH_EVERY_S = 0.002
+CATCH_FOR_S = 1.0
 
 
 class HAProxyTarget(Protocol):
@@ -175,6 +181,7 @@ class HAProxyWorker:
         self._forgotten: set[str] = set()  # groups to forget in this thread (guarded by _cond)
         self._gather_until: float | None = None  # gathering a full pass's groups until
         self._watch_thread: threading.Thread | None = None
+        self._opens_thread: threading.Thread | None = None
         self._watch_stop = threading.Event()
         self._probe_asked = False  # the watch wants a probe now (guarded by _cond)
 
@@ -267,6 +274,10 @@ class HAProxyWorker:
         self._watch_thread = threading.Thread(target=self._watch, daemon=True,
                                               name=f"haproxy-watch-{self.target}")
         self._watch_thread.start()
+        if self.state_file is not None:
+            self._opens_thread = threading.Thread(target=self._watch_opens, daemon=True,
+                                                  name=f"haproxy-opens-{self.target}")
+            self._opens_thread.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         with self._cond:
@@ -278,6 +289,8 @@ class HAProxyWorker:
             self._thread.join(timeout_s)
         if self._watch_thread is not None:
             self._watch_thread.join(timeout_s)
+        if self._opens_thread is not None:
+            self._opens_thread.join(timeout_s)
 
     def drain(self, full_read: bool = False) -> list[HAProxyOutcome]:
         """Inline mode (no thread): sync every dirty group now, in one sync; the outcome
@@ -391,6 +404,46 @@ class HAProxyWorker:
             except Exception:  # a bug: say so and go on; never spin on it
                 log.exception("unexpected_error", where="haproxy watch", haproxy=self.target)
                 self._watch_stop.wait(1.0)
+
+    def _watch_opens(self) -> None:
+        """Wait for another process to open the state file (an HAProxy starting: a restart,
+        or a master-worker reload, whose old worker keeps the watch's session), then ask
+        `show info` until a new identity answers, and wake the worker to probe. Decides
+        nothing (the probe does)."""
+        assert self.state_file is not None
+        try:
+            opens = FileOpens(self.state_file.path)
+        except OSError as e:
+            log.warning("server_state_file_unwatched", haproxy=self.target,
+                        path=str(self.state_file.path), error=str(e),
+                        detail="a reload is seen by the probe, within haproxy_poll_interval_s")
+            return
+        try:
+            while not self._watch_stop.is_set():
+                try:
+                    if opens.wait(0.25):
+                        self._catch_new_identity()
+                except Exception:  # a bug: say so and go on; never spin on it
+                    log.exception("unexpected_error", where="haproxy state file watch",
+                                  haproxy=self.target)
+                    self._watch_stop.wait(1.0)
+        finally:
+            opens.close()
+
+    def _catch_new_identity(self) -> None:
+        known = self._identity
+        until = time.monotonic() + CATCH_FOR_S
+        while time.monotonic() < until and not self._watch_stop.is_set():
+            try:
+                info = self.h.info()
+            except HAProxyError:  # not listening yet (a restart)
+                info = None
+            if info is not None and (known is None or info.stopping
+                                     or (info.pid, info.start_time_s)
+                                     != (known.pid, known.start_time_s)):
+                self._probe_now()
+                return
+            self._watch_stop.wait(CATCH_EVERY_S)
 
     def _probe_now(self) -> None:
         """Ask the worker for a probe. A flag, not `_next_probe`: the worker's own schedule

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from captured import haproxy_state, haproxy_text
 
-from controller.haproxy_state_file import ServerStateFile
+from controller.haproxy_state_file import FileOpens, ServerStateFile
 from controller.model import AdminState, HAProxyState
 from controller.settings import Settings, SettingsError, load
 
@@ -109,3 +109,32 @@ def test_one_absolute_state_file_for_two_haproxies_is_refused() -> None:
               "haproxy_sockets": ["/a/admin.sock", "/b/admin.sock"]}, {})
     with pytest.raises(SettingsError, match="haproxy_state_file"):
         load({"haproxy_state_file": "a b"}, {})
+
+
+def test_another_process_opening_the_file_is_seen_the_controllers_own_writes_are_not(
+    tmp_path: Path,
+) -> None:
+    """FileOpens: a reader opening the state file (a starting HAProxy loads it) is reported;
+    the controller's own saves (a temporary file renamed over it) are not; with nothing
+    happening, wait() returns False after its timeout."""
+    path = tmp_path / "server-state"
+    f = ServerStateFile(str(path))
+    f.record(haproxy_state("haproxy_localstack_steady.txt"))
+    f.save()
+    opens = FileOpens(path)
+    try:
+        assert not opens.wait(0.05)
+        f.record(haproxy_state("haproxy_localstack_switched.txt"))  # after a failover
+        assert f.save()
+        assert not opens.wait(0.05)
+        assert path.read_text().startswith("1\n")  # what HAProxy does at its start
+        assert opens.wait(1.0)
+    finally:
+        opens.close()
+
+
+def test_a_directory_that_cannot_be_watched_is_an_oserror(tmp_path: Path) -> None:
+    """FileOpens on a file whose directory is missing raises OSError (the worker then logs
+    `server_state_file_unwatched` and relies on its probe)."""
+    with pytest.raises(OSError):
+        FileOpens(tmp_path / "missing" / "server-state")

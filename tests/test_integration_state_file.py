@@ -104,3 +104,20 @@ def test_a_failover_is_in_the_file_before_a_restart_can_read_it(
     assert got == applied
     assert got[W] == {"redis1a": "maint", "redis1b": "ready"}
     assert got[R]["redis1a"] == "maint"
+
+
+def test_a_reload_is_seen_at_once_and_writes_resume_within_milliseconds(
+    make_stack: StackFactory, make_controller: ControllerFactory,
+) -> None:
+    """With the probe and the full passes (which read `show info` too) at a minute, a
+    master-worker reload (whose old worker keeps the watch's session) is seen through the
+    state file the new HAProxy opens at its start: the
+    controller logs `haproxy_restarted` for the new worker and gives it the lease, so new
+    writes are taken again well before a lease renewal (0.25 s) would have come."""
+    stack = make_stack(haproxy_master_worker=True)
+    ctl = make_controller(stack, "--haproxy-poll-interval-s", "60", resync_interval_s=60.0)
+    mark = ctl.mark()
+    old, new = stack.reload_haproxy()
+    line = ctl.wait_event("haproxy_restarted", since=mark, timeout_s=5)
+    assert line["pid"] == new != old
+    wait_until(lambda: not write_refused(stack), 5, "writes taken by the new worker")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
 import pytest
 from captured import GROUP, A, B, node, views, with_master
@@ -599,6 +600,50 @@ def test_a_returning_haproxy_gets_its_lease_only_after_every_group_is_synced(
         first = h.ops.index("lease")
         assert f"set server {W}/redis1b state maint" in h.ops[:first]
         assert [op for op in h.ops[first:] if op != "lease"] == []
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+class Reloading(FakeHAProxy):
+    """A fake HAProxy whose reload (`restart()`) leaves the watch's held session where it is,
+    as a master-worker reload leaves it on the old worker: only asking shows the change."""
+
+    def hold(self, max_s: float, on_open: Callable[[], None] | None = None) -> bool:
+        if self.down:
+            raise HAProxyError(self.target, "cannot talk to the socket: refused")
+        self._released.clear()
+        if on_open is not None:
+            on_open()
+        self._released.wait(max_s)
+        return False
+
+
+def test_a_reload_is_seen_when_the_new_haproxy_opens_its_state_file(
+    sentinels: FakeSentinels, tmp_path: Path,
+) -> None:
+    """With the probe at a minute and a watch session the reload does not end, the new
+    HAProxy opening the server-state file the worker keeps (as it does at its start) makes
+    the worker ask until the new identity answers, and set it right."""
+    h = Reloading(target=str(tmp_path / "admin.sock"))
+    settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=60.0,
+                        resync_interval_s=60.0, write_lease=False)
+    ctl = Controller(settings, sentinels, [h])
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        state_file = tmp_path / "server-state"
+        wait_until(lambda: admin_of(h) == STEADY and state_file.exists(), 5, "initial state")
+        h.restart()  # the new worker: its config's state
+        assert admin_of(h) != STEADY
+
+        def loaded_and_set_right() -> bool:
+            state_file.read_text()  # as a starting HAProxy loads it (again: the file watch
+            return admin_of(h) == STEADY  # starts with the worker thread, maybe after this)
+
+        wait_until(loaded_and_set_right, 2, "the reloaded HAProxy set right")
     finally:
         stop.set()
         loop.join(5)
