@@ -33,6 +33,7 @@ from controller.haproxy import HAProxyError
 from controller.haproxy_config import LEASE_MAP_TEXT, render
 from controller.haproxy_config import Layout as ConfigLayout
 from controller.model import Address
+from lab.daemon import lease_given
 from lab.localstack import HAPROXY_SLOTS_CONFIG, LocalStack, free_port
 from lab.probes import EventRecorder, Mark, Writer, read_back
 from lab.resp import RespConn, RespError
@@ -54,8 +55,9 @@ def ready(stack: LocalStack, backend: str, backup: bool = False) -> set[Address]
 
 def wait_routes(stack: LocalStack, write: set[Address], read: set[Address],
                 timeout_s: float = 30, what: str = "") -> None:
-    def routes() -> bool:
-        return ready(stack, W) == write and ready(stack, R) == read
+    def routes() -> bool:  # and writes taken: the lease comes once every group is synced
+        return (ready(stack, W) == write and ready(stack, R) == read
+                and lease_given(str(stack.haproxy_socket)))
 
     wait_until(routes, timeout_s, what or f"write slots {write}, read slots {read}",
                context=lambda: f"haproxy: {stack.haproxy_state().backends}", not_yet=NOT_YET)

@@ -111,13 +111,15 @@ def test_health_is_503_when_no_sentinel_answers(stack: LocalStack, tmp_path: Pat
 
 
 def test_health_is_503_when_haproxy_refuses_commands(stack: LocalStack, tmp_path: Path) -> None:
-    """HAProxy restarted with its admin socket at `level operator` refuses every state change:
-    /healthz turns 503 after `unhealthy_after_s`, naming the socket, and the drift metric is
-    above 0 (it stayed green before)."""
+    """HAProxy restarted with its admin socket at `level operator` (and no server-state file
+    kept: it starts from its config) refuses every state change: /healthz turns 503 after
+    `unhealthy_after_s`, naming the socket, and the drift metric is above 0 (it stayed green
+    before)."""
     address = f"127.0.0.1:{free_port(['127.0.0.1'])}"
     base = f"http://{address}"
     with controller_for(stack, tmp_path / "daemon.log", metrics_address=address,
-                        extra_args=["--unhealthy-after-s", "1"]) as d:
+                        extra_args=["--unhealthy-after-s", "1", "--haproxy-state-file", ""]
+                        ) as d:
         wait_until(lambda: healthz(base) == 200, 20, "/healthz 200")
         cfg = stack.haproxy_config_path
         stack.stop_haproxy()
