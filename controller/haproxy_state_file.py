@@ -9,9 +9,10 @@ have until the controller gives it one, after it has synced every group (`haprox
 
 Holds the last line HAProxy printed for each server (`show servers state`, kept by the parser
 as `ServerState.line`) and writes them all, atomically (a temporary file renamed over the
-old one), when a server's state changed. `save(fenced=...)` writes servers about to be taken
-out of service in maint (the worker does so before their commands go out when the write lease
-is off): an HAProxy that starts in between gets less routed, never a server being removed.
+old one), when a server's state changed. `fence` makes servers about to be taken out of
+service written in maint until they are read again (the worker does so, and saves, before
+their commands go out when the write lease is off): an HAProxy that starts in between gets less
+routed, never a server being removed.
 `FileOpens` tells when another process opens the file: an HAProxy starting (a restart, or a
 master-worker reload, which nothing else shows until the new worker is asked) loads it ~15
 ms before it answers on its socket (measured on 2.6).
@@ -21,12 +22,13 @@ Must not decide anything, nor talk to HAProxy's socket; it reads nothing back.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Collection
 from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-from controller.model import HAProxyState, ServerState
+from controller.model import HAProxyState
 
 # `show servers state`, format version 1 (HAProxy 2.6): the loader reads the version line and
 # skips comment lines; the header is for people.
@@ -41,11 +43,18 @@ FORCED_MAINT = 0x01  # SRV_ADMF_FMAINT: what `set server ... state maint` sets
 
 
 class ServerStateFile:
-    """The file at `path`, and the server lines it is written from."""
+    """The file at `path`, and the server lines it is written from. `record` and `fence` (the
+    worker's thread) and `save` (a writer thread's, so that a slow disk never holds a sync
+    back) may run in different threads."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._servers: dict[tuple[str, str], ServerState] = {}
+        self._lock = threading.Lock()  # guards _servers, _fenced, _changed
+        self._io = threading.Lock()  # one save at a time
+        # (backend, server) -> (what routing depends on, HAProxy's line). Tuples of strings
+        # and ints only: the garbage collector does not track them, however many servers.
+        self._servers: dict[tuple[str, str], tuple[tuple[str, int, str, int, str], str]] = {}
+        self._fenced: set[tuple[str, str]] = set()  # written in maint until read again
         self._changed = False
         self._written: str | None = None  # the text last written
 
@@ -56,48 +65,56 @@ class ServerStateFile:
 
     def record(self, state: HAProxyState) -> None:
         """Keep the servers of every backend `state` holds (a read of some backends leaves the
-        others as they were)."""
-        for backend, servers in state.backends.items():
-            for name, srv in servers.items():
-                key = (backend, name)
-                if not srv.line:
-                    continue
-                old = self._servers.get(key)
-                if old is None or _routing(old) != _routing(srv):
-                    self._changed = True
-                self._servers[key] = srv
+        others as they were); a server read again is no longer fenced (its commands ran)."""
+        with self._lock:
+            for backend, servers in state.backends.items():
+                for name, srv in servers.items():
+                    if not srv.line:
+                        continue
+                    key = (backend, name)
+                    routing = (srv.addr, srv.port, srv.admin.value, srv.op_state, srv.fqdn)
+                    old = self._servers.get(key)
+                    # Not sessions, nor the line's clock: they always move.
+                    if old is None or old[0] != routing or key in self._fenced:
+                        self._changed = True
+                    self._servers[key] = (routing, srv.line)
+                    self._fenced.discard(key)
 
-    def save(self, fenced: Collection[tuple[str, str]] = ()) -> bool:
-        """Write the file (when the text differs from the last one written); `fenced`:
-        (backend, server) pairs written in maint whatever their last line says. True when
+    def fence(self, servers: Collection[tuple[str, str]]) -> None:
+        """These (backend, server) are being taken out: written in maint, whatever their last
+        line says, until they are read again."""
+        with self._lock:
+            new = set(servers) - self._fenced
+            if new:
+                self._fenced |= new
+                self._changed = True
+
+    def save(self) -> bool:
+        """Write the file (when the text differs from the last one written). True when
         written. Raises OSError when it cannot be (its directory is HAProxy's: never made
         here)."""
-        lines = [VERSION, HEADER]
-        for key, srv in self._servers.items():
-            lines.append(_in_maint(srv.line) if key in fenced else srv.line)
-        text = "\n".join(lines) + "\n"
-        self._changed = False
-        if text == self._written:
-            return False
-        # One writer per file (one worker per HAProxy): a fixed temporary name will do, and
-        # costs less than a unique one on the path of a failover.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask: HAProxy, another user, must read it
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(fd, data):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)  # atomic: a starting HAProxy reads the old or the new
-        self._written = text
-        return True
-
-
-def _routing(srv: ServerState) -> tuple[object, ...]:
-    """What the file is for; not the session count, nor the line's clock, which always move."""
-    return srv.addr, srv.port, srv.admin, srv.op_state, srv.fqdn
+        with self._io:
+            with self._lock:
+                lines = [VERSION, HEADER]
+                for key, (_, line) in self._servers.items():
+                    lines.append(_in_maint(line) if key in self._fenced else line)
+                self._changed = False
+            text = "\n".join(lines) + "\n"
+            if text == self._written:
+                return False
+            # One writer at a time (`_io`): a fixed temporary name will do.
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.fchmod(fd, 0o644)  # whatever the umask: HAProxy, another user, must read it
+                data = memoryview(text.encode())
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)  # atomic: a starting HAProxy reads the old or the new
+            self._written = text
+            return True
 
 
 def _in_maint(line: str) -> str:

@@ -182,6 +182,8 @@ class HAProxyWorker:
         self._gather_until: float | None = None  # gathering a full pass's groups until
         self._watch_thread: threading.Thread | None = None
         self._opens_thread: threading.Thread | None = None
+        self._file_thread: threading.Thread | None = None
+        self._file_due = threading.Event()  # the state file changed: the file thread writes it
         self._watch_stop = threading.Event()
         self._probe_asked = False  # the watch wants a probe now (guarded by _cond)
 
@@ -278,6 +280,9 @@ class HAProxyWorker:
             self._opens_thread = threading.Thread(target=self._watch_opens, daemon=True,
                                                   name=f"haproxy-opens-{self.target}")
             self._opens_thread.start()
+            self._file_thread = threading.Thread(target=self._write_file, daemon=True,
+                                                 name=f"haproxy-file-{self.target}")
+            self._file_thread.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         with self._cond:
@@ -291,6 +296,9 @@ class HAProxyWorker:
             self._watch_thread.join(timeout_s)
         if self._opens_thread is not None:
             self._opens_thread.join(timeout_s)
+        if self._file_thread is not None:
+            self._file_due.set()  # wakes it: it sees the stop and writes what is left
+            self._file_thread.join(timeout_s)
 
     def drain(self, full_read: bool = False) -> list[HAProxyOutcome]:
         """Inline mode (no thread): sync every dirty group now, in one sync; the outcome
@@ -375,10 +383,7 @@ class HAProxyWorker:
                 if urgent:  # outside `_cond`: the loop waits for this holding its own lock
                     self.hooks.applied()
         if self.state_file is not None and self.state_file.changed:
-            with self._cond:  # a hinted group waiting goes first (the file: ~2 ms at 1,000)
-                hinted = any(d.urgent for d in self._dirty.values())
-            if not hinted:
-                self._save_state_file()
+            self._file_due.set()  # written by the file thread: a slow disk holds no sync back
         if asked or (not batch and lease is None and time.monotonic() >= self._next_probe):
             self.probe()
         return True
@@ -429,6 +434,21 @@ class HAProxyWorker:
                     self._watch_stop.wait(1.0)
         finally:
             opens.close()
+
+    def _write_file(self) -> None:
+        """Write the server-state file whenever the worker says it changed, in this thread:
+        a write that waits for the disk must not delay the next sync."""
+        while True:
+            self._file_due.wait(1.0)
+            self._file_due.clear()
+            try:
+                self._save_state_file()
+            except Exception:  # a bug: say so and go on; never spin on it
+                log.exception("unexpected_error", where="haproxy state file writer",
+                              haproxy=self.target)
+                self._watch_stop.wait(1.0)
+            if self._watch_stop.is_set():
+                return
 
     def _catch_new_identity(self) -> None:
         known = self._identity
@@ -522,11 +542,14 @@ class HAProxyWorker:
             self._set_drift(groups, wanted, p.commands)
             return HAProxyOutcome(self.target, state, p, drift_after=p.drift)
         self._fresh = None
-        if not self.write_lease:
+        if not self.write_lease and self.state_file is not None:
             # An HAProxy restarted in the next instant must not route what is being taken
             # out. With the lease it cannot take writes before this worker synced it; without,
-            # the file must say so first, at ~0.1 ms on the failover's path.
-            self._save_state_file({(c.backend, c.server) for c in p.commands if _unroutes(c)})
+            # the file must say so first, here, on the failover's path (~0.2 ms).
+            fenced = {(c.backend, c.server) for c in p.commands if _unroutes(c)}
+            if fenced:
+                self.state_file.fence(fenced)
+                self._save_state_file()
         try:  # the read-back goes in the same exchange when it fits (`run_and_read`)
             done = self.h.run_and_read(p.commands,
                                        None if len(backends) >= FULL_READ_AT else backends)
@@ -683,14 +706,14 @@ class HAProxyWorker:
             self.hooks.haproxy_changed(self.target)
         return True
 
-    def _save_state_file(self, fenced: Collection[tuple[str, str]] = ()) -> None:
-        """Write the server-state file when a server changed (or `fenced` ones go out);
-        a failure is logged once and changes nothing else: the file only narrows a gap."""
+    def _save_state_file(self) -> None:
+        """Write the server-state file when a server changed; a failure is logged once and
+        changes nothing else: the file only narrows a gap."""
         f = self.state_file
-        if f is None or not self.apply or not (fenced or f.changed):  # `status` changes nothing
+        if f is None or not self.apply or not f.changed:  # `status` changes nothing
             return
         try:
-            f.save(fenced)
+            f.save()
         except OSError as e:
             if str(e) != self._state_file_error:
                 log.warning("server_state_file_failed", haproxy=self.target, path=str(f.path),

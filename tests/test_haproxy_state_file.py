@@ -46,20 +46,37 @@ def test_the_file_is_haproxys_own_lines_under_the_version_line(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["server-state"]  # no temporary left
 
 
+def rows_of(path: Path) -> dict[tuple[str, str], list[str]]:
+    return {(ln.split()[1], ln.split()[3]): ln.split()
+            for ln in path.read_text().splitlines()[2:]}
+
+
 def test_fenced_servers_are_written_in_maint_whatever_their_line_says(tmp_path: Path) -> None:
-    """`save(fenced=...)`, before the commands that take servers out go: those servers'
-    admin state gets the forced-maint bit (0x01); the others are as read."""
-    f = ServerStateFile(str(tmp_path / "server-state"))
-    f.record(haproxy_state("haproxy_localstack_steady.txt"))
-    f.save(fenced={(W, "redis1a")})
-    rows = {(ln.split()[1], ln.split()[3]): ln.split()
-            for ln in (tmp_path / "server-state").read_text().splitlines()[2:]}
+    """`fence`, before the commands that take servers out go: those servers' admin state gets
+    the forced-maint bit (0x01) in every save until they are read again; the others are as
+    read."""
+    path = tmp_path / "server-state"
+    f = ServerStateFile(str(path))
+    steady = haproxy_state("haproxy_localstack_steady.txt")
+    f.record(steady)
+    f.fence({(W, "redis1a")})
+    assert f.changed
+    f.save()
+    rows = rows_of(path)
     assert rows[(W, "redis1a")][6] == "5"  # was 4 (ready, config-disabled): now maint too
     assert rows[(W, "redis1b")][6] == "5"  # maint already: unchanged
     others = {k: v for k, v in rows.items() if k != (W, "redis1a")}
     by_line = {(ln.split()[1], ln.split()[3]): ln.split()
                for ln in captured_lines("haproxy_localstack_steady.txt")}
     assert others == {k: v for k, v in by_line.items() if k != (W, "redis1a")}
+    f.record(HAProxyState(steady.info, {R: steady.backends[R]}))  # another backend read
+    f.fence({(W, "redis1a")})
+    f.save()
+    assert rows_of(path)[(W, "redis1a")][6] == "5"  # still fenced
+    f.record(HAProxyState(steady.info, {W: steady.backends[W]}))  # read after its commands
+    assert f.changed  # the fence is gone: due again, though HAProxy's state is as before
+    f.save()
+    assert rows_of(path)[(W, "redis1a")][6] == "4"  # what HAProxy said
 
 
 def test_a_read_that_changes_no_state_leaves_the_file_alone(tmp_path: Path) -> None:
