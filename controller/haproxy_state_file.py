@@ -94,11 +94,13 @@ class ServerStateFile:
         written. Raises OSError when it cannot be (its directory is HAProxy's: never made
         here)."""
         with self._io:
-            with self._lock:
-                lines = [VERSION, HEADER]
-                for key, (_, line) in self._servers.items():
-                    lines.append(_in_maint(line) if key in self._fenced else line)
+            with self._lock:  # a copy, not the text: `record` (on the sync's path) waits less
+                servers = list(self._servers.items())
+                fenced = set(self._fenced)
                 self._changed = False
+            lines = [VERSION, HEADER]
+            for key, (_, line) in servers:
+                lines.append(_in_maint(line) if key in fenced else line)
             text = "\n".join(lines) + "\n"
             if text == self._written:
                 return False

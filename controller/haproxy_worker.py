@@ -20,8 +20,9 @@ anything (restarted, hand-edited, a late command ran). It also asks `show info` 
 watch, holds one idle session open: its end (HAProxy died or stopped) wakes the worker to
 probe at once, and so does the watch's first connect after HAProxy could not be reached (a
 restart is seen a few ms after the new HAProxy listens). Each state read is kept for
-HAProxy's server-state file (`haproxy_state_file`), written when a server changed, after the
-hinted groups are synced: a restarted or reloaded HAProxy starts from it.
+HAProxy's server-state file (`haproxy_state_file`), which a third thread writes when a server
+changed and a fourth watches for a starting HAProxy opening it: a restarted or reloaded
+HAProxy starts from it, and a reload is seen at once.
 Must not decide anything, nor talk to anything but its HAProxy (through `HAProxyTarget`).
 """
 
@@ -180,9 +181,7 @@ class HAProxyWorker:
         self._urgent_sync = False  # a sync of hinted groups is running (guarded by _cond)
         self._forgotten: set[str] = set()  # groups to forget in this thread (guarded by _cond)
         self._gather_until: float | None = None  # gathering a full pass's groups until
-        self._watch_thread: threading.Thread | None = None
-        self._opens_thread: threading.Thread | None = None
-        self._file_thread: threading.Thread | None = None
+        self._helpers: list[threading.Thread] = []  # watch, and the state file's two
         self._file_due = threading.Event()  # the state file changed: the file thread writes it
         self._watch_stop = threading.Event()
         self._probe_asked = False  # the watch wants a probe now (guarded by _cond)
@@ -273,16 +272,14 @@ class HAProxyWorker:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"haproxy-{self.target}")
         self._thread.start()
-        self._watch_thread = threading.Thread(target=self._watch, daemon=True,
-                                              name=f"haproxy-watch-{self.target}")
-        self._watch_thread.start()
+        # Helpers: they decide nothing, and end once `_watch_stop` is set.
+        helpers = [("watch", self._watch)]
         if self.state_file is not None:
-            self._opens_thread = threading.Thread(target=self._watch_opens, daemon=True,
-                                                  name=f"haproxy-opens-{self.target}")
-            self._opens_thread.start()
-            self._file_thread = threading.Thread(target=self._write_file, daemon=True,
-                                                 name=f"haproxy-file-{self.target}")
-            self._file_thread.start()
+            helpers += [("opens", self._watch_opens), ("file", self._write_file)]
+        for role, target in helpers:
+            t = threading.Thread(target=target, daemon=True, name=f"haproxy-{role}-{self.target}")
+            t.start()
+            self._helpers.append(t)
 
     def stop(self, timeout_s: float = 3.0) -> None:
         with self._cond:
@@ -290,15 +287,11 @@ class HAProxyWorker:
             self._cond.notify_all()
         self._watch_stop.set()
         self.h.release()
+        self._file_due.set()  # wakes the file thread: it sees the stop and writes what is left
         if self._thread is not None:
             self._thread.join(timeout_s)
-        if self._watch_thread is not None:
-            self._watch_thread.join(timeout_s)
-        if self._opens_thread is not None:
-            self._opens_thread.join(timeout_s)
-        if self._file_thread is not None:
-            self._file_due.set()  # wakes it: it sees the stop and writes what is left
-            self._file_thread.join(timeout_s)
+        for t in self._helpers:
+            t.join(timeout_s)
 
     def drain(self, full_read: bool = False) -> list[HAProxyOutcome]:
         """Inline mode (no thread): sync every dirty group now, in one sync; the outcome
@@ -528,8 +521,7 @@ class HAProxyWorker:
                 self._down(str(e))
                 return HAProxyOutcome(self.target, None, Plan(), error=str(e))
         self._seen(state.info)
-        if self.state_file is not None:
-            self.state_file.record(state)
+        self._keep(state)
         edited = _admin_changes(self._left, state)
         p = plan(wanted, state)
         self._log_notes(groups, p.notes)
@@ -566,8 +558,7 @@ class HAProxyWorker:
         try:
             self._fresh_at = time.monotonic()
             self._fresh = self.h.state(sorted(backends))
-            if self.state_file is not None:
-                self.state_file.record(self._fresh)
+            self._keep(self._fresh)
         except HAProxyError as e:
             self._fresh = None
             self._down(str(e))
@@ -622,8 +613,7 @@ class HAProxyWorker:
             log.warning("verify_failed", haproxy=self.target, error=done.read_error)
             self._set_drift(groups, wanted, None)
             return dataclasses.replace(o, drift_after=None)
-        if self.state_file is not None:
-            self.state_file.record(state)
+        self._keep(state)
         left = plan(wanted, state)
         if left.drift:
             log.warning("drift_remains", haproxy=self.target, commands=left.drift)
@@ -705,6 +695,12 @@ class HAProxyWorker:
         if old is not None or was_down:
             self.hooks.haproxy_changed(self.target)
         return True
+
+    def _keep(self, state: HAProxyState) -> None:
+        """Every state read goes to the server-state file's lines (written by the file
+        thread)."""
+        if self.state_file is not None:
+            self.state_file.record(state)
 
     def _save_state_file(self) -> None:
         """Write the server-state file when a server changed; a failure is logged once and

@@ -6,10 +6,11 @@ exactly the code the daemon runs, from observe to verify.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -500,10 +501,7 @@ def test_hung_haproxy_delays_neither_the_other_one_nor_the_loop_and_is_caught_up
     settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=0.05,
                         write_lease=False)
     ctl = Controller(settings, sentinels, [hung, healthy])
-    stop = threading.Event()
-    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
-    loop.start()
-    try:
+    with running(ctl):
         wait_until(lambda: admin_of(hung) == STEADY == admin_of(healthy), 5, "initial state")
         hung.hung.set()
         sentinels.show("switched")
@@ -515,10 +513,6 @@ def test_hung_haproxy_delays_neither_the_other_one_nor_the_loop_and_is_caught_up
         hung.hung.clear()
         wait_until(lambda: admin_of(hung)[W] == {"redis1a": "maint", "redis1b": "ready"},
                    2.0, "the hung HAProxy caught up", 0.005)
-    finally:
-        stop.set()
-        loop.join(5)
-    assert not loop.is_alive()
 
 
 def test_a_restarted_haproxy_is_seen_by_the_watch_not_by_the_next_probe(
@@ -534,10 +528,7 @@ def test_a_restarted_haproxy_is_seen_by_the_watch_not_by_the_next_probe(
     settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=60.0,
                         resync_interval_s=60.0, write_lease=False)
     ctl = Controller(settings, sentinels, [h])
-    stop = threading.Event()
-    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
-    loop.start()
-    try:
+    with running(ctl):
         wait_until(lambda: admin_of(h) == STEADY, 5, "initial state")
         h.down = True
         wait_until(lambda: ctl.counters.haproxy_up.get(h.target) is False, 5,
@@ -547,6 +538,16 @@ def test_a_restarted_haproxy_is_seen_by_the_watch_not_by_the_next_probe(
         h.down = False
         wait_until(lambda: admin_of(h) == STEADY, 5, "the restarted HAProxy set right")
         assert ctl.counters.haproxy_up[h.target] is True
+
+
+@contextlib.contextmanager
+def running(ctl: Controller) -> Iterator[None]:
+    """The daemon's loop in a thread of its own; stopped (within 5 s) when the block ends."""
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        yield
     finally:
         stop.set()
         loop.join(5)
@@ -581,10 +582,7 @@ def test_a_returning_haproxy_gets_its_lease_only_after_every_group_is_synced(
     settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=0.05,
                         resync_interval_s=60.0, write_lease=False)
     ctl = Controller(settings, sentinels, [h])
-    stop = threading.Event()
-    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
-    loop.start()
-    try:
+    with running(ctl):
         wait_until(lambda: admin_of(h) == STEADY and "lease" in h.ops, 5, "initial state")
         first = h.ops.index("lease")
         assert any(op.endswith(f"{W}/redis1a state ready") for op in h.ops[:first])
@@ -600,10 +598,6 @@ def test_a_returning_haproxy_gets_its_lease_only_after_every_group_is_synced(
         first = h.ops.index("lease")
         assert f"set server {W}/redis1b state maint" in h.ops[:first]
         assert [op for op in h.ops[first:] if op != "lease"] == []
-    finally:
-        stop.set()
-        loop.join(5)
-    assert not loop.is_alive()
 
 
 class Reloading(FakeHAProxy):
@@ -630,10 +624,7 @@ def test_a_reload_is_seen_when_the_new_haproxy_opens_its_state_file(
     settings = Settings(sentinels=SENTINELS, masters=(GROUP,), haproxy_poll_interval_s=60.0,
                         resync_interval_s=60.0, write_lease=False)
     ctl = Controller(settings, sentinels, [h])
-    stop = threading.Event()
-    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
-    loop.start()
-    try:
+    with running(ctl):
         state_file = tmp_path / "server-state"
         wait_until(lambda: admin_of(h) == STEADY and state_file.exists(), 5, "initial state")
         h.restart()  # the new worker: its config's state
@@ -644,10 +635,6 @@ def test_a_reload_is_seen_when_the_new_haproxy_opens_its_state_file(
             return admin_of(h) == STEADY  # starts with the worker thread, maybe after this)
 
         wait_until(loaded_and_set_right, 2, "the reloaded HAProxy set right")
-    finally:
-        stop.set()
-        loop.join(5)
-    assert not loop.is_alive()
 
 
 def with_admin(state: HAProxyState, backend: str, server: str,
