@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from controller import __version__, haproxy_config, logs
-from controller.haproxy import HAProxyClient
+from controller.haproxy import HAProxyClient, HAProxyMaster
 from controller.loop import Controller, PassResult
 from controller.model import Address, Decision, HAProxyState, SentinelView
 from controller.plan import BackendTarget, targets
@@ -90,6 +90,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="HAProxy's server-state file, rewritten after every change so that a "
                      "restarted or reloaded HAProxy starts from it: a name, beside each unix "
                      "socket, or one absolute path; '' none (server-state)")
+    pol.add_argument("--haproxy-master-socket", metavar="NAME|PATH|tcp:HOST:PORT",
+                     help="HAProxy's master CLI (haproxy -W -S PATH), through which a fence also "
+                     "shuts the sessions a reload's old worker keeps: a name, beside each unix "
+                     "socket, one absolute path or tcp:HOST:PORT; '' none (master.sock)")
     pol.add_argument("--max-replica-link-down-s", type=float, metavar="S",
                      help="a replica whose link to its master is down keeps serving reads this "
                      "long (60)")
@@ -249,8 +253,10 @@ def cmd_run(s: Settings) -> int:
                             s.sentinel_dead_after_s, s.sentinel_timeout_s)
 
     watchers = [new_watcher(a) for a in reader.sentinels]
+    masters = [None if s.dry_run or (m := s.master_socket_for(h.target)) is None
+               else HAProxyMaster(m, s.haproxy_timeout_s) for h in haproxies]
     ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes, new_watcher,
-                     roster)
+                     roster, masters)
     stop = threading.Event()
 
     received: list[str] = []

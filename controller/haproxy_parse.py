@@ -1,5 +1,5 @@
-"""Parse HAProxy Runtime API output (`show info`, `show servers state`, `show stat`), and
-build the batches that read it.
+"""Parse HAProxy Runtime API output (`show info`, `show servers state`, `show stat`; the
+master CLI's `show proc` and `show sess`), and build the batches that read it.
 
 Columns are found by header name, never by position (facts A.1.2). Every function raises
 `HAProxyReplyError` naming the problem on output it does not understand. No I/O here.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from controller.model import HAProxyInfo, HAProxyState, ServerState, admin_from_bits
@@ -239,3 +239,33 @@ def set_addr_ok(output: str) -> bool:
     file ...` (an `init-addr none` slot), `Permission denied`...
     """
     return _ADDR_OK.fullmatch(output.strip()) is not None
+
+
+def parse_old_workers(text: str) -> list[int]:
+    """The master CLI's `show proc`: the PIDs listed under `# old workers` (workers a reload
+    left, still holding sessions), in the order listed."""
+    if not text.lstrip().startswith("#<PID>"):
+        raise HAProxyReplyError(f"show proc: unexpected reply {text[:120]!r}")
+    out: list[int] = []
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            section = line.strip("# ").lower()
+            continue
+        pid, _, rest = line.strip().partition(" ")
+        if section == "old workers" and pid:
+            if not pid.isdigit() or not rest.strip().startswith("worker"):
+                raise HAProxyReplyError(f"show proc: unexpected line {line[:120]!r}")
+            out.append(int(pid))
+    return out
+
+
+_SESSION = re.compile(r"^(0x[0-9a-f]+): .*? be=(\S+) srv=(\S+) ", re.M)
+
+
+def parse_sessions(text: str, servers: Collection[tuple[str, str]]) -> list[str]:
+    """`show sess`: the ids (`0x...`) of the streams whose backend/server is one of
+    `servers`. Lines of another shape (the CLI's own stream, continuation lines) are not
+    streams to a server and are skipped."""
+    wanted = set(servers)
+    return [m.group(1) for m in _SESSION.finditer(text) if (m.group(2), m.group(3)) in wanted]

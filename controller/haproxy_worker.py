@@ -22,13 +22,15 @@ probe at once, and so does the watch's first connect after HAProxy could not be 
 restart is seen a few ms after the new HAProxy listens). Each state read is kept for
 HAProxy's server-state file (`haproxy_state_file`), which a third thread writes when a server
 changed and a fourth watches for a starting HAProxy opening it: a restarted or reloaded
-HAProxy starts from it, and a reload is seen at once.
+HAProxy starts from it, and a reload is seen at once. The sessions a reload's old worker keeps
+to a server whose sessions a sync shut are shut too, through the master CLI (`OldWorkers`).
 Must not decide anything, nor talk to anything but its HAProxy (through `HAProxyTarget`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -39,6 +41,7 @@ import structlog
 
 from controller.counters import Counters
 from controller.haproxy import AppliedAndRead, CommandResult, HAProxyError
+from controller.haproxy_old_workers import OldWorkers
 from controller.haproxy_state_file import FileOpens, ServerStateFile
 from controller.model import AdminState, Command, HAProxyInfo, HAProxyState
 from controller.plan import BackendTarget, Note, Plan, plan
@@ -137,8 +140,12 @@ class HAProxyWorker:
         lease_map: str = "lease.map",
         write_lease: bool = True,
         state_file: str | None = None,
+        old_workers: OldWorkers | None = None,
     ) -> None:
         self.h = h
+        # A reload's old workers, through the master CLI: their sessions to the servers this
+        # worker shuts sessions of are shut too (None: no master CLI)
+        self.old_workers = old_workers
         self.target = h.target
         self.counters = counters
         self.hooks = hooks
@@ -276,6 +283,8 @@ class HAProxyWorker:
         helpers = [("watch", self._watch)]
         if self.state_file is not None:
             helpers += [("opens", self._watch_opens), ("file", self._write_file)]
+        if self.old_workers is not None:
+            helpers += [("old", functools.partial(self.old_workers.run, self._watch_stop))]
         for role, target in helpers:
             t = threading.Thread(target=target, daemon=True, name=f"haproxy-{role}-{self.target}")
             t.start()
@@ -288,6 +297,8 @@ class HAProxyWorker:
         self._watch_stop.set()
         self.h.release()
         self._file_due.set()  # wakes the file thread: it sees the stop and writes what is left
+        if self.old_workers is not None:
+            self.old_workers.wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
         for t in self._helpers:
@@ -551,8 +562,20 @@ class HAProxyWorker:
             self._down(str(e))
             return HAProxyOutcome(self.target, state, p, tuple(e.partial), error=str(e))
         self._report(done.results, groups, wanted, edited)
+        self._close_old_sessions(done.results)
         out = HAProxyOutcome(self.target, state, p, tuple(done.results))
         return self._verify(groups, wanted, out, done)
+
+    def _close_old_sessions(self, results: Sequence[CommandResult]) -> None:
+        """The sessions a reload's old workers keep to the servers whose sessions were just
+        shut here: shut too (after the commands, off the failover's path)."""
+        shut = [r.command for r in results if r.ok and r.command.after == "sessions-closed"]
+        if shut and self.old_workers is not None:
+            servers = {(c.backend, c.server) for c in shut}
+            if self.threaded:
+                self.old_workers.request(servers, shut[0].reason)
+            else:
+                self.old_workers.close(servers, shut[0].reason)
 
     def _read_ahead(self, backends: set[str]) -> None:
         try:

@@ -43,6 +43,7 @@ import structlog
 from controller import lease
 from controller.counters import Counters
 from controller.decide import History, Rules, decidable, decide
+from controller.haproxy_old_workers import HAProxyMasterTarget, OldWorkers
 from controller.haproxy_worker import HAProxyOutcome, HAProxyTarget, HAProxyWorker
 from controller.model import Address, Decision, SentinelView
 from controller.pending import Batch, Pending
@@ -186,7 +187,10 @@ class Controller:
         nodes: NodeRoles | None = None,
         new_watcher: Callable[[Address], Watcher] | None = None,
         roster: Roster | None = None,
+        haproxy_masters: Sequence[HAProxyMasterTarget | None] = (),
     ) -> None:
+        """`haproxy_masters`: the master CLI of each of `haproxies` (same order; None or
+        missing: none)."""
         self.settings = settings
         self.roster = roster  # None: addresses used as Sentinel gives them, no re-checks
         self.reader = reader
@@ -209,8 +213,10 @@ class Controller:
                           apply=not settings.dry_run, lease_map=settings.write_lease_map,
                           write_lease=settings.write_lease,
                           state_file=None if settings.dry_run
-                          else settings.state_file_for(h.target))
-            for h in self.haproxies
+                          else settings.state_file_for(h.target),
+                          old_workers=None if m is None else OldWorkers(m, h.target))
+            for h, m in zip(self.haproxies,
+                            [*haproxy_masters, *[None] * len(self.haproxies)], strict=False)
         ]
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided

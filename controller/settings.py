@@ -56,6 +56,10 @@ class Settings:
     # HAProxy's server-state file, kept after every change: a name beside each unix socket, or
     # one absolute path (one socket only); "" none. Its config loads it on (re)start.
     haproxy_state_file: str = "server-state"
+    # HAProxy's master CLI (`haproxy -W -S PATH`): through it, sessions a reload's old worker
+    # keeps to a fenced server are shut too. A name beside each unix socket, one absolute path
+    # or `tcp:HOST:PORT` (one HAProxy only); "" none.
+    haproxy_master_socket: str = "master.sock"
     max_replica_link_down_s: float = 60.0  # a serving replica may lag its master this long
     min_sentinels: int = 0  # 0: a majority of the group's Sentinels (as they report)
     resync_interval_s: float = 5.0
@@ -120,6 +124,18 @@ class Settings:
         if not name:
             return None
         if os.path.isabs(name):
+            return name
+        if socket.startswith("tcp:"):
+            return None
+        return os.path.join(os.path.dirname(socket) or ".", name)
+
+    def master_socket_for(self, socket: str) -> str | None:
+        """The master CLI of the HAProxy at admin `socket`; None: none (off, or a name and a
+        `tcp:` admin socket, which has no directory)."""
+        name = self.haproxy_master_socket
+        if not name:
+            return None
+        if os.path.isabs(name) or name.startswith("tcp:"):
             return name
         if socket.startswith("tcp:"):
             return None
@@ -252,6 +268,13 @@ def validate(s: Settings) -> None:
             f"haproxy_state_file: {s.haproxy_state_file!r} is one path for "
             f"{len(s.haproxy_sockets)} HAProxy sockets; each HAProxy needs its own file: give "
             "a name (it goes beside each socket)")
+    m = s.haproxy_master_socket
+    if any(c.isspace() or c == ";" for c in m):
+        raise SettingsError(f"haproxy_master_socket: {m!r} is not a socket path")
+    if (os.path.isabs(m) or m.startswith("tcp:")) and len(s.haproxy_sockets) > 1:
+        raise SettingsError(
+            f"haproxy_master_socket: {m!r} is one socket for {len(s.haproxy_sockets)} HAProxy; "
+            "each HAProxy has its own master CLI: give a name (it goes beside each socket)")
     if s.sentinel_dead_after_s <= s.sentinel_ping_interval_s:
         raise SettingsError(
             "sentinel_dead_after_s must be longer than sentinel_ping_interval_s "
@@ -291,17 +314,19 @@ def validate(s: Settings) -> None:
             Address.parse(s.metrics_address, "metrics_address:", default_host="127.0.0.1")
     except ValueError as e:
         raise SettingsError(str(e)) from None
-    for sock in s.haproxy_sockets:
+    sockets = [("haproxy_sockets", x) for x in s.haproxy_sockets]
+    sockets += [("haproxy_master_socket", m)] if m.startswith("tcp:") else []
+    for key, sock in sockets:
         if not sock.startswith("tcp:"):
             continue
         try:
-            host = Address.parse(sock[4:], "haproxy_sockets: tcp:").host
+            host = Address.parse(sock[4:], f"{key}: tcp:").host
         except ValueError as e:
             raise SettingsError(str(e)) from None
         loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
         if not loopback and not s.allow_remote_haproxy:
             raise SettingsError(
-                f"haproxy_sockets: {sock!r} is not on loopback; the admin socket must not "
+                f"{key}: {sock!r} is not on loopback; an admin socket must not "
                 "cross a network (set allow_remote_haproxy to force)"
             )
     for name in s.masters:

@@ -210,7 +210,9 @@ class Layout:
     ipv6: bool = False
     admin_tcp_port: int = 0  # ipv6: HAProxy's admin socket on [::1] for the controller
     #: HAProxy in master-worker mode (``-W``, as the official image runs it): a master process
-    #: and a worker; :meth:`LocalStack.reload_haproxy` reloads it (SIGUSR2 to the master).
+    #: and a worker; :meth:`LocalStack.reload_haproxy` reloads it (SIGUSR2 to the master). Its
+    #: master CLI (``-S``) is ``master.sock`` beside the admin socket, where the controller
+    #: looks for it by default (``haproxy_master_socket``), as the shipped compose file has it.
     haproxy_master_worker: bool = False
 
     def __post_init__(self) -> None:
@@ -590,6 +592,7 @@ class LocalStack:
             self._socket_tmpdir = Path(tempfile.mkdtemp(prefix="shx-"))
             sock = self._socket_tmpdir / "admin.sock"
         self.haproxy_socket: Path = sock
+        self.haproxy_master_socket: Path = sock.parent / "master.sock"  # with -W only
         self.haproxy_config_path: Path = hdir / "haproxy.cfg"
         self._nodes: dict[str, ManagedProcess] = {
             name: ManagedProcess(name, [], self.workdir / name, self.workdir / name / f"{name}.log")
@@ -1014,7 +1017,8 @@ class LocalStack:
     def _start_haproxy(self, deadline: float) -> None:
         self.haproxy_socket.parent.mkdir(parents=True, exist_ok=True)
         self._write_haproxy_config()
-        flags = ("-W",) if self.layout.haproxy_master_worker else ()
+        flags = (("-W", "-S", str(self.haproxy_master_socket))
+                 if self.layout.haproxy_master_worker else ())
         self._haproxy = start_haproxy(self.haproxy_config_path, self.haproxy_socket,
                                       self.workdir / "haproxy", flags,
                                       timeout_s=max(0.0, deadline - time.monotonic()))

@@ -220,3 +220,26 @@ class FakeHAProxy:
             f"port changed from '{srv.port}' to '{port}'")
         self.state_.backends[backend][name] = dataclasses.replace(srv, addr=ip, port=port)
         return f"{a}, {p} by 'stats socket command'"
+
+
+class FakeHAProxyMaster:
+    """A master CLI in memory: old worker PID -> (backend, server) -> its sessions there;
+    `fail` makes every call raise as an unreachable socket would."""
+
+    def __init__(self, target: str = "/fake/master.sock") -> None:
+        self.target = target
+        self.old: dict[int, dict[tuple[str, str], int]] = {}
+        self.asked: list[tuple[int, frozenset[tuple[str, str]]]] = []
+        self.fail = ""
+
+    def old_workers(self) -> list[int]:
+        if self.fail:
+            raise HAProxyError(self.target, self.fail)
+        return list(self.old)
+
+    def close_sessions(self, pid: int, servers: Collection[tuple[str, str]]) -> int:
+        if self.fail:
+            raise HAProxyError(self.target, self.fail)
+        self.asked.append((pid, frozenset(servers)))
+        held = self.old.get(pid, {})
+        return sum(held.pop(s, 0) for s in set(servers))

@@ -175,9 +175,9 @@ def test_quick_start_serves_writes_reads_stats_status_health_and_metrics(
 
 
 def test_processes_run_as_the_images_users_and_share_the_socket(stack: ComposeStack) -> None:
-    """Redis and Sentinel dropped root (uid 999), HAProxy runs as 99 and its admin socket is
-    99:99 mode 660 in the shared volume (compose's socket-init), which the controller (10001,
-    group 99) can open."""
+    """Redis and Sentinel dropped root (uid 999), HAProxy runs as 99 and its admin socket and
+    master CLI are 99:99 mode 660 in the shared volume (compose's socket-init), which the
+    controller (10001, group 99) can open and ask."""
     for service in ("redis1a", "sentinel1"):
         res = stack.exec(service, "sh", "-c", "grep ^Uid: /proc/1/status")
         assert res.stdout.split()[1:3] == ["999", "999"], (service, res.stdout + res.stderr)
@@ -189,6 +189,15 @@ def test_processes_run_as_the_images_users_and_share_the_socket(stack: ComposeSt
             f"s.connect('{sock}'); s.sendall(b'show info\\n'); print(s.recv(200).decode())")
     res = stack.exec("controller", "python", "-c", code)
     assert res.returncode == 0 and "Name: HAProxy" in res.stdout, res.stdout + res.stderr
+    # The master CLI (compose's `-S ...,mode,660`) beside it, which the controller asks about
+    # old workers: no reload yet, so none.
+    master = "/var/run/haproxy/master.sock"
+    res = stack.exec("haproxy", "stat", "-c", "%u:%g %a", master)
+    assert res.stdout.strip() == "99:99 660", res.stdout + res.stderr
+    code = ("from controller.haproxy import HAProxyMaster; "
+            f"print(HAProxyMaster('{master}').old_workers())")
+    res = stack.exec("controller", "python", "-c", code)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
 def test_docker_kill_of_the_master_loses_no_acknowledged_write(stack: ComposeStack) -> None:

@@ -11,7 +11,9 @@ from captured import DATA, haproxy_state, haproxy_text
 from controller.haproxy_parse import (
     HAProxyReplyError,
     parse_info,
+    parse_old_workers,
     parse_servers_state,
+    parse_sessions,
     parse_stat,
     split_replies,
 )
@@ -314,3 +316,40 @@ def test_slot_states_parse_with_ipv6_and_backup_slots() -> None:
     first = haproxy_state("haproxy_slots_initial.txt")
     assert {(s.addr, s.port) for s in first.backends["redis1_master"].values()} == {
         ("127.0.0.1", 1)}
+
+
+# -- master CLI (tests/data/haproxy_master_cli.json) -------------------------------------
+
+
+def _master_cli() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((DATA / "haproxy_master_cli.json").read_text())
+    return doc
+
+
+def test_show_proc_gives_the_old_workers_only() -> None:
+    """`show proc` after a reload: the old worker's PID, not the master's nor the new
+    worker's; without an `# old workers` entry, none."""
+    doc = _master_cli()
+    assert parse_old_workers(doc["show_proc"]) == [doc["old_pid"]]
+    before = doc["show_proc"].split("# old workers")[0] + "# programs\n\n"
+    assert parse_old_workers(before) == []
+
+
+@pytest.mark.parametrize("text", ["", "Unknown command.\n", "#<PID> <type>\n# old workers\nx y\n"])
+def test_show_proc_garbage_raises(text: str) -> None:
+    """A reply that is not a process list, or an old-worker line without a PID, raises."""
+    with pytest.raises(HAProxyReplyError, match="show proc"):
+        parse_old_workers(text)
+
+
+def test_show_sess_gives_the_streams_to_the_servers_asked() -> None:
+    """`show sess` of the old worker: the ids of its streams to g_master/n1 (two), to
+    g_replicas/n1 (one); the CLI's own stream and other servers are not taken."""
+    doc = _master_cli()
+    text = doc["show_sess"]
+    assert parse_sessions(text, {("g_master", "n1")}) == doc["g_master_ids"]
+    assert len(parse_sessions(text, {("g_replicas", "n1")})) == 1
+    assert len(parse_sessions(text, {("g_master", "n1"), ("g_replicas", "n1")})) == 3
+    assert parse_sessions(text, {("g_master", "n2")}) == []
+    assert parse_sessions(text, set()) == []
+    assert parse_sessions("", {("g_master", "n1")}) == []

@@ -155,3 +155,28 @@ def test_a_directory_that_cannot_be_watched_is_an_oserror(tmp_path: Path) -> Non
     `server_state_file_unwatched` and relies on its probe)."""
     with pytest.raises(OSError):
         FileOpens(tmp_path / "missing" / "server-state")
+
+
+def test_the_master_cli_goes_beside_each_unix_socket_or_where_a_path_says() -> None:
+    """haproxy_master_socket: a name goes beside each unix admin socket, nowhere for a `tcp:`
+    one; an absolute path or `tcp:` address is used as it is; "" means none."""
+    s = Settings()
+    assert s.master_socket_for("/var/run/haproxy/admin.sock") == "/var/run/haproxy/master.sock"
+    assert s.master_socket_for("tcp:127.0.0.1:9999") is None
+    one = Settings(haproxy_master_socket="/srv/m.sock")
+    assert one.master_socket_for("tcp:127.0.0.1:1") == "/srv/m.sock"
+    assert Settings(haproxy_master_socket="tcp:127.0.0.1:9").master_socket_for(
+        "/run/a.sock") == "tcp:127.0.0.1:9"
+    assert Settings(haproxy_master_socket="").master_socket_for("/run/a.sock") is None
+
+
+def test_one_master_cli_for_two_haproxies_or_a_remote_one_is_refused() -> None:
+    """Each HAProxy has its own master CLI: one path for two sockets is refused, as is a `tcp:`
+    master CLI off loopback and a name with a space; each error names the setting."""
+    with pytest.raises(SettingsError, match="haproxy_master_socket"):
+        load({"haproxy_master_socket": "/srv/m.sock",
+              "haproxy_sockets": ["/a/admin.sock", "/b/admin.sock"]}, {})
+    with pytest.raises(SettingsError, match="haproxy_master_socket"):
+        load({"haproxy_master_socket": "tcp:10.0.0.1:9999", "haproxy_sockets": ["/a/s"]}, {})
+    with pytest.raises(SettingsError, match="haproxy_master_socket"):
+        load({"haproxy_master_socket": "a b"}, {})

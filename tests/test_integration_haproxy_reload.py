@@ -1,16 +1,29 @@
 """The local stack's HAProxy in master-worker mode (`-W`, Layout.haproxy_master_worker): a
-reload (SIGUSR2 to the master) and the processes it leaves, as `drill --compare` runs it."""
+reload (SIGUSR2 to the master) and the processes it leaves, as `drill --compare` runs it; a
+fence after a reload reaching the old worker's sessions through the master CLI."""
 
 from __future__ import annotations
 
 import pytest
-from itest_support import StackFactory, describe, running
+from itest_support import (
+    ControllerFactory,
+    StackFactory,
+    connect_write,
+    describe,
+    list_values,
+    node_host,
+    running,
+    wait_sentinels_agree,
+    wait_state,
+)
 
 from lab.localstack import HAPROXY_CLASSIC_CONFIG
-from lab.resp import RespConn
+from lab.resp import ConnectionClosed, RespConn
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
+
+FAILOVER_S = 40.0  # deadline for Sentinel's failover and the controller following it
 
 
 def test_reload_gives_a_new_worker_and_stop_leaves_no_haproxy_process(
@@ -52,3 +65,39 @@ def test_kill_haproxy_in_master_worker_mode_kills_master_and_workers(
     stack.start_haproxy()
     assert stack.haproxy_pid not in before
     assert stack.haproxy().info().pid not in before
+
+
+def test_fence_after_reload_cuts_the_old_workers_write_session(
+    make_stack: StackFactory, make_controller: ControllerFactory
+) -> None:
+    """A write session that a reload left on the old worker is cut when the controller fences
+    its master (through HAProxy's master CLI, `-S master.sock`, found beside the admin socket by
+    default): the old master, resumed and not yet converted, gets no write from it."""
+    stack = make_stack(haproxy_master_worker=True)
+    controller = make_controller(stack)
+    held = connect_write(stack, "redis1", timeout_s=5)
+    try:
+        assert node_host(held) == stack.nodes["redis1a"].host
+        assert held.command("RPUSH", "acked", 1) == 1
+        assert held.command("WAIT", 1, 5000) == 1  # on the replica before the master stops
+        old, new = stack.reload_haproxy()
+        assert held.command("PING") == "PONG"  # kept by the old worker
+        mark = controller.mark()
+        stack.pause_node("redis1a")
+        try:
+            wait_sentinels_agree(stack, "redis1", "redis1b", FAILOVER_S)
+            wait_state(stack, {"redis1": "redis1b"}, read_ready={"redis1": set()},
+                       timeout_s=FAILOVER_S)
+            controller.wait_event("old_worker_sessions_closed", since=mark, pid=old)
+        finally:
+            stack.resume_node("redis1a")
+        assert stack.role("redis1a") == "master"  # resumed, not yet converted by Sentinel
+        try:
+            reply = held.command("RPUSH", "acked", 2)
+        except ConnectionClosed:
+            reply = None
+        assert reply is None, f"the old worker's session still reached the old master: {reply!r}"
+        assert 2 not in list_values(stack, "redis1a", "acked")
+    finally:
+        held.close()
+    assert stack.haproxy().info().pid == new

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from captured import GROUP, A, B, node, views, with_master
-from fakes import FakeHAProxy, FakeSentinels
+from fakes import FakeHAProxy, FakeHAProxyMaster, FakeSentinels
 from structlog.testing import capture_logs
 
 from controller import haproxy_worker
@@ -113,6 +113,26 @@ def test_failover_pass_fences_old_master_before_the_new_one_is_ready(
     assert out < ready and cut < ready
     assert controller.counters.failovers_seen == 1
     assert controller.counters.hand_edits_undone == 0
+
+
+def test_failover_also_shuts_the_old_workers_sessions_to_the_old_master(
+    sentinels: FakeSentinels, haproxy: FakeHAProxy
+) -> None:
+    """With a master CLI, the sessions a reload's old worker keeps to the fenced old master
+    are shut too, after the current worker's; a pass that shuts nothing asks it nothing."""
+    master = FakeHAProxyMaster()
+    ctl = Controller(Settings(sentinels=SENTINELS, masters=(GROUP,)), sentinels, [haproxy],
+                     haproxy_masters=[master])
+    ctl.reconcile("start")
+    assert master.asked == []
+    master.old = {4242: {(W, "redis1a"): 2, (R, "redis1b"): 1}}
+    sentinels.show("switched")
+    with capture_logs() as logs:
+        ctl.reconcile("+switch-master")
+    assert master.asked == [(4242, frozenset({(W, "redis1a")}))]
+    assert master.old[4242] == {(R, "redis1b"): 1}
+    (line,) = [e for e in logs if e["event"] == "old_worker_sessions_closed"]
+    assert line["pid"] == 4242 and line["sessions"] == 2
 
 
 def test_haproxy_restart_is_noticed_and_the_state_applied_again(
