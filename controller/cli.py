@@ -216,6 +216,13 @@ def wire(s: Settings) -> tuple[SentinelReader, list[HAProxyClient], Auth]:
     return reader, haproxies, auth
 
 
+def masters_for(s: Settings, haproxies: list[HAProxyClient]) -> list[HAProxyMaster | None]:
+    """The master CLI of each HAProxy (`haproxy_master_socket`), where one is set; none when
+    nothing is applied (dry run)."""
+    return [None if s.dry_run or (m := s.master_socket_for(h.target)) is None
+            else HAProxyMaster(m, s.haproxy_timeout_s) for h in haproxies]
+
+
 def roster_for(s: Settings, nodes: RedisNodes | None = None) -> Roster:
     """Names resolved, partial replica lists filled in, re-check passes (controller.roster)."""
     resolver = Resolver(s.resolve_cache_s, s.resolve_timeout_s, s.resolve_family,
@@ -253,10 +260,8 @@ def cmd_run(s: Settings) -> int:
                             s.sentinel_dead_after_s, s.sentinel_timeout_s)
 
     watchers = [new_watcher(a) for a in reader.sentinels]
-    masters = [None if s.dry_run or (m := s.master_socket_for(h.target)) is None
-               else HAProxyMaster(m, s.haproxy_timeout_s) for h in haproxies]
     ctl = Controller(s, reader, haproxies, watchers, hints, on_change, nodes, new_watcher,
-                     roster, masters)
+                     roster, masters_for(s, haproxies))
     stop = threading.Event()
 
     received: list[str] = []
@@ -469,7 +474,8 @@ def cmd_reconcile(s: Settings, as_json: bool) -> int:
     reader, haproxies, _ = wire(s)
     try:
         roster = roster_for(s)
-        ctl = Controller(s, reader, haproxies, roster=roster)
+        ctl = Controller(s, reader, haproxies, roster=roster,
+                         haproxy_masters=masters_for(s, haproxies))
         ctl.prime()
         result = ctl.reconcile("cli", apply=not s.dry_run)
         roster.resolver.close()

@@ -559,6 +559,7 @@ class HAProxyWorker:
         except HAProxyError as e:
             if e.partial:  # applied before the exchange that failed: in the audit trail too
                 self._report(e.partial, groups, wanted, edited)
+                self._close_old_sessions(e.partial)
             self._down(str(e))
             return HAProxyOutcome(self.target, state, p, tuple(e.partial), error=str(e))
         self._report(done.results, groups, wanted, edited)

@@ -175,6 +175,12 @@ class _FullPass:
     sentinels_s: float = 0.0  # waited for Sentinel rounds (head and chunks)
 
 
+def _padded(masters: Sequence[HAProxyMasterTarget | None], n: int
+            ) -> list[HAProxyMasterTarget | None]:
+    """`masters` as long as the HAProxy list: None for those it does not name."""
+    return [*masters[:n], *[None] * (n - len(masters))]
+
+
 class Controller:
     def __init__(
         self,
@@ -215,8 +221,8 @@ class Controller:
                           state_file=None if settings.dry_run
                           else settings.state_file_for(h.target),
                           old_workers=None if m is None else OldWorkers(m, h.target))
-            for h, m in zip(self.haproxies,
-                            [*haproxy_masters, *[None] * len(self.haproxies)], strict=False)
+            for h, m in zip(self.haproxies, _padded(haproxy_masters, len(self.haproxies)),
+                            strict=True)
         ]
         self._decisions: dict[str, Decision] = {}  # last decided verdict per group
         self._undecided: dict[str, str] = {}  # group -> reason, while undecided
