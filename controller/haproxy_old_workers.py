@@ -24,6 +24,10 @@ from controller.haproxy import HAProxyError
 
 log = structlog.get_logger("controller")
 
+IDLE_S = 1.0  # the thread looks for work at least this often
+RETRY_MIN_S = 0.05  # a sweep that failed is tried again after this, then twice as long...
+RETRY_MAX_S = 1.0  # ...up to this
+
 
 class HAProxyMasterTarget(Protocol):
     """What `OldWorkers` needs from an HAProxy's master CLI (`haproxy.HAProxyMaster`);
@@ -58,20 +62,33 @@ class OldWorkers:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Close what `request` handed over, until `stop` is set (then `wake()`)."""
+        """Close what `request` handed over, until `stop` is set (then `wake()`). A sweep
+        that could not ask every old worker is tried again, RETRY_MIN_S, then twice as long
+        each time up to RETRY_MAX_S: right after a reload the master re-executes itself and
+        refuses connections for a moment, exactly when a fence may come."""
+        backoff = RETRY_MIN_S
+        wait_s = IDLE_S
         while not stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(wait_s)
             self._wake.clear()
             with self._lock:
                 due, self._due = self._due, {}
             if not due or stop.is_set():
+                wait_s = IDLE_S
                 continue
             try:
-                self.close(set(due), next(iter(due.values())))
+                _, ok = self._sweep(set(due), next(iter(due.values())))
             except Exception:  # a bug: say so and go on; never spin on it
                 log.exception("unexpected_error", where="haproxy old workers",
                               haproxy=self.haproxy)
-                stop.wait(1.0)
+                ok = False
+            if ok:
+                backoff, wait_s = RETRY_MIN_S, IDLE_S
+                continue
+            with self._lock:  # again later, with what came meanwhile
+                for srv, why in due.items():
+                    self._due.setdefault(srv, why)
+            wait_s, backoff = backoff, min(backoff * 2, RETRY_MAX_S)
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,11 +97,15 @@ class OldWorkers:
         """Shut the sessions every old worker keeps to `servers` (backend, server); how many
         there were. A failure is logged (once while it lasts), never raised: the current
         worker's commands are done already."""
+        return self._sweep(servers, reason)[0]
+
+    def _sweep(self, servers: Collection[tuple[str, str]], reason: str) -> tuple[int, bool]:
+        """`close`, and whether every old worker was asked (or there is no master CLI at
+        all, where asking again would not help)."""
         try:
             pids = self.master.old_workers()
         except HAProxyError as e:
-            self._failed(str(e), servers)
-            return 0
+            return 0, self._failed(str(e), servers)
         closed = 0
         error = ""
         for pid in pids:
@@ -99,16 +120,17 @@ class OldWorkers:
                             reason=reason)
             closed += n
         if error:
-            self._failed(error, servers)
-        else:
-            self._error = ""
-        return closed
+            return closed, self._failed(error, servers)
+        self._error = ""
+        return closed, True
 
-    def _failed(self, error: str, servers: Collection[tuple[str, str]]) -> None:
-        if error == self._error:
-            return
+    def _failed(self, error: str, servers: Collection[tuple[str, str]]) -> bool:
+        """Log a failure once while it lasts; True when there is no master CLI at all."""
         target = self.master.target
-        if not target.startswith("tcp:") and not os.path.exists(target):
+        absent = not target.startswith("tcp:") and not os.path.exists(target)
+        if error == self._error:
+            return absent
+        if absent:
             # No master CLI there (HAProxy runs without `-S`): nothing is wrong now, but the
             # operator should know what a reload leaves out of reach.
             log.info("old_workers_unchecked", haproxy=self.haproxy, master_socket=target,
@@ -120,5 +142,7 @@ class OldWorkers:
                         master_socket=target, error=error,
                         servers=sorted(f"{b}/{s}" for b, s in servers),
                         detail="sessions a worker left by a reload keeps to these servers "
-                        "stay open until they end or hard-stop-after ends that worker")
+                        "stay open until asked again (with backoff) or hard-stop-after ends "
+                        "that worker")
         self._error = error
+        return absent

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, metavar="N", default=1,
                    help="--compare: repetitions (median and worst)")
     p.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME",
-                   help="--compare: kill, return, hold, replica (repeatable; default all)")
+                   help=f"--compare: {', '.join(SCENARIOS)} (repeatable or "
+                   "comma-separated; default all)")
     p.add_argument("--plot", metavar="FILE.svg", action="append",
                    help="--compare: write a timeline plot, SVG or PNG by suffix (repeatable; "
                    "needs matplotlib: pip install 'sentinel-haproxy[plot]')")

@@ -12,8 +12,10 @@ on both at once, with the same writers, readers and fault:
 - replica: SIGKILL of the replica, restarted 3 s later (read errors);
 - leader:  SIGKILL of the master, then of the Sentinel leading its failover;
 - proxy:   SIGKILL of HAProxy (master and worker), started again 1 s later;
-- reload:  master-worker reload of HAProxy (SIGUSR2 to its master).
-Every setup's HAProxy runs in master-worker mode (`-W`), as the official image runs it.
+- reload:  master-worker reload of HAProxy (SIGUSR2 to its master);
+- reload-hold: a reload, then `hold`: the held writer's session is on the old worker.
+Every setup's HAProxy runs in master-worker mode (`-W`, with a master CLI, `-S`), as the
+official image runs it.
 Between scenarios both stacks are brought back to "two nodes, one master, one linked replica,
 HAProxy routing accordingly" (not measured). `--repeat N` gives the median and the worst.
 lab.partition runs its network partitions on the same stacks (`started`, `all_at_once`,
@@ -35,7 +37,7 @@ from controller.haproxy import HAProxyError
 from controller.model import Address
 from lab import resp
 from lab.daemon import ControllerDaemon
-from lab.drill import DrillError, DrillRun, DrillSpec, Fault, run_drill
+from lab.drill import DrillError, DrillRun, DrillSpec, Fault, run_drill, sentinel_failover
 from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     HAPROXY_CONFIG,
@@ -44,7 +46,7 @@ from lab.localstack import (
     LocalStack,
     StackActions,
 )
-from lab.measure import METRICS, Recording, aggregate, fmt_num
+from lab.measure import METRICS, Recording, aggregate, first_mark, fmt_num
 from lab.probes import Mark, current_master, event_is_for
 from lab.resp import RespError
 from lab.wait import WaitTimeout, wait_until
@@ -61,6 +63,8 @@ SCENARIOS: dict[str, str] = {
              "restart: every runtime state lost)",
     "reload": "master-worker reload of HAProxy (SIGUSR2): a new worker starts from the config; "
               "established connections stay on the old one",
+    "reload-hold": "HAProxy reloaded, then the held-connection failover (SIGSTOP, SENTINEL "
+                   "FAILOVER, SIGCONT): the held writer is on the old worker",
 }
 #: Setups, in table order: the two HAProxy-only peers, then this project. classic: role health
 #: checks (haproxy/haproxy-classic.cfg); redis-ha: the redis-ha Helm chart's role checks plus
@@ -138,7 +142,7 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
     )
     if scenario in ("kill", "return"):
         return replace(base, method="kill")
-    if scenario == "hold":
+    if scenario in ("hold", "reload-hold"):
         return replace(base, method="hold", write_timeout_s=15.0)
     if scenario == "replica":
         return replace(base, method="replica-kill", pause_s=3.0)
@@ -154,7 +158,7 @@ def spec_for(setup: Setup, scenario: str) -> DrillSpec:
 def after_for(setup: Setup, scenario: str) -> Callable[[DrillRun], None] | None:
     if scenario == "return":
         return lambda run: _old_master_returns(setup, run)
-    if scenario == "hold":
+    if scenario in ("hold", "reload-hold"):
         return lambda run: wait_conversion(run, run.old_master, time.time(), 20.0, 3.0)
     return None
 
@@ -186,6 +190,8 @@ def run_scenario(setup: Setup, scenario: str) -> Recording:
         fault = ProxyRestart(setup)
     elif scenario == "reload":
         fault = ProxyReload(setup)
+    elif scenario == "reload-hold":
+        fault = ReloadHold(setup)
     return run_measured(setup, spec_for(setup, scenario), after_for(setup, scenario), fault)
 
 
@@ -299,6 +305,45 @@ class ProxyReload:
         except (OSError, RespError):
             return False
         return isinstance(reply, list) and bool(reply) and reply[0] == "master"
+
+
+class ReloadHold:
+    """A master-worker reload of HAProxy, then the `hold` failover (a `drill.Fault`): SIGSTOP
+    the master, SENTINEL FAILOVER, SIGCONT once a Sentinel announces the switch. The
+    persistent writer connected before the reload, so the old worker keeps its session, which
+    the admin socket no longer reaches; when the old master wakes up, not yet converted, it
+    acknowledges whatever reaches it on that session (the writer's pending SET first).
+    """
+
+    SWITCH_WAIT_S = 20.0  # within the drill's 30 s
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.run: DrillRun | None = None
+
+    def inject(self, run: DrillRun) -> str:
+        self.run = run
+        old, new = self.setup.stack.reload_haproxy()
+        self.setup.actions().pause(run.old_master)
+        sentinel_failover(run.spec)
+        return (f"HAProxy reloaded (worker {old} -> {new}); SIGSTOP master {run.old_master}; "
+                "SENTINEL FAILOVER")
+
+    def heal(self) -> str:
+        run = self.run
+        assert run is not None, "heal before inject"
+
+        def switched() -> bool:
+            return first_mark(run.recorder.snapshot(), "+switch-master", GROUP,
+                              run.fault_t) is not None
+
+        try:
+            wait_until(switched, self.SWITCH_WAIT_S, "+switch-master", interval_s=0.01)
+            said = "after +switch-master"
+        except WaitTimeout:
+            said = f"no +switch-master within {self.SWITCH_WAIT_S:.0f} s"
+        self.setup.actions().resume(run.old_master)
+        return f"SIGCONT {run.old_master} ({said})"
 
 
 def run_measured(setup: Setup, spec: DrillSpec, after: Callable[[DrillRun], None] | None = None,

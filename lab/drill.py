@@ -166,7 +166,8 @@ class DrillRun:
             return None
 
 
-def _sentinel_failover(spec: DrillSpec) -> None:
+def sentinel_failover(spec: DrillSpec) -> None:
+    """`SENTINEL FAILOVER <master>` on the first Sentinel that accepts it."""
     errors = []
     for s in spec.sentinels:
         try:
@@ -322,10 +323,10 @@ def run_drill(
             paused = target
             run.mark("fault", f"SIGSTOP master {target}")
             if spec.method == "hold":
-                _sentinel_failover(spec)
+                sentinel_failover(spec)
                 run.mark("drill", f"SENTINEL FAILOVER {spec.master}")
         elif spec.method == "failover":
-            _sentinel_failover(spec)
+            sentinel_failover(spec)
             run.mark("fault", f"SENTINEL FAILOVER {spec.master}")
         elif spec.method == "replica-kill":
             actions.kill(target)

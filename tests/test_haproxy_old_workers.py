@@ -89,3 +89,31 @@ def test_requests_are_closed_by_the_thread_and_stop_ends_it() -> None:
         w.wake()
         t.join(5)
     assert not t.is_alive()
+
+
+def test_a_refused_sweep_is_tried_again_until_the_master_answers(tmp_path: Path) -> None:
+    """Right after a reload the master re-executes itself and refuses connections: the thread
+    keeps the servers and asks again (with backoff) until it answers, then closes the old
+    worker's sessions; the refusal is logged once."""
+    sock = tmp_path / "master.sock"
+    sock.touch()
+    m = FakeHAProxyMaster(str(sock))
+    m.old = {7: {("redis1_master", "redis1a"): 1}}
+    m.fail = "cannot talk to the socket: [Errno 111] Connection refused"
+    w = OldWorkers(m, "/run/admin.sock")
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    with capture_logs() as logs:
+        t.start()
+        try:
+            w.request(FENCED, "fenced")
+            wait_until(lambda: len([e for e in logs if e["event"] == "old_workers_unreachable"])
+                       == 1, 5, "the refusal logged")
+            m.fail = ""
+            wait_until(lambda: m.old[7] == {}, 5, "the old worker's session closed on a retry")
+        finally:
+            stop.set()
+            w.wake()
+            t.join(5)
+    assert [e["event"] for e in logs].count("old_workers_unreachable") == 1
+    assert [e["pid"] for e in logs if e["event"] == "old_worker_sessions_closed"] == [7]
