@@ -37,7 +37,15 @@ from controller.haproxy import HAProxyError
 from controller.model import Address
 from lab import resp
 from lab.daemon import ControllerDaemon
-from lab.drill import DrillError, DrillRun, DrillSpec, Fault, run_drill, sentinel_failover
+from lab.drill import (
+    DrillError,
+    DrillRun,
+    DrillSpec,
+    Fault,
+    run_drill,
+    sentinel_failover,
+    switch_announced,
+)
 from lab.localstack import (
     HAPROXY_CLASSIC_CONFIG,
     HAPROXY_CONFIG,
@@ -46,7 +54,7 @@ from lab.localstack import (
     LocalStack,
     StackActions,
 )
-from lab.measure import METRICS, Recording, aggregate, first_mark, fmt_num
+from lab.measure import METRICS, Recording, aggregate, fmt_num
 from lab.probes import Mark, current_master, event_is_for
 from lab.resp import RespError
 from lab.wait import WaitTimeout, wait_until
@@ -332,13 +340,9 @@ class ReloadHold:
     def heal(self) -> str:
         run = self.run
         assert run is not None, "heal before inject"
-
-        def switched() -> bool:
-            return first_mark(run.recorder.snapshot(), "+switch-master", GROUP,
-                              run.fault_t) is not None
-
         try:
-            wait_until(switched, self.SWITCH_WAIT_S, "+switch-master", interval_s=0.01)
+            wait_until(lambda: switch_announced(run), self.SWITCH_WAIT_S, "+switch-master",
+                       interval_s=0.01)
             said = "after +switch-master"
         except WaitTimeout:
             said = f"no +switch-master within {self.SWITCH_WAIT_S:.0f} s"

@@ -178,6 +178,13 @@ def sentinel_failover(spec: DrillSpec) -> None:
     raise DrillError("no sentinel accepted SENTINEL FAILOVER: " + "; ".join(errors))
 
 
+def switch_announced(run: DrillRun) -> bool:
+    """A Sentinel published `+switch-master` for the drill's master since the fault (when a
+    held failover resumes the old master)."""
+    return first_mark(run.recorder.snapshot(), "+switch-master", run.spec.master,
+                      run.fault_t) is not None
+
+
 def pick_replica(spec: DrillSpec, master: str) -> str:
     """A replica of `master` that a Sentinel sees up."""
     for d in replica_entries(spec.sentinels, spec.master):
@@ -393,8 +400,7 @@ def _failover_phase(
             resume = False
             if spec.method == "pause" and now >= run.fault_t + spec.pause_s:
                 resume = True
-            if spec.method == "hold" and first_mark(run.recorder.snapshot(), "+switch-master",
-                                                    spec.master, run.fault_t):
+            if spec.method == "hold" and switch_announced(run):
                 resume = True
             if resume:
                 actions.resume(paused)

@@ -27,13 +27,24 @@ from controller.model import AdminState
 from lab.daemon import ControllerDaemon, clean_env, lease_given
 from lab.localstack import Layout, LocalStack, PortInUseError, free_port, write_haproxy_config
 from lab.procs import ManagedProcess, start_haproxy
-from lab.resp import RespConn, RespError
+from lab.resp import ConnectionClosed, RespConn, RespError
 from lab.wait import wait_until
 
 StackFactory = Callable[..., LocalStack]
 ControllerFactory = Callable[..., ControllerDaemon]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FAILOVER_S = 40.0  # deadline for Sentinel's failover and the controller following it
+
+
+def assert_cut(held: RespConn, *command: str | int, served: str) -> None:
+    """Sending ``command`` on ``held`` finds the connection closed; ``served`` names the
+    failure if a reply comes back instead."""
+    try:
+        reply = held.command(*command)
+    except ConnectionClosed:
+        return
+    raise AssertionError(f"{served}: {reply!r}")
 
 
 def procs_under(workdir: Path) -> list[int]:

@@ -182,18 +182,16 @@ def test_processes_run_as_the_images_users_and_share_the_socket(stack: ComposeSt
         res = stack.exec(service, "sh", "-c", "grep ^Uid: /proc/1/status")
         assert res.stdout.split()[1:3] == ["999", "999"], (service, res.stdout + res.stderr)
     assert stack.exec("haproxy", "id", "-u").stdout.strip() == "99"
-    sock = "/var/run/haproxy/admin.sock"
-    res = stack.exec("haproxy", "stat", "-c", "%u:%g %a", sock)
-    assert res.stdout.strip() == "99:99 660", res.stdout + res.stderr
+    # The admin socket, and the master CLI beside it (compose's `-S ...,mode,660`)
+    sock, master = "/var/run/haproxy/admin.sock", "/var/run/haproxy/master.sock"
+    for path in (sock, master):
+        res = stack.exec("haproxy", "stat", "-c", "%u:%g %a", path)
+        assert res.stdout.strip() == "99:99 660", (path, res.stdout + res.stderr)
     code = ("import socket; s = socket.socket(socket.AF_UNIX); "
             f"s.connect('{sock}'); s.sendall(b'show info\\n'); print(s.recv(200).decode())")
     res = stack.exec("controller", "python", "-c", code)
     assert res.returncode == 0 and "Name: HAProxy" in res.stdout, res.stdout + res.stderr
-    # The master CLI (compose's `-S ...,mode,660`) beside it, which the controller asks about
-    # old workers: no reload yet, so none.
-    master = "/var/run/haproxy/master.sock"
-    res = stack.exec("haproxy", "stat", "-c", "%u:%g %a", master)
-    assert res.stdout.strip() == "99:99 660", res.stdout + res.stderr
+    # The controller asks the master CLI about old workers: no reload yet, so none.
     code = ("from controller.haproxy import HAProxyMaster; "
             f"print(HAProxyMaster('{master}').old_workers())")
     res = stack.exec("controller", "python", "-c", code)

@@ -18,7 +18,14 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from itest_support import ControllerFactory, StackFactory, StatePoller, ready, wait_state
+from itest_support import (
+    FAILOVER_S,
+    ControllerFactory,
+    StackFactory,
+    StatePoller,
+    ready,
+    wait_state,
+)
 
 from controller.model import Address
 from lab.compare import LeaderLoss, Setup, run_measured, spec_for
@@ -40,7 +47,6 @@ from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-FAILOVER_S = 40.0
 G = "redis1"
 
 

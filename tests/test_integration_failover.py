@@ -12,9 +12,11 @@ import time
 
 import pytest
 from itest_support import (
+    FAILOVER_S,
     ControllerFactory,
     StackFactory,
     StatePoller,
+    assert_cut,
     connect_write,
     list_values,
     node_behind_write,
@@ -29,26 +31,15 @@ from itest_support import (
 from lab.daemon import ControllerDaemon
 from lab.localstack import LocalStack
 from lab.probes import Writer, read_back
-from lab.resp import ConnectionClosed, RespConn
+from lab.resp import RespConn
 from lab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-FAILOVER_S = 40.0  # deadline for Sentinel's failover and the controller following it
 
 
 def _sentinel(stack: LocalStack, i: int) -> str:
     return str(stack.sentinel_addrs[i])
-
-
-def _assert_cut(held: RespConn, *command: str | int, served: str) -> None:
-    """Sending ``command`` on ``held`` finds the connection closed; ``served`` names the
-    failure if a reply comes back instead."""
-    try:
-        reply = held.command(*command)
-    except ConnectionClosed:
-        return
-    pytest.fail(f"{served}: {reply!r}")
 
 
 def test_master_sigkill_writes_reach_new_master_other_groups_untouched(
@@ -149,7 +140,7 @@ def test_connection_held_through_failover_is_cut(
         finally:
             stack.resume_node("redis1a")
         assert stack.role("redis1a") == "master"  # resumed, not yet converted by Sentinel
-        _assert_cut(held, "RPUSH", "acked", 2,
+        assert_cut(held, "RPUSH", "acked", 2,
                     served="held connection still served by the old master")
         assert 2 not in list_values(stack, "redis1a", "acked")
     finally:
@@ -283,7 +274,7 @@ def test_controller_restarted_mid_failover_converges_and_cuts_old_sessions(
         controller.start()
         wait_backend(stack, "redis1_master", {"redis1a": "maint", "redis1b": "ready"},
                      timeout_s=30)
-        _assert_cut(held, "RPUSH", "acked", 2,
+        assert_cut(held, "RPUSH", "acked", 2,
                     served="held connection to the old master still served")
     finally:
         held.close()

@@ -8,14 +8,20 @@ from __future__ import annotations
 import signal
 
 import pytest
-from itest_support import ControllerFactory, StackFactory, extra_haproxy, wait_ready, wait_state
+from itest_support import (
+    FAILOVER_S,
+    ControllerFactory,
+    StackFactory,
+    extra_haproxy,
+    wait_ready,
+    wait_state,
+)
 
 from controller.haproxy import HAProxyClient
 from lab.localstack import LocalStack
 
 pytestmark = pytest.mark.integration
 
-FAILOVER_S = 40.0  # deadline for Sentinel's failover and the controller following it
 CAUGHT_UP_S = 5.0  # deadline for a hung HAProxy to be brought up to date once it is back
 
 
