@@ -81,6 +81,7 @@ _MAX_UNIX_PATH = 100
 
 #: reload_haproxy: SIGUSR2 is sent again when no new worker answered within this time (one
 #: sent in the first few hundred ms after the master's start can be lost).
+RELOAD_SETTLED_ASKS = 20  # fresh `show info` in a row that must all name the new worker
 RELOAD_RESEND_S = 1.0
 
 Role = Literal["master", "replica"]
@@ -860,8 +861,9 @@ class LocalStack:
 
     def reload_haproxy(self, timeout_s: float = 10) -> tuple[int, int]:
         """A master-worker reload: SIGUSR2 to HAProxy's master by its PID; wait until `show
-        info` (a fresh connection) names a new worker that is not stopping. Returns (old, new)
-        worker PIDs. The old worker serves its established connections until they close.
+        info` (a fresh connection) names a new worker that is not stopping, and then only it
+        answers. Returns (old, new) worker PIDs. The old worker serves its established
+        connections until they close.
 
         Needs Layout.haproxy_master_worker. A SIGUSR2 that reaches the master in the first few
         hundred ms after its start can be lost (measured): it is sent again when no new worker
@@ -880,11 +882,22 @@ class LocalStack:
             self._haproxy.send_signal(signal.SIGUSR2)
             attempt = min(deadline, time.monotonic() + RELOAD_RESEND_S)
             try:
-                return old, self._wait_haproxy(f"a new HAProxy worker (not {old}) after SIGUSR2",
-                                               new_worker, attempt)
+                new = self._wait_haproxy(f"a new HAProxy worker (not {old}) after SIGUSR2",
+                                         new_worker, attempt)
+                break
             except WaitTimeout:
                 if time.monotonic() >= deadline:
                     raise
+
+        # The old worker accepts on the inherited sockets until the master has told it to
+        # stop, a moment after the new one answers (seen: `show info` named the new worker,
+        # the next connection the old one): done when only the new one answers.
+        def only_new() -> int | None:
+            asks = range(RELOAD_SETTLED_ASKS)
+            return new if all(self.haproxy(1.0).info().pid == new for _ in asks) else None
+
+        self._wait_haproxy(f"only the new HAProxy worker {new} answering", only_new, deadline)
+        return old, new
 
     def start_haproxy(self, timeout_s: float = 10) -> None:
         self._start_haproxy(time.monotonic() + timeout_s)
