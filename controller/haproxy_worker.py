@@ -455,19 +455,28 @@ class HAProxyWorker:
                 return
 
     def _catch_new_identity(self) -> None:
-        known = self._identity
+        """Ask `show info` until a new identity answers, then ask the worker to probe until
+        its probe has recorded one too: for a moment after a reload both workers accept on
+        the inherited sockets, and the probe's own connection may reach the old one
+        (measured: 2 ms after `show info` had named the new worker)."""
+        known = None if self._identity is None else self._key(self._identity)
         until = time.monotonic() + CATCH_FOR_S
         while time.monotonic() < until and not self._watch_stop.is_set():
+            recorded = self._identity  # the worker's thread sets it; read once
+            if recorded is not None and self._key(recorded) != known:
+                return
             try:
                 info = self.h.info()
             except HAProxyError:  # not listening yet (a restart)
                 info = None
-            if info is not None and (known is None or info.stopping
-                                     or (info.pid, info.start_time_s)
-                                     != (known.pid, known.start_time_s)):
+            if info is not None and (info.stopping or self._key(info) != known):
                 self._probe_now()
-                return
             self._watch_stop.wait(CATCH_EVERY_S)
+
+    @staticmethod
+    def _key(info: HAProxyInfo) -> tuple[int, int]:
+        """What tells one HAProxy process from another."""
+        return info.pid, info.start_time_s
 
     def _probe_now(self) -> None:
         """Ask the worker for a probe. A flag, not `_next_probe`: the worker's own schedule
@@ -699,7 +708,7 @@ class HAProxyWorker:
         self._backoff = MIN_BACKOFF_S
         self.counters.haproxy_up[self.target] = True
         self._identity = info
-        if old is not None and (old.pid, old.start_time_s) != (info.pid, info.start_time_s):
+        if old is not None and self._key(old) != self._key(info):
             log.warning("haproxy_restarted", haproxy=self.target, old_pid=old.pid,
                         pid=info.pid)
         elif was_down:

@@ -371,6 +371,23 @@ def test_haproxy_identity_changes_are_noticed(controller: Controller) -> None:
     assert kinds == ["haproxy_changed"] * 3
 
 
+def test_a_reload_is_caught_when_the_probe_first_reaches_the_old_worker(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For a moment after a reload both workers accept on the inherited sockets: when the probe
+    that the state file's opening asked for reaches the old worker, the watch asks for
+    another until the worker has recorded the new one (CI once saw the reload missed until
+    the next poll)."""
+    w = controller.workers[0]
+    old, new = HAProxyInfo(pid=10, start_time_s=1000), HAProxyInfo(pid=11, start_time_s=1001)
+    assert w._seen(old)
+    answers = iter([old, new, old, new, new])  # watch, watch, probe, watch, probe
+    monkeypatch.setattr(w.h, "info", lambda: next(answers))
+    monkeypatch.setattr(w, "_probe_now", w.probe)  # the worker's thread, at once
+    w._catch_new_identity()
+    assert w._identity == new
+
+
 def test_fake_haproxy_applies_commands_as_haproxy_does(haproxy: FakeHAProxy) -> None:
     """The fake's own contract: state changes apply, an unknown server is refused by name."""
     assert haproxy.apply(f"set server {W}/redis1a state ready") == ""
