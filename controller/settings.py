@@ -118,28 +118,12 @@ class Settings:
         return out
 
     def state_file_for(self, socket: str) -> str | None:
-        """Where the server-state file of the HAProxy at `socket` goes; None: nowhere (off,
-        or a relative name and a `tcp:` socket, which has no directory)."""
-        name = self.haproxy_state_file
-        if not name:
-            return None
-        if os.path.isabs(name):
-            return name
-        if socket.startswith("tcp:"):
-            return None
-        return os.path.join(os.path.dirname(socket) or ".", name)
+        """Where the server-state file of the HAProxy at admin `socket` goes; None: nowhere."""
+        return _beside(self.haproxy_state_file, socket, tcp_ok=False)
 
     def master_socket_for(self, socket: str) -> str | None:
-        """The master CLI of the HAProxy at admin `socket`; None: none (off, or a name and a
-        `tcp:` admin socket, which has no directory)."""
-        name = self.haproxy_master_socket
-        if not name:
-            return None
-        if os.path.isabs(name) or name.startswith("tcp:"):
-            return name
-        if socket.startswith("tcp:"):
-            return None
-        return os.path.join(os.path.dirname(socket) or ".", name)
+        """The master CLI of the HAProxy at admin `socket`; None: none."""
+        return _beside(self.haproxy_master_socket, socket, tcp_ok=True)
 
     def password(self) -> str | None:
         """The Sentinel password, from the setting or its file."""
@@ -242,6 +226,32 @@ def load(
     return settings
 
 
+def _beside(name: str, socket: str, tcp_ok: bool) -> str | None:
+    """A file of each HAProxy named by a setting: a name goes beside each unix admin socket
+    (none beside a `tcp:` one, which has no directory); an absolute path, or where `tcp_ok` a
+    `tcp:` address, is taken as it is; "" is none."""
+    if not name:
+        return None
+    if os.path.isabs(name) or (tcp_ok and name.startswith("tcp:")):
+        return name
+    if socket.startswith("tcp:"):
+        return None
+    return os.path.join(os.path.dirname(socket) or ".", name)
+
+
+def _check_one_per_haproxy(s: Settings, key: str, what: str, tcp_ok: bool) -> None:
+    """A setting `_beside` reads: no space or `;` (HAProxy's config and CLI split on them),
+    and one path (or `tcp:` address) only when there is one HAProxy."""
+    value = getattr(s, key)
+    if any(c.isspace() or c == ";" for c in value):
+        raise SettingsError(f"{key}: {value!r} is not a {what} name")
+    one = os.path.isabs(value) or (tcp_ok and value.startswith("tcp:"))
+    if one and len(s.haproxy_sockets) > 1:
+        raise SettingsError(
+            f"{key}: {value!r} is one {what} for {len(s.haproxy_sockets)} HAProxy; each "
+            f"HAProxy needs its own {what}: give a name (it goes beside each admin socket)")
+
+
 def validate(s: Settings) -> None:
     for key in ("resync_interval_s", "haproxy_poll_interval_s", "haproxy_timeout_s",
                 "sentinel_timeout_s", "sentinel_ping_interval_s", "sentinel_dead_after_s",
@@ -261,20 +271,8 @@ def validate(s: Settings) -> None:
             "the Sentinels' pongs")
     if not s.write_lease_map or any(c.isspace() or c == ";" for c in s.write_lease_map):
         raise SettingsError(f"write_lease_map: {s.write_lease_map!r} is not a map file name")
-    if any(c.isspace() or c == ";" for c in s.haproxy_state_file):
-        raise SettingsError(f"haproxy_state_file: {s.haproxy_state_file!r} is not a file name")
-    if os.path.isabs(s.haproxy_state_file) and len(s.haproxy_sockets) > 1:
-        raise SettingsError(
-            f"haproxy_state_file: {s.haproxy_state_file!r} is one path for "
-            f"{len(s.haproxy_sockets)} HAProxy sockets; each HAProxy needs its own file: give "
-            "a name (it goes beside each socket)")
-    m = s.haproxy_master_socket
-    if any(c.isspace() or c == ";" for c in m):
-        raise SettingsError(f"haproxy_master_socket: {m!r} is not a socket path")
-    if (os.path.isabs(m) or m.startswith("tcp:")) and len(s.haproxy_sockets) > 1:
-        raise SettingsError(
-            f"haproxy_master_socket: {m!r} is one socket for {len(s.haproxy_sockets)} HAProxy; "
-            "each HAProxy has its own master CLI: give a name (it goes beside each socket)")
+    _check_one_per_haproxy(s, "haproxy_state_file", "file", tcp_ok=False)
+    _check_one_per_haproxy(s, "haproxy_master_socket", "socket", tcp_ok=True)
     if s.sentinel_dead_after_s <= s.sentinel_ping_interval_s:
         raise SettingsError(
             "sentinel_dead_after_s must be longer than sentinel_ping_interval_s "
@@ -315,6 +313,7 @@ def validate(s: Settings) -> None:
     except ValueError as e:
         raise SettingsError(str(e)) from None
     sockets = [("haproxy_sockets", x) for x in s.haproxy_sockets]
+    m = s.haproxy_master_socket
     sockets += [("haproxy_master_socket", m)] if m.startswith("tcp:") else []
     for key, sock in sockets:
         if not sock.startswith("tcp:"):
