@@ -28,9 +28,10 @@ import socket
 import tempfile
 from pathlib import Path
 
+from capture_support import haproxy_with_listener
+
 from controller.haproxy import HAProxyClient, HAProxyError
 from lab.localstack import free_port
-from lab.procs import start_haproxy
 from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
@@ -63,30 +64,36 @@ backend g_replicas
 
 
 def master(path: Path, line: str) -> str:
-    """One line on the master CLI, then `quit` (it keeps its session open otherwise)."""
-    return HAProxyClient(str(path), timeout_s=5).exchange(f"{line}\nquit")
+    """One line on the master CLI, then `quit` (it keeps its session open otherwise). The
+    master re-executes itself after forking a worker (at its start and at each reload) and
+    refuses connections meanwhile: asked again until it answers, up to 5 s."""
+    client = HAProxyClient(str(path), timeout_s=5)
+    replies = wait_until(lambda: [client.exchange(f"{line}\nquit")], 5, f"master CLI: {line}",
+                         not_yet=(HAProxyError,))  # a list: an empty reply is an answer too
+    return replies[0]
 
 
 def main() -> int:
     port = free_port(["127.0.0.2"])
     fe_write = free_port(["127.0.0.1"], exclude=frozenset({port}))
     fe_read = free_port(["127.0.0.1"], exclude=frozenset({port, fe_write}))
+
+    def config(sock: Path) -> str:
+        return CONFIG.format(sock=sock, port=port, fe_write=fe_write, fe_read=fe_read)
+
     with tempfile.TemporaryDirectory(prefix="capture-master-cli-") as tmp:
-        sock, msock, cfg = Path(tmp) / "admin.sock", Path(tmp) / "master.sock", Path(tmp) / "h.cfg"
-        cfg.write_text(CONFIG.format(sock=sock, port=port, fe_write=fe_write, fe_read=fe_read))
-        listener = socket.create_server(("127.0.0.2", port))
-        clients: list[socket.socket] = []
-        proc = start_haproxy(cfg, sock, Path(tmp), ("-W", "-S", str(msock)))
-        try:
+        msock = Path(tmp) / "master.sock"  # outside haproxy's own temp dir: made before it
+        with haproxy_with_listener("capture-master-cli-", config, ("127.0.0.2", port),
+                                   ("-W", "-S", str(msock))) as run:
             for fe in (fe_write, fe_write, fe_read):
-                clients.append(socket.create_connection(("127.0.0.1", fe), timeout=5))
-                clients.append(listener.accept()[0])
-            old = HAProxyClient(str(sock), 5).info().pid
+                run.clients.append(socket.create_connection(("127.0.0.1", fe), timeout=5))
+                run.clients.append(run.listener.accept()[0])
+            old = HAProxyClient(str(run.sock), 5).info().pid
             master(msock, "reload")
 
             def new_worker() -> bool:
                 try:
-                    return HAProxyClient(str(sock), 1).info().pid != old
+                    return HAProxyClient(str(run.sock), 1).info().pid != old
                 except HAProxyError:
                     return False
 
@@ -108,11 +115,6 @@ def main() -> int:
                 "unprefixed": master(msock, f"@!{old} show sess; shutdown session {ids[1]}"),
                 "g_master_ids": ids,
             }
-        finally:
-            for c in clients:
-                c.close()
-            proc.stop(grace_s=5)
-            listener.close()
     (DATA / "haproxy_master_cli.json").write_text(json.dumps(doc, indent=1) + "\n")
     print("wrote haproxy_master_cli.json")
     return 0

@@ -1,6 +1,6 @@
 """What the HAProxy capture scripts share: one real haproxy on a config in a temp dir, a
 Python listener standing in for a Redis node, and raw admin-socket exchanges. Stops what it
-starts (by PID). Not a test module: imported by capture_haproxy.py and capture_slots.py."""
+starts (by PID). Not a test module: imported by the capture_*.py scripts."""
 
 from __future__ import annotations
 
@@ -25,23 +25,27 @@ def command(sock: Path, line: str) -> str:
 @dataclass
 class Running:
     sock: Path
+    dir: Path  # the temp dir haproxy runs in (its config, log, a master CLI socket)
     listener: socket.socket  # the stand-in Redis node
     clients: list[socket.socket]  # client connections the script opened (closed at the end)
 
 
 @contextmanager
 def haproxy_with_listener(prefix: str, config: Callable[[Path], str],
-                          listen: tuple[str, int]) -> Iterator[Running]:
-    """haproxy on `config(admin socket path)`, started and waited for; a listener on `listen`."""
+                          listen: tuple[str, int], flags: tuple[str, ...] = ()
+                          ) -> Iterator[Running]:
+    """haproxy (with `flags`, e.g. `-W`) on `config(admin socket path)`, started and waited
+    for; a listener on `listen`."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         sock = Path(tmp) / "admin.sock"
         cfg = Path(tmp) / "haproxy.cfg"
         cfg.write_text(config(sock))
         listener = socket.create_server(listen)
-        run = Running(sock, listener, [])
+        run = Running(sock, Path(tmp), listener, [])
         proc = None
         try:
-            proc = start_haproxy(cfg, sock, Path(tmp))  # waits until its admin socket answers
+            # waits until its admin socket answers
+            proc = start_haproxy(cfg, sock, Path(tmp), flags)
             yield run
         finally:
             for c in run.clients:
