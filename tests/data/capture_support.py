@@ -25,7 +25,6 @@ def command(sock: Path, line: str) -> str:
 @dataclass
 class Running:
     sock: Path
-    dir: Path  # the temp dir haproxy runs in (its config, log, a master CLI socket)
     listener: socket.socket  # the stand-in Redis node
     clients: list[socket.socket]  # client connections the script opened (closed at the end)
 
@@ -41,7 +40,7 @@ def haproxy_with_listener(prefix: str, config: Callable[[Path], str],
         cfg = Path(tmp) / "haproxy.cfg"
         cfg.write_text(config(sock))
         listener = socket.create_server(listen)
-        run = Running(sock, Path(tmp), listener, [])
+        run = Running(sock, listener, [])
         proc = None
         try:
             # waits until its admin socket answers
