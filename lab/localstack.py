@@ -81,8 +81,8 @@ _MAX_UNIX_PATH = 100
 
 #: reload_haproxy: SIGUSR2 is sent again when no new worker answered within this time (one
 #: sent in the first few hundred ms after the master's start can be lost).
-RELOAD_SETTLED_ASKS = 20  # fresh `show info` in a row that must all name the new worker
 RELOAD_RESEND_S = 1.0
+RELOAD_SETTLED_ASKS = 20  # fresh `show info` in a row that must all name the new worker
 
 Role = Literal["master", "replica"]
 

@@ -364,6 +364,40 @@ def list_values(stack: LocalStack, node: str, key: str) -> set[int]:
     return {int(str(v)) for v in reply}
 
 
+def held_write(stack: LocalStack) -> RespConn:
+    """The held client of the failover tests: a connection through redis1's write frontend,
+    on redis1a, whose first write (RPUSH acked 1) has reached the replica."""
+    held = connect_write(stack, "redis1", timeout_s=5)
+    try:
+        assert node_host(held) == stack.nodes["redis1a"].host
+        assert held.command("RPUSH", "acked", 1) == 1
+        assert held.command("WAIT", 1, 5000) == 1  # on the replica before the master stops
+    except BaseException:
+        held.close()
+        raise
+    return held
+
+
+def fail_over_holding(stack: LocalStack, held: RespConn, served: str,
+                      while_paused: Callable[[], object] | None = None) -> None:
+    """SIGSTOP redis1a, wait until the Sentinels name redis1b and HAProxy routes writes there
+    (and `while_paused`), SIGCONT it: the resumed old master, not yet converted by Sentinel,
+    gets no write through `held` (`served` names the failure if it does)."""
+    stack.pause_node("redis1a")
+    try:
+        wait_sentinels_agree(stack, "redis1", "redis1b", FAILOVER_S)
+        wait_state(stack, {"redis1": "redis1b"}, read_ready={"redis1": set()},
+                   timeout_s=FAILOVER_S)
+        if while_paused is not None:
+            while_paused()
+    finally:
+        stack.resume_node("redis1a")
+    assert stack.role("redis1a") == "master"  # resumed, not yet converted by Sentinel
+    assert_cut(held, "RPUSH", "acked", 2, served=served)
+    assert 2 not in list_values(stack, "redis1a", "acked")
+
+
+
 # --------------------------------------------------------------------------- a second HAProxy
 
 

@@ -36,7 +36,7 @@ import socket
 import sys
 from pathlib import Path
 
-from capture_support import STATE_BATCH, command, haproxy_with_listener
+from capture_support import CONFIG_HEAD, STATE_BATCH, command, haproxy_with_listener
 
 from controller.haproxy import HAProxyError
 from controller.haproxy_parse import targeted_batch
@@ -46,19 +46,7 @@ from lab.wait import wait_until
 DATA = Path(__file__).resolve().parent
 POLL_S = 0.01
 
-CONFIG = """\
-global
-    stats socket {sock} mode 600 level admin
-
-defaults
-    mode tcp
-    timeout client 30s
-    timeout server 30s
-    timeout connect 1s
-
-frontend g_write
-    bind 127.0.0.1:{fe_port}
-    default_backend g_master
+CONFIG = CONFIG_HEAD + """\
 
 backend g_master
     balance first
@@ -91,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     fe_port = free_port(["127.0.0.1"], exclude=frozenset({port}))
 
     def config(sock: Path) -> str:
-        return CONFIG.format(sock=sock, fe_port=fe_port, port=port)
+        return CONFIG.format(sock=sock, fe_write=fe_port, port=port)
 
     with haproxy_with_listener("capture-haproxy-", config, ("127.0.0.2", port)) as run:
         sock = run.sock

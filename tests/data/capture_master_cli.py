@@ -28,7 +28,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from capture_support import haproxy_with_listener
+from capture_support import CONFIG_HEAD, haproxy_with_listener
 
 from controller.haproxy import HAProxyClient, HAProxyError
 from lab.localstack import free_port
@@ -36,19 +36,7 @@ from lab.wait import wait_until
 
 DATA = Path(__file__).resolve().parent
 
-CONFIG = """\
-global
-    stats socket {sock} mode 600 level admin
-
-defaults
-    mode tcp
-    timeout client 30s
-    timeout server 30s
-    timeout connect 1s
-
-frontend g_write
-    bind 127.0.0.1:{fe_write}
-    default_backend g_master
+CONFIG = CONFIG_HEAD + """\
 
 frontend g_read
     bind 127.0.0.1:{fe_read}

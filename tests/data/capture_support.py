@@ -16,6 +16,23 @@ from lab.procs import start_haproxy
 
 STATE_BATCH = "show info; show servers state; show stat -1 4 -1"
 
+#: How every capture config starts: the admin socket, TCP mode, the write frontend (fill in
+#: `{sock}` and `{fe_write}`; the script adds its backends).
+CONFIG_HEAD = """\
+global
+    stats socket {sock} mode 600 level admin
+
+defaults
+    mode tcp
+    timeout client 30s
+    timeout server 30s
+    timeout connect 1s
+
+frontend g_write
+    bind 127.0.0.1:{fe_write}
+    default_backend g_master
+"""
+
 
 def command(sock: Path, line: str) -> str:
     """One line on the admin socket, the raw reply (HAProxy's own client, 5 s deadline)."""
